@@ -1,0 +1,136 @@
+package log
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"sort"
+)
+
+// The checkpoint records a durable position and the next queue offset of
+// every queue at that position. Recovery trusts the records before it and
+// verifies those after it. Format, little endian:
+//
+//	"QCP1" | pos i64 | n u32 | n × (topicLen u16 | topic | queue u32 | next u64) | crc32c u32
+const checkpointFile = "checkpoint"
+
+var checkpointMagic = [4]byte{'Q', 'C', 'P', '1'}
+
+type queueKey struct {
+	topic string
+	id    uint32
+}
+
+type checkpoint struct {
+	pos    int64
+	queues map[queueKey]uint64
+}
+
+func encodeCheckpoint(cp checkpoint) []byte {
+	keys := make([]queueKey, 0, len(cp.queues))
+	for k := range cp.queues {
+		keys = append(keys, k)
+	}
+	// Sorted so that equal states give equal files.
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].topic != keys[j].topic {
+			return keys[i].topic < keys[j].topic
+		}
+		return keys[i].id < keys[j].id
+	})
+	b := append([]byte(nil), checkpointMagic[:]...)
+	b = binary.LittleEndian.AppendUint64(b, uint64(cp.pos))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(keys)))
+	for _, k := range keys {
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(k.topic)))
+		b = append(b, k.topic...)
+		b = binary.LittleEndian.AppendUint32(b, k.id)
+		b = binary.LittleEndian.AppendUint64(b, cp.queues[k])
+	}
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+var errBadCheckpoint = errors.New("log: bad checkpoint")
+
+func decodeCheckpoint(b []byte) (checkpoint, error) {
+	le := binary.LittleEndian
+	if len(b) < 20 || [4]byte(b[:4]) != checkpointMagic {
+		return checkpoint{}, fmt.Errorf("%w: header", errBadCheckpoint)
+	}
+	if crc32.Checksum(b[:len(b)-4], crcTable) != le.Uint32(b[len(b)-4:]) {
+		return checkpoint{}, fmt.Errorf("%w: crc", errBadCheckpoint)
+	}
+	cp := checkpoint{pos: int64(le.Uint64(b[4:])), queues: map[queueKey]uint64{}}
+	n := int(le.Uint32(b[12:]))
+	p, end := 16, len(b)-4
+	for i := 0; i < n; i++ {
+		if p+2 > end {
+			return checkpoint{}, fmt.Errorf("%w: truncated", errBadCheckpoint)
+		}
+		tl := int(le.Uint16(b[p:]))
+		p += 2
+		if p+tl+12 > end {
+			return checkpoint{}, fmt.Errorf("%w: truncated", errBadCheckpoint)
+		}
+		k := queueKey{topic: string(b[p : p+tl]), id: le.Uint32(b[p+tl:])}
+		cp.queues[k] = le.Uint64(b[p+tl+4:])
+		p += tl + 12
+	}
+	if p != end || cp.pos < 0 {
+		return checkpoint{}, fmt.Errorf("%w: trailing bytes", errBadCheckpoint)
+	}
+	return cp, nil
+}
+
+// writeCheckpoint replaces dir's checkpoint atomically and durably.
+func writeCheckpoint(dir string, cp checkpoint) error {
+	tmp := filepath.Join(dir, checkpointFile+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(encodeCheckpoint(cp)); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, checkpointFile)); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// readCheckpoint returns the checkpoint, or ok=false when there is none or it
+// cannot be trusted (then recovery verifies the whole log).
+func readCheckpoint(dir string) (checkpoint, bool, error) {
+	b, err := os.ReadFile(filepath.Join(dir, checkpointFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return checkpoint{}, false, nil
+	}
+	if err != nil {
+		return checkpoint{}, false, err
+	}
+	cp, err := decodeCheckpoint(b)
+	if err != nil {
+		return checkpoint{}, false, err
+	}
+	return cp, true, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

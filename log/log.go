@@ -1,0 +1,375 @@
+package log
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quivermq/quiver/ioengine"
+)
+
+// Errors returned by the log.
+var (
+	// ErrClosed is returned by appends and reads after Close.
+	ErrClosed = errors.New("log: closed")
+	// ErrFailed is returned by every append after an I/O or dispatch error.
+	// The log does not write again after a failure: it must be closed and
+	// reopened, so that recovery decides what is on disk (fail-stop).
+	ErrFailed = errors.New("log: failed after an I/O error; reopen to recover")
+	// ErrOutOfRange is returned for a read outside [Start, readable end).
+	ErrOutOfRange = errors.New("log: position out of range")
+)
+
+// AppendResult says where an appended record was stored.
+type AppendResult struct {
+	Pos         int64 // log position of the record
+	Size        int32
+	QueueOffset uint64 // of the record's first message
+	StoreTime   int64  // unix nanoseconds
+}
+
+// Positions are the log's progress markers (log positions). Written >= Durable
+// always; in sync mode Dispatched == Durable after every commit; in async mode
+// Dispatched runs ahead of Durable by at most AsyncInterval of writes.
+type Positions struct {
+	Start      int64 // first retained position
+	Written    int64 // handed to the disk (in the write buffer or the file)
+	Durable    int64 // synced
+	Dispatched int64 // indexed: visible to consumers
+	// DurableAt and DispatchedAt are when those positions last moved (unix ns).
+	DurableAt    int64
+	DispatchedAt int64
+}
+
+// Log is a segmented, group-committed commit log. Appends may come from any
+// goroutine; one flusher goroutine owns the tail and does all writes.
+type Log struct {
+	opts   Options
+	eng    ioengine.Engine
+	logger *slog.Logger
+
+	// mu makes Close wait for appenders that are enqueuing; appenders hold it
+	// shared only while they hand their request over.
+	mu     sync.RWMutex
+	closed bool
+
+	reqs    chan *request
+	syncs   chan chan error
+	closing chan struct{}
+	done    chan struct{} // the flusher has exited
+	bg      sync.WaitGroup
+	stopBg  chan struct{}
+
+	written, durable, dispatched atomic.Int64
+	durableAt, dispatchedAt      atomic.Int64
+	start                        atomic.Int64
+	stats                        struct{ commits, records, flushNanos, syncs atomic.Int64 }
+	failure                      atomic.Pointer[error]
+
+	segMu struct {
+		sync.RWMutex
+		segs []*segment // by base; the last one is active
+	}
+
+	// ring holds the most recent TailBytes of log bytes at index pos%TailBytes:
+	// the flusher's write buffer and the read cache of the tail.
+	ring   []byte
+	ringMu struct {
+		sync.RWMutex
+		low int64 // positions in [low, written) are in ring
+	}
+
+	cps chan checkpoint // to the checkpointer
+
+	// Owned by the flusher goroutine (after Open).
+	fl flusherState
+}
+
+// Open recovers the log in opts.Dir (creating it when empty) and starts it.
+// When opts.Dispatcher is also a Resumer, every record it has not durably
+// indexed is dispatched again before Open returns.
+func Open(opts Options) (*Log, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	l := &Log{
+		opts:    opts,
+		eng:     opts.Engine,
+		logger:  opts.Logger.With("component", "log"),
+		reqs:    make(chan *request, opts.QueueDepth),
+		syncs:   make(chan chan error),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+		stopBg:  make(chan struct{}),
+		ring:    ioengine.AlignedBuffer(opts.TailBytes),
+		cps:     make(chan checkpoint, 1),
+	}
+	if err := l.recover(); err != nil {
+		l.closeSegments()
+		return nil, err
+	}
+	go l.run()
+	l.bg.Add(1)
+	go l.checkpointer()
+	if opts.RetentionAge > 0 || opts.RetentionBytes > 0 {
+		l.bg.Add(1)
+		go l.retainer()
+	}
+	return l, nil
+}
+
+// Append stores m and returns once it is acknowledged: synced in sync mode,
+// written in async mode. m may be reused when Append returns.
+func (l *Log) Append(m *Message) (AppendResult, error) {
+	r := getRequest()
+	r.msg = m
+	if err := l.enqueue(r); err != nil {
+		putRequest(r)
+		return AppendResult{}, err
+	}
+	<-r.done
+	res, err := r.res, r.err
+	putRequest(r)
+	return res, err
+}
+
+// AppendAsync stores m and calls cb once it is acknowledged (or failed). cb
+// runs on the flusher goroutine and must not block; m must stay unchanged
+// until cb is called. If AppendAsync returns an error, cb is not called.
+func (l *Log) AppendAsync(m *Message, cb func(AppendResult, error)) error {
+	r := &request{msg: m, cb: cb}
+	return l.enqueue(r)
+}
+
+func (l *Log) enqueue(r *request) error {
+	if err := r.msg.Validate(); err != nil {
+		return err
+	}
+	if n := r.msg.EncodedSize(); n > l.opts.maxRecord() {
+		return fmt.Errorf("%w: %d bytes, this log's limit is %d", ErrTooLarge, n, l.opts.maxRecord())
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return ErrClosed
+	}
+	if err := l.failure.Load(); err != nil {
+		return fmt.Errorf("%w: %w", ErrFailed, *err)
+	}
+	l.reqs <- r
+	return nil
+}
+
+// Sync makes every acknowledged append durable now (async mode) and returns
+// the log's failure, if any. In sync mode there is nothing to do.
+func (l *Log) Sync() error {
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return ErrClosed
+	}
+	ch := make(chan error, 1)
+	l.syncs <- ch
+	l.mu.RUnlock()
+	return <-ch
+}
+
+// Positions returns the current progress markers.
+func (l *Log) Positions() Positions {
+	return Positions{
+		Start:        l.start.Load(),
+		Written:      l.written.Load(),
+		Durable:      l.durable.Load(),
+		Dispatched:   l.dispatched.Load(),
+		DurableAt:    l.durableAt.Load(),
+		DispatchedAt: l.dispatchedAt.Load(),
+	}
+}
+
+// Stats are cumulative counters of the commit path.
+type Stats struct {
+	Commits    int64 // group commits (one write, and one sync in sync mode)
+	Records    int64 // records committed
+	Syncs      int64 // syncs issued
+	FlushNanos int64 // time spent in the engine's Flush
+}
+
+// Stats returns the commit counters; Records/Commits is the mean batch.
+func (l *Log) Stats() Stats {
+	return Stats{Commits: l.stats.commits.Load(), Records: l.stats.records.Load(),
+		Syncs: l.stats.syncs.Load(), FlushNanos: l.stats.flushNanos.Load()}
+}
+
+// Err returns the error that failed the log, or nil.
+func (l *Log) Err() error {
+	if e := l.failure.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Durability is the log's acknowledgement mode.
+func (l *Log) Durability() Durability { return l.opts.Durability }
+
+// EngineName is the I/O backend in use.
+func (l *Log) EngineName() string { return l.eng.Name() }
+
+// readable is the end of what readers may see.
+func (l *Log) readable() int64 { return l.dispatched.Load() }
+
+// ReadRecord reads the record of the given size at pos into dst (grown if
+// needed) and returns it. It serves the recent tail from memory.
+func (l *Log) ReadRecord(pos int64, size int32, dst []byte) ([]byte, error) {
+	if size < HeaderSize || int(size) > MaxRecordSize {
+		return nil, fmt.Errorf("%w: size %d", ErrOutOfRange, size)
+	}
+	end := pos + int64(size)
+	if pos < l.start.Load() || end > l.readable() {
+		return nil, fmt.Errorf("%w: [%d, %d) outside [%d, %d)", ErrOutOfRange, pos, end, l.start.Load(), l.readable())
+	}
+	if cap(dst) < int(size) {
+		dst = make([]byte, size)
+	}
+	dst = dst[:size]
+	if l.readRing(pos, dst) {
+		return dst, nil
+	}
+	return dst, l.readFile(pos, dst)
+}
+
+// Read reads the record at pos and decodes it into r. The record's slices
+// alias the returned buffer.
+func (l *Log) Read(pos int64, dst []byte, r *Record) ([]byte, error) {
+	var hdr [4]byte
+	if pos+4 > l.readable() || pos < l.start.Load() {
+		return nil, fmt.Errorf("%w: %d", ErrOutOfRange, pos)
+	}
+	if !l.readRing(pos, hdr[:]) {
+		if err := l.readFile(pos, hdr[:]); err != nil {
+			return nil, err
+		}
+	}
+	n := RecordSize(hdr[:])
+	if n < HeaderSize || n > MaxRecordSize {
+		return nil, fmt.Errorf("%w: no record at position %d", ErrCorrupt, pos)
+	}
+	b, err := l.ReadRecord(pos, int32(n), dst)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := DecodeRecord(b, r); err != nil {
+		return nil, fmt.Errorf("%w (position %d)", err, pos)
+	}
+	return b, nil
+}
+
+func (l *Log) readRing(pos int64, dst []byte) bool {
+	l.ringMu.RLock()
+	defer l.ringMu.RUnlock()
+	if pos < l.ringMu.low {
+		return false
+	}
+	l.ringCopyOut(pos, dst)
+	return true
+}
+
+// ringCopyOut copies ring bytes for [pos, pos+len(dst)), wrapping.
+func (l *Log) ringCopyOut(pos int64, dst []byte) {
+	i := int(pos % int64(len(l.ring)))
+	n := copy(dst, l.ring[i:])
+	copy(dst[n:], l.ring)
+}
+
+func (l *Log) readFile(pos int64, dst []byte) error {
+	seg := l.segmentFor(pos)
+	if seg == nil {
+		return fmt.Errorf("%w: no segment holds position %d", ErrOutOfRange, pos)
+	}
+	defer seg.release()
+	if pos+int64(len(dst)) > seg.base+l.opts.SegmentSize {
+		return fmt.Errorf("%w: [%d, %d) crosses a segment end", ErrOutOfRange, pos, pos+int64(len(dst)))
+	}
+	if _, err := seg.file.ReadAt(dst, pos-seg.base); err != nil {
+		return fmt.Errorf("log: read %s at %d: %w", seg.file.Name(), pos-seg.base, err)
+	}
+	return nil
+}
+
+// segmentFor returns the segment holding pos, acquired, or nil.
+func (l *Log) segmentFor(pos int64) *segment {
+	l.segMu.RLock()
+	defer l.segMu.RUnlock()
+	segs := l.segMu.segs
+	i := sort.Search(len(segs), func(i int) bool { return segs[i].base > pos }) - 1
+	if i < 0 || pos >= segs[i].base+l.opts.SegmentSize {
+		return nil
+	}
+	segs[i].acquire()
+	return segs[i]
+}
+
+// Close stops accepting appends, commits and syncs every append already
+// accepted, writes a checkpoint and releases the files and the engine.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	l.mu.Unlock()
+	close(l.closing)
+	<-l.done
+	close(l.stopBg)
+	l.bg.Wait()
+	err := l.Err()
+	if err == nil {
+		err = writeCheckpoint(l.opts.Dir, l.fl.snapshot(l.durable.Load()))
+	}
+	l.closeSegments()
+	if cerr := l.eng.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (l *Log) closeSegments() {
+	l.segMu.Lock()
+	defer l.segMu.Unlock()
+	for _, s := range l.segMu.segs {
+		s.release()
+	}
+	l.segMu.segs = nil
+}
+
+func (l *Log) fail(err error) {
+	if l.failure.CompareAndSwap(nil, &err) {
+		l.logger.Error("log failed; appends are refused until restart", "err", err)
+	}
+}
+
+// checkpointer writes the checkpoints the flusher hands it, off the commit path.
+func (l *Log) checkpointer() {
+	defer l.bg.Done()
+	for {
+		select {
+		case cp := <-l.cps:
+			if err := writeCheckpoint(l.opts.Dir, cp); err != nil {
+				l.logger.Warn("checkpoint failed", "err", err)
+			}
+		case <-l.stopBg:
+			return
+		}
+	}
+}
+
+func nowNanos() int64 { return time.Now().UnixNano() }

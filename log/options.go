@@ -1,0 +1,157 @@
+package log
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/quivermq/quiver/ioengine"
+)
+
+// Durability says when an append is acknowledged.
+type Durability int
+
+const (
+	// Sync acknowledges an append only after its bytes are synced (default).
+	Sync Durability = iota
+	// Async acknowledges after the write; a sync follows within AsyncInterval.
+	Async
+)
+
+func (d Durability) String() string {
+	if d == Async {
+		return "async"
+	}
+	return "sync"
+}
+
+// ParseDurability parses "sync" or "async".
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "sync", "":
+		return Sync, nil
+	case "async":
+		return Async, nil
+	}
+	return Sync, fmt.Errorf("log: unknown durability %q (want sync or async)", s)
+}
+
+// Options configure a Log. Zero values take the defaults of EnsureDefaults.
+type Options struct {
+	// Dir holds the segment files and the checkpoint.
+	Dir string
+	// Engine does the disk I/O. The log owns it from Open on and closes it.
+	Engine ioengine.Engine
+	// SegmentSize is the size of each preallocated segment (default 1 GiB).
+	// It must be a multiple of TailBytes.
+	SegmentSize int64
+	// Durability is the acknowledgement mode (default Sync).
+	Durability Durability
+	// AsyncInterval bounds how long an async append stays unsynced (default 100ms).
+	AsyncInterval time.Duration
+	// MaxBatchBytes bounds the bytes gathered into one group commit (default 4 MiB).
+	MaxBatchBytes int
+	// TailBytes is the in-memory ring that holds the most recent log bytes:
+	// the write buffer of the flusher and the cache that serves caught-up
+	// readers (default 64 MiB, a power of two).
+	TailBytes int
+	// QueueDepth bounds appends waiting for the flusher (default 8192).
+	QueueDepth int
+	// CheckpointInterval is how often the durable position is checkpointed
+	// (default 1s). Recovery verifies records from the checkpoint on.
+	CheckpointInterval time.Duration
+	// RetentionAge deletes segments whose last write is older (0: keep).
+	RetentionAge time.Duration
+	// RetentionBytes deletes the oldest segments while the log is larger (0: no limit).
+	RetentionBytes int64
+	// RetentionCheck is how often retention runs (default 1 minute).
+	RetentionCheck time.Duration
+	// Repair truncates at the first bad record instead of refusing to open
+	// (see recover.go); the operator asks for it with `quiverd repair`.
+	Repair bool
+	// Dispatcher receives every record once it is visible (see Dispatcher).
+	Dispatcher Dispatcher
+	// Logger receives the log's structured logs (default slog.Default()).
+	Logger *slog.Logger
+	// Now is the clock for store times (default time.Now).
+	Now func() time.Time
+}
+
+// EnsureDefaults fills zero fields with defaults and returns o.
+func (o *Options) EnsureDefaults() *Options {
+	if o.SegmentSize == 0 {
+		o.SegmentSize = 1 << 30
+	}
+	if o.AsyncInterval == 0 {
+		o.AsyncInterval = 100 * time.Millisecond
+	}
+	if o.TailBytes == 0 {
+		o.TailBytes = 64 << 20
+		for int64(o.TailBytes) > o.SegmentSize && o.TailBytes > 1<<20 {
+			o.TailBytes /= 2
+		}
+	}
+	if o.MaxBatchBytes == 0 {
+		o.MaxBatchBytes = 4 << 20
+		if o.MaxBatchBytes > o.TailBytes/4 {
+			o.MaxBatchBytes = o.TailBytes / 4
+		}
+	}
+	if o.QueueDepth == 0 {
+		o.QueueDepth = 8192
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Second
+	}
+	if o.RetentionCheck == 0 {
+		o.RetentionCheck = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Validate reports the first invalid option.
+func (o *Options) Validate() error {
+	const page = ioengine.Alignment
+	switch {
+	case o.Dir == "":
+		return errors.New("log: Options.Dir is empty")
+	case o.Engine == nil:
+		return errors.New("log: Options.Engine is nil")
+	case o.TailBytes < 4*page || o.TailBytes&(o.TailBytes-1) != 0:
+		return fmt.Errorf("log: TailBytes %d must be a power of two of at least %d", o.TailBytes, 4*page)
+	case o.SegmentSize < int64(o.TailBytes) || o.SegmentSize%int64(o.TailBytes) != 0:
+		return fmt.Errorf("log: SegmentSize %d must be a multiple of TailBytes %d", o.SegmentSize, o.TailBytes)
+	case o.MaxBatchBytes < MaxRecordSize && o.MaxBatchBytes < o.TailBytes/4:
+		// A batch must hold the largest record, unless the tail is too small for it.
+		if int64(MaxRecordSize) <= o.SegmentSize && o.MaxBatchBytes < HeaderSize+MaxTopicLen {
+			return fmt.Errorf("log: MaxBatchBytes %d too small", o.MaxBatchBytes)
+		}
+	case o.MaxBatchBytes > o.TailBytes/2-2*page:
+		return fmt.Errorf("log: MaxBatchBytes %d must be at most half of TailBytes %d", o.MaxBatchBytes, o.TailBytes)
+	case o.QueueDepth < 1:
+		return fmt.Errorf("log: QueueDepth %d < 1", o.QueueDepth)
+	case o.AsyncInterval < 0 || o.CheckpointInterval < 0 || o.RetentionAge < 0 || o.RetentionBytes < 0:
+		return errors.New("log: negative interval or size")
+	}
+	return nil
+}
+
+// maxRecord is the largest record this log accepts: it must fit in one
+// segment and in one group commit.
+func (o *Options) maxRecord() int {
+	m := MaxRecordSize
+	if o.MaxBatchBytes < m {
+		m = o.MaxBatchBytes
+	}
+	if int64(m) > o.SegmentSize-8 {
+		m = int(o.SegmentSize - 8)
+	}
+	return m
+}

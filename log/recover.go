@@ -1,0 +1,378 @@
+package log
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/quivermq/quiver/ioengine"
+)
+
+// Recovery.
+//
+// The checkpoint names a position that was synced and verified; recovery
+// trusts what lies before it and verifies every record after it (length,
+// CRC32C, field bounds). The first record that fails is either the torn tail
+// of the last group commit, which was never acknowledged and is truncated,
+// or damage to data that was acknowledged, on which the log refuses to open.
+// It is the tail only when all of these hold:
+//
+//   - it lies at or after the checkpoint;
+//   - at most one segment follows its segment (a group commit spans two);
+//   - nothing but zeros lies more than one group commit beyond it (a torn
+//     flush cannot reach further).
+//
+// Repair (Options.Repair) truncates at the first bad record whatever lies
+// after it; it is the operator's explicit choice, named in the refusal.
+
+// recover opens the segments, finds the end of valid data and prepares the
+// flusher's state. It runs before the flusher starts.
+func (l *Log) recover() error {
+	dir, segSize := l.opts.Dir, l.opts.SegmentSize
+	bases, err := listSegments(dir)
+	if err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	l.fl.queues = map[queueKey]uint64{}
+	if len(bases) == 0 {
+		s, err := l.createSegment(0)
+		if err != nil {
+			return err
+		}
+		l.segMu.segs = []*segment{s}
+		return l.finishRecovery(0, false)
+	}
+	for _, b := range bases {
+		if b%segSize != 0 {
+			return fmt.Errorf("log: segment %s is not at a multiple of the segment size %d (was SegmentSize changed?)", segmentName(dir, b), segSize)
+		}
+		f, err := l.eng.Open(segmentName(dir, b))
+		if err != nil {
+			return fmt.Errorf("log: open segment: %w", err)
+		}
+		s := &segment{base: b, file: f}
+		s.refs.Store(1)
+		l.segMu.segs = append(l.segMu.segs, s)
+	}
+	segs := l.segMu.segs
+	for i := 1; i < len(segs); i++ {
+		if segs[i].base != segs[i-1].base+segSize {
+			return fmt.Errorf("%w: segment %s is missing (the log jumps from %s to %s)", ErrCorrupt,
+				segmentName(dir, segs[i-1].base+segSize), segs[i-1].file.Name(), segs[i].file.Name())
+		}
+	}
+	l.start.Store(segs[0].base)
+
+	cp, ok, err := readCheckpoint(dir)
+	if err != nil {
+		l.logger.Warn("checkpoint unreadable; verifying the whole log", "err", err)
+	}
+	from, trusted := segs[0].base, int64(-1)
+	if ok {
+		for k, v := range cp.queues {
+			l.fl.queues[k] = v
+		}
+		if cp.pos >= segs[0].base && cp.pos <= segs[len(segs)-1].base+segSize {
+			from, trusted = cp.pos, cp.pos
+		}
+	}
+	began := time.Now()
+	end, dirty, err := l.findEnd(from, trusted)
+	if err != nil {
+		return err
+	}
+	l.logger.Info("log recovered", "dir", dir, "from", from, "end", end,
+		"segments", len(l.segMu.segs), "took", time.Since(began).Round(time.Millisecond))
+	return l.finishRecovery(end, dirty)
+}
+
+// findEnd verifies records from pos from and returns the end of valid data,
+// dropping segments past it. dirty reports that bytes past the end must be
+// cleared.
+func (l *Log) findEnd(from, trusted int64) (end int64, dirty bool, err error) {
+	segSize := l.opts.SegmentSize
+	segs := l.segMu.segs
+	i := int((from - segs[0].base) / segSize)
+	if i == len(segs) { // the checkpoint is at the very end of the last segment
+		i--
+	}
+	pos := from
+	var rec Record
+	for {
+		seg := segs[i]
+		segEnd := seg.base + segSize
+		rd := newSegReader(seg.file, segSize)
+		sealed := false
+		for !sealed {
+			if segEnd-pos < 4 {
+				break
+			}
+			hdr, err := rd.peek(pos-seg.base, 4)
+			if err != nil {
+				return 0, false, err
+			}
+			n := RecordSize(hdr)
+			if n == 0 {
+				return l.endAt(i, pos, trusted, nil)
+			}
+			if n == -1 {
+				break
+			}
+			b, err := rd.peek(pos-seg.base, n)
+			if err == nil {
+				_, err = DecodeRecord(b, &rec)
+			}
+			if err != nil {
+				return l.endAt(i, pos, trusted, err)
+			}
+			k := queueKey{topic: string(rec.Topic), id: rec.QueueID}
+			if next := rec.QueueOffset + uint64(rec.Count); next > l.fl.queues[k] {
+				l.fl.queues[k] = next
+			}
+			pos += int64(n)
+		}
+		// Sealed: the next record is at the next segment's base.
+		i++
+		pos = segEnd
+		if i == len(segs) {
+			s, err := l.createSegment(segEnd)
+			if err != nil {
+				return 0, false, err
+			}
+			l.segMu.segs = append(l.segMu.segs, s)
+			return segEnd, false, nil
+		}
+	}
+}
+
+// endAt decides whether the log may end at pos in segment i (bad is the
+// decode error there, nil for clean zeros), and drops later segments.
+func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
+	segs := l.segMu.segs
+	seg := segs[i]
+	window := int64(l.opts.MaxBatchBytes) + 2*ioengine.Alignment
+	refuse := func(why string) (int64, bool, error) {
+		what := "unexpected end of data"
+		if bad != nil {
+			what = bad.Error()
+		}
+		return 0, false, fmt.Errorf("%w in %s at file offset %d (log position %d): %s; %s, so this is not a torn write "+
+			"and Quiver will not discard it. Inspect the disk, then run `quiverd repair --data %s` to truncate the log "+
+			"at position %d (every record from there on is lost)",
+			ErrCorrupt, seg.file.Name(), pos-seg.base, pos, what, why, l.opts.Dir, pos)
+	}
+	if !l.opts.Repair {
+		if bad != nil && pos < trusted {
+			return refuse(fmt.Sprintf("it lies before the checkpoint at %d, which was synced", trusted))
+		}
+		if later := len(segs) - 1 - i; later > 1 {
+			return refuse(fmt.Sprintf("%d segments follow it", later))
+		}
+		far, err := l.hasData(seg, pos+window)
+		if err != nil {
+			return 0, false, err
+		}
+		if !far && i+1 < len(segs) {
+			far, err = l.hasData(segs[i+1], segs[i+1].base+window)
+			if err != nil {
+				return 0, false, err
+			}
+		}
+		if far {
+			return refuse("data lies more than one group commit beyond it")
+		}
+	}
+	dirty := bad != nil
+	if bad != nil {
+		l.logger.Warn("log: truncating torn tail", "file", seg.file.Name(), "offset", pos-seg.base, "pos", pos, "reason", bad)
+	}
+	for _, s := range segs[i+1:] {
+		l.logger.Warn("log: removing segment past the end of valid data", "file", s.file.Name())
+		s.deleted.Store(true)
+		s.release()
+		dirty = true
+	}
+	l.segMu.segs = segs[:i+1]
+	if !dirty {
+		// Garbage after a clean end (pages of a torn flush that landed out of order).
+		d, err := l.hasData(seg, pos)
+		if err != nil {
+			return 0, false, err
+		}
+		dirty = d
+	}
+	return pos, dirty, nil
+}
+
+// hasData reports whether the 64 KiB at log position pos (in seg) hold
+// anything but zeros. Past the segment's end it reports false.
+func (l *Log) hasData(seg *segment, pos int64) (bool, error) {
+	off := pos - seg.base
+	if off >= l.opts.SegmentSize {
+		return false, nil
+	}
+	buf := make([]byte, min(64<<10, l.opts.SegmentSize-off))
+	n, err := seg.file.ReadAt(buf, off)
+	if err != nil && n == 0 && !isEOF(err) {
+		return false, fmt.Errorf("log: read %s: %w", seg.file.Name(), err)
+	}
+	for _, c := range buf[:n] {
+		if c != 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// finishRecovery loads the last partial page into the ring, clears garbage
+// past end when dirty, dispatches what the indexes lack, and sets positions.
+func (l *Log) finishRecovery(end int64, dirty bool) error {
+	const page = ioengine.Alignment
+	segs := l.segMu.segs
+	active := segs[len(segs)-1]
+	pageStart := end / page * page
+	if pageStart < active.base {
+		pageStart = active.base
+	}
+	if end > pageStart {
+		tmp := make([]byte, end-pageStart)
+		if _, err := active.file.ReadAt(tmp, pageStart-active.base); err != nil && !isEOF(err) {
+			return fmt.Errorf("log: read tail of %s: %w", active.file.Name(), err)
+		}
+		l.ringCopyIn(pageStart, tmp)
+	}
+	l.ringMu.low = pageStart
+	l.fl.pos, l.fl.flushedTo = end, end
+	l.fl.lastSync = time.Now()
+	if fi, err := active.file.Size(); err == nil && fi < l.opts.SegmentSize {
+		if err := active.file.Allocate(l.opts.SegmentSize); err != nil {
+			return fmt.Errorf("log: preallocate %s: %w", active.file.Name(), err)
+		}
+	}
+	if dirty {
+		if err := l.clearAfter(active, end); err != nil {
+			return err
+		}
+	}
+	l.written.Store(end)
+	l.durable.Store(end)
+	now := nowNanos()
+	l.durableAt.Store(now)
+	if err := l.resumeDispatcher(end); err != nil {
+		return err
+	}
+	l.dispatched.Store(end)
+	l.dispatchedAt.Store(now)
+	if l.start.Load() < segs[0].base {
+		l.start.Store(segs[0].base)
+	}
+	return writeCheckpoint(l.opts.Dir, l.fl.snapshot(end))
+}
+
+// clearAfter zeroes the segment from end on: the rest of end's page is
+// rewritten from the ring, the pages after it are zero-ranged.
+func (l *Log) clearAfter(seg *segment, end int64) error {
+	const page = ioengine.Alignment
+	pageStart := end / page * page
+	if end%page != 0 {
+		i := int(end % int64(len(l.ring)))
+		clear(l.ring[i : i+int(page-end%page)])
+		pi := pageStart % int64(len(l.ring))
+		op := ioengine.WriteOp{File: seg.file, Buf: l.ring[pi : pi+page], Off: pageStart - seg.base}
+		if err := l.eng.Flush([]ioengine.WriteOp{op}, false); err != nil {
+			return fmt.Errorf("log: clear tail page: %w", err)
+		}
+	}
+	from := (end + page - 1) / page * page
+	if n := seg.base + l.opts.SegmentSize - from; n > 0 {
+		err := unix.Fallocate(seg.file.Fd(), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, from-seg.base, n)
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+			err = l.writeZeros(seg, from, min(n, int64(l.opts.MaxBatchBytes)+4*page))
+		}
+		if err != nil {
+			return fmt.Errorf("log: clear %s after %d: %w", seg.file.Name(), from-seg.base, err)
+		}
+	}
+	if err := seg.file.Sync(); err != nil {
+		return fmt.Errorf("log: sync %s: %w", seg.file.Name(), err)
+	}
+	return syncDir(l.opts.Dir)
+}
+
+func (l *Log) writeZeros(seg *segment, from, n int64) error {
+	z := ioengine.AlignedBuffer(1 << 20)
+	for n > 0 {
+		c := min(n, int64(len(z)))
+		if _, err := seg.file.WriteAt(z[:c], from-seg.base); err != nil {
+			return err
+		}
+		from += c
+		n -= c
+	}
+	return nil
+}
+
+// resumeDispatcher re-dispatches what a Resumer has not durably indexed.
+func (l *Log) resumeDispatcher(end int64) error {
+	r, ok := l.opts.Dispatcher.(Resumer)
+	if !ok {
+		return nil
+	}
+	if err := r.Truncated(end); err != nil {
+		return fmt.Errorf("log: index truncate: %w", err)
+	}
+	from := r.ResumeFrom()
+	if from > end {
+		from = end
+	}
+	infos := make([]RecordInfo, 0, 256)
+	flush := func() error {
+		if len(infos) == 0 {
+			return nil
+		}
+		err := l.opts.Dispatcher.Dispatch(infos)
+		infos = infos[:0]
+		return err
+	}
+	// Slices in infos alias the scan buffer, which the next peek may move:
+	// dispatch before every buffer refill by copying the variable fields.
+	arena := make([]byte, 0, 1<<20)
+	err := l.scan(from, end, func(pos int64, rec *Record) error {
+		need := len(rec.Topic) + len(rec.Key) + len(rec.Tags)
+		if len(infos) == cap(infos) || len(arena)+need > cap(arena) {
+			if err := flush(); err != nil {
+				return err
+			}
+			arena = arena[:0]
+		}
+		var ri RecordInfo
+		infoOf(&ri, pos, rec)
+		ri.Topic, arena = appendOwned(arena, rec.Topic)
+		ri.Key, arena = appendOwned(arena, rec.Key)
+		ri.Tags, arena = appendOwned(arena, rec.Tags)
+		infos = append(infos, ri)
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	}
+	if err != nil {
+		return fmt.Errorf("log: rebuilding indexes from %d: %w", from, err)
+	}
+	return nil
+}
+
+func appendOwned(arena, b []byte) ([]byte, []byte) {
+	if cap(arena)-len(arena) < len(b) {
+		c := append([]byte(nil), b...)
+		return c, arena
+	}
+	s := len(arena)
+	arena = append(arena, b...)
+	return arena[s:len(arena):len(arena)], arena
+}
+
+func isEOF(err error) bool { return errors.Is(err, io.EOF) }
