@@ -259,12 +259,12 @@ func TestRejectsBadMessagesAndChangesNothing(t *testing.T) {
 	defer l.Close()
 	before := l.Positions()
 	cases := map[string]*Message{
-		"empty topic":   {Body: []byte("x")},
-		"long topic":    {Topic: strings.Repeat("t", 256)},
-		"long key":      {Topic: "t", Key: make([]byte, MaxKeyLen+1)},
-		"unknown flags": {Topic: "t", Flags: 0x80},
+		"empty topic":    {Body: []byte("x")},
+		"long topic":     {Topic: strings.Repeat("t", 256)},
+		"long key":       {Topic: "t", Key: make([]byte, MaxKeyLen+1)},
+		"unknown flags":  {Topic: "t", Flags: 0x80},
 		"count no batch": {Topic: "t", Count: 3},
-		"too large":     {Topic: "t", Body: make([]byte, 20<<10)}, // over this log's MaxBatchBytes
+		"too large":      {Topic: "t", Body: make([]byte, 20<<10)}, // over this log's MaxBatchBytes
 	}
 	for name, m := range cases {
 		if _, err := l.Append(m); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrTooLarge) {
