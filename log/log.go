@@ -94,6 +94,12 @@ type Log struct {
 // When opts.Dispatcher is also a Resumer, every record it has not durably
 // indexed is dispatched again before Open returns.
 func Open(opts Options) (*Log, error) {
+	if opts.SegmentSize == 0 && opts.Dir != "" {
+		// Adopt the size the existing segments were made with.
+		if size, err := existingSegmentSize(opts.Dir); err == nil && size > 0 {
+			opts.SegmentSize = size
+		}
+	}
 	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
 		return nil, err

@@ -4,21 +4,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	"github.com/quivermq/quiver/ioengine"
 )
 
 // segReader reads a segment sequentially through a window, for recovery and
 // scans. Bytes past the end of a short file read as zeros (never written).
 type segReader struct {
-	f      ioengine.File
+	f      readerAt
 	limit  int64 // segment size
 	buf    []byte
 	bufOff int64
 	n      int
 }
 
-func newSegReader(f ioengine.File, limit int64) *segReader {
+// readerAt is what segReader needs of a file: ioengine.File and *os.File both fit.
+type readerAt interface {
+	ReadAt(p []byte, off int64) (int, error)
+	Name() string
+}
+
+func newSegReader(f readerAt, limit int64) *segReader {
 	return &segReader{f: f, limit: limit, buf: make([]byte, 1<<20), bufOff: -1}
 }
 
