@@ -1,6 +1,9 @@
 package ioengine
 
-import "unsafe"
+import (
+	"fmt"
+	"unsafe"
+)
 
 // AlignedBuffer returns a zeroed buffer of n bytes rounded up to a multiple of
 // Alignment, whose first byte sits at an address that is a multiple of
@@ -62,9 +65,8 @@ type alignError struct {
 }
 
 func (e *alignError) Error() string {
-	return "ioengine: unaligned direct I/O: " + e.name + ": offset " + itoa(e.off) +
-		", length " + itoa(int64(e.n)) + ", buffer address 0x" + hex(uint64(e.addr)) +
-		" (all must be multiples of 4096, length > 0)"
+	return fmt.Sprintf("ioengine: unaligned direct I/O: %s: offset %d, length %d, buffer address %#x "+
+		"(each must be a multiple of %d, length > 0)", e.name, e.off, e.n, e.addr, Alignment)
 }
 
 func (e *alignError) Unwrap() error { return ErrUnaligned }
@@ -74,41 +76,4 @@ func fileName(f File) string {
 		return "<nil file>"
 	}
 	return f.Name()
-}
-
-func itoa(v int64) string {
-	if v == 0 {
-		return "0"
-	}
-	neg := v < 0
-	if neg {
-		v = -v
-	}
-	var b [24]byte
-	i := len(b)
-	for v > 0 {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-	}
-	if neg {
-		i--
-		b[i] = '-'
-	}
-	return string(b[i:])
-}
-
-func hex(v uint64) string {
-	const digits = "0123456789abcdef"
-	if v == 0 {
-		return "0"
-	}
-	var b [16]byte
-	i := len(b)
-	for v > 0 {
-		i--
-		b[i] = digits[v&15]
-		v >>= 4
-	}
-	return string(b[i:])
 }

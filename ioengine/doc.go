@@ -1,39 +1,74 @@
-// Package ioengine is the disk under Quiver's commit log: aligned direct
-// writes, reads, and syncs ordered after the writes they cover.
+// Package ioengine is the disk layer under Quiver's commit log: aligned
+// direct writes, buffered reads, and fdatasyncs ordered after the writes
+// they cover. The log's flusher hands an Engine a batch of WriteOps (the
+// dirty 4 KiB pages of one or two segments) and asks for them to be
+// durable; everything above this package is ignorant of how that happens.
 //
 // # Backends
 //
-//   - io_uring (Uring, on github.com/pawelgaczynski/giouring): a Flush is one
-//     chain of linked SQEs, the O_DIRECT writes and then one fdatasync per
-//     file, submitted with one io_uring_enter. IOSQE_IO_LINK orders each
-//     operation after the previous one; without it the kernel may run the
-//     sync before the writes it is meant to cover.
-//   - portable (Portable): pwrite per write, then fdatasync per file.
+// New picks one of two implementations of Engine:
 //
-// New("auto", logger) picks io_uring when the kernel allows it and says in
-// one log line which backend runs and why. io_uring_setup failing with EPERM
-// (seccomp, kernel.io_uring_disabled) or ENOSYS is normal, not an error.
-// QUIVER_IOENGINE pins the backend that "auto" picks. Both backends pass the
-// same tests; Backends lists the ones that run on this machine.
+//   - "io_uring" (Linux, on github.com/pawelgaczynski/giouring): a Flush
+//     is one io_uring_enter that submits every write plus one fdatasync per
+//     distinct file and waits for all of them. The kernel does not order
+//     SQEs on its own, so each file's SQEs form an IOSQE_IO_LINK chain,
+//     writes in op order then the fdatasync; chains of different files run
+//     concurrently. Batches larger than the ring are split into rounds,
+//     each submitted after the previous one completed; short writes are
+//     finished with follow-up writes; -ECANCELED of linked SQEs is not
+//     reported as an error of its own (see uringEngine.Flush).
+//   - "portable": one pwrite per op, in order, then one fdatasync per
+//     distinct file. It runs on any Unix (without O_DIRECT outside Linux).
 //
-// # Alignment
+// "auto" uses io_uring when a probe ring can be created and the kernel knows
+// IORING_OP_WRITE and IORING_OP_FSYNC, and the portable backend otherwise:
+// EPERM from seccomp or kernel.io_uring_disabled, ENOSYS, ENOMEM are normal
+// answers. New logs one Info line ("ioengine selected") with the backend
+// and the reason. The environment variable QUIVER_IOENGINE (EnvBackend),
+// set to "io_uring" or "portable", overrides what "auto" picks; it never
+// overrides an explicit kind. Backends lists the backends usable on this
+// machine, for test suites and benchmarks to iterate over.
 //
-// Files are opened with O_DIRECT for writes (falling back to buffered writes
-// where the file system refuses it, such as tmpfs) and with a second,
-// buffered descriptor for reads. Direct writes need buffer addresses,
-// lengths and file offsets that are multiples of Alignment (4 KiB):
-// AlignedBuffer makes such buffers; misaligned writes fail with
-// ErrUnaligned and write nothing.
+// # Files and alignment
+//
+// Both backends open files the same way (DirectFile): an O_DIRECT|O_RDWR
+// descriptor for writes and a buffered O_RDONLY one for reads. Reads are
+// served by the page cache, which Linux keeps coherent with direct writes
+// (a direct write invalidates the cached pages it covers). Where the
+// filesystem refuses O_DIRECT (tmpfs on older kernels) the write descriptor
+// falls back to buffered I/O, once-logged and visible as DirectIO() ==
+// false; files stay correct because syncs are fdatasyncs either way.
+//
+// Direct writes need buffer addresses, lengths and file offsets that are
+// multiples of Alignment (4 KiB), and a non-empty buffer. AlignedBuffer
+// makes such buffers (Go heap memory, see its doc). A Flush or WriteAt
+// that breaks the rule fails with ErrUnaligned before anything is written;
+// the rule is enforced even on the buffered fallback so that tests on any
+// filesystem catch what O_DIRECT would reject.
+//
+// # Errors
+//
+// Errors are the package's sentinels (ErrUnaligned, ErrShortWrite,
+// ErrClosed, ErrUnavailable, ErrInjected) or the kernel's errno, wrapped
+// with %w and the file name and offset: test them with errors.Is. After a
+// failed Flush the state of its ops is unknown (the log fails stop).
 //
 // # Fault injection
 //
-// Faulty wraps any Engine so that tests can fail a write, fail a sync, tear a
-// write (only a prefix reaches the file) or crash the disk in-process.
+// Faulty wraps any Engine and the files it opens: tests arm one-shot faults
+// (FailWrite, FailSync, TearWrite, each after N more successful operations)
+// or Crash the disk, and read counters (Stats) to assert, for instance,
+// that one synced Flush of one file is one fdatasync.
 //
 // # Building
 //
-// giouring links syscall.munmap with go:linkname, which Go 1.23 and later
-// refuse unless the linker runs with -ldflags=-checklinkname=0. Every build
-// of a program that imports this package needs that flag (the Makefile has
-// it). The client SDK never imports this package.
+// giouring reaches syscall.mmap and syscall.munmap with go:linkname, which
+// Go 1.23 and later refuse at link time unless the linker runs with
+// -checklinkname=0. Every build, test, vet and benchmark of a package that
+// imports ioengine needs it:
+//
+//	go test -ldflags=-checklinkname=0 -race ./ioengine/
+//
+// (the Makefile passes it everywhere). The client SDK never imports this
+// package.
 package ioengine

@@ -1,73 +1,101 @@
+//go:build unix
+
 package ioengine
 
 import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
-// Faulty wraps an Engine and the files it opens so that tests can make the
-// disk fail in-process: a failed write, a failed sync, a torn write (only a
-// prefix of a write reaches the file, as when power fails mid-write) or a
-// crash (everything fails from then on). Each fault is armed once and fires
-// after a given number of further successful operations of its kind. Writes
-// are counted per WriteOp or WriteAt, syncs per synced Flush or File.Sync.
-//
-// Faulty is safe for concurrent use.
-type Faulty struct {
-	inner Engine
+// SectorSize is the unit a torn write keeps: a disk writes whole sectors, so
+// a crash mid-write leaves a prefix of whole 512-byte sectors.
+const SectorSize = 512
 
-	mu      sync.Mutex
-	write   *fault // next write fault (failed or torn)
+// Faulty wraps an Engine, and every File it opens, so that tests can make
+// the disk fail in-process: a failed write, a failed sync, a torn write, or
+// a crash. It implements Engine.
+//
+// Faults are one-shot. Each arming method takes after, the number of
+// further operations of that kind that succeed before the fault fires (0:
+// the very next one). Writes are counted per WriteOp of a Flush and per
+// File.WriteAt; syncs per distinct file of a synced Flush and per
+// File.Sync. One write fault (failed or torn) and one sync fault can be
+// armed at a time; arming again replaces the pending one.
+//
+// When a write fault fires in a Flush, the ops before it reach the inner
+// engine (unsynced), the faulty op is failed or torn, and the ops after it
+// and the sync are not attempted. When a sync fault fires, all writes reach
+// the inner engine, the files before the faulty one are synced, and the
+// rest are not.
+//
+// Faulty is safe for concurrent use: arming and Stats may run while another
+// goroutine flushes.
+type Faulty struct {
+	inner   Engine
+	crashed atomic.Bool
+
+	mu      sync.Mutex // serializes Flush, file writes and syncs with arming
+	write   *fault
 	sync    *fault
-	crashed bool
 	stats   Stats
-	scratch []WriteOp
+	scratch []WriteOp    // ops rewritten onto the inner files
+	files   []syncTarget // distinct inner files of a synced Flush
+}
+
+// Stats are Faulty's counters.
+type Stats struct {
+	Flushes int64 // Engine.Flush calls, failed ones included
+	Writes  int64 // writes that reached the inner engine or hit a fault
+	Syncs   int64 // fdatasyncs that reached the inner engine or hit a fault
+	Faults  int64 // armed faults that fired (not the failures after Crash)
 }
 
 type fault struct {
-	after int   // successful operations of its kind before it fires
-	err   error // returned when it fires
-	keep  int   // torn write: bytes that reach the file (-1: not torn)
+	after int
+	err   error
+	keep  int // torn write: bytes kept; -1 for a plain failed write
 }
 
-// Stats counts what reached the inner engine, and the faults that fired.
-type Stats struct {
-	Flushes int64
-	Writes  int64
-	Syncs   int64
-	Faults  int64
-}
+var _ Engine = (*Faulty)(nil)
 
-// NewFaulty wraps inner.
+// NewFaulty wraps inner. Closing the Faulty closes inner.
 func NewFaulty(inner Engine) *Faulty { return &Faulty{inner: inner} }
 
-// FailWrite makes the write after the next `after` successful ones fail with
-// err (ErrInjected if nil), writing nothing.
-func (f *Faulty) FailWrite(after int, err error) {
-	f.arm(&f.write, after, err, -1)
+// FailWrite makes the write after the next `after` successful ones fail
+// with err (ErrInjected if nil) without writing anything.
+func (f *Faulty) FailWrite(after int, err error) { f.arm(&f.write, after, err, -1) }
+
+// TearWrite makes the write after the next `after` successful ones write
+// only its first keepBytes bytes, rounded down to SectorSize, and fail with
+// ErrInjected: the state a crash mid-write leaves. A kept prefix that is a
+// multiple of Alignment is written directly like the real write; any other
+// goes through a buffered descriptor (O_DIRECT cannot write 512 bytes at
+// 4 KiB alignment) and is fdatasync'ed so it is really on disk.
+func (f *Faulty) TearWrite(after int, keepBytes int) {
+	f.arm(&f.write, after, nil, max(keepBytes, 0)/SectorSize*SectorSize)
 }
 
-// TearWrite makes the write after the next `after` successful ones write only
-// its first keep bytes (rounded down to a 512-byte sector) and fail.
-func (f *Faulty) TearWrite(after, keep int) {
-	f.arm(&f.write, after, nil, keep/512*512)
-}
+// FailSync makes the fdatasync after the next `after` successful ones fail
+// with err (ErrInjected if nil). The writes it would have covered have
+// reached the file.
+func (f *Faulty) FailSync(after int, err error) { f.arm(&f.sync, after, err, -1) }
 
-// FailSync makes the sync after the next `after` successful ones fail with
-// err (ErrInjected if nil). The writes of that flush reach the file.
-func (f *Faulty) FailSync(after int, err error) {
-	f.arm(&f.sync, after, err, -1)
-}
+// Crash makes every later call on the engine and its files fail with
+// ErrInjected, as if the process had died; it cannot be undone. Close still
+// releases the inner engine and files (so tests do not leak descriptors)
+// but reports ErrInjected too.
+func (f *Faulty) Crash() { f.crashed.Store(true) }
 
-// Crash makes every later operation fail with ErrInjected.
-func (f *Faulty) Crash() {
+// Disarm cancels pending faults that have not fired. It does not undo Crash.
+func (f *Faulty) Disarm() {
 	f.mu.Lock()
-	f.crashed = true
+	f.write, f.sync = nil, nil
 	f.mu.Unlock()
 }
 
-// Stats returns the counters.
+// Stats returns a snapshot of the counters.
 func (f *Faulty) Stats() Stats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -79,175 +107,268 @@ func (f *Faulty) arm(slot **fault, after int, err error, keep int) {
 		err = ErrInjected
 	}
 	f.mu.Lock()
-	*slot = &fault{after: after, err: err, keep: keep}
+	*slot = &fault{after: max(after, 0), err: err, keep: keep}
 	f.mu.Unlock()
 }
 
+// Name is the inner engine's name with "+faulty".
 func (f *Faulty) Name() string { return f.inner.Name() + "+faulty" }
 
+// Open opens through the inner engine and wraps the file.
 func (f *Faulty) Open(path string) (File, error) {
-	f.mu.Lock()
-	crashed := f.crashed
-	f.mu.Unlock()
-	if crashed {
-		return nil, ErrInjected
+	if f.crashed.Load() {
+		return nil, f.crashErr("open", path)
 	}
 	in, err := f.inner.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	return &faultyFile{File: in, eng: f}, nil
+	return &faultyFile{inner: in, f: f}, nil
 }
 
-func (f *Faulty) Close() error { return f.inner.Close() }
-
-// writeFaultLocked consumes one write and returns the fault that fires on it.
-func (f *Faulty) writeFaultLocked() *fault {
-	if f.write == nil {
-		return nil
+// Close closes the inner engine.
+func (f *Faulty) Close() error {
+	err := f.inner.Close()
+	if f.crashed.Load() {
+		return f.crashErr("close", f.Name())
 	}
-	if f.write.after > 0 {
-		f.write.after--
-		return nil
-	}
-	ft := f.write
-	f.write = nil
-	f.stats.Faults++
-	return ft
+	return err
 }
 
-func (f *Faulty) syncFaultLocked() *fault {
-	if f.sync == nil {
-		return nil
-	}
-	if f.sync.after > 0 {
-		f.sync.after--
-		return nil
-	}
-	ft := f.sync
-	f.sync = nil
-	f.stats.Faults++
-	return ft
-}
-
+// Flush implements Engine with the armed faults applied (see Faulty). With
+// none due in this call it is one inner Flush, so the backend's batching
+// is what runs.
 func (f *Faulty) Flush(ops []WriteOp, sync bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.crashed {
-		return ErrInjected
+	f.stats.Flushes++
+	if f.crashed.Load() {
+		return f.crashErr("flush", f.Name())
 	}
-	f.scratch = f.scratch[:0]
+	in := f.unwrap(ops)
+	defer f.clearScratch()
+	// Reject a bad batch the way the inner engine would, before any fault
+	// is consumed or anything is written.
+	if err := validate(in); err != nil {
+		return err
+	}
+
+	if w := f.write; w != nil {
+		if w.after < len(in) {
+			k := w.after
+			f.write = nil
+			f.stats.Faults++
+			f.stats.Writes += int64(k + 1)
+			if k > 0 {
+				if err := f.inner.Flush(in[:k], false); err != nil {
+					return err
+				}
+			}
+			return applyWriteFault(in[k].File, in[k].Buf, in[k].Off, w)
+		}
+		w.after -= len(in)
+	}
+	f.stats.Writes += int64(len(in))
+	if !sync {
+		return f.inner.Flush(in, false)
+	}
+
+	for i := range in {
+		f.files = addSyncTarget(f.files, in[i].File.Fd(), in[i].File)
+	}
+	if s := f.sync; s != nil {
+		if s.after < len(f.files) {
+			j := s.after
+			f.sync = nil
+			f.stats.Faults++
+			f.stats.Syncs += int64(j + 1)
+			if err := f.inner.Flush(in, false); err != nil {
+				return err
+			}
+			for _, t := range f.files[:j] {
+				if err := t.file.Sync(); err != nil {
+					return err
+				}
+			}
+			return fmt.Errorf("ioengine: fdatasync %s: %w", f.files[j].file.Name(), s.err)
+		}
+		s.after -= len(f.files)
+	}
+	f.stats.Syncs += int64(len(f.files))
+	return f.inner.Flush(in, true)
+}
+
+// unwrap copies ops onto the inner files, into a reused scratch slice.
+func (f *Faulty) unwrap(ops []WriteOp) []WriteOp {
 	for _, op := range ops {
 		if ff, ok := op.File.(*faultyFile); ok {
-			op.File = ff.File
+			op.File = ff.inner
 		}
 		f.scratch = append(f.scratch, op)
 	}
-	inner := f.scratch
-	for i := range inner {
-		ft := f.writeFaultLocked()
-		if ft == nil {
-			continue
-		}
-		// Everything before the faulty write reaches the file first.
-		if i > 0 {
-			if err := f.inner.Flush(inner[:i], false); err != nil {
-				return err
-			}
-			f.stats.Writes += int64(i)
-		}
-		f.stats.Flushes++
-		return tear(inner[i], ft)
+	return f.scratch
+}
+
+func (f *Faulty) clearScratch() {
+	clear(f.scratch)
+	f.scratch = f.scratch[:0]
+	clear(f.files)
+	f.files = f.files[:0]
+}
+
+// writeFault consumes one write from the countdown and returns the fault
+// that fires on it, if any.
+func (f *Faulty) writeFault() *fault {
+	f.stats.Writes++
+	w := f.write
+	if w == nil {
+		return nil
 	}
-	var sf *fault
-	if sync {
-		sf = f.syncFaultLocked()
+	if w.after > 0 {
+		w.after--
+		return nil
 	}
-	if err := f.inner.Flush(inner, sync && sf == nil); err != nil {
+	f.write = nil
+	f.stats.Faults++
+	return w
+}
+
+func (f *Faulty) syncFault() *fault {
+	f.stats.Syncs++
+	s := f.sync
+	if s == nil {
+		return nil
+	}
+	if s.after > 0 {
+		s.after--
+		return nil
+	}
+	f.sync = nil
+	f.stats.Faults++
+	return s
+}
+
+func (f *Faulty) crashErr(op, name string) error {
+	return fmt.Errorf("ioengine: %s %s after simulated crash: %w", op, name, ErrInjected)
+}
+
+// applyWriteFault fails a write of p at off to file, after writing the
+// torn prefix if the fault keeps one.
+func applyWriteFault(file File, p []byte, off int64, w *fault) error {
+	if w.keep < 0 {
+		return fmt.Errorf("ioengine: write %s at offset %d: %w", file.Name(), off, w.err)
+	}
+	keep := min(w.keep, len(p)) / SectorSize * SectorSize
+	if keep > 0 {
+		var err error
+		if keep%Alignment == 0 {
+			_, err = file.WriteAt(p[:keep], off)
+		} else {
+			err = writeBuffered(file.Name(), p[:keep], off)
+		}
+		if err != nil {
+			return fmt.Errorf("ioengine: torn write %s at offset %d: writing the kept prefix: %w", file.Name(), off, err)
+		}
+	}
+	return fmt.Errorf("ioengine: torn write %s at offset %d (%d of %d bytes kept): %w",
+		file.Name(), off, keep, len(p), w.err)
+}
+
+// writeBuffered writes p at off through a separate buffered descriptor and
+// syncs it. Linux keeps it coherent with the direct descriptor: a later
+// direct write over these pages first writes back and drops them.
+func writeBuffered(name string, p []byte, off int64) error {
+	w, err := os.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
 		return err
 	}
-	f.stats.Flushes++
-	f.stats.Writes += int64(len(inner))
-	if sf != nil {
-		return fmt.Errorf("ioengine: fdatasync: %w", sf.err)
+	_, err = w.WriteAt(p, off)
+	if err == nil {
+		err = w.Sync()
 	}
-	if sync {
-		f.stats.Syncs++
+	if cerr := w.Close(); err == nil {
+		err = cerr
 	}
-	return nil
+	return err
 }
 
-// tear applies a write fault to op: nothing written, or a sector-aligned
-// prefix written through the page cache (a direct write could not stop
-// mid-page), then the fault's error.
-func tear(op WriteOp, ft *fault) error {
-	if ft.keep > 0 {
-		w, err := os.OpenFile(op.File.Name(), os.O_WRONLY, 0)
-		if err != nil {
-			return err
-		}
-		_, err = w.WriteAt(op.Buf[:min(ft.keep, len(op.Buf))], op.Off)
-		if err == nil {
-			err = w.Sync()
-		}
-		w.Close()
-		if err != nil {
-			return err
-		}
-		return fmt.Errorf("ioengine: torn write %s at %d (%d of %d bytes): %w", op.File.Name(), op.Off, ft.keep, len(op.Buf), ft.err)
-	}
-	return fmt.Errorf("ioengine: write %s at %d: %w", op.File.Name(), op.Off, ft.err)
-}
-
-// faultyFile routes a file's own writes and syncs through the faults.
+// faultyFile routes a file's own writes and syncs through the faults. It
+// spells out every method instead of embedding File, so that a method added
+// to File cannot silently bypass Crash.
 type faultyFile struct {
-	File
-	eng *Faulty
+	inner File
+	f     *Faulty
 }
+
+func (ff *faultyFile) Name() string { return ff.inner.Name() }
+func (ff *faultyFile) Fd() int      { return ff.inner.Fd() }
+
+// Unwrap returns the inner engine's file.
+func (ff *faultyFile) Unwrap() File { return ff.inner }
 
 func (ff *faultyFile) WriteAt(p []byte, off int64) (int, error) {
-	f := ff.eng
+	f := ff.f
+	if f.crashed.Load() {
+		return 0, f.crashErr("write", ff.Name())
+	}
+	if err := checkAligned(ff, p, off); err != nil {
+		return 0, err
+	}
 	f.mu.Lock()
-	if f.crashed {
-		f.mu.Unlock()
-		return 0, ErrInjected
+	defer f.mu.Unlock()
+	if w := f.writeFault(); w != nil {
+		return 0, applyWriteFault(ff.inner, p, off, w)
 	}
-	ft := f.writeFaultLocked()
-	if ft == nil {
-		f.stats.Writes++
-	}
-	f.mu.Unlock()
-	if ft != nil {
-		return 0, tear(WriteOp{File: ff.File, Buf: p, Off: off}, ft)
-	}
-	return ff.File.WriteAt(p, off)
+	return ff.inner.WriteAt(p, off)
 }
 
 func (ff *faultyFile) Sync() error {
-	f := ff.eng
+	f := ff.f
+	if f.crashed.Load() {
+		return f.crashErr("fdatasync", ff.Name())
+	}
 	f.mu.Lock()
-	if f.crashed {
-		f.mu.Unlock()
-		return ErrInjected
+	defer f.mu.Unlock()
+	if s := f.syncFault(); s != nil {
+		return fmt.Errorf("ioengine: fdatasync %s: %w", ff.Name(), s.err)
 	}
-	ft := f.syncFaultLocked()
-	if ft == nil {
-		f.stats.Syncs++
-	}
-	f.mu.Unlock()
-	if ft != nil {
-		return fmt.Errorf("ioengine: fdatasync %s: %w", ff.Name(), ft.err)
-	}
-	return ff.File.Sync()
+	return ff.inner.Sync()
 }
 
 func (ff *faultyFile) ReadAt(p []byte, off int64) (int, error) {
-	f := ff.eng
-	f.mu.Lock()
-	crashed := f.crashed
-	f.mu.Unlock()
-	if crashed {
-		return 0, ErrInjected
+	if ff.f.crashed.Load() {
+		return 0, ff.f.crashErr("read", ff.Name())
 	}
-	return ff.File.ReadAt(p, off)
+	return ff.inner.ReadAt(p, off)
+}
+
+func (ff *faultyFile) Allocate(size int64) error {
+	if ff.f.crashed.Load() {
+		return ff.f.crashErr("allocate", ff.Name())
+	}
+	return ff.inner.Allocate(size)
+}
+
+func (ff *faultyFile) Truncate(size int64) error {
+	if ff.f.crashed.Load() {
+		return ff.f.crashErr("truncate", ff.Name())
+	}
+	return ff.inner.Truncate(size)
+}
+
+func (ff *faultyFile) Size() (int64, error) {
+	if ff.f.crashed.Load() {
+		return 0, ff.f.crashErr("stat", ff.Name())
+	}
+	return ff.inner.Size()
+}
+
+// Close closes the inner file even after Crash, so tests do not leak
+// descriptors, but then reports ErrInjected.
+func (ff *faultyFile) Close() error {
+	err := ff.inner.Close()
+	if ff.f.crashed.Load() {
+		return ff.f.crashErr("close", ff.Name())
+	}
+	return err
 }

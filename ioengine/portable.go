@@ -1,72 +1,118 @@
+//go:build unix
+
 package ioengine
 
 import (
 	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 )
 
-// Portable is the pwrite + fdatasync backend: one syscall per write, then one
-// fdatasync per file written. It runs wherever Linux does.
-type Portable struct {
+// portableEngine is the backend that runs everywhere: one pwrite per op, in
+// order, then one fdatasync per distinct file. It costs a syscall per op and
+// per file, which the io_uring backend folds into one submit.
+type portableEngine struct {
+	logger *slog.Logger
+	opener opener
+
+	mu     sync.Mutex // one Flush at a time; guards syncs
 	closed atomic.Bool
-	files  []File // scratch for Flush's distinct files; Flush is not concurrent
+	syncs  []syncTarget // scratch, reused so Flush does not allocate
 }
 
-// NewPortable returns the portable backend.
-func NewPortable() *Portable { return &Portable{} }
-
-func (p *Portable) Name() string { return "portable" }
-
-func (p *Portable) Open(path string) (File, error) {
-	if p.closed.Load() {
-		return nil, ErrClosed
-	}
-	return openFile(path)
+// syncTarget is one distinct file a Flush must fdatasync.
+type syncTarget struct {
+	fd   int
+	file File
 }
 
-func (p *Portable) Flush(ops []WriteOp, sync bool) error {
-	if p.closed.Load() {
-		return ErrClosed
+func newPortable(logger *slog.Logger) *portableEngine {
+	return &portableEngine{logger: logger, opener: opener{logger: logger}, syncs: make([]syncTarget, 0, 8)}
+}
+
+func (e *portableEngine) Name() string { return BackendPortable }
+
+func (e *portableEngine) Open(path string) (File, error) {
+	if e.closed.Load() {
+		return nil, fmt.Errorf("ioengine: open %s: %w", path, ErrClosed)
 	}
-	for _, op := range ops {
-		if err := checkOp(op.Buf, op.Off); err != nil {
-			return fmt.Errorf("%w: %s at %d, %d bytes", err, op.File.Name(), op.Off, len(op.Buf))
+	return e.opener.open(path)
+}
+
+// Flush implements Engine: pwrite each op in order, then fdatasync each
+// distinct file once if sync is true. A short write is continued while the
+// kernel's count keeps the remainder aligned, else it is ErrShortWrite.
+func (e *portableEngine) Flush(ops []WriteOp, sync bool) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed.Load() {
+		return fmt.Errorf("ioengine: flush: %w", ErrClosed)
+	}
+	if err := validate(ops); err != nil {
+		return err
+	}
+	defer e.clearSyncs()
+	for i := range ops {
+		op := &ops[i]
+		fd, direct, _ := target(op.File) // validated above
+		if n, err := pwriteAll(fd, direct, op.Buf, op.Off); err != nil {
+			return writeError(op.File.Name(), op.Off, n, len(op.Buf), err)
+		}
+		if sync {
+			e.syncs = addSyncTarget(e.syncs, fd, op.File)
 		}
 	}
-	for _, op := range ops {
-		if _, err := op.File.WriteAt(op.Buf, op.Off); err != nil {
-			return err
-		}
-	}
-	if !sync {
-		return nil
-	}
-	p.files = distinctFiles(p.files[:0], ops)
-	for _, f := range p.files {
-		if err := f.Sync(); err != nil {
-			return err
+	for _, s := range e.syncs {
+		if err := fdatasyncRetry(s.fd); err != nil {
+			return fmt.Errorf("ioengine: fdatasync %s: %w", s.file.Name(), err)
 		}
 	}
 	return nil
 }
 
-func (p *Portable) Close() error {
-	if p.closed.Swap(true) {
-		return ErrClosed
+// clearSyncs drops the scratch's references so closed files can be collected.
+func (e *portableEngine) clearSyncs() {
+	clear(e.syncs)
+	e.syncs = e.syncs[:0]
+}
+
+// Close marks the engine closed; files it opened stay usable until closed.
+func (e *portableEngine) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed.Swap(true) {
+		return fmt.Errorf("ioengine: close portable engine: %w", ErrClosed)
 	}
 	return nil
 }
 
-// distinctFiles appends the files of ops, each once, in order of first use.
-func distinctFiles(dst []File, ops []WriteOp) []File {
-outer:
-	for _, op := range ops {
-		for _, f := range dst {
-			if f == op.File {
-				continue outer
-			}
+// addSyncTarget appends (fd, f) unless fd is already there. Flushes touch one
+// or two files, so a linear scan beats a map and does not allocate.
+func addSyncTarget(s []syncTarget, fd int, f File) []syncTarget {
+	for i := range s {
+		if s[i].fd == fd {
+			return s
 		}
-		dst = append(dst, op.File)
 	}
-	return dst
+	return append(s, syncTarget{fd: fd, file: f})
+}
+
+// opener opens files for an engine and notes, once per engine, that the
+// filesystem refused O_DIRECT.
+type opener struct {
+	logger *slog.Logger
+	warned atomic.Bool
+}
+
+func (o *opener) open(path string) (File, error) {
+	f, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !f.direct && oDirect != 0 && !o.warned.Swap(true) {
+		o.logger.Warn("ioengine: O_DIRECT refused by the filesystem, using buffered writes (still fdatasync'ed)",
+			"file", path)
+	}
+	return f, nil
 }
