@@ -68,12 +68,19 @@ type Log struct {
 	written, durable, dispatched atomic.Int64
 	durableAt, dispatchedAt      atomic.Int64
 	start                        atomic.Int64
-	stats                        struct{ commits, records, flushNanos, syncs atomic.Int64 }
+	stats                        struct{ commits, records, flushNanos, syncs, zeroNanos atomic.Int64 }
 	failure                      atomic.Pointer[error]
 
 	segMu struct {
 		sync.RWMutex
 		segs []*segment // by base; the last one is active
+		next *segment   // created ahead of the roll by the zeroer, or nil
+	}
+
+	zero struct {
+		mu   sync.Mutex
+		to   atomic.Int64 // end of the region zeroed or claimed by the flusher
+		kick chan struct{}
 	}
 
 	// ring holds the most recent TailBytes of log bytes at index pos%TailBytes:
@@ -119,11 +126,18 @@ func Open(opts Options) (*Log, error) {
 		ring:    ioengine.AlignedBuffer(opts.TailBytes),
 		cps:     make(chan checkpoint, 1),
 	}
+	l.zero.kick = make(chan struct{}, 1)
 	if err := l.recover(); err != nil {
 		l.closeSegments()
 		return nil, err
 	}
+	l.zero.to.Store((l.fl.pos + ioengine.Alignment - 1) / ioengine.Alignment * ioengine.Alignment)
 	go l.run()
+	if l.zeroAhead() > 0 {
+		l.bg.Add(1)
+		go l.zeroer()
+		l.kickZeroer(l.fl.pos)
+	}
 	l.bg.Add(1)
 	go l.checkpointer()
 	if opts.RetentionAge > 0 || opts.RetentionBytes > 0 {
@@ -355,6 +369,12 @@ func (l *Log) closeSegments() {
 		s.release()
 	}
 	l.segMu.segs = nil
+	if s := l.segMu.next; s != nil {
+		// Made ahead of time and never used: a later open would only delete it.
+		s.deleted.Store(true)
+		s.release()
+		l.segMu.next = nil
+	}
 }
 
 func (l *Log) fail(err error) {

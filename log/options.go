@@ -70,6 +70,10 @@ type Options struct {
 	// Repair truncates at the first bad record instead of refusing to open
 	// (see recover.go); the operator asks for it with `quiverd repair`.
 	Repair bool
+	// ZeroAhead is how far ahead of the tail a background goroutine writes
+	// zeros into the preallocated segment, so that syncs need no extent
+	// conversion (default 16 MiB, at most half a segment; negative: off).
+	ZeroAhead int64
 	// Dispatcher receives every record once it is visible (see Dispatcher).
 	Dispatcher Dispatcher
 	// Logger receives the log's structured logs (default slog.Default()).
@@ -103,6 +107,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.CheckpointInterval == 0 {
 		o.CheckpointInterval = time.Second
+	}
+	if o.ZeroAhead == 0 {
+		o.ZeroAhead = 16 << 20
 	}
 	if o.RetentionCheck == 0 {
 		o.RetentionCheck = time.Minute
