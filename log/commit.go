@@ -127,7 +127,7 @@ func (l *Log) run() {
 // without care, concurrent appenders split into two halves that commit in
 // alternation, each paying two flushes per append. So when fewer requests are
 // waiting than the previous commit acknowledged, the flusher lingers for the
-// rest, at most a quarter of the last flush's duration (and never above
+// rest, at most half of the last flush's duration (and never above
 // maxLinger): a single appender never waits, and a lone append waits at most
 // a fraction of the sync it is about to share.
 func (l *Log) gather(first *request) {
@@ -135,7 +135,7 @@ func (l *Log) gather(first *request) {
 	bytes := first.msg.EncodedSize()
 	b, bytes = l.drain(b, bytes)
 	if want := l.fl.lastBatch; len(b) < want && bytes < l.opts.MaxBatchBytes {
-		if linger := min(l.fl.lastFlush/4, maxLinger); linger > 0 {
+		if linger := min(l.fl.lastFlush/2, maxLinger); linger > 0 {
 			deadline := time.Now().Add(linger)
 			for len(b) < want && bytes < l.opts.MaxBatchBytes {
 				wait := time.Until(deadline)
