@@ -1,0 +1,115 @@
+// Package store wires the broker's storage together: the I/O engine, the
+// commit log and the indexes derived from it, opened and recovered in the
+// right order, with the index checkpointed in the background.
+package store
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/quivermq/quiver/index"
+	"github.com/quivermq/quiver/ioengine"
+	qlog "github.com/quivermq/quiver/log"
+)
+
+// Options configure a Store.
+type Options struct {
+	// Dir is the data directory: the log in Dir/log, indexes in Dir/index.
+	Dir string
+	// Engine is "auto" (default), "io_uring" or "portable".
+	Engine string
+	// Log holds the log's tuning; Dir, Engine, Dispatcher and Logger are set by Open.
+	Log qlog.Options
+	// IndexCheckpoint is how often the indexes are made durable (default 1s).
+	IndexCheckpoint time.Duration
+	Logger          *slog.Logger
+}
+
+// Store is an open log with its indexes.
+type Store struct {
+	Log   *qlog.Log
+	Index *index.Index
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// logReader lets the index read records from the log opened after it.
+type logReader struct{ l *qlog.Log }
+
+func (r *logReader) ReadRecord(pos int64, size int32, dst []byte) ([]byte, error) {
+	if r.l == nil {
+		return nil, errors.New("store: log not open yet")
+	}
+	return r.l.ReadRecord(pos, size, dst)
+}
+
+// Open opens (recovering if needed) the store in o.Dir.
+func Open(o Options) (*Store, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Engine == "" {
+		o.Engine = "auto"
+	}
+	if o.IndexCheckpoint == 0 {
+		o.IndexCheckpoint = time.Second
+	}
+	eng, err := ioengine.New(o.Engine, o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	rd := &logReader{}
+	idx, err := index.Open(index.Options{Dir: filepath.Join(o.Dir, "index"), Logger: o.Logger, Reader: rd})
+	if err != nil {
+		eng.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	lo := o.Log
+	lo.Dir = filepath.Join(o.Dir, "log")
+	lo.Engine = eng
+	lo.Dispatcher = idx
+	lo.Logger = o.Logger
+	l, err := qlog.Open(lo)
+	if err != nil {
+		idx.Close()
+		eng.Close()
+		return nil, err
+	}
+	rd.l = l
+	s := &Store{Log: l, Index: idx, stop: make(chan struct{})}
+	s.wg.Add(1)
+	go s.checkpointLoop(o.IndexCheckpoint, o.Logger)
+	return s, nil
+}
+
+func (s *Store) checkpointLoop(every time.Duration, logger *slog.Logger) {
+	defer s.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			if err := s.Index.Checkpoint(); err != nil {
+				logger.Warn("index checkpoint failed", "err", err)
+			}
+		case <-s.stop:
+			return
+		}
+	}
+}
+
+// Close closes the log (committing what it accepted) and then the indexes.
+func (s *Store) Close() error {
+	close(s.stop)
+	s.wg.Wait()
+	err := s.Log.Close()
+	if ierr := s.Index.Close(); err == nil {
+		err = ierr
+	}
+	return err
+}

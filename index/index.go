@@ -1,0 +1,496 @@
+package index
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	qlog "github.com/quivermq/quiver/log"
+)
+
+// Errors.
+var (
+	// ErrNotFound: the offset is outside the queue's [min, max) or the queue does not exist.
+	ErrNotFound = errors.New("index: not found")
+	// ErrCorrupt: index files or dispatched records are inconsistent.
+	ErrCorrupt = errors.New("index: corrupt")
+	// ErrClosed: the index was closed.
+	ErrClosed = errors.New("index: closed")
+)
+
+// QueueBounds are a queue's readable offsets and the time of its newest message.
+type QueueBounds struct {
+	Min, Max  uint64 // readable offsets are [Min, Max)
+	LastStore int64  // unix nanoseconds of the newest message, 0 if none
+}
+
+// QueueStatus is one queue's line on the status page.
+type QueueStatus struct {
+	Topic string
+	Queue uint32
+	QueueBounds
+}
+
+// Index is the set of consume queues and the key index.
+type Index struct {
+	opts   Options
+	logger *slog.Logger
+
+	// mu serialises the writers: Dispatch (the log's flusher), Truncated,
+	// DropBefore and the bookkeeping part of Checkpoint.
+	mu      sync.Mutex
+	dirty   map[*os.File]struct{}
+	touched []*cqueue
+	pos     int64 // end of the last dispatched record
+	resume  int64 // checkpointed position at open, -1 if none
+
+	qmu    sync.RWMutex
+	queues map[string]map[uint32]*cqueue
+
+	keys   *keyIndex
+	closed atomic.Bool
+}
+
+const checkpointName = "checkpoint"
+
+// Open opens the index in opts.Dir. Without a valid checkpoint it starts
+// empty (and the log replays everything into it).
+func Open(opts Options) (*Index, error) {
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	idx := &Index{opts: opts, logger: opts.Logger.With("component", "index"),
+		dirty: map[*os.File]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("index: %w", err)
+	}
+	pos, ok := readIndexCheckpoint(filepath.Join(opts.Dir, checkpointName))
+	if !ok {
+		// Nothing durable to trust: rebuild everything from the log.
+		for _, d := range []string{"cq", "keys"} {
+			if err := os.RemoveAll(filepath.Join(opts.Dir, d)); err != nil {
+				return nil, fmt.Errorf("index: %w", err)
+			}
+		}
+	} else {
+		idx.resume = pos
+	}
+	if err := idx.loadQueues(); err != nil {
+		idx.closeFiles()
+		return nil, err
+	}
+	keys, err := openKeyIndex(filepath.Join(opts.Dir, "keys"), opts.KeySlots, opts.KeyEntries, opts.Reader)
+	if err != nil {
+		idx.closeFiles()
+		return nil, fmt.Errorf("index: %w", err)
+	}
+	idx.keys = keys
+	if ok {
+		// Entries past the checkpoint may be torn; the log replays them.
+		if err := idx.truncateFrom(pos); err != nil {
+			idx.closeFiles()
+			return nil, err
+		}
+		idx.pos = pos
+	}
+	return idx, nil
+}
+
+func (idx *Index) loadQueues() error {
+	root := filepath.Join(idx.opts.Dir, "cq")
+	topics, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("index: %w", err)
+	}
+	for _, t := range topics {
+		var topic []byte
+		if _, err := fmt.Sscanf(t.Name(), "%x", &topic); err != nil {
+			return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, filepath.Join(root, t.Name()))
+		}
+		qs, err := os.ReadDir(filepath.Join(root, t.Name()))
+		if err != nil {
+			return fmt.Errorf("index: %w", err)
+		}
+		for _, qd := range qs {
+			id, err := strconv.ParseUint(qd.Name(), 10, 32)
+			if err != nil {
+				return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, qd.Name())
+			}
+			q, err := loadQueue(filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
+			if err != nil {
+				return fmt.Errorf("index: %w", err)
+			}
+			idx.addQueue(q)
+		}
+	}
+	return nil
+}
+
+func (idx *Index) addQueue(q *cqueue) {
+	idx.qmu.Lock()
+	defer idx.qmu.Unlock()
+	m := idx.queues[q.topic]
+	if m == nil {
+		m = map[uint32]*cqueue{}
+		idx.queues[q.topic] = m
+	}
+	m[q.id] = q
+}
+
+func (idx *Index) queue(topic string, id uint32) *cqueue {
+	idx.qmu.RLock()
+	defer idx.qmu.RUnlock()
+	return idx.queues[topic][id]
+}
+
+// queueBytes is queue() for a topic given as bytes, without allocating.
+func (idx *Index) queueBytes(topic []byte, id uint32) *cqueue {
+	idx.qmu.RLock()
+	defer idx.qmu.RUnlock()
+	return idx.queues[string(topic)][id]
+}
+
+// ResumeFrom implements log.Resumer.
+func (idx *Index) ResumeFrom() int64 { return idx.resume }
+
+// Truncated implements log.Resumer: the log now ends at end.
+func (idx *Index) Truncated(end int64) error {
+	return idx.truncateFrom(end)
+}
+
+func (idx *Index) truncateFrom(end int64) error {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	idx.qmu.RLock()
+	var qs []*cqueue
+	for _, m := range idx.queues {
+		for _, q := range m {
+			qs = append(qs, q)
+		}
+	}
+	idx.qmu.RUnlock()
+	for _, q := range qs {
+		if err := q.truncateFrom(end, idx.dirty); err != nil {
+			return err
+		}
+	}
+	idx.keys.truncateFrom(end)
+	if idx.pos > end {
+		idx.pos = end
+	}
+	return nil
+}
+
+// Dispatch implements log.Dispatcher: it indexes recs, which are in log order.
+// A record already indexed at the same position is skipped, so replays are
+// harmless.
+func (idx *Index) Dispatch(recs []qlog.RecordInfo) error {
+	if idx.closed.Load() {
+		return ErrClosed
+	}
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	touched := idx.touched[:0]
+	var scratch [entrySize]byte
+	for i := range recs {
+		ri := &recs[i]
+		q := idx.queueBytes(ri.Topic, ri.QueueID)
+		if q == nil {
+			topic := string(ri.Topic)
+			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
+				per: uint64(idx.opts.EntriesPerFile), files: map[uint64]*os.File{}}
+			q.min.Store(ri.QueueOffset)
+			q.max.Store(ri.QueueOffset)
+			idx.addQueue(q)
+		}
+		next := q.max.Load() + uint64(len(q.buf)/entrySize)
+		switch {
+		case ri.QueueOffset == next:
+		case ri.QueueOffset < next:
+			// Already indexed: a replay after a restart.
+			if ri.QueueOffset < q.min.Load() || ri.QueueOffset >= q.max.Load() {
+				return fmt.Errorf("%w: %s/%d offset %d overlaps staged entries", ErrCorrupt, ri.Topic, ri.QueueID, ri.QueueOffset)
+			}
+			e, err := q.readEntry(ri.QueueOffset, scratch[:])
+			if err != nil {
+				return err
+			}
+			if e.Pos != ri.Pos {
+				return fmt.Errorf("%w: %s/%d offset %d is at log position %d in the index but %d in the log",
+					ErrCorrupt, ri.Topic, ri.QueueID, ri.QueueOffset, e.Pos, ri.Pos)
+			}
+			continue
+		case q.max.Load() == q.min.Load() && len(q.buf) == 0:
+			// An empty queue starts where the log's oldest record puts it.
+			q.min.Store(ri.QueueOffset)
+			q.max.Store(ri.QueueOffset)
+		default:
+			return fmt.Errorf("%w: %s/%d jumps from offset %d to %d", ErrCorrupt, ri.Topic, ri.QueueID, next, ri.QueueOffset)
+		}
+		if len(q.buf) == 0 {
+			touched = append(touched, q)
+		}
+		th := tagHash(ri.Tags)
+		for inner := uint32(0); inner < ri.Count; inner++ {
+			q.stage(ri.QueueOffset+uint64(inner), Entry{Pos: ri.Pos, Size: ri.Size, Inner: inner, StoreTime: ri.StoreTime, TagHash: th})
+		}
+		if len(ri.Key) > 0 {
+			idx.keys.mu.Lock()
+			err := idx.keys.addLocked(ri)
+			idx.keys.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("index: key index: %w", err)
+			}
+		}
+	}
+	for _, q := range touched {
+		if err := q.flush(idx.dirty); err != nil {
+			return err
+		}
+	}
+	idx.touched = touched[:0]
+	if n := len(recs); n > 0 {
+		idx.pos = recs[n-1].Pos + int64(recs[n-1].Size)
+	}
+	return nil
+}
+
+func tagHash(tags []byte) uint64 {
+	if len(tags) == 0 {
+		return 0
+	}
+	h := uint64(14695981039346656037)
+	for _, c := range tags {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	return h
+}
+
+// Lookup returns the entry at offset.
+func (idx *Index) Lookup(topic string, queue uint32, offset uint64) (Entry, error) {
+	q := idx.queue(topic, queue)
+	if q == nil {
+		return Entry{}, fmt.Errorf("%w: no queue %s/%d", ErrNotFound, topic, queue)
+	}
+	if min, max := q.min.Load(), q.max.Load(); offset < min || offset >= max {
+		return Entry{}, fmt.Errorf("%w: %s/%d offset %d outside [%d, %d)", ErrNotFound, topic, queue, offset, min, max)
+	}
+	var b [entrySize]byte
+	return q.readEntry(offset, b[:])
+}
+
+// Read appends the entries from offset from on to dst, up to its capacity.
+func (idx *Index) Read(topic string, queue uint32, from uint64, dst []Entry) ([]Entry, error) {
+	q := idx.queue(topic, queue)
+	if q == nil {
+		return dst, fmt.Errorf("%w: no queue %s/%d", ErrNotFound, topic, queue)
+	}
+	min, max := q.min.Load(), q.max.Load()
+	if from < min || from > max {
+		return dst, fmt.Errorf("%w: %s/%d offset %d outside [%d, %d]", ErrNotFound, topic, queue, from, min, max)
+	}
+	var b [entrySize]byte
+	for off := from; off < max && len(dst) < cap(dst); off++ {
+		e, err := q.readEntry(off, b[:])
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, e)
+	}
+	return dst, nil
+}
+
+// Bounds returns a queue's readable offsets.
+func (idx *Index) Bounds(topic string, queue uint32) (QueueBounds, bool) {
+	q := idx.queue(topic, queue)
+	if q == nil {
+		return QueueBounds{}, false
+	}
+	return QueueBounds{Min: q.min.Load(), Max: q.max.Load(), LastStore: q.lastStore.Load()}, true
+}
+
+// Queues lists every queue, sorted by topic and queue id.
+func (idx *Index) Queues() []QueueStatus {
+	idx.qmu.RLock()
+	var out []QueueStatus
+	for _, m := range idx.queues {
+		for _, q := range m {
+			out = append(out, QueueStatus{Topic: q.topic, Queue: q.id,
+				QueueBounds: QueueBounds{Min: q.min.Load(), Max: q.max.Load(), LastStore: q.lastStore.Load()}})
+		}
+	}
+	idx.qmu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Topic != out[j].Topic {
+			return out[i].Topic < out[j].Topic
+		}
+		return out[i].Queue < out[j].Queue
+	})
+	return out
+}
+
+// LookupTime returns the first offset whose store time is at or after t
+// (Max when every message is older).
+func (idx *Index) LookupTime(topic string, queue uint32, t int64) (uint64, error) {
+	q := idx.queue(topic, queue)
+	if q == nil {
+		return 0, fmt.Errorf("%w: no queue %s/%d", ErrNotFound, topic, queue)
+	}
+	min, max := q.min.Load(), q.max.Load()
+	var b [entrySize]byte
+	var err error
+	i := sort.Search(int(max-min), func(i int) bool {
+		e, rerr := q.readEntry(min+uint64(i), b[:])
+		if rerr != nil {
+			err = rerr
+			return true
+		}
+		return e.StoreTime >= t
+	})
+	return min + uint64(i), err
+}
+
+// LookupKey returns up to max records of topic whose key is key, newest first.
+func (idx *Index) LookupKey(topic string, key []byte, max int) ([]KeyHit, error) {
+	if idx.opts.Reader == nil {
+		return nil, errors.New("index: no RecordReader to verify key hits")
+	}
+	return idx.keys.lookup([]byte(topic), key, max)
+}
+
+// DropBefore implements log.Retainer: queues no longer reach below the log's
+// new start, and files that only held such entries are deleted.
+func (idx *Index) DropBefore(pos int64) {
+	idx.mu.Lock()
+	defer idx.mu.Unlock()
+	idx.qmu.RLock()
+	var qs []*cqueue
+	for _, m := range idx.queues {
+		for _, q := range m {
+			qs = append(qs, q)
+		}
+	}
+	idx.qmu.RUnlock()
+	var b [entrySize]byte
+	for _, q := range qs {
+		min, max := q.min.Load(), q.max.Load()
+		n := sort.Search(int(max-min), func(i int) bool {
+			e, err := q.readEntry(min+uint64(i), b[:])
+			return err != nil || e.Pos >= pos
+		})
+		newMin := min + uint64(n)
+		q.min.Store(newMin)
+		q.mu.Lock()
+		for first, f := range q.files {
+			if first+q.per <= newMin {
+				f.Close()
+				os.Remove(f.Name())
+				delete(q.files, first)
+				delete(idx.dirty, f)
+			}
+		}
+		q.mu.Unlock()
+	}
+	idx.keys.dropBefore(pos)
+}
+
+// Checkpoint makes the index durable up to the last dispatched record and
+// records that position, so that the next open replays only what follows.
+func (idx *Index) Checkpoint() error {
+	idx.mu.Lock()
+	pos := idx.pos
+	files := make([]*os.File, 0, len(idx.dirty))
+	for f := range idx.dirty {
+		files = append(files, f)
+		delete(idx.dirty, f)
+	}
+	idx.mu.Unlock()
+	for _, f := range files {
+		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("index: sync %s: %w", f.Name(), err)
+		}
+	}
+	if err := idx.keys.sync(); err != nil {
+		return err
+	}
+	return writeIndexCheckpoint(idx.opts.Dir, pos)
+}
+
+// Close checkpoints and closes every file.
+func (idx *Index) Close() error {
+	if idx.closed.Swap(true) {
+		return ErrClosed
+	}
+	err := idx.Checkpoint()
+	idx.closeFiles()
+	return err
+}
+
+func (idx *Index) closeFiles() {
+	idx.qmu.Lock()
+	for _, m := range idx.queues {
+		for _, q := range m {
+			q.close()
+		}
+	}
+	idx.qmu.Unlock()
+	if idx.keys != nil {
+		idx.keys.close()
+	}
+}
+
+// checkpoint file: "QIX1" | pos i64 | crc32c u32
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+func readIndexCheckpoint(path string) (int64, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) != 16 || string(b[:4]) != "QIX1" ||
+		crc32.Checksum(b[:12], crcTable) != binary.LittleEndian.Uint32(b[12:]) {
+		return 0, false
+	}
+	return int64(binary.LittleEndian.Uint64(b[4:])), true
+}
+
+func writeIndexCheckpoint(dir string, pos int64) error {
+	b := append([]byte("QIX1"), make([]byte, 12)...)
+	binary.LittleEndian.PutUint64(b[4:], uint64(pos))
+	binary.LittleEndian.PutUint32(b[12:], crc32.Checksum(b[:12], crcTable))
+	tmp := filepath.Join(dir, checkpointName+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("index: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, checkpointName))
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(dir); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("index: checkpoint: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package index
+
+import (
+	"errors"
+	"log/slog"
+)
+
+// RecordReader reads record bytes from the log, for verifying key hits.
+type RecordReader interface {
+	ReadRecord(pos int64, size int32, dst []byte) ([]byte, error)
+}
+
+// Options configure an Index.
+type Options struct {
+	Dir string
+	// EntriesPerFile is the number of entries in each consume-queue file
+	// (default 1<<20: 32 MiB files).
+	EntriesPerFile int
+	// KeySlots and KeyEntries size each key-index file (defaults 1<<20 and
+	// 1<<20: about 44 MiB per file).
+	KeySlots   int
+	KeyEntries int
+	// Reader reads records from the log to verify key hits.
+	Reader RecordReader
+	Logger *slog.Logger
+}
+
+// EnsureDefaults fills zero fields.
+func (o *Options) EnsureDefaults() *Options {
+	if o.EntriesPerFile == 0 {
+		o.EntriesPerFile = 1 << 20
+	}
+	if o.KeySlots == 0 {
+		o.KeySlots = 1 << 20
+	}
+	if o.KeyEntries == 0 {
+		o.KeyEntries = 1 << 20
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// Validate reports the first invalid option.
+func (o *Options) Validate() error {
+	switch {
+	case o.Dir == "":
+		return errors.New("index: Options.Dir is empty")
+	case o.EntriesPerFile < 1 || o.KeySlots < 1 || o.KeyEntries < 1:
+		return errors.New("index: sizes must be positive")
+	}
+	return nil
+}
