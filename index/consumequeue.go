@@ -246,5 +246,3 @@ func (q *cqueue) close() {
 		delete(q.files, k)
 	}
 }
-
-

@@ -252,7 +252,7 @@ func (ki *keyIndex) dropBefore(pos int64) {
 	le := binary.LittleEndian
 	for len(ki.files) > 1 {
 		kf := ki.files[0]
-		if kf.count > 0 && int64(le.Uint64(kf.entryAt(kf.count-1)[8:])) >= pos {
+		if kf.count > 0 && int64(le.Uint64(kf.entryAt(kf.count - 1)[8:])) >= pos {
 			return
 		}
 		unix.Munmap(kf.data)

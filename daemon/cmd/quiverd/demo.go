@@ -65,7 +65,7 @@ func runDemo(dir, engine string, count, appenders int) error {
 				t := topics[i%2]
 				key := fmt.Sprintf("%s-%d-%d", t.name, start.Unix(), i)
 				m := &qlog.Message{Topic: t.name, QueueID: uint32(i/2) % t.queues, Key: []byte(key),
-					Body: []byte(fmt.Sprintf(`{"n":%d,"at":%q}`, i, time.Now().Format(time.RFC3339Nano))),
+					Body:       []byte(fmt.Sprintf(`{"n":%d,"at":%q}`, i, time.Now().Format(time.RFC3339Nano))),
 					ClientTime: time.Now().UnixNano()}
 				if _, err := s.Log.Append(m); err != nil {
 					errs <- err
