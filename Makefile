@@ -18,6 +18,7 @@ build:
 # whole suite with the race detector, crash tests included.
 test: vet fmt-check
 	$(GO) test $(LDFLAGS) -race -count=1 -timeout 12m $(PKGS)
+	$(GO) test $(LDFLAGS) -count=1 -run 'Alloc' $(PKGS)
 
 vet:
 	$(GO) vet $(LDFLAGS) $(PKGS)

@@ -235,6 +235,12 @@ func loadQueue(dir, topic string, id uint32, per uint64) (*cqueue, error) {
 	}
 	q.min.Store(firsts[0])
 	q.max.Store(firsts[len(firsts)-1] + uint64(fi.Size())/entrySize)
+	if max := q.max.Load(); max > firsts[0] {
+		var b [entrySize]byte
+		if e, err := q.readEntry(max-1, b[:]); err == nil {
+			q.lastStore.Store(e.StoreTime)
+		}
+	}
 	return q, nil
 }
 

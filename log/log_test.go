@@ -426,3 +426,27 @@ func TestTornTailIsTruncated(t *testing.T) {
 		}
 	})
 }
+
+// The send path allocates nothing per message: pooled requests, a reused
+// batch, encoding straight into the ring.
+func TestAppendDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates; run without -race (make test does)")
+	}
+	forEachBackend(t, func(t *testing.T, backend string) {
+		l := openLog(t, smallOpts(t.TempDir(), newEngine(t, backend)))
+		defer l.Close()
+		m := &Message{Topic: "t", Key: []byte("k"), Body: make([]byte, 1000)}
+		for i := 0; i < 10; i++ {
+			l.Append(m)
+		}
+		var err error
+		allocs := testing.AllocsPerRun(200, func() { _, err = l.Append(m) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allocs != 0 {
+			t.Fatalf("Append allocates %v times per message", allocs)
+		}
+	})
+}
