@@ -450,3 +450,32 @@ func TestAppendDoesNotAllocate(t *testing.T) {
 		}
 	})
 }
+
+// Damage well within one group commit's size of the end, with no
+// checkpoint: only the store times of what follows can tell acknowledged
+// data (several commits follow) from a torn flush (at most one).
+func TestCorruptionNearTheEndIsNotMistakenForATornTail(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		o := Options{Dir: dir, Engine: newEngine(t, backend), SegmentSize: 16 << 20, TailBytes: 16 << 20, Logger: quiet}
+		l := openLog(t, o)
+		var results []AppendResult
+		for i := 0; i < 100; i++ { // ~50 KB: far less than MaxBatchBytes (4 MiB)
+			res, err := l.Append(testMessage(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, res)
+		}
+		l.Close()
+		os.Remove(filepath.Join(dir, checkpointFile))
+		victim := results[10]
+		flipByte(t, segmentPath(dir, o, victim.Pos), victim.Pos%o.SegmentSize+HeaderSize+1)
+		o.Engine = newEngine(t, backend)
+		_, err := Open(o)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "later group commits follow it") {
+			t.Fatalf("open: %v, want a refusal naming the later commits", err)
+		}
+		o.Engine.Close()
+	})
+}

@@ -23,7 +23,9 @@ import (
 //   - it lies at or after the checkpoint;
 //   - at most one segment follows its segment (a group commit spans two);
 //   - nothing but zeros lies more than one group commit beyond it (a torn
-//     flush cannot reach further).
+//     flush cannot reach further);
+//   - the valid records after it belong to at most one group commit (see
+//     commitsAfter).
 //
 // Repair (Options.Repair) truncates at the first bad record whatever lies
 // after it; it is the operator's explicit choice, named in the refusal.
@@ -184,6 +186,11 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 		if far {
 			return refuse("data lies more than one group commit beyond it")
 		}
+		if n, err := l.commitsAfter(i, pos, window); err != nil {
+			return 0, false, err
+		} else if n > 1 {
+			return refuse(fmt.Sprintf("valid records of %d later group commits follow it (a later commit is written only after the earlier one synced)", n))
+		}
 	}
 	dirty := bad != nil
 	if bad != nil {
@@ -205,6 +212,53 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 		dirty = d
 	}
 	return pos, dirty, nil
+}
+
+// commitsAfter counts the distinct group commits among the valid records
+// found within window bytes after pos (in segment i and the next one). All
+// records of one commit share its store time, and a commit is written only
+// after the previous one synced, so records of two commits after a damaged
+// record prove the damage hit acknowledged data. Records are found by trying
+// every byte offset: the damaged record's length cannot be trusted.
+func (l *Log) commitsAfter(i int, pos, window int64) (int, error) {
+	segs := l.segMu.segs
+	times := map[int64]bool{}
+	scan := func(seg *segment, from, to int64) error {
+		to = min(to, seg.base+l.opts.SegmentSize)
+		if from >= to {
+			return nil
+		}
+		buf := make([]byte, to-from)
+		n, err := seg.file.ReadAt(buf, from-seg.base)
+		if err != nil && n == 0 && !isEOF(err) {
+			return fmt.Errorf("log: read %s: %w", seg.file.Name(), err)
+		}
+		buf = buf[:n]
+		var rec Record
+		for j := 0; j+HeaderSize <= len(buf); {
+			if buf[j+8] != RecordMagic {
+				j++
+				continue
+			}
+			size, err := DecodeRecord(buf[j:], &rec)
+			if err != nil {
+				j++
+				continue
+			}
+			times[rec.StoreTime] = true
+			j += size
+		}
+		return nil
+	}
+	if err := scan(segs[i], pos+1, pos+window); err != nil {
+		return 0, err
+	}
+	if i+1 < len(segs) {
+		if err := scan(segs[i+1], segs[i+1].base, segs[i+1].base+window); err != nil {
+			return 0, err
+		}
+	}
+	return len(times), nil
 }
 
 // hasData reports whether the 64 KiB at log position pos (in seg) hold
