@@ -479,3 +479,35 @@ func TestCorruptionNearTheEndIsNotMistakenForATornTail(t *testing.T) {
 		o.Engine.Close()
 	})
 }
+
+func TestRetentionByAge(t *testing.T) {
+	dir := t.TempDir()
+	o := smallOpts(dir, newEngine(t, "portable"))
+	o.RetentionAge = time.Hour
+	o.RetentionCheck = time.Hour // driven by hand below
+	clock := time.Now()
+	o.Now = func() time.Time { return clock }
+	l := openLog(t, o)
+	defer l.Close()
+	for i := 0; i < 2000; i++ {
+		if _, err := l.Append(testMessage(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Segments before the active one (the zeroer may have made the next).
+	old := int(l.Positions().Written / o.SegmentSize)
+	if old < 2 {
+		t.Fatalf("want several segments, got %d before the active one", old)
+	}
+	if n := l.ApplyRetention(); n != 0 {
+		t.Fatalf("retention deleted %d fresh segments", n)
+	}
+	clock = clock.Add(2 * time.Hour)
+	if n := l.ApplyRetention(); n != old {
+		t.Fatalf("retention deleted %d old segments, want all %d before the active one", n, old)
+	}
+	// The log goes on.
+	if _, err := l.Append(testMessage(1)); err != nil {
+		t.Fatal(err)
+	}
+}
