@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"go.uber.org/goleak"
 
 	"github.com/quivermq/quiver/ioengine"
@@ -509,5 +510,47 @@ func TestRetentionByAge(t *testing.T) {
 	// The log goes on.
 	if _, err := l.Append(testMessage(1)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A producer batch is one record, stored exactly as it came (here
+// compressed with zstd by the producer), using Count queue offsets.
+func TestCompressedBatchStoredAsSent(t *testing.T) {
+	l := openLog(t, smallOpts(t.TempDir(), newEngine(t, "portable")))
+	defer l.Close()
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	plain := bytes.Repeat([]byte("event-1|event-2|event-3|"), 100)
+	packed := enc.EncodeAll(plain, nil)
+	m := &Message{Topic: "t", Flags: FlagBatch | CompressionZstd, Count: 3, Body: packed}
+	first, err := l.Append(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := l.Append(&Message{Topic: "t", Body: []byte("after")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.QueueOffset != first.QueueOffset+3 {
+		t.Fatalf("a batch of 3 used offsets %d..%d", first.QueueOffset, next.QueueOffset)
+	}
+	var r Record
+	if _, err := l.Read(first.Pos, nil, &r); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(r.Body, packed) || r.Flags != m.Flags || r.Count != 3 {
+		t.Fatal("the batch was not stored as sent")
+	}
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	got, err := dec.DecodeAll(r.Body, nil)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("stored batch does not decompress to what was sent: %v", err)
 	}
 }
