@@ -40,9 +40,14 @@ fuzz:
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeRecord -fuzztime $${FUZZTIME:-30s} ./log/
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeCheckpoint -fuzztime $${FUZZTIME:-30s} ./log/
 
-# 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by side.
+# 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by
+# side. -count runs every configuration COUNT times, interleaved, and
+# benchstat reports medians: this disk's speed drifts (ext4 online discard of
+# the previous run's files), so single runs mislead.
+BENCHSTAT := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 bench-storage:
-	$(GO) test $(LDFLAGS) -run '^$$' -bench 'BenchmarkAppend' -benchtime $${BENCHTIME:-3s} -count 1 ./log/ | tee bench-storage.txt
+	$(GO) test $(LDFLAGS) -run '^$$' -bench 'BenchmarkAppend' -benchtime $${BENCHTIME:-2s} -count $${COUNT:-5} ./log/ | tee bench-storage.txt
+	$(GO) run $(BENCHSTAT) -col /backend bench-storage.txt
 
 clean:
 	rm -rf $(BIN) bench-storage.txt

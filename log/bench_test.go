@@ -18,7 +18,7 @@ import (
 func BenchmarkAppendSync(b *testing.B) {
 	for _, backend := range ioengine.Backends() {
 		for _, appenders := range []int{1, 16, 64} {
-			b.Run(fmt.Sprintf("%s/appenders=%d", backend, appenders), func(b *testing.B) {
+			b.Run(fmt.Sprintf("backend=%s/appenders=%d", backend, appenders), func(b *testing.B) {
 				benchAppend(b, backend, appenders, Sync)
 			})
 		}
@@ -28,7 +28,7 @@ func BenchmarkAppendSync(b *testing.B) {
 // BenchmarkAppendAsync is the same workload acknowledged after the write.
 func BenchmarkAppendAsync(b *testing.B) {
 	for _, backend := range ioengine.Backends() {
-		b.Run(fmt.Sprintf("%s/appenders=16", backend), func(b *testing.B) {
+		b.Run(fmt.Sprintf("backend=%s/appenders=16", backend), func(b *testing.B) {
 			benchAppend(b, backend, 16, Async)
 		})
 	}
