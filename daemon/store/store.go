@@ -81,6 +81,8 @@ func Open(o Options) (*Store, error) {
 		return nil, err
 	}
 	rd.l = l
+	// Retention may have moved the log's start while the index was closed.
+	idx.DropBefore(l.Positions().Start)
 	s := &Store{Log: l, Index: idx, stop: make(chan struct{})}
 	s.wg.Add(1)
 	go s.checkpointLoop(o.IndexCheckpoint, o.Logger)
