@@ -554,3 +554,22 @@ func TestCompressedBatchStoredAsSent(t *testing.T) {
 		t.Fatalf("stored batch does not decompress to what was sent: %v", err)
 	}
 }
+
+// A record larger than one group commit's MaxBatchBytes is committed alone.
+func TestRecordLargerThanABatch(t *testing.T) {
+	o := Options{Dir: t.TempDir(), Engine: newEngine(t, "portable"), SegmentSize: 64 << 20, Logger: quiet}
+	l := openLog(t, o)
+	defer l.Close()
+	big := &Message{Topic: "t", Body: bytes.Repeat([]byte("0123456789abcdef"), (12<<20)/16)} // 12 MiB > 4 MiB batches
+	res, err := l.Append(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r Record
+	if _, err := l.Read(res.Pos, nil, &r); err != nil || !bytes.Equal(r.Body, big.Body) {
+		t.Fatalf("12 MiB record: %v", err)
+	}
+	if _, err := l.Append(&Message{Topic: "t", Body: make([]byte, MaxRecordSize)}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("record over MaxRecordSize: %v", err)
+	}
+}

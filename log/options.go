@@ -131,17 +131,12 @@ func (o *Options) Validate() error {
 		return errors.New("log: Options.Dir is empty")
 	case o.Engine == nil:
 		return errors.New("log: Options.Engine is nil")
-	case o.TailBytes < 4*page || o.TailBytes&(o.TailBytes-1) != 0:
-		return fmt.Errorf("log: TailBytes %d must be a power of two of at least %d", o.TailBytes, 4*page)
+	case o.TailBytes < 16*page || o.TailBytes&(o.TailBytes-1) != 0:
+		return fmt.Errorf("log: TailBytes %d must be a power of two of at least %d", o.TailBytes, 16*page)
 	case o.SegmentSize < int64(o.TailBytes) || o.SegmentSize%int64(o.TailBytes) != 0:
 		return fmt.Errorf("log: SegmentSize %d must be a multiple of TailBytes %d", o.SegmentSize, o.TailBytes)
-	case o.MaxBatchBytes < MaxRecordSize && o.MaxBatchBytes < o.TailBytes/4:
-		// A batch must hold the largest record, unless the tail is too small for it.
-		if int64(MaxRecordSize) <= o.SegmentSize && o.MaxBatchBytes < HeaderSize+MaxTopicLen {
-			return fmt.Errorf("log: MaxBatchBytes %d too small", o.MaxBatchBytes)
-		}
-	case o.MaxBatchBytes > o.TailBytes/2-2*page:
-		return fmt.Errorf("log: MaxBatchBytes %d must be at most half of TailBytes %d", o.MaxBatchBytes, o.TailBytes)
+	case o.MaxBatchBytes < page || o.MaxBatchBytes > o.TailBytes/2-2*page:
+		return fmt.Errorf("log: MaxBatchBytes %d must be between %d and half of TailBytes (%d) less two pages", o.MaxBatchBytes, page, o.TailBytes)
 	case o.QueueDepth < 1:
 		return fmt.Errorf("log: QueueDepth %d < 1", o.QueueDepth)
 	case o.AsyncInterval < 0 || o.CheckpointInterval < 0 || o.RetentionAge < 0 || o.RetentionBytes < 0:
@@ -150,12 +145,14 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// maxRecord is the largest record this log accepts: it must fit in one
-// segment and in one group commit.
+// maxRecord is the largest record this log accepts. A record larger than
+// MaxBatchBytes is committed alone, but a commit (at most MaxBatchBytes plus
+// one record, plus the unused end of a sealed segment, up to one more
+// record) must fit in the ring with the page it rewrites.
 func (o *Options) maxRecord() int {
 	m := MaxRecordSize
-	if o.MaxBatchBytes < m {
-		m = o.MaxBatchBytes
+	if r := (o.TailBytes - 4*ioengine.Alignment - o.MaxBatchBytes) / 2; r < m {
+		m = r
 	}
 	if int64(m) > o.SegmentSize-8 {
 		m = int(o.SegmentSize - 8)
