@@ -1,0 +1,129 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Type is a frame's payload type.
+type Type uint8
+
+// Frame types.
+const (
+	TypeHello      Type = 1 // client -> broker, first frame on a connection
+	TypeHelloOK    Type = 2
+	TypeError      Type = 3 // broker -> client, the response to a failed request
+	TypeProduce    Type = 4
+	TypeProduceAck Type = 5
+	TypeFetch      Type = 6
+	TypeFetchResp  Type = 7
+	typeLimit           = 8
+)
+
+// ProtocolVersion is the version this package speaks.
+const ProtocolVersion = 1
+
+// Limits. Every decoder enforces them, so a peer cannot make the other side
+// allocate more than they allow.
+const (
+	HeaderSize        = 16
+	MaxFrameSize      = 32 << 20
+	MaxTopicLen       = 255
+	MaxKeyLen         = 1024
+	MaxTagsLen        = 1024
+	MaxHeadersLen     = 64 << 10
+	MaxBodyLen        = 16<<20 - 128<<10 // a whole record, every field at its limit, fits in the log's 16 MiB
+	MaxClientIDLen    = 255
+	MaxCredentialsLen = 4096
+	MaxMessageLen     = 4096
+	MaxFetchMessages  = 4096
+)
+
+var (
+	// ErrMalformed wraps every decoding failure.
+	ErrMalformed = errors.New("wire: malformed")
+	// ErrFrameTooLarge is returned for a frame whose length exceeds MaxFrameSize.
+	ErrFrameTooLarge = errors.New("wire: frame too large")
+)
+
+// Header is a frame's fixed part.
+type Header struct {
+	Type      Type
+	Flags     uint8
+	RequestID uint64
+}
+
+// AppendFrame appends a frame holding payload (already encoded).
+func AppendFrame(dst []byte, h Header, payload []byte) []byte {
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(HeaderSize-4+len(payload)))
+	dst = append(dst, byte(h.Type), h.Flags, 0, 0)
+	dst = binary.LittleEndian.AppendUint64(dst, h.RequestID)
+	return append(dst, payload...)
+}
+
+// BeginFrame appends a frame header with a placeholder length; the caller
+// appends the payload and calls EndFrame. It saves a copy of the payload.
+func BeginFrame(dst []byte, h Header) ([]byte, int) {
+	start := len(dst)
+	return AppendFrame(dst, h, nil), start
+}
+
+// EndFrame sets the length of the frame that starts at start.
+func EndFrame(b []byte, start int) []byte {
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(b)-start-4))
+	return b
+}
+
+// DecodeHeader decodes the 16-byte header and returns it with the payload
+// length.
+func DecodeHeader(b []byte) (Header, int, error) {
+	if len(b) < HeaderSize {
+		return Header{}, 0, fmt.Errorf("%w: header of %d bytes", ErrMalformed, len(b))
+	}
+	n := binary.LittleEndian.Uint32(b)
+	if n < HeaderSize-4 {
+		return Header{}, 0, fmt.Errorf("%w: frame length %d", ErrMalformed, n)
+	}
+	if n > MaxFrameSize {
+		return Header{}, 0, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxFrameSize)
+	}
+	h := Header{Type: Type(b[4]), Flags: b[5], RequestID: binary.LittleEndian.Uint64(b[8:])}
+	if h.Type == 0 || h.Type >= typeLimit {
+		return Header{}, 0, fmt.Errorf("%w: unknown frame type %d", ErrMalformed, h.Type)
+	}
+	if b[6] != 0 || b[7] != 0 {
+		return Header{}, 0, fmt.Errorf("%w: reserved bytes set", ErrMalformed)
+	}
+	return h, int(n) - (HeaderSize - 4), nil
+}
+
+// ReadFrame reads one frame from r into buf (grown when needed, never past
+// MaxFrameSize) and returns its header and payload, which aliases buf.
+func ReadFrame(r io.Reader, buf []byte) (Header, []byte, []byte, error) {
+	if cap(buf) < HeaderSize {
+		buf = make([]byte, 0, 4096)
+	}
+	buf = buf[:HeaderSize]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return Header{}, nil, buf, err
+	}
+	h, n, err := DecodeHeader(buf)
+	if err != nil {
+		return Header{}, nil, buf, err
+	}
+	if cap(buf) < HeaderSize+n {
+		nb := make([]byte, HeaderSize+n)
+		copy(nb, buf)
+		buf = nb
+	}
+	buf = buf[:HeaderSize+n]
+	if _, err := io.ReadFull(r, buf[HeaderSize:]); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return Header{}, nil, buf, err
+	}
+	return h, buf[HeaderSize:], buf, nil
+}
