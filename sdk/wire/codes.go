@@ -7,21 +7,21 @@ type Code uint16
 
 // Error codes. Their retryability is defined once, in codeInfo.
 const (
-	CodeOK                  Code = 0
-	CodeBusy                Code = 1  // the broker's send queue waited past its limit
-	CodeTimeout             Code = 2  // the broker did not finish in time
-	CodeNotLeader           Code = 3  // this broker does not lead the queue
-	CodeNotEnoughReplicas   Code = 4  // fewer in-sync followers than min-insync
-	CodeStopping            Code = 5  // the broker is shutting down
-	CodeStorageFailed       Code = 6  // the broker's log failed; another broker may take it
-	CodeTooLarge            Code = 20 // message or field over its limit
-	CodeInvalid             Code = 21 // malformed request
-	CodeUnauthorized        Code = 22 // credentials refused
-	CodeUnknownTopic        Code = 23 // no such topic and auto-create is off
-	CodeUnsupportedVersion  Code = 24 // protocol version not spoken by the broker
-	CodeOffsetOutOfRange    Code = 25 // fetch offset below the queue's minimum or past its end
-	CodeInternal            Code = 26 // a broker bug: retrying will not help
-	codeLimit                    = 27
+	CodeOK                 Code = 0
+	CodeBusy               Code = 1  // the broker's send queue waited past its limit
+	CodeTimeout            Code = 2  // the broker did not finish in time
+	CodeNotLeader          Code = 3  // this broker does not lead the queue
+	CodeNotEnoughReplicas  Code = 4  // fewer in-sync followers than min-insync
+	CodeStopping           Code = 5  // the broker is shutting down
+	CodeStorageFailed      Code = 6  // the broker's log failed; another broker may take it
+	CodeTooLarge           Code = 20 // message or field over its limit
+	CodeInvalid            Code = 21 // malformed request
+	CodeUnauthorized       Code = 22 // credentials refused
+	CodeUnknownTopic       Code = 23 // no such topic and auto-create is off
+	CodeUnsupportedVersion Code = 24 // protocol version not spoken by the broker
+	CodeOffsetOutOfRange   Code = 25 // fetch offset below the queue's minimum or past its end
+	CodeInternal           Code = 26 // a broker bug: retrying will not help
+	codeLimit                   = 27
 )
 
 var codeInfo = [codeLimit]struct {
