@@ -149,6 +149,19 @@ func (idx *Index) addQueue(q *cqueue) {
 	m[q.id] = q
 }
 
+// allQueues returns every queue (a snapshot: queues added later are not in it).
+func (idx *Index) allQueues() []*cqueue {
+	idx.qmu.RLock()
+	defer idx.qmu.RUnlock()
+	var qs []*cqueue
+	for _, m := range idx.queues {
+		for _, q := range m {
+			qs = append(qs, q)
+		}
+	}
+	return qs
+}
+
 func (idx *Index) queue(topic string, id uint32) *cqueue {
 	idx.qmu.RLock()
 	defer idx.qmu.RUnlock()
@@ -173,14 +186,7 @@ func (idx *Index) Truncated(end int64) error {
 func (idx *Index) truncateFrom(end int64) error {
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
-	idx.qmu.RLock()
-	var qs []*cqueue
-	for _, m := range idx.queues {
-		for _, q := range m {
-			qs = append(qs, q)
-		}
-	}
-	idx.qmu.RUnlock()
+	qs := idx.allQueues()
 	for _, q := range qs {
 		if err := q.truncateFrom(end, idx.dirty); err != nil {
 			return err
@@ -375,14 +381,7 @@ func (idx *Index) LookupKey(topic string, key []byte, max int) ([]KeyHit, error)
 func (idx *Index) DropBefore(pos int64) {
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
-	idx.qmu.RLock()
-	var qs []*cqueue
-	for _, m := range idx.queues {
-		for _, q := range m {
-			qs = append(qs, q)
-		}
-	}
-	idx.qmu.RUnlock()
+	qs := idx.allQueues()
 	var b [entrySize]byte
 	for _, q := range qs {
 		min, max := q.min.Load(), q.max.Load()

@@ -1,18 +1,17 @@
 package log
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quivermq/quiver/internal/crashtest"
 )
 
 // The crash test: a child process appends in sync mode from several
@@ -25,12 +24,7 @@ const crashChildEnv = "QUIVER_LOG_CRASH_CHILD"
 
 // crashRounds is the number of kill/recover rounds per backend; `make crash`
 // raises it with QUIVER_CRASH_ROUNDS.
-func crashRounds() int {
-	if n, err := strconv.Atoi(os.Getenv("QUIVER_CRASH_ROUNDS")); err == nil && n > 0 {
-		return n
-	}
-	return 12
-}
+func crashRounds() int { return crashtest.Rounds(12) }
 
 func crashBody(writer, round, seq int) []byte {
 	return bytes.Repeat([]byte(fmt.Sprintf("w%d-r%d-s%d|", writer, round, seq)), 1+seq%40)
@@ -95,44 +89,17 @@ func TestCrashSIGKILL(t *testing.T) {
 		var acks []crashAck
 		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 		for round := 0; round < crashRounds(); round++ {
-			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", crashChildEnv, dir, backend, round))
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			sc := bufio.NewScanner(stdout)
-			if !sc.Scan() || sc.Text() != "ready" {
-				cmd.Process.Kill()
-				cmd.Wait()
-				t.Fatalf("round %d: child did not start: %q", round, sc.Text())
-			}
 			// Kill after a random number of acknowledgements, so that the
 			// kill lands at a random point of the group-commit cycle.
-			killAfter := 50 + rng.IntN(3000)
-			n := 0
-			killed := false
-			for sc.Scan() {
-				line := sc.Text()
-				var a crashAck
+			env := fmt.Sprintf("%s=%s,%s,%d", crashChildEnv, dir, backend, round)
+			crashtest.KillAfter(t, "TestCrashChild", []string{env}, 50+rng.IntN(3000), func(line string) error {
+				a := crashAck{round: round}
 				if _, err := fmt.Sscanf(line, "ack %d %d %d %d %d", &a.writer, &a.seq, &a.pos, &a.size, &a.qoff); err != nil {
-					t.Fatalf("round %d: child said %q", round, line)
+					return fmt.Errorf("round %d: child said %q", round, line)
 				}
-				a.round = round
 				acks = append(acks, a)
-				n++
-				if n == killAfter && !killed {
-					cmd.Process.Signal(syscall.SIGKILL)
-					killed = true
-				}
-			}
-			cmd.Wait()
-			if !killed {
-				t.Fatalf("round %d: child exited before the kill", round)
-			}
+				return nil
+			})
 			verifyAfterCrash(t, dir, backend, acks)
 		}
 		t.Logf("%s: %d rounds, %d acknowledged records verified", backend, crashRounds(), len(acks))

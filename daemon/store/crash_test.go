@@ -1,24 +1,22 @@
 package store
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/quivermq/quiver/internal/crashtest"
 	"github.com/quivermq/quiver/ioengine"
 	qlog "github.com/quivermq/quiver/log"
 )
@@ -37,12 +35,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 const childEnv = "QUIVER_STORE_CRASH_CHILD"
 
-func rounds() int {
-	if n, err := strconv.Atoi(os.Getenv("QUIVER_CRASH_ROUNDS")); err == nil && n > 0 {
-		return n
-	}
-	return 8
-}
+func rounds() int { return crashtest.Rounds(8) }
 
 func storeOpts(dir, backend string) Options {
 	return Options{Dir: dir, Engine: backend, Logger: quiet, IndexCheckpoint: 20 * time.Millisecond,
@@ -107,37 +100,15 @@ func TestStoreCrashSIGKILL(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
 			var acks []ack
 			for round := 0; round < rounds(); round++ {
-				cmd := exec.Command(os.Args[0], "-test.run=^TestStoreCrashChild$", "-test.count=1")
-				cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d", childEnv, dir, backend, round))
-				out, err := cmd.StdoutPipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				sc := bufio.NewScanner(out)
-				if !sc.Scan() || sc.Text() != "ready" {
-					cmd.Process.Kill()
-					cmd.Wait()
-					t.Fatalf("round %d: child did not start: %q", round, sc.Text())
-				}
-				killAt, n := 20+rng.IntN(1500), 0
-				for sc.Scan() {
-					var a ack
-					if _, err := fmt.Sscanf(sc.Text(), "ack %d %d %s %d %d", &a.w, &a.seq, &a.topic, &a.queue, &a.off); err != nil {
-						t.Fatalf("round %d: child said %q", round, sc.Text())
+				env := fmt.Sprintf("%s=%s,%s,%d", childEnv, dir, backend, round)
+				crashtest.KillAfter(t, "TestStoreCrashChild", []string{env}, 20+rng.IntN(1500), func(line string) error {
+					a := ack{round: round}
+					if _, err := fmt.Sscanf(line, "ack %d %d %s %d %d", &a.w, &a.seq, &a.topic, &a.queue, &a.off); err != nil {
+						return fmt.Errorf("round %d: child said %q", round, line)
 					}
-					a.round = round
 					acks = append(acks, a)
-					if n++; n == killAt {
-						cmd.Process.Signal(syscall.SIGKILL)
-					}
-				}
-				cmd.Wait()
-				if n < killAt {
-					t.Fatalf("round %d: child exited before the kill", round)
-				}
+					return nil
+				})
 				if round%3 == 2 {
 					// Derived data: losing it must lose nothing.
 					if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
