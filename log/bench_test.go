@@ -2,6 +2,8 @@ package log
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -36,7 +38,7 @@ func BenchmarkAppendAsync(b *testing.B) {
 
 func benchAppend(b *testing.B, backend string, appenders int, mode Durability) {
 	l, err := Open(Options{Dir: b.TempDir(), Engine: newEngine(b, backend), SegmentSize: 256 << 20,
-		Durability: mode, Logger: quiet})
+		Durability: mode, Logger: quiet, ZeroAhead: benchZeroAhead(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -88,4 +90,18 @@ func benchAppend(b *testing.B, backend string, appenders int, mode Durability) {
 	b.ReportMetric(float64(all.ValueAtQuantile(50))/1e3, "p50-µs")
 	b.ReportMetric(float64(all.ValueAtQuantile(99))/1e3, "p99-µs")
 	b.ReportMetric(float64(all.ValueAtQuantile(99.9))/1e3, "p999-µs")
+}
+
+// benchZeroAhead lets a run compare zeroing ahead on and off:
+// QUIVER_BENCH_ZERO_AHEAD=-1 turns it off (0 or unset: the default).
+func benchZeroAhead(b *testing.B) int64 {
+	v := os.Getenv("QUIVER_BENCH_ZERO_AHEAD")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		b.Fatalf("QUIVER_BENCH_ZERO_AHEAD=%q: %v", v, err)
+	}
+	return n
 }
