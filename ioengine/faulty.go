@@ -36,6 +36,10 @@ type Faulty struct {
 	inner   Engine
 	crashed atomic.Bool
 
+	// gate, when set, holds every Flush until it is closed (Stall/Resume).
+	gate    atomic.Pointer[chan struct{}]
+	stalled atomic.Int32 // flushes waiting at the gate
+
 	mu      sync.Mutex // serializes Flush, file writes and syncs with arming
 	write   *fault
 	sync    *fault
@@ -88,6 +92,24 @@ func (f *Faulty) FailSync(after int, err error) { f.arm(&f.sync, after, err, -1)
 // but reports ErrInjected too.
 func (f *Faulty) Crash() { f.crashed.Store(true) }
 
+// Stall makes every later Flush wait, before doing anything, until Resume:
+// the disk as seen during a long device stall. Stalling twice is one
+// stall.
+func (f *Faulty) Stall() {
+	g := make(chan struct{})
+	f.gate.CompareAndSwap(nil, &g)
+}
+
+// Resume releases the flushes held by Stall.
+func (f *Faulty) Resume() {
+	if g := f.gate.Swap(nil); g != nil {
+		close(*g)
+	}
+}
+
+// Stalled is the number of flushes waiting for Resume now.
+func (f *Faulty) Stalled() int { return int(f.stalled.Load()) }
+
 // Disarm cancels pending faults that have not fired. It does not undo Crash.
 func (f *Faulty) Disarm() {
 	f.mu.Lock()
@@ -139,6 +161,11 @@ func (f *Faulty) Close() error {
 // none due in this call it is one inner Flush, so the backend's batching
 // is what runs.
 func (f *Faulty) Flush(ops []WriteOp, sync bool) error {
+	if g := f.gate.Load(); g != nil {
+		f.stalled.Add(1)
+		<-*g
+		f.stalled.Add(-1)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stats.Flushes++

@@ -30,11 +30,13 @@ import (
 // is unknown (a failed fsync may have dropped dirty pages).
 
 type request struct {
-	msg  *Message
-	res  AppendResult
-	err  error
-	cb   func(AppendResult, error)
-	done chan struct{}
+	msg      *Message
+	res      AppendResult
+	err      error
+	cb       func(AppendResult, error)
+	done     chan struct{}
+	size     int           // encoded size
+	enqueued time.Duration // intake time (see intake.now)
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -42,13 +44,16 @@ var requestPool = sync.Pool{New: func() any { return &request{done: make(chan st
 func getRequest() *request { return requestPool.Get().(*request) }
 
 func putRequest(r *request) {
-	r.msg, r.err, r.res = nil, nil, AppendResult{}
+	r.msg, r.err, r.res, r.cb = nil, nil, AppendResult{}, nil
 	requestPool.Put(r)
 }
 
+// finish acknowledges (or fails) r. A callback request goes back to the
+// pool once its callback returns; Append puts its own back.
 func (r *request) finish() {
-	if r.cb != nil {
-		r.cb(r.res, r.err)
+	if cb := r.cb; cb != nil {
+		cb(r.res, r.err)
+		putRequest(r)
 		return
 	}
 	r.done <- struct{}{}
@@ -81,35 +86,27 @@ func (f *flusherState) snapshot(pos int64) checkpoint {
 
 func (l *Log) run() {
 	defer close(l.done)
-	var tick <-chan time.Time
-	if l.opts.Durability == Async {
-		t := time.NewTicker(l.opts.AsyncInterval / 2)
-		defer t.Stop()
-		tick = t.C
-	}
+	// Async appends (the log's mode, or asked per message) are synced
+	// within AsyncInterval.
+	t := time.NewTicker(l.opts.AsyncInterval / 2)
+	defer t.Stop()
 	for {
 		select {
-		case r := <-l.reqs:
-			l.gather(r)
+		case <-l.in.ready:
+			l.gather()
 		case ch := <-l.syncs:
 			if l.fl.unsynced {
 				l.syncDirty()
 			}
 			ch <- l.Err()
-		case <-tick:
+		case <-t.C:
 			if l.fl.unsynced && time.Since(l.fl.lastSync) >= l.opts.AsyncInterval/2 {
 				l.syncDirty()
 			}
 		case <-l.closing:
 			// Close holds no appender: whatever is queued is all there is.
-			for {
-				select {
-				case r := <-l.reqs:
-					l.gather(r)
-					continue
-				default:
-				}
-				break
+			for l.in.len() > 0 {
+				l.gather()
 			}
 			if l.fl.unsynced {
 				l.syncDirty()
@@ -119,8 +116,7 @@ func (l *Log) run() {
 	}
 }
 
-// gather builds a batch starting with first from every waiting request, and
-// commits it.
+// gather builds a batch from every waiting request, and commits it.
 //
 // Appenders acknowledged by one commit come straight back with their next
 // append, but only after the flusher has already taken whatever was waiting:
@@ -130,10 +126,11 @@ func (l *Log) run() {
 // rest, at most half of the last flush's duration (and never above
 // maxLinger): a single appender never waits, and a lone append waits at most
 // a fraction of the sync it is about to share.
-func (l *Log) gather(first *request) {
-	b := append(l.fl.batch[:0], first)
-	bytes := first.msg.EncodedSize()
-	b, bytes = l.drain(b, bytes)
+func (l *Log) gather() {
+	b, bytes := l.in.pop(l.fl.batch[:0], 0, l.opts.MaxBatchBytes)
+	if len(b) == 0 {
+		return // the janitor expired what was waiting
+	}
 	if want := l.fl.lastBatch; len(b) < want && bytes < l.opts.MaxBatchBytes {
 		if linger := min(l.fl.lastFlush/2, maxLinger); linger > 0 {
 			deadline := time.Now().Add(linger)
@@ -148,11 +145,9 @@ func (l *Log) gather(first *request) {
 					l.fl.timer.Reset(wait)
 				}
 				select {
-				case r := <-l.reqs:
+				case <-l.in.ready:
 					l.fl.timer.Stop()
-					b = append(b, r)
-					bytes += r.msg.EncodedSize()
-					b, bytes = l.drain(b, bytes)
+					b, bytes = l.in.pop(b, bytes, l.opts.MaxBatchBytes)
 					continue
 				case <-l.fl.timer.C:
 				}
@@ -171,21 +166,6 @@ func (l *Log) gather(first *request) {
 // maxLinger bounds how long the flusher waits to fill a batch.
 const maxLinger = 200 * time.Microsecond
 
-// drain appends every request waiting now, up to MaxBatchBytes.
-func (l *Log) drain(b []*request, bytes int) ([]*request, int) {
-	for bytes < l.opts.MaxBatchBytes {
-		select {
-		case r := <-l.reqs:
-			b = append(b, r)
-			bytes += r.msg.EncodedSize()
-			continue
-		default:
-		}
-		break
-	}
-	return b, bytes
-}
-
 func (l *Log) commit(batch []*request) {
 	if err := l.failure.Load(); err != nil {
 		l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, *err))
@@ -198,7 +178,15 @@ func (l *Log) commit(batch []*request) {
 	}
 	end := l.fl.pos
 	l.written.Store(end)
-	sync := l.opts.Durability == Sync
+	// One append that asks for sync makes the whole commit sync: it is
+	// never acknowledged before its bytes are synced.
+	sync := false
+	for _, r := range batch {
+		if r.msg.wantsSync(l.opts.Durability) {
+			sync = true
+			break
+		}
+	}
 	if err := l.flushTo(end, sync); err != nil {
 		l.fail(err)
 		l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, err))
@@ -210,6 +198,7 @@ func (l *Log) commit(batch []*request) {
 		l.durableAt.Store(now)
 		l.afterSync(end)
 	}
+	l.visible.Store(end)
 	if d := l.opts.Dispatcher; d != nil {
 		if err := d.Dispatch(l.fl.infos); err != nil {
 			err = fmt.Errorf("log: dispatch: %w", err)
@@ -223,7 +212,7 @@ func (l *Log) commit(batch []*request) {
 	for _, r := range batch {
 		r.finish()
 	}
-	if !sync && time.Since(l.fl.lastSync) >= l.opts.AsyncInterval {
+	if l.fl.unsynced && time.Since(l.fl.lastSync) >= l.opts.AsyncInterval {
 		l.syncDirty()
 	}
 }
@@ -382,7 +371,18 @@ func (l *Log) flushTo(end int64, sync bool) error {
 	l.fl.flushedTo = end
 	l.kickZeroer(end)
 	if sync {
+		// Async appends written by earlier flushes into a segment this one
+		// did not touch (before a roll) are covered by this sync too.
+		first := from / segSize * segSize
+		for _, s := range l.fl.dirty {
+			if s.base < first {
+				if err := s.file.Sync(); err != nil {
+					return fmt.Errorf("log: sync %s: %w", s.file.Name(), err)
+				}
+			}
+		}
 		l.fl.dirty = l.fl.dirty[:0]
+		l.fl.unsynced = false
 		l.fl.lastSync = time.Now()
 	} else {
 		l.fl.unsynced = true

@@ -58,7 +58,7 @@ type Log struct {
 	mu     sync.RWMutex
 	closed bool
 
-	reqs    chan *request
+	in      *intake
 	syncs   chan chan error
 	closing chan struct{}
 	done    chan struct{} // the flusher has exited
@@ -68,8 +68,12 @@ type Log struct {
 	written, durable, dispatched atomic.Int64
 	durableAt, dispatchedAt      atomic.Int64
 	start                        atomic.Int64
-	stats                        struct{ commits, records, flushNanos, syncs, zeroNanos atomic.Int64 }
-	failure                      atomic.Pointer[error]
+	// visible is the end of what readers may read: set after a commit's
+	// flush and before its dispatch, so that every index entry a reader
+	// can find points at readable bytes.
+	visible atomic.Int64
+	stats   struct{ commits, records, flushNanos, syncs, zeroNanos, busy atomic.Int64 }
+	failure atomic.Pointer[error]
 
 	segMu struct {
 		sync.RWMutex
@@ -118,7 +122,7 @@ func Open(opts Options) (*Log, error) {
 		opts:    opts,
 		eng:     opts.Engine,
 		logger:  opts.Logger.With("component", "log"),
-		reqs:    make(chan *request, opts.QueueDepth),
+		in:      newIntake(opts.QueueDepth, opts.QueueBytes),
 		syncs:   make(chan chan error),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
@@ -140,6 +144,10 @@ func Open(opts Options) (*Log, error) {
 	}
 	l.bg.Add(1)
 	go l.checkpointer()
+	if opts.MaxQueueWait > 0 {
+		l.bg.Add(1)
+		go l.janitor()
+	}
 	if opts.RetentionAge > 0 || opts.RetentionBytes > 0 {
 		l.bg.Add(1)
 		go l.retainer()
@@ -147,8 +155,11 @@ func Open(opts Options) (*Log, error) {
 	return l, nil
 }
 
-// Append stores m and returns once it is acknowledged: synced in sync mode,
-// written in async mode. m may be reused when Append returns.
+// Append stores m and returns once it is acknowledged: synced when m asks
+// for sync durability (AckSync, or AckDefault in a Sync log), written
+// otherwise. m may be reused when Append returns. An append that waits in
+// the intake queue longer than MaxQueueWait, or finds it full, fails with a
+// *BusyError (errors.Is(err, ErrBusy)) and nothing of it is written.
 func (l *Log) Append(m *Message) (AppendResult, error) {
 	r := getRequest()
 	r.msg = m
@@ -163,18 +174,25 @@ func (l *Log) Append(m *Message) (AppendResult, error) {
 }
 
 // AppendAsync stores m and calls cb once it is acknowledged (or failed). cb
-// runs on the flusher goroutine and must not block; m must stay unchanged
-// until cb is called. If AppendAsync returns an error, cb is not called.
+// runs on one of the log's goroutines (the flusher, or the janitor for a
+// BusyError) and must not block; m must stay unchanged until cb is called.
+// If AppendAsync returns an error, cb is not called.
 func (l *Log) AppendAsync(m *Message, cb func(AppendResult, error)) error {
-	r := &request{msg: m, cb: cb}
-	return l.enqueue(r)
+	r := getRequest()
+	r.msg, r.cb = m, cb
+	if err := l.enqueue(r); err != nil {
+		putRequest(r)
+		return err
+	}
+	return nil
 }
 
 func (l *Log) enqueue(r *request) error {
 	if err := r.msg.Validate(); err != nil {
 		return err
 	}
-	if n := r.msg.EncodedSize(); n > l.opts.maxRecord() {
+	n := r.msg.EncodedSize()
+	if n > l.opts.maxRecord() {
 		return fmt.Errorf("%w: %d bytes, this log's limit is %d", ErrTooLarge, n, l.opts.maxRecord())
 	}
 	l.mu.RLock()
@@ -185,7 +203,10 @@ func (l *Log) enqueue(r *request) error {
 	if err := l.failure.Load(); err != nil {
 		return fmt.Errorf("%w: %w", ErrFailed, *err)
 	}
-	l.reqs <- r
+	if err := l.in.push(r, n); err != nil {
+		l.stats.busy.Add(1)
+		return err
+	}
 	return nil
 }
 
@@ -221,12 +242,15 @@ type Stats struct {
 	Records    int64 // records committed
 	Syncs      int64 // syncs issued
 	FlushNanos int64 // time spent in the engine's Flush
+	Busy       int64 // appends failed with ErrBusy (queue full or waited too long)
+	Queued     int   // appends waiting in the intake queue now
 }
 
 // Stats returns the commit counters; Records/Commits is the mean batch.
 func (l *Log) Stats() Stats {
 	return Stats{Commits: l.stats.commits.Load(), Records: l.stats.records.Load(),
-		Syncs: l.stats.syncs.Load(), FlushNanos: l.stats.flushNanos.Load()}
+		Syncs: l.stats.syncs.Load(), FlushNanos: l.stats.flushNanos.Load(),
+		Busy: l.stats.busy.Load(), Queued: l.in.len()}
 }
 
 // Err returns the error that failed the log, or nil.
@@ -244,7 +268,7 @@ func (l *Log) Durability() Durability { return l.opts.Durability }
 func (l *Log) EngineName() string { return l.eng.Name() }
 
 // readable is the end of what readers may see.
-func (l *Log) readable() int64 { return l.dispatched.Load() }
+func (l *Log) readable() int64 { return l.visible.Load() }
 
 // ReadRecord reads the record of the given size at pos into dst (grown if
 // needed) and returns it. It serves the recent tail from memory.

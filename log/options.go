@@ -56,8 +56,18 @@ type Options struct {
 	// the write buffer of the flusher and the cache that serves caught-up
 	// readers (default 64 MiB, a power of two).
 	TailBytes int
-	// QueueDepth bounds appends waiting for the flusher (default 8192).
+	// QueueDepth bounds appends waiting for the flusher (default 8192), and
+	// QueueBytes their encoded bytes (default 128 MiB). An append that
+	// finds the queue full fails at once with a BusyError.
 	QueueDepth int
+	QueueBytes int
+	// MaxQueueWait fails, with a BusyError, an append that has waited this
+	// long in the queue without being taken into a commit (0: never; the
+	// broker sets 200ms). See intake.go.
+	MaxQueueWait time.Duration
+	// QueueCheck is how often the head of the queue is checked against
+	// MaxQueueWait (default 10ms).
+	QueueCheck time.Duration
 	// CheckpointInterval is how often the durable position is checkpointed
 	// (default 1s). Recovery verifies records from the checkpoint on.
 	CheckpointInterval time.Duration
@@ -105,6 +115,12 @@ func (o *Options) EnsureDefaults() *Options {
 	if o.QueueDepth == 0 {
 		o.QueueDepth = 8192
 	}
+	if o.QueueBytes == 0 {
+		o.QueueBytes = 128 << 20
+	}
+	if o.QueueCheck == 0 {
+		o.QueueCheck = 10 * time.Millisecond
+	}
 	if o.CheckpointInterval == 0 {
 		o.CheckpointInterval = time.Second
 	}
@@ -137,8 +153,10 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("log: SegmentSize %d must be a multiple of TailBytes %d", o.SegmentSize, o.TailBytes)
 	case o.MaxBatchBytes < page || o.MaxBatchBytes > o.TailBytes/2-2*page:
 		return fmt.Errorf("log: MaxBatchBytes %d must be between %d and half of TailBytes (%d) less two pages", o.MaxBatchBytes, page, o.TailBytes)
-	case o.QueueDepth < 1:
-		return fmt.Errorf("log: QueueDepth %d < 1", o.QueueDepth)
+	case o.QueueDepth < 1 || o.QueueBytes < 1:
+		return fmt.Errorf("log: QueueDepth %d and QueueBytes %d must be positive", o.QueueDepth, o.QueueBytes)
+	case o.MaxQueueWait < 0 || o.QueueCheck < 0:
+		return errors.New("log: negative MaxQueueWait or QueueCheck")
 	case o.AsyncInterval < 0 || o.CheckpointInterval < 0 || o.RetentionAge < 0 || o.RetentionBytes < 0:
 		return errors.New("log: negative interval or size")
 	}

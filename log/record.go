@@ -73,9 +73,21 @@ var (
 	ErrTooLarge = errors.New("log: message too large")
 )
 
+// AckMode says when one append is acknowledged, overriding the log's
+// Durability for that append.
+type AckMode uint8
+
+const (
+	AckDefault AckMode = iota // the log's Durability
+	AckSync                   // after its bytes are synced, whatever the log's mode
+	AckAsync                  // after the write; synced within AsyncInterval
+)
+
 // Message is what a producer asks the log to store. The log copies it; the
 // caller may reuse the slices once Append has returned or its callback ran.
 type Message struct {
+	// Ack is when this append is acknowledged (not stored in the record).
+	Ack        AckMode
 	Topic      string
 	QueueID    uint32
 	Flags      uint8  // compression and batch bits as the producer sent them
@@ -109,10 +121,16 @@ func (m *Message) Validate() error {
 		return fmt.Errorf("%w: unknown compression 3", ErrInvalid)
 	case m.Flags&FlagBatch == 0 && m.Count > 1:
 		return fmt.Errorf("%w: count %d without the batch flag", ErrInvalid, m.Count)
+	case m.Ack > AckAsync:
+		return fmt.Errorf("%w: ack mode %d", ErrInvalid, m.Ack)
 	case m.EncodedSize() > MaxRecordSize:
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, m.EncodedSize(), MaxRecordSize)
 	}
 	return nil
+}
+
+func (m *Message) wantsSync(d Durability) bool {
+	return m.Ack == AckSync || (m.Ack == AckDefault && d == Sync)
 }
 
 func (m *Message) count() uint32 {

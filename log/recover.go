@@ -318,6 +318,7 @@ func (l *Log) finishRecovery(end int64, dirty bool) error {
 	if err := l.resumeDispatcher(end); err != nil {
 		return err
 	}
+	l.visible.Store(end)
 	l.dispatched.Store(end)
 	l.dispatchedAt.Store(now)
 	if l.start.Load() < segs[0].base {
