@@ -39,7 +39,7 @@ crash:
 fuzz:
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeRecord -fuzztime $${FUZZTIME:-30s} ./log/
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeCheckpoint -fuzztime $${FUZZTIME:-30s} ./log/
-	for f in FuzzReadFrame FuzzDecodeProduce FuzzDecodeFetchResp FuzzDecodeHello; do \
+	for f in FuzzReadFrame FuzzDecodeProduce FuzzDecodeFetchResp FuzzDecodeHello FuzzDecodeAny FuzzDecodeBatch; do \
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./sdk/wire/ || exit 1; done
 
 # 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by

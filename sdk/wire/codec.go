@@ -101,3 +101,24 @@ func (d *decoder) end() error {
 	}
 	return d.err
 }
+
+// count reads a u16 list length and checks it against limit and against
+// what the rest of the payload can hold (minEach bytes per element), so that
+// a lying count fails before anything is allocated for it.
+func (d *decoder) count(what string, limit, minEach int) int {
+	n := int(d.u16(what))
+	if d.err == nil && (n > limit || n*minEach > len(d.b)) {
+		d.fail("%s: %d entries cannot fit (limit %d, %d bytes left)", what, n, limit, len(d.b))
+		return 0
+	}
+	return n
+}
+
+// name reads a non-empty short string of at most limit bytes.
+func (d *decoder) name(what string, limit int) string {
+	b := d.short(what, limit)
+	if d.err == nil && len(b) == 0 {
+		d.fail("empty %s", what)
+	}
+	return string(b)
+}

@@ -21,7 +21,8 @@ const (
 	CodeUnsupportedVersion Code = 24 // protocol version not spoken by the broker
 	CodeOffsetOutOfRange   Code = 25 // fetch offset below the queue's minimum or past its end
 	CodeInternal           Code = 26 // a broker bug: retrying will not help
-	codeLimit                   = 27
+	CodeFenced             Code = 27 // a consumer-group member that no longer owns what it commits
+	codeLimit                   = 28
 )
 
 var codeInfo = [codeLimit]struct {
@@ -42,6 +43,7 @@ var codeInfo = [codeLimit]struct {
 	CodeUnsupportedVersion: {"UNSUPPORTED_VERSION", false},
 	CodeOffsetOutOfRange:   {"OFFSET_OUT_OF_RANGE", false},
 	CodeInternal:           {"INTERNAL", false},
+	CodeFenced:             {"FENCED", false},
 }
 
 // Known reports whether c is a code this version defines.

@@ -19,7 +19,16 @@ const (
 	TypeProduceAck Type = 5
 	TypeFetch      Type = 6
 	TypeFetchResp  Type = 7
-	typeLimit           = 8
+	TypeMetadata   Type = 8  // topics and their queue counts
+	TypeMetaResp   Type = 9  //
+	TypeCreate     Type = 10 // create a topic
+	TypeOK         Type = 11 // empty success response
+	TypeGroupSync  Type = 12 // join, heartbeat or leave a consumer group
+	TypeAssignment Type = 13 //
+	TypeCommit     Type = 14 // commit consumer offsets (answered with OK)
+	TypeStatus     Type = 15 // the broker's status document
+	TypeStatusResp Type = 16 //
+	typeLimit           = 17
 )
 
 // ProtocolVersion is the version this package speaks.
@@ -39,6 +48,11 @@ const (
 	MaxCredentialsLen = 4096
 	MaxMessageLen     = 4096
 	MaxFetchMessages  = 4096
+	MaxGroupLen       = 255
+	MaxMemberLen      = 255
+	MaxListLen        = 4096     // topics in a Metadata or GroupSync, queues in an Assignment or Commit
+	MaxQueues         = 1024     // queues of one topic
+	MaxStatusLen      = 16 << 20 // the status document
 )
 
 var (

@@ -226,20 +226,33 @@ func (m *FetchedMessage) Append(dst []byte) []byte {
 // minFetched is the encoded size of an empty FetchedMessage.
 const minFetched = 8 + 8 + 8 + 1 + 4 + 2 + 2 + 4 + 4
 
-// AppendFetchResp encodes a fetch response header: the next offset to ask
-// for and the number of messages that follow (appended with
-// FetchedMessage.Append).
-func AppendFetchResp(dst []byte, next uint64, n int) []byte {
-	dst = binary.LittleEndian.AppendUint64(dst, next)
-	return binary.LittleEndian.AppendUint32(dst, uint32(n))
+// FetchHeader starts a fetch response: the offset to ask for next, the
+// queue's readable offsets [Min, Max) when the response was made, and the
+// number of messages that follow.
+type FetchHeader struct {
+	Next, Min, Max uint64
+	Count          uint32
+}
+
+// AppendFetchResp encodes a fetch response header; the messages follow,
+// appended with FetchedMessage.Append.
+func AppendFetchResp(dst []byte, h FetchHeader) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, h.Next)
+	dst = binary.LittleEndian.AppendUint64(dst, h.Min)
+	dst = binary.LittleEndian.AppendUint64(dst, h.Max)
+	return binary.LittleEndian.AppendUint32(dst, h.Count)
 }
 
 // DecodeFetchResp decodes a fetch response, appending its messages to dst.
 // The count is checked against the payload's size before anything grows.
-func DecodeFetchResp(b []byte, dst []FetchedMessage) (uint64, []FetchedMessage, error) {
+func DecodeFetchResp(b []byte, dst []FetchedMessage) (FetchHeader, []FetchedMessage, error) {
 	d := decoder{b: b}
-	next := d.u64("next offset")
+	var h FetchHeader
+	h.Next = d.u64("next offset")
+	h.Min = d.u64("min offset")
+	h.Max = d.u64("max offset")
 	n := d.u32("count")
+	h.Count = n
 	if d.err == nil && (n > MaxFetchMessages || int64(n)*minFetched > int64(len(d.b))) {
 		d.fail("%d messages cannot fit in %d bytes", n, len(d.b))
 	}
@@ -257,9 +270,9 @@ func DecodeFetchResp(b []byte, dst []FetchedMessage) (uint64, []FetchedMessage, 
 		dst = append(dst, m)
 	}
 	if err := d.end(); err != nil {
-		return 0, dst, err
+		return FetchHeader{}, dst, err
 	}
-	return next, dst, nil
+	return h, dst, nil
 }
 
 func errorf(format string, args ...any) error {

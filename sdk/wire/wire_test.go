@@ -78,13 +78,14 @@ func TestRoundTrips(t *testing.T) {
 	}
 	msgs := []FetchedMessage{{Offset: 10, StoreTime: 1, ClientTime: 2, Flags: 0, Count: 1, Key: []byte{}, Tags: []byte{}, Headers: []byte{}, Body: []byte("a")},
 		{Offset: 11, StoreTime: 3, Count: 1, Key: []byte("k"), Tags: []byte{}, Headers: []byte("h"), Body: []byte("bb")}}
-	b := AppendFetchResp(nil, 12, len(msgs))
+	fh := FetchHeader{Next: 12, Min: 3, Max: 12, Count: uint32(len(msgs))}
+	b := AppendFetchResp(nil, fh)
 	for i := range msgs {
 		b = msgs[i].Append(b)
 	}
-	next, got, err := DecodeFetchResp(b, nil)
-	if err != nil || next != 12 || !reflect.DeepEqual(got, msgs) {
-		t.Fatalf("fetch resp: %d %+v %v", next, got, err)
+	gh, got, err := DecodeFetchResp(b, nil)
+	if err != nil || gh != fh || !reflect.DeepEqual(got, msgs) {
+		t.Fatalf("fetch resp: %+v %+v %v", gh, got, err)
 	}
 	e := &Error{Code: CodeBusy, Message: "waited 230ms in queue, depth 880"}
 	e2, err := DecodeError(AppendError(nil, e))
@@ -142,7 +143,7 @@ func TestBadInputIsRejected(t *testing.T) {
 		t.Errorf("fetch of 0 messages accepted: %v", err)
 	}
 	// A count that cannot fit is refused before anything is allocated.
-	if _, _, err := DecodeFetchResp(AppendFetchResp(nil, 0, 1000), nil); !errors.Is(err, ErrMalformed) {
+	if _, _, err := DecodeFetchResp(AppendFetchResp(nil, FetchHeader{Count: 1000}), nil); !errors.Is(err, ErrMalformed) {
 		t.Errorf("fetch response with a lying count accepted: %v", err)
 	}
 }
@@ -214,6 +215,22 @@ func decodeAny(t Type, b []byte) {
 		DecodeFetch(b, &Fetch{})
 	case TypeFetchResp:
 		DecodeFetchResp(b, nil)
+	case TypeMetadata:
+		DecodeMetadata(b, &Metadata{})
+	case TypeMetaResp:
+		DecodeMetaResp(b, &MetaResp{})
+	case TypeCreate:
+		DecodeCreate(b, &Create{})
+	case TypeOK, TypeStatus:
+		DecodeEmpty(b)
+	case TypeGroupSync:
+		DecodeGroupSync(b, &GroupSync{})
+	case TypeAssignment:
+		DecodeAssignment(b, &Assignment{})
+	case TypeCommit:
+		DecodeCommit(b, &Commit{})
+	case TypeStatusResp:
+		DecodeStatusResp(b)
 	}
 }
 
@@ -234,14 +251,14 @@ func FuzzDecodeProduce(f *testing.F) {
 }
 
 func FuzzDecodeFetchResp(f *testing.F) {
-	b := AppendFetchResp(nil, 5, 1)
+	b := AppendFetchResp(nil, FetchHeader{Next: 5, Max: 5, Count: 1})
 	f.Add((&FetchedMessage{Offset: 4, Count: 1, Body: []byte("x")}).Append(b))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		next, msgs, err := DecodeFetchResp(b, nil)
+		h, msgs, err := DecodeFetchResp(b, nil)
 		if err != nil {
 			return
 		}
-		enc := AppendFetchResp(nil, next, len(msgs))
+		enc := AppendFetchResp(nil, h)
 		for i := range msgs {
 			enc = msgs[i].Append(enc)
 		}
