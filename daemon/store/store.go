@@ -26,7 +26,26 @@ type Options struct {
 	Log qlog.Options
 	// IndexCheckpoint is how often the indexes are made durable (default 1s).
 	IndexCheckpoint time.Duration
-	Logger          *slog.Logger
+	// Notify, when set, is called on the log's flusher goroutine after each
+	// batch of records is indexed (the records are then readable through
+	// the index). It must not block: the broker uses it to wake
+	// long-polling fetches.
+	Notify func(recs []qlog.RecordInfo)
+	Logger *slog.Logger
+}
+
+// notifier is the log's Dispatcher: the index, then Notify.
+type notifier struct {
+	*index.Index
+	notify func(recs []qlog.RecordInfo)
+}
+
+func (n notifier) Dispatch(recs []qlog.RecordInfo) error {
+	if err := n.Index.Dispatch(recs); err != nil {
+		return err
+	}
+	n.notify(recs)
+	return nil
 }
 
 // Store is an open log with its indexes.
@@ -73,6 +92,9 @@ func Open(o Options) (*Store, error) {
 	lo.Dir = filepath.Join(o.Dir, "log")
 	lo.Engine = eng
 	lo.Dispatcher = idx
+	if o.Notify != nil {
+		lo.Dispatcher = notifier{idx, o.Notify}
+	}
 	lo.Logger = o.Logger
 	l, err := qlog.Open(lo)
 	if err != nil {

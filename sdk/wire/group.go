@@ -13,8 +13,8 @@ import "encoding/binary"
 
 // QueueRef names one queue of a topic.
 type QueueRef struct {
-	Topic string
-	Queue uint32
+	Topic string `json:"topic"`
+	Queue uint32 `json:"queue"`
 }
 
 // GroupSync flags.

@@ -1,0 +1,289 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quivermq/quiver/daemon/store"
+	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Options configure a Broker.
+type Options struct {
+	// ID names the broker in responses and status (default "quiverd").
+	ID string
+	// Dir is the data directory (the store is opened in it).
+	Dir string
+	// Store holds the storage options; Dir, Notify and Logger are set by New.
+	Store store.Options
+	// NoAutoCreate turns off creating a topic on its first produce (on by
+	// default, with DefaultQueues queues).
+	NoAutoCreate bool
+	// DefaultQueues is the queue count of auto-created topics (default 4).
+	DefaultQueues int
+	// MaxFetchWait caps a fetch's long poll (default 30s).
+	MaxFetchWait time.Duration
+	// LagWarn is how long written data may stay invisible to consumers (or,
+	// in async mode, unsynced past twice the async interval) before status
+	// reports a warning (default 1s; incident 003).
+	LagWarn time.Duration
+	// SnapshotEvery is how often the control tables are snapshotted (default 10s).
+	SnapshotEvery time.Duration
+	Logger        *slog.Logger
+	// Now is the clock for group sessions (default time.Now).
+	Now func() time.Time
+}
+
+func (o *Options) ensureDefaults() {
+	if o.ID == "" {
+		o.ID = "quiverd"
+	}
+	if o.DefaultQueues == 0 {
+		o.DefaultQueues = 4
+	}
+	if o.MaxFetchWait == 0 {
+		o.MaxFetchWait = 30 * time.Second
+	}
+	if o.LagWarn == 0 {
+		o.LagWarn = time.Second
+	}
+	if o.SnapshotEvery == 0 {
+		o.SnapshotEvery = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+func (o *Options) validate() error {
+	switch {
+	case o.Dir == "":
+		return errors.New("broker: Options.Dir is empty")
+	case o.DefaultQueues < 1 || o.DefaultQueues > wire.MaxQueues:
+		return fmt.Errorf("broker: default queues %d (1..%d)", o.DefaultQueues, wire.MaxQueues)
+	case o.MaxFetchWait < 0 || o.LagWarn < 0 || o.SnapshotEvery < 0:
+		return errors.New("broker: negative duration")
+	}
+	return nil
+}
+
+// Reserved topics: control records live here.
+const (
+	reservedPrefix = "__"
+	topicsTopic    = "__topics"
+	offsetsTopic   = "__offsets"
+)
+
+// Broker is one broker's state over its store.
+type Broker struct {
+	opts   Options
+	logger *slog.Logger
+	st     *store.Store
+	log    *qlog.Log
+	start  time.Time
+
+	topics struct {
+		sync.RWMutex
+		m map[string]*topic
+	}
+	createMu sync.Mutex // serialises topic creation
+	ctl      *control
+	groups   *coordinator
+	waiters  waiters
+	metrics  *metrics
+
+	stop   chan struct{}
+	bg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+type topic struct {
+	name   string
+	queues uint32
+	rr     atomic.Uint32 // round-robin queue choice
+}
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("broker: closed")
+
+// New opens the store in o.Dir (recovering it) and loads the broker's
+// tables from the snapshot and the log.
+func New(o Options) (*Broker, error) {
+	o.ensureDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{})}
+	b.topics.m = map[string]*topic{}
+	b.waiters.m = map[waitKey][]chan struct{}{}
+	b.metrics = newMetrics(b)
+	b.ctl = newControl(b)
+	b.groups = newCoordinator(b)
+
+	so := o.Store
+	so.Dir = o.Dir
+	so.Logger = o.Logger
+	so.Notify = b.dispatched
+	st, err := store.Open(so)
+	if err != nil {
+		return nil, err
+	}
+	b.st, b.log = st, st.Log
+	if err := b.ctl.load(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	b.bg.Add(1)
+	go b.ctl.snapshotLoop()
+	return b, nil
+}
+
+// dispatched runs on the log's flusher after each indexed batch: it wakes
+// the fetches waiting on those queues and the applier for control records.
+func (b *Broker) dispatched(recs []qlog.RecordInfo) {
+	b.waiters.wake(recs)
+	for i := range recs {
+		if recs[i].Flags&qlog.FlagControl != 0 {
+			b.ctl.kick()
+			return
+		}
+	}
+}
+
+// Log is the broker's commit log (for positions and tests).
+func (b *Broker) Log() *qlog.Log { return b.log }
+
+// ID is the broker's id.
+func (b *Broker) ID() string { return b.opts.ID }
+
+// Close stops the broker's background work and closes the store, which
+// commits and syncs every append it accepted.
+func (b *Broker) Close() error {
+	if b.closed.Swap(true) {
+		return ErrClosed
+	}
+	close(b.stop)
+	b.bg.Wait()
+	b.waiters.wakeAll()
+	serr := b.ctl.snapshot()
+	err := b.st.Close()
+	if err == nil && serr != nil {
+		err = serr
+	}
+	return err
+}
+
+// topic returns the topic, or nil.
+func (b *Broker) topic(name string) *topic {
+	b.topics.RLock()
+	defer b.topics.RUnlock()
+	return b.topics.m[name]
+}
+
+// validTopic reports whether a client may name the topic.
+func validTopic(name string) *wire.Error {
+	switch {
+	case name == "" || len(name) > wire.MaxTopicLen:
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic name of %d bytes (1..%d)", len(name), wire.MaxTopicLen)}
+	case strings.HasPrefix(name, reservedPrefix):
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: names starting with %q are reserved", name, reservedPrefix)}
+	case strings.ContainsAny(name, "\x00/\\"):
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: NUL, / and \\ are not allowed", name)}
+	}
+	return nil
+}
+
+// CreateTopic creates a topic with the given queue count. Creating an
+// existing topic with the same count succeeds; with another count fails.
+func (b *Broker) CreateTopic(name string, queues uint32) *wire.Error {
+	if werr := validTopic(name); werr != nil {
+		return werr
+	}
+	if queues == 0 || queues > wire.MaxQueues {
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("queues %d (1..%d)", queues, wire.MaxQueues)}
+	}
+	_, werr := b.ensureTopic(name, queues, true)
+	return werr
+}
+
+// ensureTopic returns the topic, creating it (a control record, synced)
+// when it does not exist. exact: an existing topic must have queues.
+func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *wire.Error) {
+	if t := b.topic(name); t != nil {
+		if exact && t.queues != queues {
+			return nil, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %s exists with %d queues", name, t.queues)}
+		}
+		return t, nil
+	}
+	b.createMu.Lock()
+	defer b.createMu.Unlock()
+	if t := b.topic(name); t != nil { // created while we waited
+		return b.ensureTopic(name, queues, exact)
+	}
+	if err := b.ctl.appendTopic(name, queues); err != nil {
+		return nil, storageError(err)
+	}
+	t := b.topic(name)
+	if t == nil {
+		return nil, &wire.Error{Code: wire.CodeInternal, Message: "topic record applied but not found"}
+	}
+	b.logger.Info("topic created", "topic", name, "queues", queues)
+	return t, nil
+}
+
+// Metadata lists the asked topics (all when none), with 0 queues for a
+// topic that does not exist.
+func (b *Broker) Metadata(names []string) wire.MetaResp {
+	resp := wire.MetaResp{BrokerID: b.opts.ID}
+	b.topics.RLock()
+	defer b.topics.RUnlock()
+	if len(names) == 0 {
+		for _, t := range b.topics.m {
+			if !strings.HasPrefix(t.name, reservedPrefix) {
+				resp.Topics = append(resp.Topics, wire.TopicInfo{Name: t.name, Queues: t.queues})
+			}
+		}
+		sortTopics(resp.Topics)
+		return resp
+	}
+	for _, n := range names {
+		info := wire.TopicInfo{Name: n}
+		if t := b.topics.m[n]; t != nil {
+			info.Queues = t.queues
+		}
+		resp.Topics = append(resp.Topics, info)
+	}
+	return resp
+}
+
+func sortTopics(ts []wire.TopicInfo) {
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+}
+
+// storageError maps a log error to the wire.
+func storageError(err error) *wire.Error {
+	var be *qlog.BusyError
+	switch {
+	case errors.As(err, &be):
+		return &wire.Error{Code: wire.CodeBusy, Message: "broker busy: " + strings.TrimPrefix(be.Error(), "log: busy: ")}
+	case errors.Is(err, qlog.ErrClosed):
+		return &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
+	case errors.Is(err, qlog.ErrFailed):
+		return &wire.Error{Code: wire.CodeStorageFailed, Message: err.Error()}
+	case errors.Is(err, qlog.ErrTooLarge):
+		return &wire.Error{Code: wire.CodeTooLarge, Message: err.Error()}
+	case errors.Is(err, qlog.ErrInvalid):
+		return &wire.Error{Code: wire.CodeInvalid, Message: err.Error()}
+	}
+	return &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+}

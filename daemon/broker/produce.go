@@ -1,0 +1,138 @@
+package broker
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// ProduceCall is one produce in flight. The caller fills In (whose byte
+// fields may alias its frame buffer), Reply and whatever of Owner, ReqID
+// and Buf it needs, and hands it to Produce. Reply is called exactly once,
+// on some goroutine of the broker or the log; it must not block, and the
+// call and everything In aliases belong to the caller again once it runs.
+type ProduceCall struct {
+	In    wire.Produce
+	Reply func(c *ProduceCall, ack wire.ProduceAck, err *wire.Error)
+	Owner any    // the caller's (the stream that answers)
+	ReqID uint64 // the caller's
+	Buf   *[]byte
+
+	msg      qlog.Message
+	onAppend func(qlog.AppendResult, error) // bound once per pooled call
+	start    time.Time
+	b        *Broker
+}
+
+var callPool sync.Pool
+
+func init() {
+	callPool.New = func() any {
+		c := &ProduceCall{}
+		c.onAppend = c.appended
+		return c
+	}
+}
+
+// NewProduceCall returns a pooled call; it goes back to the pool after
+// Reply returns.
+func NewProduceCall() *ProduceCall { return callPool.Get().(*ProduceCall) }
+
+func (c *ProduceCall) release() {
+	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil
+	callPool.Put(c)
+}
+
+func (c *ProduceCall) reply(ack wire.ProduceAck, werr *wire.Error) {
+	c.Reply(c, ack, werr)
+	c.release()
+}
+
+// Produce validates the call and hands it to the log; Reply follows. It
+// does not block.
+func (b *Broker) Produce(c *ProduceCall) {
+	c.b = b
+	c.start = time.Now()
+	if b.closed.Load() {
+		b.metrics.produceFailed(wire.CodeStopping)
+		c.reply(wire.ProduceAck{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
+		return
+	}
+	p := &c.In
+	t, werr := b.produceTopic(p.Topic)
+	if werr == nil {
+		werr = checkProduce(p, t)
+	}
+	if werr != nil {
+		b.metrics.produceFailed(werr.Code)
+		c.reply(wire.ProduceAck{}, werr)
+		return
+	}
+	q := uint32(p.Queue)
+	if p.Queue == wire.AnyQueue {
+		q = t.rr.Add(1) % t.queues
+	}
+	c.msg = qlog.Message{Topic: t.name, QueueID: q, Flags: p.Flags, Count: p.Count, ClientTime: p.ClientTime,
+		Key: p.Key, Tags: p.Tags, Headers: p.Headers, Body: p.Body}
+	switch p.Durability {
+	case wire.DurabilitySync:
+		c.msg.Ack = qlog.AckSync
+	case wire.DurabilityAsync:
+		c.msg.Ack = qlog.AckAsync
+	}
+	if err := b.log.AppendAsync(&c.msg, c.onAppend); err != nil {
+		werr := storageError(err)
+		b.metrics.produceFailed(werr.Code)
+		c.reply(wire.ProduceAck{}, werr)
+	}
+}
+
+// appended is the log's callback (on the flusher or the janitor).
+func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
+	b := c.b
+	if err != nil {
+		werr := storageError(err)
+		b.metrics.produceFailed(werr.Code)
+		c.reply(wire.ProduceAck{}, werr)
+		return
+	}
+	b.metrics.produced(c.msg.Count, time.Since(c.start))
+	c.reply(wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime}, nil)
+}
+
+// produceTopic finds the topic, creating it when auto-create is on.
+func (b *Broker) produceTopic(name string) (*topic, *wire.Error) {
+	if strings.HasPrefix(name, reservedPrefix) {
+		return nil, validTopic(name)
+	}
+	if t := b.topic(name); t != nil {
+		return t, nil
+	}
+	if werr := validTopic(name); werr != nil {
+		return nil, werr
+	}
+	if b.opts.NoAutoCreate {
+		return nil, &wire.Error{Code: wire.CodeUnknownTopic, Message: fmt.Sprintf("topic %s does not exist and auto-create is off", name)}
+	}
+	return b.ensureTopic(name, uint32(b.opts.DefaultQueues), false)
+}
+
+// checkProduce refuses what the log would store wrongly or a client may
+// not ask for; the log checks sizes itself.
+func checkProduce(p *wire.Produce, t *topic) *wire.Error {
+	switch {
+	case p.Queue != wire.AnyQueue && uint32(p.Queue) >= t.queues:
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %s has %d queues, not %d", t.name, t.queues, p.Queue+1)}
+	case p.Flags&wire.FlagControl != 0:
+		return &wire.Error{Code: wire.CodeInvalid, Message: "the control flag is reserved for the broker"}
+	case p.Flags&wire.FlagBatch == 0 && p.Count > 1:
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("count %d without the batch flag", p.Count)}
+	case p.Flags&wire.FlagBatch != 0 && p.Count == 0:
+		return &wire.Error{Code: wire.CodeInvalid, Message: "a batch of 0 messages"}
+	}
+	return nil
+}

@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Version is the broker's version, as status reports it.
+var Version = "0.3.0-dev"
+
+func rfc3339(ns int64) string {
+	if ns == 0 {
+		return ""
+	}
+	return time.Unix(0, ns).UTC().Format(time.RFC3339Nano)
+}
+
+// Status returns the broker's status document (without connections, which
+// the server adds).
+func (b *Broker) Status() wire.Status {
+	now := time.Now()
+	p := b.log.Positions()
+	ls := b.log.Stats()
+	s := wire.Status{
+		Broker: wire.BrokerInfo{ID: b.opts.ID, Version: Version, Started: b.start.UTC().Format(time.RFC3339),
+			UptimeSec: int64(now.Sub(b.start).Seconds()), Engine: b.log.EngineName(), Durability: b.log.Durability().String()},
+		Positions: wire.Positions{Start: p.Start, Written: p.Written, Durable: p.Durable, Dispatched: p.Dispatched,
+			DurableAt: rfc3339(p.DurableAt), DispatchedAt: rfc3339(p.DispatchedAt)},
+		SendQueue: wire.SendQueue{Depth: ls.Queued, BusyTotal: ls.Busy, MaxWaitMs: b.opts.Store.Log.MaxQueueWait.Milliseconds()},
+		Warnings:  []string{},
+		Topics:    []wire.TopicStatus{},
+		Groups:    []wire.GroupStatus{},
+	}
+	s.Lag = lagOf(p, now)
+	if s.Lag.NotVisibleMs > b.opts.LagWarn.Milliseconds() {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%d written bytes have not been visible to consumers for %d ms (limit %d ms)",
+			s.Lag.WrittenNotVisible, s.Lag.NotVisibleMs, b.opts.LagWarn.Milliseconds()))
+	}
+	if limit := 2*b.asyncInterval() + b.opts.LagWarn; s.Lag.NotDurableMs > limit.Milliseconds() {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%d acknowledged async bytes have not been synced for %d ms (limit %d ms)",
+			s.Lag.WrittenNotDurable, s.Lag.NotDurableMs, limit.Milliseconds()))
+	}
+	if err := b.log.Err(); err != nil {
+		s.Warnings = append(s.Warnings, "the log failed and refuses appends until restart: "+err.Error())
+	}
+
+	maxOf := map[wire.QueueRef]uint64{}
+	var cur *wire.TopicStatus
+	for _, q := range b.st.Index.Queues() {
+		maxOf[wire.QueueRef{Topic: q.Topic, Queue: q.Queue}] = q.Max
+		if strings.HasPrefix(q.Topic, reservedPrefix) {
+			continue
+		}
+		if cur == nil || cur.Name != q.Topic {
+			s.Topics = append(s.Topics, wire.TopicStatus{Name: q.Topic})
+			cur = &s.Topics[len(s.Topics)-1]
+		}
+		qs := wire.QueueStatus{Queue: q.Queue, Min: q.Min, Max: q.Max, LastStore: rfc3339(q.LastStore)}
+		if q.LastStore != 0 {
+			qs.LastStoreAgeMs = now.Sub(time.Unix(0, q.LastStore)).Milliseconds()
+		}
+		cur.Queues = append(cur.Queues, qs)
+	}
+	// Topics created but never written have no queues in the index yet.
+	b.topics.RLock()
+	for name, t := range b.topics.m {
+		if strings.HasPrefix(name, reservedPrefix) {
+			continue
+		}
+		i := sort.Search(len(s.Topics), func(i int) bool { return s.Topics[i].Name >= name })
+		if i == len(s.Topics) || s.Topics[i].Name != name {
+			s.Topics = append(s.Topics, wire.TopicStatus{})
+			copy(s.Topics[i+1:], s.Topics[i:])
+			s.Topics[i] = wire.TopicStatus{Name: name}
+		}
+		ts := &s.Topics[i]
+		have := map[uint32]bool{}
+		for _, q := range ts.Queues {
+			have[q.Queue] = true
+		}
+		for q := uint32(0); q < t.queues; q++ {
+			if !have[q] {
+				ts.Queues = append(ts.Queues, wire.QueueStatus{Queue: q})
+			}
+		}
+		sort.Slice(ts.Queues, func(i, j int) bool { return ts.Queues[i].Queue < ts.Queues[j].Queue })
+	}
+	b.topics.RUnlock()
+
+	s.Groups = b.groups.status(now, b.ctl.groupOffsets(), maxOf)
+	return s
+}
+
+func (b *Broker) asyncInterval() time.Duration {
+	if d := b.opts.Store.Log.AsyncInterval; d > 0 {
+		return d
+	}
+	return 100 * time.Millisecond
+}
+
+func lagOf(p qlog.Positions, now time.Time) wire.Lag {
+	l := wire.Lag{WrittenNotDurable: p.Written - p.Durable, WrittenNotVisible: p.Written - p.Dispatched}
+	if l.WrittenNotVisible > 0 && p.DispatchedAt != 0 {
+		l.NotVisibleMs = now.Sub(time.Unix(0, p.DispatchedAt)).Milliseconds()
+	}
+	if l.WrittenNotDurable > 0 && p.DurableAt != 0 {
+		l.NotDurableMs = now.Sub(time.Unix(0, p.DurableAt)).Milliseconds()
+	}
+	return l
+}
+
+func (c *coordinator) status(now time.Time, offs map[string]map[wire.QueueRef]uint64, maxOf map[wire.QueueRef]uint64) []wire.GroupStatus {
+	c.mu.Lock()
+	out := []wire.GroupStatus{}
+	seen := map[string]bool{}
+	for _, g := range c.groups {
+		gs := wire.GroupStatus{Name: g.name, Generation: g.generation, Members: []wire.MemberStatus{}}
+		for _, m := range g.members {
+			ms := wire.MemberStatus{ID: m.id, Topics: m.topics, LastSeenMs: now.Sub(m.lastSeen).Milliseconds(), Queues: []wire.QueueRef{}}
+			for q, o := range g.owner {
+				if o == m.id {
+					ms.Queues = append(ms.Queues, q)
+				}
+			}
+			sort.Slice(ms.Queues, func(i, j int) bool { return lessRef(ms.Queues[i], ms.Queues[j]) })
+			gs.Members = append(gs.Members, ms)
+		}
+		sort.Slice(gs.Members, func(i, j int) bool { return gs.Members[i].ID < gs.Members[j].ID })
+		out = append(out, gs)
+		seen[g.name] = true
+	}
+	c.mu.Unlock()
+	// Groups with committed offsets but no live member are listed too.
+	for name := range offs {
+		if !seen[name] {
+			out = append(out, wire.GroupStatus{Name: name, Members: []wire.MemberStatus{}})
+		}
+	}
+	for i := range out {
+		gs := &out[i]
+		gs.Offsets = []wire.GroupOffset{}
+		for q, o := range offs[gs.Name] {
+			max := maxOf[q]
+			var lag uint64
+			if max > o {
+				lag = max - o
+			}
+			gs.Offsets = append(gs.Offsets, wire.GroupOffset{Topic: q.Topic, Queue: q.Queue, Committed: o, Max: max, Lag: lag})
+		}
+		sort.Slice(gs.Offsets, func(a, b int) bool {
+			return lessRef(wire.QueueRef{Topic: gs.Offsets[a].Topic, Queue: gs.Offsets[a].Queue}, wire.QueueRef{Topic: gs.Offsets[b].Topic, Queue: gs.Offsets[b].Queue})
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// metrics are the broker's Prometheus metrics, in its own registry.
+type metrics struct {
+	reg          *prometheus.Registry
+	produced_    prometheus.Counter
+	produceErr   *prometheus.CounterVec
+	produceLat   prometheus.Histogram
+	fetches      prometheus.Counter
+	fetchedMsgs  prometheus.Counter
+	fetchedBytes prometheus.Counter
+}
+
+func newMetrics(b *Broker) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.produced_ = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produced_messages_total", Help: "Messages acknowledged to producers."})
+	m.produceErr = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quiver_produce_errors_total", Help: "Produce requests failed, by wire code."}, []string{"code"})
+	m.produceLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quiver_produce_latency_seconds",
+		Help:    "From a produce reaching the broker to its acknowledgement (sync: after the fsync).",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
+	m.fetches = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetch_requests_total", Help: "Fetch requests."})
+	m.fetchedMsgs = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_records_total", Help: "Records sent to consumers."})
+	m.fetchedBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_bytes_total", Help: "Record bytes sent to consumers."})
+	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.log.Positions()) })
+	}
+	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes,
+		pos("quiver_log_written_bytes", "Log position handed to the disk.", func(p qlog.Positions) float64 { return float64(p.Written) }),
+		pos("quiver_log_durable_bytes", "Log position synced.", func(p qlog.Positions) float64 { return float64(p.Durable) }),
+		pos("quiver_log_dispatched_bytes", "Log position visible to consumers.", func(p qlog.Positions) float64 { return float64(p.Dispatched) }),
+		pos("quiver_log_not_durable_bytes", "Written but not yet synced (async appends).", func(p qlog.Positions) float64 { return float64(p.Written - p.Durable) }),
+		pos("quiver_log_not_visible_bytes", "Written but not yet visible to consumers (incident 003).", func(p qlog.Positions) float64 { return float64(p.Written - p.Dispatched) }),
+		pos("quiver_log_not_visible_seconds", "How long the oldest not-yet-visible byte has waited (incident 003).", func(p qlog.Positions) float64 {
+			return float64(lagOf(p, time.Now()).NotVisibleMs) / 1e3
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_send_queue_depth", Help: "Produces waiting for the log's next commit."},
+			func() float64 { return float64(b.log.Stats().Queued) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_send_queue_busy_total", Help: "Produces failed with BUSY (waited past max-queue-wait, or the queue was full)."},
+			func() float64 { return float64(b.log.Stats().Busy) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_commits_total", Help: "Group commits."},
+			func() float64 { return float64(b.log.Stats().Commits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_syncs_total", Help: "fdatasyncs of the log."},
+			func() float64 { return float64(b.log.Stats().Syncs) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_flush_seconds_total", Help: "Time spent in the engine's flushes."},
+			func() float64 { return float64(b.log.Stats().FlushNanos) / 1e9 }),
+	)
+	return m
+}
+
+func (m *metrics) produced(count uint32, took time.Duration) {
+	m.produced_.Add(float64(max(count, 1)))
+	m.produceLat.Observe(took.Seconds())
+}
+
+func (m *metrics) produceFailed(code wire.Code) { m.produceErr.WithLabelValues(code.String()).Inc() }
+
+func (m *metrics) fetched(records uint32, bytes int) {
+	m.fetchedMsgs.Add(float64(records))
+	m.fetchedBytes.Add(float64(bytes))
+}
+
+// Registry is the broker's metrics registry; the server and the admin
+// endpoint add theirs to it.
+func (b *Broker) Registry() *prometheus.Registry { return b.metrics.reg }

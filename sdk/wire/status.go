@@ -1,0 +1,114 @@
+package wire
+
+// The status document: what a broker's /status endpoint and a StatusResp
+// carry, as JSON. The broker fills it; the SDK and the CLI read it. Byte
+// positions are log positions; times are RFC 3339 with nanoseconds.
+
+// Status is a broker's status document.
+type Status struct {
+	Broker      BrokerInfo    `json:"broker"`
+	Positions   Positions     `json:"positions"`
+	Lag         Lag           `json:"lag"`
+	SendQueue   SendQueue     `json:"send_queue"`
+	Warnings    []string      `json:"warnings"`
+	Topics      []TopicStatus `json:"topics"`
+	Groups      []GroupStatus `json:"groups"`
+	Connections *Connections  `json:"connections,omitempty"`
+}
+
+type BrokerInfo struct {
+	ID         string `json:"id"`
+	Version    string `json:"version"`
+	Started    string `json:"started"`
+	UptimeSec  int64  `json:"uptime_sec"`
+	Engine     string `json:"engine"`
+	Durability string `json:"durability"`
+	Listen     string `json:"listen,omitempty"`
+	Admin      string `json:"admin,omitempty"`
+}
+
+// Positions of the commit log: written (handed to the disk) >= durable
+// (synced); dispatched is what consumers can see.
+type Positions struct {
+	Start        int64  `json:"start"`
+	Written      int64  `json:"written"`
+	Durable      int64  `json:"durable"`
+	Dispatched   int64  `json:"dispatched"`
+	DurableAt    string `json:"durable_at,omitempty"`
+	DispatchedAt string `json:"dispatched_at,omitempty"`
+}
+
+// Lag between the positions, in bytes and in time (incident 003).
+type Lag struct {
+	// WrittenNotDurable: bytes written but not yet synced (async appends).
+	WrittenNotDurable int64 `json:"written_not_durable_bytes"`
+	// WrittenNotVisible: bytes written but not yet visible to consumers.
+	WrittenNotVisible int64 `json:"written_not_visible_bytes"`
+	// NotVisibleMs: how long the oldest not-yet-visible byte has waited (0: none).
+	NotVisibleMs int64 `json:"not_visible_ms"`
+	// NotDurableMs: how long the oldest unsynced byte has waited (0: none).
+	NotDurableMs int64 `json:"not_durable_ms"`
+}
+
+type SendQueue struct {
+	Depth     int   `json:"depth"`
+	BusyTotal int64 `json:"busy_total"`
+	MaxWaitMs int64 `json:"max_wait_ms"`
+}
+
+type TopicStatus struct {
+	Name   string        `json:"name"`
+	Queues []QueueStatus `json:"queues"`
+}
+
+// QueueStatus is one queue's readable offsets [Min, Max) and the time of
+// its newest message, like RocketMQ's topicStatus.
+type QueueStatus struct {
+	Queue          uint32 `json:"queue"`
+	Min            uint64 `json:"min"`
+	Max            uint64 `json:"max"`
+	LastStore      string `json:"last_store,omitempty"`
+	LastStoreAgeMs int64  `json:"last_store_age_ms,omitempty"`
+}
+
+type GroupStatus struct {
+	Name       string         `json:"name"`
+	Generation uint64         `json:"generation"`
+	Members    []MemberStatus `json:"members"`
+	Offsets    []GroupOffset  `json:"offsets"`
+}
+
+type MemberStatus struct {
+	ID         string     `json:"id"`
+	Topics     []string   `json:"topics"`
+	Queues     []QueueRef `json:"queues"`
+	LastSeenMs int64      `json:"last_seen_ms"`
+}
+
+// GroupOffset is a group's committed offset in one queue and its lag
+// (messages between it and the queue's end).
+type GroupOffset struct {
+	Topic     string `json:"topic"`
+	Queue     uint32 `json:"queue"`
+	Committed uint64 `json:"committed"`
+	Max       uint64 `json:"max"`
+	Lag       uint64 `json:"lag"`
+}
+
+// Connections are the broker's client connections, and those that closed
+// before a session was established (incident 004), per source.
+type Connections struct {
+	Open             int             `json:"open"`
+	Sessions         int             `json:"sessions"`
+	AcceptedTotal    int64           `json:"accepted_total"`
+	FailedHandshakes []HandshakeFail `json:"failed_handshakes"`
+}
+
+type HandshakeFail struct {
+	Source     string `json:"source"`
+	ClientID   string `json:"client_id"`
+	Count      int64  `json:"count"`
+	PerMinute  int64  `json:"last_minute"`
+	Last       string `json:"last"`
+	LastReason string `json:"last_reason"`
+}
