@@ -22,8 +22,8 @@ import (
 type control struct {
 	b    *Broker
 	kc   chan struct{}
-	mu   sync.RWMutex // guards what follows; catchUp holds it to apply
-	next map[string]uint64                    // per control topic: next queue offset to apply
+	mu   sync.RWMutex                        // guards what follows; catchUp holds it to apply
+	next map[string]uint64                   // per control topic: next queue offset to apply
 	offs map[string]map[wire.QueueRef]uint64 // group -> queue -> committed offset
 	// changed since the last snapshot
 	dirty bool
@@ -176,9 +176,9 @@ func (b *Broker) addTopic(name string, queues uint32) {
 // The snapshot of the tables, so that start-up replays only what follows
 // it and the tables outlive the retention of old segments.
 type snapshotDoc struct {
-	Version int                          `json:"version"`
-	Next    map[string]uint64            `json:"next"`
-	Topics  map[string]uint32            `json:"topics"`
+	Version int                         `json:"version"`
+	Next    map[string]uint64           `json:"next"`
+	Topics  map[string]uint32           `json:"topics"`
 	Offsets map[string][]snapshotOffset `json:"offsets"`
 }
 
