@@ -1,6 +1,3 @@
-// Package sdk is Quiver's Go client. This file holds how a client decides
-// to trust a broker; the producer, consumer and admin clients are issue 3's
-// work in progress.
 package sdk
 
 import (
@@ -12,10 +9,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // ALPN is the application protocol Quiver negotiates over QUIC/TLS.
-const ALPN = "quiver/1"
+const ALPN = wire.ALPN
 
 // ErrUntrusted is returned when a broker's certificate is not the expected one.
 var ErrUntrusted = errors.New("quiver: broker certificate not trusted")

@@ -26,6 +26,9 @@ type Options struct {
 	Log qlog.Options
 	// IndexCheckpoint is how often the indexes are made durable (default 1s).
 	IndexCheckpoint time.Duration
+	// WrapEngine, when set, wraps the I/O engine before the log uses it
+	// (quiverd --debug-faults wraps it in an ioengine.Faulty).
+	WrapEngine func(ioengine.Engine) ioengine.Engine
 	// Notify, when set, is called on the log's flusher goroutine after each
 	// batch of records is indexed (the records are then readable through
 	// the index). It must not block: the broker uses it to wake
@@ -81,6 +84,9 @@ func Open(o Options) (*Store, error) {
 	eng, err := ioengine.New(o.Engine, o.Logger)
 	if err != nil {
 		return nil, err
+	}
+	if o.WrapEngine != nil {
+		eng = o.WrapEngine(eng)
 	}
 	rd := &logReader{}
 	idx, err := index.Open(index.Options{Dir: filepath.Join(o.Dir, "index"), Logger: o.Logger, Reader: rd})

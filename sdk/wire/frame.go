@@ -34,6 +34,13 @@ const (
 // ProtocolVersion is the version this package speaks.
 const ProtocolVersion = 1
 
+// ALPN is the application protocol Quiver negotiates over QUIC's TLS.
+const ALPN = "quiver/1"
+
+// FrameNoReply, in a Produce frame's flags, asks the broker not to answer
+// (oneway sends: lossy by design, see the SDK).
+const FrameNoReply uint8 = 1
+
 // Limits. Every decoder enforces them, so a peer cannot make the other side
 // allocate more than they allow.
 const (

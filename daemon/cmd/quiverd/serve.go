@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/daemon/admin"
+	"github.com/quivermq/quiver/daemon/broker"
+	"github.com/quivermq/quiver/daemon/certs"
+	"github.com/quivermq/quiver/daemon/config"
+	"github.com/quivermq/quiver/daemon/logging"
+	"github.com/quivermq/quiver/daemon/server"
+	"github.com/quivermq/quiver/daemon/store"
+	"github.com/quivermq/quiver/ioengine"
+	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// serveFlags adds the broker's settings to cmd and returns the function
+// that loads the configuration once flags are parsed.
+func serveFlags(cmd *cobra.Command) func() (config.Config, error) {
+	var path string
+	cmd.Flags().StringVar(&path, "config", "", "TOML configuration file (flags and QUIVER_* variables override it)")
+	apply := config.Flags(cmd.Flags())
+	return func() (config.Config, error) { return config.Load(path, os.LookupEnv, apply) }
+}
+
+// newServeLogger builds the daemon's logger: rate limited per cause, to a
+// rotated file or stderr.
+func newServeLogger(c config.Config) (*slog.Logger, io.Closer, error) {
+	var out io.Writer = os.Stderr
+	var closer io.Closer = io.NopCloser(nil)
+	if c.LogFile != "" {
+		rf, err := logging.OpenRotating(c.LogFile, c.LogMax, 3)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log file: %w", err)
+		}
+		out, closer = rf, rf
+	}
+	var lv slog.Level
+	lv.UnmarshalText([]byte(c.LogLevel))
+	ho := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewTextHandler(out, ho)
+	if c.LogFormat == "json" {
+		h = slog.NewJSONHandler(out, ho)
+	}
+	return slog.New(logging.RateLimited(h, logging.Limit{})), closer, nil
+}
+
+// serve runs the broker until SIGTERM or SIGINT, then stops gracefully:
+// stop accepting, answer what was accepted, sync and close the log.
+func serve(c config.Config) error {
+	logger, logClose, err := newServeLogger(c)
+	if err != nil {
+		return err
+	}
+	defer logClose.Close()
+	if err := os.MkdirAll(c.Data, 0o755); err != nil {
+		return err
+	}
+
+	var cert tls.Certificate
+	var fp string
+	if c.TLSCert != "" {
+		cert, fp, err = certs.Load(c.TLSCert, c.TLSKey)
+	} else {
+		host, _, _ := net.SplitHostPort(c.Listen)
+		cert, fp, err = certs.LoadOrCreate(filepath.Join(c.Data, "tls"), []string{host})
+	}
+	if err != nil {
+		return err
+	}
+
+	dur, _ := qlog.ParseDurability(c.Durability)
+	var faults *ioengine.Faulty
+	so := store.Options{Engine: c.Engine, Log: qlog.Options{
+		SegmentSize: c.SegmentSize, Durability: dur, AsyncInterval: c.AsyncInterval.Duration,
+		MaxQueueWait: c.MaxQueueWait.Duration, QueueDepth: c.QueueDepth,
+		RetentionAge: c.RetentionAge.Duration, RetentionBytes: c.RetentionSize,
+	}}
+	if c.DebugFaults {
+		logger.Warn("debug faults are enabled: POST /debug/faults/stall on the admin address stalls the disk; never use this in production")
+		so.WrapEngine = func(e ioengine.Engine) ioengine.Engine { faults = ioengine.NewFaulty(e); return faults }
+	}
+	b, err := broker.New(broker.Options{ID: c.BrokerID, Dir: c.Data, Store: so, NoAutoCreate: !c.AutoCreateTopics,
+		DefaultQueues: c.DefaultQueues, Logger: logger})
+	if err != nil {
+		return err
+	}
+	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		Broker: b, Tokens: c.Tokens, Logger: logger})
+	if err != nil {
+		b.Close()
+		return err
+	}
+	status := func() wire.Status {
+		s := b.Status()
+		s.Broker.Listen, s.Broker.Admin = srv.Addr().String(), c.Admin
+		s.Connections = srv.Connections()
+		return s
+	}
+	srvErr := make(chan error, 1)
+	go func() { srvErr <- srv.Serve() }()
+
+	var hs *http.Server
+	adminAddr := ""
+	if c.Admin != "" {
+		ln, err := net.Listen("tcp", c.Admin)
+		if err != nil {
+			srv.Shutdown(context.Background())
+			b.Close()
+			return fmt.Errorf("admin: %w", err)
+		}
+		adminAddr = ln.Addr().String()
+		hs = &http.Server{Handler: admin.Handler(admin.Options{Registry: b.Registry(), Status: status,
+			Healthy: func() error { return b.Log().Err() }, Faults: faults}), ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(ln)
+	}
+
+	logger.Info("quiverd ready", "listen", srv.Addr().String(), "admin", adminAddr, "data", c.Data,
+		"engine", b.Log().EngineName(), "durability", b.Log().Durability().String(), "broker_id", c.BrokerID)
+	// The fingerprint goes to stdout too: clients pin it (--fingerprint).
+	fmt.Printf("quiverd ready: quic %s, admin %s, data %s\ncertificate sha256 fingerprint: %s\n",
+		srv.Addr(), adminAddr, c.Data, fp)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	select {
+	case s := <-sig:
+		logger.Info("stopping", "signal", s.String())
+	case err := <-srvErr:
+		if err != nil {
+			logger.Error("QUIC server failed; stopping", "err", err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var errs []error
+	if err := srv.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if hs != nil {
+		hs.Shutdown(ctx)
+	}
+	if err := b.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("closing the log: %w", err))
+	}
+	if len(errs) == 0 {
+		logger.Info("stopped cleanly: every accepted message is synced")
+	}
+	return errors.Join(errs...)
+}

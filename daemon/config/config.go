@@ -1,0 +1,251 @@
+// Package config is quiverd's configuration: defaults, then a TOML file,
+// then QUIVER_* environment variables, then command-line flags, each
+// overriding the one before. Every setting has the same name in all three:
+// max_queue_wait in the file, QUIVER_MAX_QUEUE_WAIT in the environment,
+// --max-queue-wait on the command line.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/spf13/pflag"
+)
+
+// Duration is a time.Duration written as "200ms", "5s", "24h".
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Config is every setting of quiverd.
+type Config struct {
+	Data     string `toml:"data" help:"data directory (log, indexes, certificate, state)"`
+	Listen   string `toml:"listen" help:"QUIC address for producers and consumers"`
+	Admin    string `toml:"admin" help:"admin HTTP address (/healthz, /metrics, /status); empty: off"`
+	BrokerID string `toml:"broker_id" help:"this broker's id in responses and status"`
+
+	Engine        string   `toml:"engine" help:"I/O backend: auto, io_uring or portable"`
+	Durability    string   `toml:"durability" help:"default acknowledgement: sync (after fsync) or async"`
+	AsyncInterval Duration `toml:"async_interval" help:"async mode: longest time an acknowledged message stays unsynced"`
+	MaxQueueWait  Duration `toml:"max_queue_wait" help:"a send waiting longer than this for the log fails with BUSY (retryable)"`
+	QueueDepth    int      `toml:"queue_depth" help:"sends that may wait for the log; more fail with BUSY"`
+	SegmentSize   int64    `toml:"segment_size" help:"bytes per log segment (fixed once the log exists)"`
+	RetentionAge  Duration `toml:"retention_age" help:"delete log segments older than this (0: keep)"`
+	RetentionSize int64    `toml:"retention_bytes" help:"delete the oldest segments while the log is larger (0: no limit)"`
+
+	AutoCreateTopics bool `toml:"auto_create_topics" help:"create a topic on its first send"`
+	DefaultQueues    int  `toml:"default_queues" help:"queues of an auto-created topic"`
+
+	TLSCert string   `toml:"tls_cert" help:"certificate (PEM); default: a self-signed one kept in DATA/tls"`
+	TLSKey  string   `toml:"tls_key" help:"private key (PEM) of tls_cert"`
+	Tokens  []string `toml:"tokens" help:"accepted client credentials; none: no authentication"`
+
+	LogLevel  string `toml:"log_level" help:"debug, info, warn or error"`
+	LogFormat string `toml:"log_format" help:"text or json"`
+	LogFile   string `toml:"log_file" help:"log to this file (rotated at log_file_max_bytes, 3 kept) instead of stderr"`
+	LogMax    int64  `toml:"log_file_max_bytes" help:"size at which log_file is rotated"`
+
+	DebugFaults bool `toml:"debug_faults" help:"expose /debug/faults on the admin address to stall the disk (tests and drills only)"`
+}
+
+// Default is the configuration of a broker started with nothing.
+func Default() Config {
+	return Config{
+		Data: "./quiver-data", Listen: "127.0.0.1:7420", Admin: "127.0.0.1:7421", BrokerID: "quiverd",
+		Engine: "auto", Durability: "sync", AsyncInterval: Duration{100 * time.Millisecond},
+		MaxQueueWait: Duration{200 * time.Millisecond}, QueueDepth: 8192, SegmentSize: 1 << 30,
+		AutoCreateTopics: true, DefaultQueues: 4,
+		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
+	}
+}
+
+// Validate reports the first setting out of range.
+func (c *Config) Validate() error {
+	switch {
+	case c.Data == "":
+		return errors.New("config: data is empty")
+	case c.Listen == "":
+		return errors.New("config: listen is empty")
+	case c.Durability != "sync" && c.Durability != "async":
+		return fmt.Errorf("config: durability %q (sync or async)", c.Durability)
+	case c.Engine != "auto" && c.Engine != "io_uring" && c.Engine != "portable":
+		return fmt.Errorf("config: engine %q (auto, io_uring or portable)", c.Engine)
+	case c.MaxQueueWait.Duration <= 0:
+		return fmt.Errorf("config: max_queue_wait %v must be positive", c.MaxQueueWait)
+	case c.AsyncInterval.Duration <= 0:
+		return fmt.Errorf("config: async_interval %v must be positive", c.AsyncInterval)
+	case c.QueueDepth < 1:
+		return fmt.Errorf("config: queue_depth %d", c.QueueDepth)
+	case c.SegmentSize < 16<<20 || c.SegmentSize&(c.SegmentSize-1) != 0:
+		return fmt.Errorf("config: segment_size %d must be a power of two of at least 16 MiB", c.SegmentSize)
+	case c.DefaultQueues < 1 || c.DefaultQueues > 1024:
+		return fmt.Errorf("config: default_queues %d (1..1024)", c.DefaultQueues)
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("config: tls_cert and tls_key go together")
+	case c.LogFormat != "text" && c.LogFormat != "json":
+		return fmt.Errorf("config: log_format %q (text or json)", c.LogFormat)
+	case c.LogMax < 1<<20:
+		return fmt.Errorf("config: log_file_max_bytes %d is below 1 MiB", c.LogMax)
+	case c.RetentionAge.Duration < 0 || c.RetentionSize < 0:
+		return errors.New("config: negative retention")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log_level %q", c.LogLevel)
+	}
+	return nil
+}
+
+// setting is one field of Config with its three names.
+type setting struct {
+	key  string // toml
+	flag string
+	env  string
+	help string
+	v    reflect.Value
+}
+
+func settings(c *Config) []setting {
+	rv := reflect.ValueOf(c).Elem()
+	rt := rv.Type()
+	out := make([]setting, 0, rt.NumField())
+	for i := 0; i < rt.NumField(); i++ {
+		f := rt.Field(i)
+		key := f.Tag.Get("toml")
+		out = append(out, setting{key: key, flag: strings.ReplaceAll(key, "_", "-"), env: "QUIVER_" + strings.ToUpper(key),
+			help: f.Tag.Get("help"), v: rv.Field(i)})
+	}
+	return out
+}
+
+// LoadFile applies a TOML file over c. Unknown keys are an error, so that
+// a misspelt setting is not silently ignored.
+func (c *Config) LoadFile(path string) error {
+	md, err := toml.DecodeFile(path, c)
+	if err != nil {
+		return fmt.Errorf("config: %s: %w", path, err)
+	}
+	if un := md.Undecoded(); len(un) > 0 {
+		return fmt.Errorf("config: %s: unknown setting %q", path, un[0].String())
+	}
+	return nil
+}
+
+// ApplyEnv applies QUIVER_* variables over c (lookup is os.LookupEnv).
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	for _, s := range settings(c) {
+		val, ok := lookup(s.env)
+		if !ok {
+			continue
+		}
+		if err := set(s.v, val); err != nil {
+			return fmt.Errorf("config: %s=%q: %w", s.env, val, err)
+		}
+	}
+	return nil
+}
+
+func set(v reflect.Value, s string) error {
+	switch p := v.Addr().Interface().(type) {
+	case *string:
+		*p = s
+	case *int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return err
+		}
+		*p = n
+	case *int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return err
+		}
+		*p = n
+	case *bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return err
+		}
+		*p = b
+	case *Duration:
+		return p.UnmarshalText([]byte(s))
+	case *[]string:
+		*p = nil
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				*p = append(*p, f)
+			}
+		}
+	default:
+		return fmt.Errorf("unsupported setting type %s", v.Type())
+	}
+	return nil
+}
+
+// Flags defines one flag per setting on fs, bound to a shadow Config; call
+// the returned function after parsing to apply the flags that were given
+// over c.
+func Flags(fs *pflag.FlagSet) func(c *Config) {
+	shadow := Default()
+	for _, s := range settings(&shadow) {
+		switch p := s.v.Addr().Interface().(type) {
+		case *string:
+			fs.StringVar(p, s.flag, *p, s.help)
+		case *int:
+			fs.IntVar(p, s.flag, *p, s.help)
+		case *int64:
+			fs.Int64Var(p, s.flag, *p, s.help)
+		case *bool:
+			fs.BoolVar(p, s.flag, *p, s.help)
+		case *Duration:
+			fs.DurationVar(&p.Duration, s.flag, p.Duration, s.help)
+		case *[]string:
+			fs.StringSliceVar(p, s.flag, *p, s.help)
+		}
+	}
+	return func(c *Config) {
+		src := settings(&shadow)
+		for i, dst := range settings(c) {
+			if fs.Changed(dst.flag) {
+				dst.v.Set(src[i].v)
+			}
+		}
+	}
+}
+
+// Load builds the configuration: defaults, the file (if path is set), the
+// environment, then the flags applied by applyFlags.
+func Load(path string, lookup func(string) (string, bool), applyFlags func(*Config)) (Config, error) {
+	c := Default()
+	if path != "" {
+		if err := c.LoadFile(path); err != nil {
+			return c, err
+		}
+	}
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	if err := c.ApplyEnv(lookup); err != nil {
+		return c, err
+	}
+	if applyFlags != nil {
+		applyFlags(&c)
+	}
+	return c, c.Validate()
+}

@@ -1,0 +1,222 @@
+// Package server puts the broker on QUIC: it accepts connections, runs the
+// Hello handshake that opens a session, and serves the frames of every
+// stream of a session (docs/protocol.md), many requests in flight on each.
+//
+// Produce requests go to the broker straight from the stream's reader and
+// are answered from the log's commit callback; other requests run on their
+// own goroutines (a fetch may wait for data), bounded per connection.
+// Responses to one stream are coalesced by a wire.Writer.
+//
+// Connections that close before a session is established are counted per
+// source and logged at most once a minute per source (incident 004).
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/quivermq/quiver/daemon/broker"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Listen is the UDP address (default 127.0.0.1:7420).
+	Listen string
+	// TLS holds the broker's certificate; the server sets ALPN and TLS 1.3.
+	TLS *tls.Config
+	// Broker serves the requests.
+	Broker *broker.Broker
+	// Tokens are the accepted credentials of a Hello; empty: no authentication.
+	Tokens []string
+	// Status returns the status document for Status requests.
+	Status func() wire.Status
+	// HelloTimeout bounds the time from accepting a connection to its Hello
+	// (default 10s).
+	HelloTimeout time.Duration
+	// MaxStreams bounds the streams a client may open on a connection (default 16).
+	MaxStreams int64
+	// MaxPending bounds a connection's requests other than produces that
+	// run at once (fetches, group syncs...; default 256). Past it a request
+	// fails with BUSY.
+	MaxPending int
+	// IdleTimeout closes a connection that has been silent this long
+	// (default 30s; the SDK sends keep-alives).
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:7420"
+	}
+	if o.HelloTimeout == 0 {
+		o.HelloTimeout = 10 * time.Second
+	}
+	if o.MaxStreams == 0 {
+		o.MaxStreams = 16
+	}
+	if o.MaxPending == 0 {
+		o.MaxPending = 256
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// QUIC application error codes the server closes connections with.
+const (
+	closeNormal   quic.ApplicationErrorCode = 0 // broker stopping
+	closeProtocol quic.ApplicationErrorCode = 1 // a frame the protocol does not allow
+	closeRefused  quic.ApplicationErrorCode = 2 // the Hello was refused (version, credentials)
+	closeTimeout  quic.ApplicationErrorCode = 3 // no Hello in time
+)
+
+// Server is a QUIC listener serving one broker.
+type Server struct {
+	opts   Options
+	logger *slog.Logger
+	ln     *quic.Listener
+	b      *broker.Broker
+
+	stopping atomic.Bool
+	inflight sync.WaitGroup // produces handed to the broker and not answered
+	conns    struct {
+		sync.Mutex
+		m map[*conn]struct{}
+	}
+	connWG   sync.WaitGroup
+	sessions atomic.Int64
+	seq      atomic.Uint64
+	hs       handshakes
+	served   chan struct{}
+}
+
+// Listen starts listening; Serve accepts.
+func Listen(o Options) (*Server, error) {
+	o.ensureDefaults()
+	if o.TLS == nil || len(o.TLS.Certificates) == 0 {
+		return nil, errors.New("server: Options.TLS needs the broker's certificate")
+	}
+	if o.Broker == nil {
+		return nil, errors.New("server: Options.Broker is nil")
+	}
+	tlsConf := o.TLS.Clone()
+	tlsConf.MinVersion = tls.VersionTLS13
+	tlsConf.NextProtos = []string{wire.ALPN}
+	qconf := &quic.Config{
+		MaxIdleTimeout:                 o.IdleTimeout,
+		HandshakeIdleTimeout:           o.HelloTimeout,
+		MaxIncomingStreams:             o.MaxStreams,
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     1 << 20,
+		MaxStreamReceiveWindow:         16 << 20,
+		InitialConnectionReceiveWindow: 2 << 20,
+		MaxConnectionReceiveWindow:     64 << 20,
+	}
+	ln, err := quic.ListenAddr(o.Listen, tlsConf, qconf)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
+	}
+	s := &Server{opts: o, logger: o.Logger.With("component", "server"), ln: ln, b: o.Broker, served: make(chan struct{})}
+	s.conns.m = map[*conn]struct{}{}
+	s.hs.init(s.logger)
+	return s, nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until Shutdown.
+func (s *Server) Serve() error {
+	defer close(s.served)
+	for {
+		qc, err := s.ln.Accept(context.Background())
+		if err != nil {
+			if s.stopping.Load() || errors.Is(err, quic.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("server: accept: %w", err)
+		}
+		c := newConn(s, qc)
+		s.conns.Lock()
+		if s.stopping.Load() {
+			s.conns.Unlock()
+			qc.CloseWithError(closeNormal, "broker stopping")
+			continue
+		}
+		s.conns.m[c] = struct{}{}
+		s.connWG.Add(1)
+		s.conns.Unlock()
+		s.hs.accepted.Add(1)
+		go c.run()
+	}
+}
+
+// Shutdown stops accepting, answers new requests with STOPPING, waits
+// (until ctx is done) for every produce already handed to the broker to be
+// answered, then closes the connections. The caller closes the broker
+// after it, which syncs the log.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
+	s.ln.Close()
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("server: produces still in flight at shutdown: %w", ctx.Err())
+	}
+	s.conns.Lock()
+	for c := range s.conns.m {
+		c.flushAndClose(closeNormal, "broker stopping")
+	}
+	s.conns.Unlock()
+	s.connWG.Wait()
+	<-s.served
+	return err
+}
+
+// Connections is the connection part of the status document.
+func (s *Server) Connections() *wire.Connections {
+	s.conns.Lock()
+	open := len(s.conns.m)
+	s.conns.Unlock()
+	return &wire.Connections{Open: open, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
+		FailedHandshakes: s.hs.report()}
+}
+
+func (s *Server) removeConn(c *conn) {
+	s.conns.Lock()
+	delete(s.conns.m, c)
+	s.conns.Unlock()
+	s.connWG.Done()
+}
+
+// authorized checks a Hello's credentials in constant time.
+func (s *Server) authorized(cred []byte) bool {
+	if len(s.opts.Tokens) == 0 {
+		return true
+	}
+	ok := false
+	for _, t := range s.opts.Tokens {
+		if subtle.ConstantTimeCompare([]byte(t), cred) == 1 {
+			ok = true
+		}
+	}
+	return ok
+}

@@ -1,0 +1,222 @@
+package sdk
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Opt configures a Client.
+type Opt func(*clientConfig)
+
+type clientConfig struct {
+	brokers     []string
+	tls         *tls.Config
+	trustErr    error
+	clientID    string
+	credentials []byte
+	logger      *slog.Logger
+	dialTimeout time.Duration
+	keepAlive   time.Duration
+	onError     func(error)
+	backoff     backoffPolicy
+}
+
+// WithBrokers sets the broker addresses (host:port) the client starts from.
+func WithBrokers(addrs ...string) Opt { return func(c *clientConfig) { c.brokers = append(c.brokers, addrs...) } }
+
+// WithTLS sets the TLS configuration used to verify brokers.
+func WithTLS(conf *tls.Config) Opt { return func(c *clientConfig) { c.tls = conf } }
+
+// WithCAFile trusts the certificates in a PEM file (for a self-signed
+// broker, its DATA/tls/cert.pem).
+func WithCAFile(path string) Opt {
+	return func(c *clientConfig) { c.tls, c.trustErr = TLSFromCAFile(path) }
+}
+
+// WithFingerprint trusts exactly the broker certificate with this SHA-256
+// fingerprint (as quiverd prints it).
+func WithFingerprint(fp string) Opt {
+	return func(c *clientConfig) { c.tls, c.trustErr = TLSPinned(fp) }
+}
+
+// WithClientID names the client in the broker's logs and status (default:
+// the host name and a random suffix).
+func WithClientID(id string) Opt { return func(c *clientConfig) { c.clientID = id } }
+
+// WithCredentials sets the token sent in the Hello.
+func WithCredentials(token []byte) Opt { return func(c *clientConfig) { c.credentials = token } }
+
+// WithLogger sets where the client logs (default slog.Default()).
+func WithLogger(l *slog.Logger) Opt { return func(c *clientConfig) { c.logger = l } }
+
+// WithDialTimeout bounds one connection attempt, handshake included (default 5s).
+func WithDialTimeout(d time.Duration) Opt { return func(c *clientConfig) { c.dialTimeout = d } }
+
+// WithErrorHandler receives errors the application would otherwise not
+// see: a broker refusing the session (credentials, version, certificate).
+// It is called on a client goroutine and must not block.
+func WithErrorHandler(f func(error)) Opt { return func(c *clientConfig) { c.onError = f } }
+
+// WithReconnectBackoff sets the reconnect backoff to a broker: full jitter
+// over min(max, base·2^failures). Failures that are not the network's back
+// off from nonNetworkBase instead (defaults 100ms, 10s and 5s; the cap for
+// those is 5 minutes).
+func WithReconnectBackoff(base, max, nonNetworkBase time.Duration) Opt {
+	return func(c *clientConfig) { c.backoff = backoffPolicy{base: base, max: max, hardBase: nonNetworkBase, hardMax: 5 * time.Minute} }
+}
+
+// Client holds one QUIC connection per broker, shared by the producers,
+// consumers and admin calls made from it. It is safe for concurrent use.
+type Client struct {
+	cfg    clientConfig
+	logger *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	conns  []*brokerConn
+	rr     atomic.Uint32
+	mu     sync.Mutex
+	users  map[closer]struct{} // producers and consumers, closed with the client
+	closed atomic.Bool
+}
+
+type closer interface{ Close() error }
+
+// NewClient returns a client for the given brokers. It does not connect
+// until the first request. A way to verify the brokers' certificates is
+// required: verification is never skipped silently.
+func NewClient(opts ...Opt) (*Client, error) {
+	cfg := clientConfig{dialTimeout: 5 * time.Second, keepAlive: 5 * time.Second,
+		backoff: backoffPolicy{base: 100 * time.Millisecond, max: 10 * time.Second, hardBase: 5 * time.Second, hardMax: 5 * time.Minute}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch {
+	case cfg.trustErr != nil:
+		return nil, cfg.trustErr
+	case cfg.tls == nil:
+		return nil, ErrNoTrust
+	case len(cfg.brokers) == 0:
+		return nil, errors.New("quiver: no broker addresses (WithBrokers)")
+	}
+	if cfg.logger == nil {
+		cfg.logger = slog.Default()
+	}
+	if cfg.clientID == "" {
+		host, _ := os.Hostname()
+		var r [4]byte
+		rand.Read(r[:])
+		cfg.clientID = fmt.Sprintf("%s-%s", host, hex.EncodeToString(r[:]))
+	}
+	tc := cfg.tls.Clone()
+	tc.NextProtos = []string{ALPN}
+	tc.MinVersion = tls.VersionTLS13
+	cfg.tls = tc
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel, users: map[closer]struct{}{}}
+	seen := map[string]bool{}
+	for _, a := range cfg.brokers {
+		if !seen[a] {
+			seen[a] = true
+			c.conns = append(c.conns, newBrokerConn(c, a))
+		}
+	}
+	return c, nil
+}
+
+// ClientID is the id the client presents to brokers.
+func (c *Client) ClientID() string { return c.cfg.clientID }
+
+// Close closes the producers and consumers made from the client, then
+// every connection. No goroutine of the client outlives it.
+func (c *Client) Close() error {
+	if c.closed.Swap(true) {
+		return ErrClosed
+	}
+	c.mu.Lock()
+	users := make([]closer, 0, len(c.users))
+	for u := range c.users {
+		users = append(users, u)
+	}
+	c.mu.Unlock()
+	var err error
+	for _, u := range users {
+		if uerr := u.Close(); uerr != nil && !errors.Is(uerr, ErrClosed) && err == nil {
+			err = uerr
+		}
+	}
+	c.cancel()
+	for _, bc := range c.conns {
+		bc.close()
+	}
+	return err
+}
+
+func (c *Client) track(u closer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	c.users[u] = struct{}{}
+	return nil
+}
+
+func (c *Client) untrack(u closer) {
+	c.mu.Lock()
+	delete(c.users, u)
+	c.mu.Unlock()
+}
+
+// pick returns a broker to send to, avoiding exclude and brokers whose
+// reconnects are backing off, when another one is available.
+func (c *Client) pick(exclude string) *brokerConn {
+	n := len(c.conns)
+	start := int(c.rr.Add(1))
+	var fallback *brokerConn
+	for i := 0; i < n; i++ {
+		bc := c.conns[(start+i)%n]
+		if bc.addr == exclude && n > 1 {
+			continue
+		}
+		if !bc.backingOff() {
+			return bc
+		}
+		if fallback == nil {
+			fallback = bc
+		}
+	}
+	if fallback == nil {
+		fallback = c.conns[start%n]
+	}
+	return fallback
+}
+
+// anySession returns a session with any broker, trying each in turn.
+func (c *Client) anySession(ctx context.Context) (*session, error) {
+	var last error
+	start := int(c.rr.Add(1))
+	for i := range c.conns {
+		s, err := c.conns[(start+i)%len(c.conns)].get(ctx)
+		if err == nil {
+			return s, nil
+		}
+		last = err
+	}
+	return nil, last
+}
+
+func (c *Client) reportError(err error) {
+	if c.cfg.onError != nil {
+		c.cfg.onError(err)
+	}
+}

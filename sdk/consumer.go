@@ -1,0 +1,612 @@
+package sdk
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// StartFrom is where a group starts reading a queue it has never committed.
+type StartFrom uint8
+
+const (
+	Earliest StartFrom = iota // the oldest message still stored (default)
+	Latest                    // only messages stored from now on
+)
+
+// ConsumerOpt configures a Consumer.
+type ConsumerOpt func(*consumerConfig)
+
+type consumerConfig struct {
+	start      StartFrom
+	autoCommit time.Duration
+	heartbeat  time.Duration
+	session    time.Duration
+	fetchMax   int
+	maxWait    time.Duration
+	memberID   string
+}
+
+// WithStartFrom sets where a queue without a committed offset is read from.
+func WithStartFrom(s StartFrom) ConsumerOpt { return func(c *consumerConfig) { c.start = s } }
+
+// WithAutoCommit commits processed offsets every interval (default 1s), and
+// when queues are revoked and at Close. WithManualCommit turns it off.
+func WithAutoCommit(every time.Duration) ConsumerOpt {
+	return func(c *consumerConfig) { c.autoCommit = every }
+}
+
+// WithManualCommit leaves commits to Commit (still made at revocation and
+// Close for what Commit marked).
+func WithManualCommit() ConsumerOpt { return func(c *consumerConfig) { c.autoCommit = 0 } }
+
+// WithHeartbeat sets the heartbeat interval and the session after which a
+// silent member's queues go to others (defaults 1s and 10s).
+func WithHeartbeat(every, session time.Duration) ConsumerOpt {
+	return func(c *consumerConfig) { c.heartbeat, c.session = every, session }
+}
+
+// WithMemberID names the member (default: the client id and a random suffix).
+func WithMemberID(id string) ConsumerOpt { return func(c *consumerConfig) { c.memberID = id } }
+
+// Consumer consumes topics as a member of a consumer group: the group's
+// members share the topics' queues, each queue consumed by one member at a
+// time, and the group's committed offsets say where each queue resumes.
+// Delivery is at least once: a message is committed only after it was
+// processed (Run's handler returned nil, or Commit was called).
+type Consumer struct {
+	cl     *Client
+	group  string
+	topics []string
+	member string
+	cfg    consumerConfig
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	msgs   chan *Message
+	wg     sync.WaitGroup
+	closed atomic.Bool
+	done   chan struct{} // the group loop has left the group
+	err    error         // from leaving
+
+	mu       sync.Mutex
+	queues   map[wire.QueueRef]*queueState
+	commitMu sync.Mutex
+	lastPoll []*Message
+	gen      atomic.Uint64
+}
+
+// queueState is the consumer's hold on one assigned queue.
+type queueState struct {
+	ref    wire.QueueRef
+	ctx    context.Context
+	cancel context.CancelFunc
+	fdone  chan struct{} // the fetcher has stopped
+
+	mu        sync.Mutex
+	idle      *sync.Cond
+	busy      int  // handlers running on its messages
+	revoked   bool // set under mu; later messages are dropped
+	done      uint64
+	hasDone   bool
+	committed uint64
+	hasCommit bool
+}
+
+// enter claims a message for processing; false if its queue was revoked.
+func (q *queueState) enter() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.revoked {
+		return false
+	}
+	q.busy++
+	return true
+}
+
+func (q *queueState) exit() {
+	q.mu.Lock()
+	q.busy--
+	if q.busy == 0 {
+		q.idle.Broadcast()
+	}
+	q.mu.Unlock()
+}
+
+func (q *queueState) markDone(next uint64) {
+	q.mu.Lock()
+	if !q.hasDone || next > q.done {
+		q.done, q.hasDone = next, true
+	}
+	q.mu.Unlock()
+}
+
+// NewConsumer joins group as a consumer of topics and starts fetching the
+// queues the group assigns to it.
+func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt) (*Consumer, error) {
+	cfg := consumerConfig{autoCommit: time.Second, heartbeat: time.Second, session: 10 * time.Second, fetchMax: 256, maxWait: 5 * time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch {
+	case group == "" || len(group) > wire.MaxGroupLen:
+		return nil, fmt.Errorf("quiver: group name of %d bytes (1..%d)", len(group), wire.MaxGroupLen)
+	case len(topics) == 0:
+		return nil, errors.New("quiver: a consumer needs at least one topic")
+	case cfg.heartbeat <= 0 || cfg.session < 2*cfg.heartbeat:
+		return nil, errors.New("quiver: the session must be at least twice the heartbeat")
+	}
+	if cfg.memberID == "" {
+		var r [4]byte
+		rand.Read(r[:])
+		cfg.memberID = cl.cfg.clientID + "-" + hex.EncodeToString(r[:])
+	}
+	ctx, cancel := context.WithCancel(cl.ctx)
+	c := &Consumer{cl: cl, group: group, topics: append([]string(nil), topics...), member: cfg.memberID, cfg: cfg,
+		ctx: ctx, cancel: cancel, msgs: make(chan *Message, 4*cfg.fetchMax), done: make(chan struct{}),
+		queues: map[wire.QueueRef]*queueState{}}
+	if err := cl.track(c); err != nil {
+		cancel()
+		return nil, err
+	}
+	c.wg.Add(1)
+	go c.groupLoop()
+	return c, nil
+}
+
+// Member is the consumer's member id in its group.
+func (c *Consumer) Member() string { return c.member }
+
+// Assigned lists the queues the consumer holds now.
+func (c *Consumer) Assigned() []wire.QueueRef {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]wire.QueueRef, 0, len(c.queues))
+	for r := range c.queues {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Topic != out[j].Topic {
+			return out[i].Topic < out[j].Topic
+		}
+		return out[i].Queue < out[j].Queue
+	})
+	return out
+}
+
+// Run calls handler for each message, one at a time, in order within each
+// queue, until ctx is done (it then returns ctx.Err()) or the consumer is
+// closed (ErrClosed). A message is marked processed when handler returns
+// nil; an error makes Run call handler again with the same message after a
+// growing pause (at least once: nothing is skipped). With auto-commit,
+// processed offsets are committed every interval. Run must not be called
+// from two goroutines at once, and handler must not call Close.
+func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Message) error) error {
+	for {
+		var m *Message
+		select {
+		case m = <-c.msgs:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.ctx.Done():
+			return ErrClosed
+		}
+		q := m.lease
+		if !q.enter() {
+			continue // its queue moved to another member
+		}
+		for failures := 0; ; failures++ {
+			err := handler(ctx, m)
+			if err == nil {
+				break
+			}
+			pause := min(100*time.Millisecond<<min(failures, 7), 10*time.Second)
+			c.cl.logger.Warn("message handler failed; retrying the same message", "group", c.group,
+				"topic", m.Topic, "queue", m.Queue, "offset", m.Offset, "failures", failures+1, "err", err, "retry_in", pause)
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				q.exit()
+				return ctx.Err()
+			}
+		}
+		q.markDone(m.Offset + 1)
+		q.exit()
+	}
+}
+
+// Poll returns the messages available now, waiting until there is at least
+// one or ctx is done. With auto-commit, the messages of the previous Poll
+// count as processed; with WithManualCommit, pass them to Commit.
+func (c *Consumer) Poll(ctx context.Context) ([]*Message, error) {
+	if c.cfg.autoCommit > 0 {
+		for _, m := range c.lastPoll {
+			m.lease.markDone(m.Offset + 1)
+		}
+	}
+	c.lastPoll = c.lastPoll[:0]
+	var out []*Message
+	add := func(m *Message) {
+		m.lease.mu.Lock()
+		revoked := m.lease.revoked
+		m.lease.mu.Unlock()
+		if !revoked {
+			out = append(out, m)
+		}
+	}
+	for len(out) == 0 {
+		select {
+		case m := <-c.msgs:
+			add(m)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+	drain:
+		for len(out) < c.cfg.fetchMax {
+			select {
+			case m := <-c.msgs:
+				add(m)
+			default:
+				break drain
+			}
+		}
+	}
+	c.lastPoll = append(c.lastPoll, out...)
+	return out, nil
+}
+
+// Commit marks msgs processed and commits every processed offset now. A
+// message of a queue that moved to another member fails with FENCED.
+func (c *Consumer) Commit(ctx context.Context, msgs ...*Message) error {
+	for _, m := range msgs {
+		if m.lease == nil {
+			return errors.New("quiver: Commit of a message that was not received by this consumer")
+		}
+		m.lease.markDone(m.Offset + 1)
+	}
+	c.mu.Lock()
+	qs := make([]*queueState, 0, len(c.queues))
+	for _, q := range c.queues {
+		qs = append(qs, q)
+	}
+	c.mu.Unlock()
+	for _, m := range msgs {
+		found := false
+		for _, q := range qs {
+			found = found || q == m.lease
+		}
+		if !found {
+			return &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d is no longer assigned to this consumer", m.Topic, m.Queue)}
+		}
+	}
+	return c.commit(ctx, qs)
+}
+
+// commit commits the processed offsets of qs that moved since the last commit.
+func (c *Consumer) commit(ctx context.Context, qs []*queueState) error {
+	c.commitMu.Lock()
+	defer c.commitMu.Unlock()
+	req := wire.Commit{Group: c.group, Member: c.member}
+	var sent []*queueState
+	for _, q := range qs {
+		q.mu.Lock()
+		if q.hasDone && (!q.hasCommit || q.done > q.committed) {
+			req.Offsets = append(req.Offsets, wire.OffsetCommit{QueueRef: q.ref, Offset: q.done})
+			sent = append(sent, q)
+		}
+		q.mu.Unlock()
+	}
+	if len(sent) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	call, err := c.cl.request(ctx, c.cl.pick(""), streamControl, wire.TypeCommit, req.Append)
+	if err != nil {
+		return fmt.Errorf("quiver: commit of group %s: %w", c.group, err)
+	}
+	call.release()
+	for i, q := range sent {
+		q.mu.Lock()
+		if !q.hasCommit || req.Offsets[i].Offset > q.committed {
+			q.committed, q.hasCommit = req.Offsets[i].Offset, true
+		}
+		q.mu.Unlock()
+	}
+	return nil
+}
+
+// groupLoop heartbeats, applies assignments and commits, then leaves the
+// group when the consumer closes.
+func (c *Consumer) groupLoop() {
+	defer c.wg.Done()
+	defer close(c.done)
+	var commitTick <-chan time.Time
+	if c.cfg.autoCommit > 0 {
+		t := time.NewTicker(c.cfg.autoCommit)
+		defer t.Stop()
+		commitTick = t.C
+	}
+	failures := 0
+	for {
+		a, err := c.sync(c.ctx, false)
+		wait := c.cfg.heartbeat
+		if err != nil {
+			if c.ctx.Err() != nil {
+				break
+			}
+			failures++
+			if failures == 1 || failures%10 == 0 {
+				c.cl.logger.Warn("consumer group heartbeat failed", "group", c.group, "member", c.member, "failures", failures, "err", err)
+			}
+			wait = c.cl.cfg.backoff.delay(failures, false)
+		} else {
+			failures = 0
+			if c.apply(a) {
+				wait = 0 // report the release at once
+			} else if a.Pending {
+				wait = min(wait, 100*time.Millisecond)
+			}
+		}
+		t := time.NewTimer(wait)
+	waiting:
+		for {
+			select {
+			case <-t.C:
+				break waiting
+			case <-commitTick:
+				if err := c.commit(c.ctx, c.held()); err != nil && c.ctx.Err() == nil {
+					c.cl.logger.Warn("auto-commit failed", "group", c.group, "err", err)
+				}
+			case <-c.ctx.Done():
+				t.Stop()
+				goto leave
+			}
+		}
+		if c.ctx.Err() != nil {
+			break
+		}
+	}
+leave:
+	// Stop every queue (waiting for handlers), commit, and leave, on a
+	// context of its own: the consumer's is already cancelled.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.mu.Lock()
+	qs := make([]*queueState, 0, len(c.queues))
+	for _, q := range c.queues {
+		qs = append(qs, q)
+	}
+	c.mu.Unlock()
+	for _, q := range qs {
+		c.stopQueue(q)
+	}
+	err := c.commit(ctx, qs)
+	if _, lerr := c.sync(ctx, true); lerr != nil && err == nil && !errors.Is(lerr, ErrClosed) {
+		err = lerr
+	}
+	c.err = err
+}
+
+func (c *Consumer) held() []*queueState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	qs := make([]*queueState, 0, len(c.queues))
+	for _, q := range c.queues {
+		qs = append(qs, q)
+	}
+	return qs
+}
+
+// sync sends the member's GroupSync (a heartbeat, or its leave).
+func (c *Consumer) sync(ctx context.Context, leave bool) (wire.Assignment, error) {
+	req := wire.GroupSync{Group: c.group, Member: c.member, SessionMs: uint32(c.cfg.session.Milliseconds()), Topics: c.topics}
+	if leave {
+		req.Flags = wire.GroupLeave
+	} else {
+		c.mu.Lock()
+		for r := range c.queues {
+			req.Owned = append(req.Owned, r)
+		}
+		c.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(c.cfg.heartbeat, 2*time.Second))
+	defer cancel()
+	call, err := c.cl.request(ctx, c.cl.pick(""), streamControl, wire.TypeGroupSync, req.Append)
+	if err != nil {
+		return wire.Assignment{}, err
+	}
+	defer call.release()
+	var a wire.Assignment
+	if err := wire.DecodeAssignment(call.resp, &a); err != nil {
+		return a, err
+	}
+	c.gen.Store(a.Generation)
+	return a, nil
+}
+
+// apply starts the queues newly assigned and stops (and commits) those no
+// longer assigned; it reports whether any was released.
+func (c *Consumer) apply(a wire.Assignment) bool {
+	want := make(map[wire.QueueRef]wire.Assigned, len(a.Queues))
+	for _, q := range a.Queues {
+		want[q.QueueRef] = q
+	}
+	c.mu.Lock()
+	var gone []*queueState
+	for r, q := range c.queues {
+		if _, ok := want[r]; !ok {
+			gone = append(gone, q)
+			delete(c.queues, r)
+		}
+	}
+	c.mu.Unlock()
+	if len(gone) > 0 {
+		for _, q := range gone {
+			c.stopQueue(q)
+		}
+		// Commit what was processed before the new member starts from it.
+		// A failed commit only means the new member re-reads those messages.
+		if err := c.commit(c.ctx, gone); err != nil && c.ctx.Err() == nil {
+			c.cl.logger.Warn("commit at revocation failed; the next member will re-read from the last commit", "group", c.group, "err", err)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ctx.Err() != nil {
+		return len(gone) > 0
+	}
+	for r, aq := range want {
+		if _, ok := c.queues[r]; ok {
+			continue
+		}
+		q := &queueState{ref: r, fdone: make(chan struct{})}
+		q.idle = sync.NewCond(&q.mu)
+		q.ctx, q.cancel = context.WithCancel(c.ctx)
+		if aq.Committed != wire.NoOffset {
+			q.committed, q.hasCommit = uint64(aq.Committed), true
+		}
+		c.queues[r] = q
+		c.wg.Add(1)
+		go c.fetchLoop(q, aq.Committed)
+	}
+	return len(gone) > 0
+}
+
+// stopQueue stops a queue's fetcher and waits for the handlers on its
+// messages; its later buffered messages are dropped.
+func (c *Consumer) stopQueue(q *queueState) {
+	q.cancel()
+	<-q.fdone
+	q.mu.Lock()
+	q.revoked = true
+	for q.busy > 0 {
+		q.idle.Wait()
+	}
+	q.mu.Unlock()
+}
+
+// fetchLoop long-polls one queue and hands its messages to Run or Poll.
+func (c *Consumer) fetchLoop(q *queueState, committed int64) {
+	defer c.wg.Done()
+	defer close(q.fdone)
+	var next uint64
+	switch {
+	case committed != wire.NoOffset:
+		next = uint64(committed)
+	case c.cfg.start == Latest:
+		h, _, err := c.fetch(q, 0, 1, 0)
+		for err != nil {
+			if !c.pause(q, &err) {
+				return
+			}
+			h, _, err = c.fetch(q, 0, 1, 0)
+		}
+		next = h.Max
+	}
+	failures := 0
+	for q.ctx.Err() == nil {
+		h, recs, err := c.fetch(q, next, c.cfg.fetchMax, c.cfg.maxWait)
+		if err != nil {
+			var be *wire.Error
+			if errors.As(err, &be) && be.Code == wire.CodeOffsetOutOfRange {
+				// The queue ends before our offset (the broker lost data, or
+				// another log was promoted): resume at its end.
+				h, _, berr := c.fetch(q, 0, 1, 0)
+				if berr == nil {
+					c.cl.logger.Error("committed offset is past the end of the queue; resuming at the end",
+						"group", c.group, "topic", q.ref.Topic, "queue", q.ref.Queue, "offset", next, "end", h.Max)
+					next = h.Max
+					continue
+				}
+				err = berr
+			}
+			failures++
+			if !c.pause(q, &err) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if len(recs) == 0 && h.Next > next {
+			c.cl.logger.Warn("messages were removed by retention before this group read them",
+				"group", c.group, "topic", q.ref.Topic, "queue", q.ref.Queue, "from", next, "to", h.Next)
+		}
+		var out []*Message
+		for i := range recs {
+			out, err = unpack(out[:0], q.ref.Topic, q.ref.Queue, &recs[i], next)
+			if err != nil {
+				c.cl.logger.Error("skipping a record that does not decode", "topic", q.ref.Topic, "queue", q.ref.Queue,
+					"offset", recs[i].Offset, "err", err)
+			}
+			for _, m := range out {
+				m.lease = q
+				select {
+				case c.msgs <- m:
+				case <-q.ctx.Done():
+					return
+				}
+			}
+			next = max(next, recs[i].Offset+uint64(recs[i].Count))
+		}
+		next = max(next, h.Next)
+	}
+}
+
+// pause waits after a failed fetch; false when the queue was stopped.
+func (c *Consumer) pause(q *queueState, err *error) bool {
+	if q.ctx.Err() != nil {
+		return false
+	}
+	t := time.NewTimer(min(200*time.Millisecond, c.cfg.maxWait))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-q.ctx.Done():
+		return false
+	}
+}
+
+// fetch asks for up to n messages from offset, waiting up to wait.
+func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration) (wire.FetchHeader, []wire.FetchedMessage, error) {
+	ctx, cancel := context.WithTimeout(q.ctx, wait+5*time.Second)
+	defer cancel()
+	req := wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
+		MaxWaitMs: uint32(wait.Milliseconds())}
+	call, err := c.cl.request(ctx, c.cl.pick(""), streamFetch, wire.TypeFetch, req.Append)
+	if err != nil {
+		return wire.FetchHeader{}, nil, err
+	}
+	// The messages alias the response, which must outlive the call.
+	resp := append([]byte(nil), call.resp...)
+	call.release()
+	h, recs, err := wire.DecodeFetchResp(resp, nil)
+	return h, recs, err
+}
+
+// Close stops fetching, waits for running handlers, commits what was
+// processed, leaves the group (its queues go to other members at once) and
+// stops every goroutine of the consumer.
+func (c *Consumer) Close() error {
+	if c.closed.Swap(true) {
+		return ErrClosed
+	}
+	c.cancel()
+	<-c.done
+	c.wg.Wait()
+	c.cl.untrack(c)
+	return c.err
+}

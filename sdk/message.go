@@ -1,0 +1,147 @@
+package sdk
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Header is one user header of a message.
+type Header = wire.UserHeader
+
+// Message is a message to send, or one received. For sends, the SDK does
+// not keep its slices once the send has completed.
+type Message struct {
+	Topic   string
+	Key     []byte // indexed: the broker can look messages up by key
+	Tags    []byte
+	Headers []Header
+	Body    []byte
+
+	// Set on received messages.
+	Queue      uint32
+	Offset     uint64
+	StoreTime  time.Time
+	ClientTime time.Time
+
+	lease *queueState // the consumer's hold on the message's queue
+}
+
+// Compression of a batch.
+type Compression uint8
+
+const (
+	NoCompression Compression = iota
+	Zstd
+	S2
+)
+
+// maxUnpacked bounds a decompressed batch, so that a hostile or corrupt
+// batch cannot make a consumer allocate without bound.
+const maxUnpacked = 64 << 20
+
+var (
+	zenc     *zstd.Encoder
+	zdec     *zstd.Decoder
+	zOnce    sync.Once
+	errZInit error
+)
+
+func zstdCodec() (*zstd.Encoder, *zstd.Decoder, error) {
+	zOnce.Do(func() {
+		zenc, errZInit = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+		if errZInit == nil {
+			zdec, errZInit = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxUnpacked))
+		}
+	})
+	return zenc, zdec, errZInit
+}
+
+// packBatch encodes msgs as one batch body, compressed as asked; it
+// returns the body and the record flags.
+func packBatch(msgs []*Message, comp Compression) ([]byte, uint8, error) {
+	var raw []byte
+	for _, m := range msgs {
+		var hdr []byte
+		if len(m.Headers) > 0 {
+			hdr = wire.AppendHeaders(nil, m.Headers)
+		}
+		raw = wire.AppendBatchEntry(raw, &wire.BatchEntry{Key: m.Key, Tags: m.Tags, Headers: hdr, Body: m.Body})
+	}
+	flags := wire.FlagBatch
+	switch comp {
+	case NoCompression:
+		return raw, flags, nil
+	case Zstd:
+		enc, _, err := zstdCodec()
+		if err != nil {
+			return nil, 0, err
+		}
+		return enc.EncodeAll(raw, nil), flags | wire.CompressionZstd, nil
+	case S2:
+		return s2.Encode(nil, raw), flags | wire.CompressionS2, nil
+	}
+	return nil, 0, fmt.Errorf("quiver: unknown compression %d", comp)
+}
+
+// ErrBadBatch is a fetched batch that does not decode.
+var ErrBadBatch = errors.New("quiver: batch does not decode")
+
+// unpack turns one fetched record into messages, skipping those before from.
+func unpack(dst []*Message, topic string, queue uint32, m *wire.FetchedMessage, from uint64) ([]*Message, error) {
+	base := Message{Topic: topic, Queue: queue, StoreTime: time.Unix(0, m.StoreTime), ClientTime: time.Unix(0, m.ClientTime)}
+	if m.Flags&wire.FlagBatch == 0 {
+		if m.Offset < from {
+			return dst, nil
+		}
+		msg := base
+		msg.Offset, msg.Key, msg.Tags, msg.Body = m.Offset, m.Key, m.Tags, m.Body
+		hs, err := wire.DecodeHeaders(m.Headers)
+		if err != nil {
+			// Headers written by another client: hand them over as one raw header.
+			hs = []Header{{Key: "", Value: m.Headers}}
+		}
+		msg.Headers = hs
+		return append(dst, &msg), nil
+	}
+	raw := m.Body
+	switch m.Flags & wire.FlagCompressionMask {
+	case wire.CompressionZstd:
+		_, dec, err := zstdCodec()
+		if err != nil {
+			return dst, err
+		}
+		if raw, err = dec.DecodeAll(m.Body, nil); err != nil {
+			return dst, fmt.Errorf("%w: zstd: %v", ErrBadBatch, err)
+		}
+	case wire.CompressionS2:
+		n, err := s2.DecodedLen(m.Body)
+		if err != nil || n > maxUnpacked {
+			return dst, fmt.Errorf("%w: s2 length %d: %v", ErrBadBatch, n, err)
+		}
+		if raw, err = s2.Decode(nil, m.Body); err != nil {
+			return dst, fmt.Errorf("%w: s2: %v", ErrBadBatch, err)
+		}
+	}
+	entries, err := wire.DecodeBatch(raw, m.Count, nil)
+	if err != nil {
+		return dst, fmt.Errorf("%w: %v", ErrBadBatch, err)
+	}
+	for i, e := range entries {
+		off := m.Offset + uint64(i)
+		if off < from {
+			continue
+		}
+		hs, _ := wire.DecodeHeaders(e.Headers)
+		msg := base
+		msg.Offset, msg.Key, msg.Tags, msg.Headers, msg.Body = off, e.Key, e.Tags, hs, e.Body
+		dst = append(dst, &msg)
+	}
+	return dst, nil
+}

@@ -1,0 +1,145 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+)
+
+// ErrWriterClosed is returned by a Writer used after Close or after its
+// stream failed.
+var ErrWriterClosed = errors.New("wire: writer closed")
+
+// Writer coalesces the frames of one stream. Any goroutine appends frames
+// (Begin, then the payload, then End); one goroutine (Run) writes whatever
+// has accumulated in one Write, so that many small responses or requests
+// cost one stream write, not one each.
+//
+// Begin/End never block on the stream: a frame is appended to memory and
+// Run picks it up. Callers that may produce a lot (fetch responses) call
+// WaitRoom first, which blocks while more than the limit is buffered.
+type Writer struct {
+	mu     sync.Mutex
+	buf    []byte
+	spare  []byte
+	err    error // sticky: the stream failed, or the writer was closed
+	wake   chan struct{}
+	room   chan struct{} // closed and replaced after every write
+	limit  int
+	closed bool
+}
+
+// NewWriter returns a Writer; WaitRoom blocks while more than limit bytes
+// are buffered.
+func NewWriter(limit int) *Writer {
+	return &Writer{wake: make(chan struct{}, 1), room: make(chan struct{}), limit: limit,
+		buf: make([]byte, 0, 64<<10), spare: make([]byte, 0, 64<<10)}
+}
+
+// Begin locks the writer and starts a frame; append the payload to the
+// returned slice and pass it to End. Nothing else may be called in between.
+func (w *Writer) Begin(h Header) ([]byte, int) {
+	w.mu.Lock()
+	return BeginFrame(w.buf, h)
+}
+
+// End finishes the frame started by Begin and unlocks. It returns the
+// writer's error: a frame ended after the writer failed is dropped.
+func (w *Writer) End(b []byte, start int) error {
+	if w.err != nil {
+		w.mu.Unlock()
+		return w.err
+	}
+	w.buf = EndFrame(b, start)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Frame appends a frame whose payload is already encoded.
+func (w *Writer) Frame(h Header, payload []byte) error {
+	b, start := w.Begin(h)
+	return w.End(append(b, payload...), start)
+}
+
+// WaitRoom blocks while more than the limit is buffered, until ctx is done
+// or the writer fails.
+func (w *Writer) WaitRoom(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		n, room, err := len(w.buf), w.room, w.err
+		w.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if n <= w.limit {
+			return nil
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Run writes the buffered frames to dst until Close (after writing what was
+// buffered) or a write error, which it returns and which fails every later
+// Begin/End.
+func (w *Writer) Run(dst io.Writer) error {
+	for {
+		w.mu.Lock()
+		for len(w.buf) == 0 && !w.closed {
+			w.mu.Unlock()
+			<-w.wake
+			w.mu.Lock()
+		}
+		if len(w.buf) == 0 {
+			w.mu.Unlock()
+			return nil
+		}
+		out := w.buf
+		w.buf = w.spare[:0]
+		w.spare = nil
+		room := w.room
+		w.room = make(chan struct{})
+		w.mu.Unlock()
+		close(room)
+
+		_, err := dst.Write(out)
+		if cap(out) > 4<<20 {
+			out = make([]byte, 0, 64<<10) // do not keep a burst's buffer forever
+		}
+		w.mu.Lock()
+		w.spare = out[:0]
+		if err != nil {
+			w.err = err
+			w.buf = w.buf[:0]
+			room = w.room
+			w.room = make(chan struct{})
+			w.mu.Unlock()
+			close(room)
+			return err
+		}
+		w.mu.Unlock()
+	}
+}
+
+// Close makes Run return once the buffered frames are written; later
+// frames fail with ErrWriterClosed.
+func (w *Writer) Close() {
+	w.mu.Lock()
+	w.closed = true
+	if w.err == nil {
+		w.err = ErrWriterClosed
+	}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
