@@ -31,7 +31,9 @@ type clientConfig struct {
 }
 
 // WithBrokers sets the broker addresses (host:port) the client starts from.
-func WithBrokers(addrs ...string) Opt { return func(c *clientConfig) { c.brokers = append(c.brokers, addrs...) } }
+func WithBrokers(addrs ...string) Opt {
+	return func(c *clientConfig) { c.brokers = append(c.brokers, addrs...) }
+}
 
 // WithTLS sets the TLS configuration used to verify brokers.
 func WithTLS(conf *tls.Config) Opt { return func(c *clientConfig) { c.tls = conf } }
@@ -71,7 +73,9 @@ func WithErrorHandler(f func(error)) Opt { return func(c *clientConfig) { c.onEr
 // off from nonNetworkBase instead (defaults 100ms, 10s and 5s; the cap for
 // those is 5 minutes).
 func WithReconnectBackoff(base, max, nonNetworkBase time.Duration) Opt {
-	return func(c *clientConfig) { c.backoff = backoffPolicy{base: base, max: max, hardBase: nonNetworkBase, hardMax: 5 * time.Minute} }
+	return func(c *clientConfig) {
+		c.backoff = backoffPolicy{base: base, max: max, hardBase: nonNetworkBase, hardMax: 5 * time.Minute}
+	}
 }
 
 // Client holds one QUIC connection per broker, shared by the producers,

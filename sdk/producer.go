@@ -79,14 +79,14 @@ type SendResult struct {
 // (too large, invalid, unauthorized) return at once. A send that timed out
 // on a broker may still have been stored there: delivery is at least once.
 type Producer struct {
-	cl      *Client
-	cfg     producerConfig
-	sem     chan struct{}
-	cbs     chan *sendOp // completed async sends, in completion order
-	wg      sync.WaitGroup
-	mu      sync.RWMutex // newOp holds it shared, Close exclusively
-	closed  atomic.Bool
-	ops     sync.WaitGroup // sends in flight, callbacks included
+	cl     *Client
+	cfg    producerConfig
+	sem    chan struct{}
+	cbs    chan *sendOp // completed async sends, in completion order
+	wg     sync.WaitGroup
+	mu     sync.RWMutex // newOp holds it shared, Close exclusively
+	closed atomic.Bool
+	ops    sync.WaitGroup // sends in flight, callbacks included
 }
 
 // NewProducer returns a producer that sends through the client.
