@@ -13,6 +13,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build $(LDFLAGS) -o $(BIN)/ ./daemon/cmd/quiverd
+	$(GO) build $(LDFLAGS) -o $(BIN)/ ./tools/quiver
 
 # The test command that README.md and .ci/run use: vet, format check, and the
 # whole suite with the race detector, crash tests included.

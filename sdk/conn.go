@@ -31,6 +31,11 @@ func (p backoffPolicy) delay(failures int, hard bool) time.Duration {
 		d *= 2
 	}
 	d = min(d, max)
+	if hard {
+		// Not the network's fault: never sooner than half the delay, so
+		// that no unlucky draw makes a tight loop (incident 004).
+		return d/2 + time.Duration(rand.Int64N(int64(d/2)+1))
+	}
 	return time.Duration(rand.Int64N(int64(d) + 1)) // full jitter: uniform in [0, d]
 }
 
@@ -208,7 +213,7 @@ func (bc *brokerConn) dial() (*session, error) {
 	defer c.release()
 	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: cl.cfg.clientID, Credentials: cl.cfg.credentials}
 	b, start, _ := ctrl.begin(c, wire.TypeHello, 0)
-	ctrl.end(hello.Append(b), start)
+	ctrl.end(c, hello.Append(b), start)
 	if err := c.wait(ctx); err != nil {
 		var be *wire.Error
 		if errors.As(err, &be) {
@@ -335,14 +340,30 @@ func (st *cstream) begin(c *call, typ wire.Type, deadline int64) ([]byte, int, e
 	return b, start, nil
 }
 
-// beginFlags is begin for a frame with flags, sent without a response.
+// send starts a frame with flags that gets no response (finish it with endOneway).
 func (st *cstream) send(typ wire.Type, flags uint8) ([]byte, int) {
 	return st.w.Begin(wire.Header{Type: typ, Flags: flags, RequestID: st.s.nextID.Add(1)})
 }
 
-func (st *cstream) end(b []byte, start int) {
+// end finishes the request frame of c. From here on c may complete at
+// any moment (its caller must not touch what the payload was built from).
+func (st *cstream) end(c *call, b []byte, start int) {
+	id := c.id // c may be completed and reused as soon as it is marked sent
+	c.sent.Store(true)
 	if err := st.w.End(b, start); err != nil {
-		// The writer failed: the session is closing and fails the call.
+		// The writer failed: the session is closing. If nobody completed
+		// the call yet, it is this goroutine's to fail.
+		st.s.close(err)
+		if c := st.take(id); c != nil {
+			c.err = &NetError{Broker: st.s.bc.addr, Err: err}
+			c.complete()
+		}
+	}
+}
+
+// endOneway finishes a frame sent with send.
+func (st *cstream) endOneway(b []byte, start int) {
+	if err := st.w.End(b, start); err != nil {
 		st.s.close(err)
 	}
 }
@@ -359,7 +380,7 @@ func (st *cstream) take(id uint64) *call {
 func (st *cstream) expire(now int64, dst []*call) []*call {
 	st.mu.Lock()
 	for id, c := range st.pending {
-		if c.deadline != 0 && now > c.deadline {
+		if c.deadline != 0 && now > c.deadline && c.sent.Load() {
 			delete(st.pending, id)
 			dst = append(dst, c)
 		}
@@ -373,8 +394,12 @@ func (st *cstream) failAll(err error) {
 	st.closed = true
 	calls := make([]*call, 0, len(st.pending))
 	for id, c := range st.pending {
-		delete(st.pending, id)
-		calls = append(calls, c)
+		// A call not yet sent is failed by its sender (see end): its
+		// payload may still be being built.
+		if c.sent.Load() {
+			delete(st.pending, id)
+			calls = append(calls, c)
+		}
 	}
 	st.mu.Unlock()
 	for _, c := range calls {
@@ -432,6 +457,7 @@ type call struct {
 	err      error
 	cb       func(*call)
 	done     chan struct{}
+	sent     atomic.Bool // its frame is complete; see end
 }
 
 var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
@@ -440,6 +466,7 @@ func newCall() *call { return callPool.Get().(*call) }
 
 func (c *call) release() {
 	c.st, c.cb, c.err, c.typ, c.deadline = nil, nil, nil, 0, 0
+	c.sent.Store(false)
 	c.ack = wire.ProduceAck{}
 	if cap(c.resp) > 1<<20 {
 		c.resp = nil
@@ -489,7 +516,7 @@ func (cl *Client) request(ctx context.Context, bc *brokerConn, role int, typ wir
 		c.release()
 		return nil, err
 	}
-	st.end(payload(b), start)
+	st.end(c, payload(b), start)
 	if err := c.wait(ctx); err != nil {
 		c.release()
 		return nil, err

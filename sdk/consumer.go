@@ -191,6 +191,11 @@ func (c *Consumer) Assigned() []wire.QueueRef {
 // from two goroutines at once, and handler must not call Close.
 func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Message) error) error {
 	for {
+		// A cancelled ctx wins over a waiting message: no new message is
+		// started after it.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		var m *Message
 		select {
 		case m = <-c.msgs:

@@ -125,7 +125,6 @@ type sendOp struct {
 	err  error
 	cb   func(SendResult, error)
 	done chan struct{}
-	c    *call
 }
 
 var opPool = sync.Pool{New: func() any { return &sendOp{done: make(chan struct{}, 1)} }}
@@ -182,7 +181,7 @@ func (p *Producer) SendOneway(ctx context.Context, m *Message) error {
 	}
 	st := s.streams[streamProduce]
 	b, start := st.send(wire.TypeProduce, wire.FrameNoReply)
-	st.end(op.req.Append(b), start)
+	st.endOneway(op.req.Append(b), start)
 	return nil
 }
 
@@ -280,7 +279,7 @@ func (op *sendOp) attempt() {
 	}
 	c := newCall()
 	c.cb = op.answered
-	op.c = c
+	op.start = now
 	st := s.streams[streamProduce]
 	b, start, err := st.begin(c, wire.TypeProduce, attemptEnd.UnixNano())
 	if err != nil {
@@ -288,8 +287,9 @@ func (op *sendOp) attempt() {
 		op.failed(bc.addr, err, now)
 		return
 	}
-	op.start = now
-	st.end(op.req.Append(b), start)
+	// After end the answer may complete (and recycle) op at once: nothing
+	// of op is touched past this line.
+	st.end(c, op.req.Append(b), start)
 }
 
 // answered runs on the session's reader (or sweeper) with the outcome.

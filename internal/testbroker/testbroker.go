@@ -1,0 +1,264 @@
+// Package testbroker runs real quiverd processes for integration tests:
+// built once per test binary, started on loopback ports of their own, in
+// a data directory of the test's, and stopped, killed (SIGKILL), stalled
+// (SIGSTOP) or restarted at the test's command.
+package testbroker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// Binary builds the quiverd binary (once per test process) and returns its path.
+func Binary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+		if err != nil {
+			buildErr = fmt.Errorf("go list -m: %w", err)
+			return
+		}
+		dir, err := os.MkdirTemp("", "quiverd-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "quiverd")
+		cmd := exec.Command("go", "build", "-ldflags=-checklinkname=0", "-o", binPath, "./daemon/cmd/quiverd")
+		cmd.Dir = strings.TrimSpace(string(root))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building quiverd: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// Broker is one quiverd process.
+type Broker struct {
+	t    testing.TB
+	Dir  string // data directory
+	Args []string
+	// Addr and Admin are the QUIC and admin HTTP addresses (fixed at the
+	// first start and kept across restarts).
+	Addr, Admin string
+	CAFile      string // the broker's self-signed certificate
+	LogPath     string // its stderr, kept across restarts
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+var readyRE = regexp.MustCompile(`quiverd ready: quic (\S+), admin (\S+),`)
+
+// Start starts a broker with its data in a new temporary directory; extra
+// args are quiverd flags. It stops (SIGKILL) at the end of the test.
+func Start(t testing.TB, args ...string) *Broker {
+	t.Helper()
+	return StartIn(t, t.TempDir(), args...)
+}
+
+// StartIn starts a broker on an existing data directory.
+func StartIn(t testing.TB, dir string, args ...string) *Broker {
+	t.Helper()
+	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0",
+		CAFile: filepath.Join(dir, "tls", "cert.pem"), LogPath: filepath.Join(dir, "quiverd.log")}
+	b.Restart()
+	t.Cleanup(func() { b.Kill() })
+	return b
+}
+
+// Restart starts the process again (after Kill or Stop) on the same
+// directory and addresses, and waits until it is ready.
+func (b *Broker) Restart() {
+	b.t.Helper()
+	logf, err := os.OpenFile(b.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer logf.Close()
+	args := append([]string{"--data", b.Dir, "--listen", b.Addr, "--admin", b.Admin}, b.Args...)
+	cmd := exec.Command(Binary(b.t), args...)
+	cmd.Stderr = logf
+	cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	ready := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sent := false
+		for sc.Scan() {
+			if m := readyRE.FindStringSubmatch(sc.Text()); m != nil && !sent {
+				ready <- m
+				sent = true
+			}
+		}
+		if !sent {
+			close(ready)
+		}
+	}()
+	done := make(chan struct{})
+	b.mu.Lock()
+	b.cmd, b.done = cmd, done
+	b.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		b.mu.Lock()
+		b.err = err
+		b.mu.Unlock()
+		close(done)
+	}()
+	select {
+	case m, ok := <-ready:
+		if !ok {
+			<-done
+			b.t.Fatalf("quiverd exited before it was ready (%v); log:\n%s", b.err, b.Log())
+		}
+		b.Addr, b.Admin = m[1], m[2]
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		b.t.Fatalf("quiverd not ready in 30s; log:\n%s", b.Log())
+	}
+}
+
+// Log returns what the process wrote to stderr so far.
+func (b *Broker) Log() string {
+	data, _ := os.ReadFile(b.LogPath)
+	return string(data)
+}
+
+func (b *Broker) signal(sig syscall.Signal) {
+	b.mu.Lock()
+	cmd := b.cmd
+	b.mu.Unlock()
+	if cmd != nil && cmd.Process != nil {
+		cmd.Process.Signal(sig)
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (b *Broker) Kill() {
+	b.signal(syscall.SIGKILL)
+	b.wait()
+}
+
+// Stop sends SIGTERM and waits for a graceful exit, returning its error.
+func (b *Broker) Stop() error {
+	b.signal(syscall.SIGTERM)
+	return b.wait()
+}
+
+// Pause stops the process (SIGSTOP); Resume continues it (SIGCONT).
+func (b *Broker) Pause()  { b.signal(syscall.SIGSTOP) }
+func (b *Broker) Resume() { b.signal(syscall.SIGCONT) }
+
+func (b *Broker) wait() error {
+	b.mu.Lock()
+	done := b.done
+	b.mu.Unlock()
+	if done == nil {
+		return nil
+	}
+	<-done
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cmd = nil
+	return b.err
+}
+
+// Client returns an SDK client for this broker, closed at the end of the test.
+func (b *Broker) Client(opts ...sdk.Opt) *sdk.Client {
+	b.t.Helper()
+	opts = append([]sdk.Opt{sdk.WithBrokers(b.Addr), sdk.WithCAFile(b.CAFile)}, opts...)
+	cl, err := sdk.NewClient(opts...)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// Status reads /status.
+func (b *Broker) Status() wire.Status {
+	b.t.Helper()
+	var s wire.Status
+	if err := json.Unmarshal(b.Get("/status"), &s); err != nil {
+		b.t.Fatal(err)
+	}
+	return s
+}
+
+// Get fetches a path of the admin endpoint.
+func (b *Broker) Get(path string) []byte {
+	b.t.Helper()
+	resp, err := http.Get("http://" + b.Admin + path)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		b.t.Fatalf("GET %s: %s: %s", path, resp.Status, body)
+	}
+	return body
+}
+
+// Post posts to a path of the admin endpoint (the /debug/faults drills).
+func (b *Broker) Post(path string) {
+	b.t.Helper()
+	req, _ := http.NewRequestWithContext(context.Background(), "POST", "http://"+b.Admin+path, bytes.NewReader(nil))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b.t.Fatalf("POST %s: %s: %s", path, resp.Status, body)
+	}
+}
+
+// WaitFor polls cond until it holds or 30s pass. It waits for a state,
+// never for a duration.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/quivermq/quiver/internal/testbroker"
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Wrong command lines exit 2 with an error that says what is wrong,
+// before any connection is made.
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "a command is required"},
+		{[]string{"nosuch"}, `unknown command "nosuch"`},
+		{[]string{"--nosuch", "status"}, "unknown flag: --nosuch"},
+		{[]string{"produce"}, "--topic is required"},
+		{[]string{"produce", "--topic", "t", "--durability", "eventually"}, `--durability "eventually": want sync or async`},
+		{[]string{"produce", "--topic", "t", "extra"}, "takes no arguments"},
+		{[]string{"consume", "--group", "g"}, "--topic is required"},
+		{[]string{"consume", "--topic", "t"}, "--group is required"},
+		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "0"}, "--count 0: must be at least 1"},
+		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "-3"}, "--count -3: must be at least 1"},
+		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "many"}, `invalid argument "many" for "--count"`},
+		{[]string{"consume", "--topic", "t", "--group", "g", "--from", "middle"}, `--from "middle": want earliest or latest`},
+		{[]string{"consume", "--topic", "t", "--group", strings.Repeat("g", 256)}, "--group of 256 bytes"},
+		{[]string{"topic"}, "topic needs a command"},
+		{[]string{"topic", "drop", "t"}, `unknown command "drop"`},
+		{[]string{"topic", "create"}, "takes the topic name, got 0"},
+		{[]string{"topic", "create", "a", "b"}, "takes the topic name, got 2"},
+		{[]string{"topic", "create", "t", "--queues", "0"}, "--queues 0: want 1..1024"},
+		{[]string{"topic", "status", "a", "b"}, "at most one topic name"},
+		{[]string{"--broker", "localhost", "status"}, `--broker "localhost": want host:port`},
+		{[]string{"--timeout", "0s", "status"}, "--timeout 0s: must be positive"},
+		{[]string{"--ca", "x.pem", "--fingerprint", "ab", "status"}, "--ca and --fingerprint both given"},
+	} {
+		r := runCLI(t, noEnv, "", tc.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || r.stdout != "" {
+			t.Errorf("quiver %q: want exit 2 and %q, got %v", tc.args, tc.want, r)
+		}
+	}
+}
+
+// Every way to trust a broker works, and a wrong one fails with why.
+func TestTrust(t *testing.T) {
+	b := testbroker.Start(t)
+	env := func(k string) (string, bool) {
+		if k == "QUIVER_CA" {
+			return b.CAFile, true
+		}
+		return "", false
+	}
+	must(t, runCLI(t, env, "", "--broker", b.Addr, "topic", "list"))
+	fp := fingerprint(t, b.CAFile)
+	must(t, runCLI(t, noEnv, "", "--broker", b.Addr, "--fingerprint", fp, "topic", "list"))
+	// A flag wins over QUIVER_CA.
+	must(t, runCLI(t, func(string) (string, bool) { return "/nonexistent.pem", true }, "", "--broker", b.Addr, "--fingerprint", fp, "topic", "list"))
+
+	wrong := strings.Repeat("0", 64)
+	r := runCLI(t, noEnv, "", "--broker", b.Addr, "--fingerprint", wrong, "topic", "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "certificate not trusted") {
+		t.Fatalf("wrong fingerprint: %v", r)
+	}
+	r = runCLI(t, noEnv, "", "--broker", b.Addr, "--fingerprint", "abc", "topic", "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "is not a SHA-256 in hex") {
+		t.Fatalf("malformed fingerprint: %v", r)
+	}
+	r = runCLI(t, noEnv, "", "--broker", b.Addr, "--ca", "/nonexistent.pem", "topic", "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "CA file") {
+		t.Fatalf("missing CA file: %v", r)
+	}
+	// consume fails at once too instead of retrying in the background.
+	r = runCLI(t, noEnv, "", "--broker", b.Addr, "--fingerprint", wrong, "consume", "--topic", "t", "--group", "g")
+	if r.code != 1 || !strings.Contains(r.stderr, "certificate not trusted") {
+		t.Fatalf("consume with a wrong fingerprint: %v", r)
+	}
+}
+
+// topic create, list and status and status, as tables and as JSON.
+func TestTopicAndStatus(t *testing.T) {
+	b := testbroker.Start(t)
+	cli := func(args ...string) result { return runCLI(t, noEnv, "", with(b, args...)...) }
+
+	if got := decodeJSON[topicJSON](t, cli("topic", "create", "st", "--queues", "3", "--json")); got != (topicJSON{"st", 3}) {
+		t.Fatalf("topic create --json: %+v", got)
+	}
+	// Creating it again with the same queues succeeds; with others fails.
+	if r := must(t, cli("topic", "create", "st", "--queues", "3")); r.stdout != "topic st: 3 queues\n" {
+		t.Fatalf("topic create: %v", r)
+	}
+	if r := cli("topic", "create", "st", "--queues", "5"); r.code != 1 {
+		t.Fatalf("topic create with other queues: %v", r)
+	}
+	must(t, cli("topic", "create", "other"))
+
+	list := decodeJSON[[]topicJSON](t, cli("topic", "list", "--json"))
+	if len(list) != 2 || list[0] != (topicJSON{"other", 4}) || list[1] != (topicJSON{"st", 3}) {
+		t.Fatalf("topic list --json: %+v", list)
+	}
+	if r := must(t, cli("topic", "list")); r.stdout != "TOPIC  QUEUES\nother  4\nst     3\n" {
+		t.Fatalf("topic list:\n%s", r.stdout)
+	}
+
+	acks := parseAcks(t, must(t, runCLI(t, noEnv, "a\nb\n", with(b, "produce", "--topic", "st", "--acks", "--durability", "async")...)).stdout, 2)
+	ts := decodeJSON[wire.TopicStatus](t, cli("topic", "status", "st", "--json"))
+	if ts.Name != "st" || len(ts.Queues) != 3 {
+		t.Fatalf("topic status st --json: %+v", ts)
+	}
+	for _, q := range ts.Queues {
+		want := uint64(0)
+		for _, a := range acks {
+			if a.queue == q.Queue {
+				want = max(want, a.offset+1)
+			}
+		}
+		if q.Max != want || q.Min != 0 || (want > 0) != (q.LastStore != "") {
+			t.Fatalf("queue %+v; acks %v", q, acks)
+		}
+	}
+	all := decodeJSON[[]wire.TopicStatus](t, cli("topic", "status", "--json"))
+	if len(all) != 2 || all[0].Name != "other" || all[1].Name != "st" {
+		t.Fatalf("topic status --json: %+v", all)
+	}
+	r := must(t, cli("topic", "status", "st"))
+	if !strings.HasPrefix(r.stdout, "TOPIC  QUEUE  MIN  MAX  LAST STORE") || len(lines(t, r.stdout)) != 4 || strings.Contains(r.stdout, "other") {
+		t.Fatalf("topic status st:\n%s", r.stdout)
+	}
+	if r := cli("topic", "status", "nosuch"); r.code != 1 || !strings.Contains(r.stderr, "topic nosuch does not exist") {
+		t.Fatalf("topic status of a missing topic: %v", r)
+	}
+
+	st := decodeJSON[sdk.Status](t, cli("status", "--json"))
+	if st.Broker.ID == "" || st.Broker.Engine == "" || st.Positions.Written == 0 || st.Connections == nil || len(st.Topics) != 2 || st.Topics[1].Name != "st" {
+		t.Fatalf("status --json: %+v", st)
+	}
+	r = must(t, cli("status"))
+	for _, want := range []string{"broker ", "engine ", "durability ", "positions ", "send queue ", "warnings ", "connections ",
+		"TOPIC  QUEUE", "\nst ", "no consumer groups"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}
+
+// With several brokers, a command gets through while one does not answer.
+func TestSeveralBrokers(t *testing.T) {
+	b := testbroker.Start(t)
+	dead := deadAddr(t)
+	for _, brokers := range []string{dead + "," + b.Addr, b.Addr + "," + dead} {
+		must(t, runCLI(t, noEnv, "", "--broker", brokers, "--ca", b.CAFile, "--timeout", "1s", "topic", "create", "several"))
+	}
+	r := must(t, runCLI(t, noEnv, "x\ny\n", "--broker", dead, "--broker", b.Addr, "--ca", b.CAFile, "--timeout", "1s",
+		"produce", "--topic", "several", "--acks"))
+	parseAcks(t, r.stdout, 2)
+
+	dead2 := deadAddr(t)
+	r = runCLI(t, noEnv, "", "--broker", dead+","+dead2, "--ca", b.CAFile, "--timeout", "500ms", "status")
+	if r.code != 1 || !strings.Contains(r.stderr, "no broker answered: broker ") ||
+		!strings.Contains(r.stderr, dead) || !strings.Contains(r.stderr, dead2) {
+		t.Fatalf("status with no broker answering: %v", r)
+	}
+}
+
+// deadAddr is a loopback UDP address where nothing answers: a socket
+// that is never read, held until the test ends so that no one else gets it.
+func deadAddr(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc.LocalAddr().String()
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+func produceCmd(g *globals) *cobra.Command {
+	var (
+		topic      string
+		acks       bool
+		durability string
+	)
+	cmd := &cobra.Command{
+		Use:   "produce --topic T [--acks] [--durability sync|async]",
+		Short: "Send each line of stdin as one message",
+		Long: `produce sends each line of stdin (without its newline) as one message to
+--topic, one at a time: a line is sent once the previous one was acknowledged.
+With --acks it prints "<line number> <queue> <offset>" for each acknowledged
+line as soon as the acknowledgement arrives (line numbers start at 1). A send
+that fails stops it with the error, which names every attempt.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireTopic(topic); err != nil {
+				return err
+			}
+			dur, err := parseDurability(durability)
+			if err != nil {
+				return err
+			}
+			cl, err := g.client(cmd)
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			p, err := cl.NewProducer(sdk.WithDurability(dur), sdk.WithSendTimeout(g.timeout))
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			return produce(cmd, p, topic, acks)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&topic, "topic", "", "topic to send to (required)")
+	f.BoolVar(&acks, "acks", false, `print "<line> <queue> <offset>" for each acknowledged line`)
+	f.StringVar(&durability, "durability", "", "sync (acknowledged once on disk) or async (once written); default: the broker's setting")
+	return cmd
+}
+
+func parseDurability(s string) (sdk.Durability, error) {
+	switch s {
+	case "":
+		return sdk.DurabilityDefault, nil
+	case "sync":
+		return sdk.Sync, nil
+	case "async":
+		return sdk.Async, nil
+	}
+	return 0, usagef("--durability %q: want sync or async", s)
+}
+
+// maxLine is the longest line produce reads: a message body at its limit
+// and its newline.
+const maxLine = wire.MaxBodyLen + 1
+
+func produce(cmd *cobra.Command, p *sdk.Producer, topic string, acks bool) error {
+	in := bufio.NewScanner(cmd.InOrStdin())
+	in.Buffer(make([]byte, 64<<10), maxLine)
+	in.Split(scanLines)
+	out := bufio.NewWriter(cmd.OutOrStdout())
+	line := 0
+	for in.Scan() {
+		line++
+		// Send is synchronous and keeps no slice of the message once it
+		// returns, so the body may alias the scanner's buffer.
+		res, err := p.Send(cmd.Context(), &sdk.Message{Topic: topic, Body: in.Bytes()})
+		if err != nil {
+			return lineError{line, err}
+		}
+		if acks {
+			fmt.Fprintf(out, "%d %d %d\n", line, res.Queue, res.Offset)
+			if err := out.Flush(); err != nil {
+				return fmt.Errorf("writing stdout: %w", err)
+			}
+		}
+	}
+	if err := in.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return lineError{line + 1, fmt.Errorf("longer than a message body may be (%d bytes)", wire.MaxBodyLen)}
+		}
+		return fmt.Errorf("reading stdin: %w", err)
+	}
+	return nil
+}
+
+// lineError is an input line that could not be sent.
+type lineError struct {
+	line int
+	err  error
+}
+
+func (e lineError) Error() string {
+	return fmt.Sprintf("line %d: %s", e.line, strings.TrimPrefix(e.err.Error(), "quiver: "))
+}
+
+func (e lineError) Unwrap() error { return e.err }
+
+// scanLines splits at '\n' and keeps everything else, '\r' included, so
+// that a body is exactly its line; a last line without a newline counts.
+func scanLines(data []byte, atEOF bool) (int, []byte, error) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1, data[:i], nil
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
+}

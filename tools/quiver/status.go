@@ -1,0 +1,157 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/sdk"
+)
+
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a broker's status: positions, lag, warnings, topics, groups, connections",
+		Long: `status shows the status document of one broker (the first that answers):
+its log positions and how far durability and visibility lag behind writes,
+warnings, the send queue, every topic's queues, every consumer group's
+committed offsets and lag, and its connections, failed handshakes included.
+With --json it prints the document itself (sdk.Status, as /status serves it).`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := fetchStatus(cmd, g)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd, st)
+			}
+			return printStatus(cmd, st)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status document as JSON")
+	return cmd
+}
+
+func printStatus(cmd *cobra.Command, st *sdk.Status) error {
+	w := cmd.OutOrStdout()
+	b, p, l := st.Broker, st.Positions, st.Lag
+	kv := newTable(cmd)
+	kv.row("broker", fmt.Sprintf("%s (version %s, up %v)", b.ID, b.Version, time.Duration(b.UptimeSec)*time.Second))
+	kv.row("engine", b.Engine)
+	kv.row("durability", b.Durability)
+	kv.row("positions", fmt.Sprintf("start %d  written %d  durable %d  dispatched %d", p.Start, p.Written, p.Durable, p.Dispatched))
+	kv.row("not durable", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotDurable, ms(l.NotDurableMs)))
+	kv.row("not visible", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotVisible, ms(l.NotVisibleMs)))
+	kv.row("send queue", fmt.Sprintf("depth %d  busy %d  max wait %v", st.SendQueue.Depth, st.SendQueue.BusyTotal, ms(st.SendQueue.MaxWaitMs)))
+	if len(st.Warnings) == 0 {
+		kv.row("warnings", "none")
+	}
+	for _, warn := range st.Warnings {
+		kv.row("WARNING", warn)
+	}
+	if c := st.Connections; c != nil {
+		kv.row("connections", fmt.Sprintf("open %d  sessions %d  accepted %d  failed handshakes from %d source(s)",
+			c.Open, c.Sessions, c.AcceptedTotal, len(c.FailedHandshakes)))
+	}
+	if err := kv.flush(); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	if len(st.Topics) == 0 {
+		fmt.Fprintln(w, "no topics")
+	} else if err := printTopics(cmd, st.Topics); err != nil {
+		return err
+	}
+
+	fmt.Fprintln(w)
+	if len(st.Groups) == 0 {
+		fmt.Fprintln(w, "no consumer groups")
+	} else {
+		tw := newTable(cmd, "GROUP", "TOPIC", "QUEUE", "COMMITTED", "MAX", "LAG")
+		for _, gr := range st.Groups {
+			if len(gr.Offsets) == 0 {
+				tw.row(gr.Name, "-", "-", "-", "-", "-")
+			}
+			for _, o := range gr.Offsets {
+				tw.row(gr.Name, o.Topic, o.Queue, o.Committed, o.Max, o.Lag)
+			}
+		}
+		if err := tw.flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+		tw = newTable(cmd, "GROUP", "GENERATION", "MEMBER", "QUEUES", "LAST SEEN")
+		for _, gr := range st.Groups {
+			if len(gr.Members) == 0 {
+				tw.row(gr.Name, gr.Generation, "-", "-", "-")
+			}
+			for _, m := range gr.Members {
+				qs := make([]string, 0, len(m.Queues))
+				for _, q := range m.Queues {
+					qs = append(qs, fmt.Sprintf("%s/%d", q.Topic, q.Queue))
+				}
+				tw.row(gr.Name, gr.Generation, m.ID, orDash(strings.Join(qs, ",")), ms(m.LastSeenMs).String()+" ago")
+			}
+		}
+		if err := tw.flush(); err != nil {
+			return err
+		}
+	}
+
+	if c := st.Connections; c != nil && len(c.FailedHandshakes) > 0 {
+		fmt.Fprintln(w)
+		tw := newTable(cmd, "FAILED HANDSHAKES FROM", "CLIENT", "COUNT", "LAST MINUTE", "LAST", "LAST REASON")
+		for _, f := range c.FailedHandshakes {
+			tw.row(f.Source, orDash(f.ClientID), f.Count, f.PerMinute, orDash(f.Last), orDash(f.LastReason))
+		}
+		return tw.flush()
+	}
+	return nil
+}
+
+func ms(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// table is a text/tabwriter table on the command's stdout.
+type table struct{ tw *tabwriter.Writer }
+
+// newTable starts a table; with no header it is a two-column key/value list.
+func newTable(cmd *cobra.Command, header ...string) table {
+	t := table{tw: tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)}
+	if len(header) > 0 {
+		fmt.Fprintln(t.tw, strings.Join(header, "\t"))
+	}
+	return t
+}
+
+func (t table) row(cells ...any) {
+	for i, c := range cells {
+		if i > 0 {
+			io.WriteString(t.tw, "\t")
+		}
+		fmt.Fprint(t.tw, c)
+	}
+	io.WriteString(t.tw, "\n")
+}
+
+func (t table) flush() error { return t.tw.Flush() }
+
+func printJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+func topicCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "topic",
+		Short: "Create, list and inspect topics",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return usagef("topic needs a command: create, list or status")
+		},
+	}
+	cmd.AddCommand(topicCreateCmd(g), topicListCmd(g), topicStatusCmd(g))
+	return cmd
+}
+
+// topicJSON is a topic as topic create and topic list print it with --json.
+type topicJSON struct {
+	Name   string `json:"name"`
+	Queues uint32 `json:"queues"`
+}
+
+func topicCreateCmd(g *globals) *cobra.Command {
+	var queues int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create T [--queues N]",
+		Short: "Create a topic (creating one that exists with the same queues succeeds)",
+		Args:  exactArgs(1, "the topic name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if queues < 1 || queues > wire.MaxQueues {
+				return usagef("--queues %d: want 1..%d", queues, wire.MaxQueues)
+			}
+			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) error {
+				return a.CreateTopic(ctx, args[0], queues)
+			})
+			if err != nil {
+				return err
+			}
+			t := topicJSON{Name: args[0], Queues: uint32(queues)}
+			if asJSON {
+				return printJSON(cmd, t)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "topic %s: %d queues\n", t.Name, t.Queues)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&queues, "queues", 4, "number of queues")
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"name": T, "queues": N} as JSON`)
+	return cmd
+}
+
+func topicListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the topics and their numbers of queues",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var topics []sdk.TopicInfo
+			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
+				topics, err = a.Topics(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			list := make([]topicJSON, 0, len(topics))
+			for _, t := range topics {
+				list = append(list, topicJSON{Name: t.Name, Queues: t.Queues})
+			}
+			sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+			if asJSON {
+				return printJSON(cmd, list)
+			}
+			tw := newTable(cmd, "TOPIC", "QUEUES")
+			for _, t := range list {
+				tw.row(t.Name, t.Queues)
+			}
+			return tw.flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print [{"name": T, "queues": N}, ...] as JSON`)
+	return cmd
+}
+
+func topicStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [T]",
+		Short: "Show each queue's offsets and newest message, of one topic or all",
+		Long: `topic status shows, per queue, the readable offsets [MIN, MAX) and when its
+newest message was stored. With --json it prints the topic's status object
+(sdk/wire.TopicStatus), or a list of them when no topic is named.`,
+		Args: maxArgs(1, "at most one topic name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := fetchStatus(cmd, g)
+			if err != nil {
+				return err
+			}
+			topics := st.Topics
+			if len(args) == 1 {
+				topics = nil
+				for _, t := range st.Topics {
+					if t.Name == args[0] {
+						topics = append(topics, t)
+					}
+				}
+				if len(topics) == 0 {
+					return fmt.Errorf("topic %s does not exist", args[0])
+				}
+				if asJSON {
+					return printJSON(cmd, topics[0])
+				}
+			} else if asJSON {
+				return printJSON(cmd, topics)
+			}
+			return printTopics(cmd, topics)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return cmd
+}
+
+// printTopics prints a table of every queue of topics.
+func printTopics(cmd *cobra.Command, topics []wire.TopicStatus) error {
+	tw := newTable(cmd, "TOPIC", "QUEUE", "MIN", "MAX", "LAST STORE", "AGE")
+	for _, t := range topics {
+		if len(t.Queues) == 0 {
+			tw.row(t.Name, "-", "-", "-", "-", "-")
+		}
+		for _, q := range t.Queues {
+			last, age := "-", "-"
+			if q.LastStore != "" {
+				last, age = q.LastStore, (time.Duration(q.LastStoreAgeMs) * time.Millisecond).String()
+			}
+			tw.row(t.Name, q.Queue, q.Min, q.Max, last, age)
+		}
+	}
+	return tw.flush()
+}
+
+func fetchStatus(cmd *cobra.Command, g *globals) (*sdk.Status, error) {
+	var st *sdk.Status
+	err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
+		st, err = a.Status(ctx)
+		return err
+	})
+	return st, err
+}
+
+// exactArgs and maxArgs check positional arguments as usage errors.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %s, got %d argument(s)", cmd.CommandPath(), what, len(args))
+		}
+		return nil
+	}
+}
+
+func maxArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) > n {
+			return usagef("%s takes %s, got %d arguments", cmd.CommandPath(), what, len(args))
+		}
+		return nil
+	}
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		if cmd.HasSubCommands() {
+			return usagef("unknown command %s for %s (see %s --help)", strconv.Quote(args[0]), cmd.CommandPath(), cmd.CommandPath())
+		}
+		return usagef("%s takes no arguments, got %q", cmd.CommandPath(), args)
+	}
+	return nil
+}
