@@ -109,6 +109,7 @@ func consume(cmd *cobra.Command, g *globals, topic, group string, count int, sta
 		return err
 	}
 	err = printMessages(ctx, cmd, c, count)
+	stop() // a second interrupt while closing ends the process at once
 	// Close commits what was marked processed and not yet committed, and
 	// leaves the group so that its queues go to other members at once.
 	if cerr := c.Close(); cerr != nil && err == nil {
