@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -116,7 +117,8 @@ func (g *globals) trust() (sdk.Opt, error) {
 	if v, ok := g.lookupEnv("QUIVER_CA"); ok && v != "" {
 		return sdk.WithCAFile(v), nil
 	}
-	if _, err := os.Stat(defaultCA); err == nil {
+	// Anything but its absence (a permission, say) is the SDK's to report.
+	if _, err := os.Stat(defaultCA); !errors.Is(err, fs.ErrNotExist) {
 		return sdk.WithCAFile(defaultCA), nil
 	}
 	return nil, fmt.Errorf("no way to verify the broker's certificate: pass --ca FILE (the broker's DATA/tls/cert.pem, "+
@@ -176,18 +178,19 @@ func (g *globals) admin(ctx context.Context, cl *sdk.Client, call func(context.C
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
 	var errs []string
-	for range g.nbrokers {
+	for {
 		err := call(ctx, cl.Admin())
-		if err == nil || !sdk.Retryable(err) || ctx.Err() != nil || g.nbrokers == 1 {
-			if len(errs) == 0 || err == nil {
-				return err
-			}
-			errs = append(errs, strings.TrimPrefix(err.Error(), "quiver: "))
-			break
+		if err == nil || !sdk.Retryable(err) {
+			return err // an answer, or a failure another broker would not change
 		}
 		errs = append(errs, strings.TrimPrefix(err.Error(), "quiver: "))
+		if ctx.Err() != nil || len(errs) >= g.nbrokers {
+			if len(errs) == 1 {
+				return err
+			}
+			return fmt.Errorf("no broker answered: %s", strings.Join(errs, "; "))
+		}
 	}
-	return fmt.Errorf("no broker answered: %s", strings.Join(errs, "; "))
 }
 
 // requireTopic checks a --topic flag.
