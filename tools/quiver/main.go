@@ -6,6 +6,27 @@
 // <offset>" per acknowledged line, consume prints one body per line, and
 // every listing has a --json form. It exits 0 on success, 1 when an
 // operation fails and 2 when the command line is wrong.
+//
+// # Design
+//
+//   - Trust: --fingerprint, --ca, $QUIVER_CA, then ./quiver-data/tls/cert.pem
+//     (where quiverd run from the same directory keeps it), in that order.
+//     With none of them it fails and names the flags: certificate
+//     verification is never skipped.
+//   - produce uses the synchronous Send, one line at a time, so acks come
+//     in line order and a failure stops at the line that failed, with the
+//     SDK's error naming every attempt.
+//   - consume uses Poll with manual commits rather than Run: it writes a
+//     batch, flushes stdout, then commits exactly the messages it wrote.
+//     A message counts as processed only once it is on stdout, --count N
+//     leaves the messages fetched past N uncommitted for the next reader,
+//     and a signal never finds a printed message uncommitted (the commit
+//     runs on a context the signal does not cancel; Close commits again).
+//   - Admin requests go to one broker in the SDK, without fail-over; with
+//     several --broker addresses, admin retries a failure another broker
+//     may not have, up to once per broker, within --timeout. The SDK dials
+//     for its dial timeout whatever a request's deadline, so the dial
+//     timeout is --timeout shared among the brokers (at most 5s).
 package main
 
 import (
