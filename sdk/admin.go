@@ -27,7 +27,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		return fmt.Errorf("quiver: %d queues (1..%d)", queues, wire.MaxQueues)
 	}
 	req := wire.Create{Topic: name, Queues: uint32(queues)}
-	call, err := a.cl.request(ctx, a.cl.pick(""), streamControl, wire.TypeCreate, req.Append)
+	call, err := a.cl.requestAny(ctx, wire.TypeCreate, req.Append)
 	if err != nil {
 		return err
 	}
@@ -39,7 +39,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 // topic that does not exist has 0 queues).
 func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error) {
 	req := wire.Metadata{Topics: names}
-	call, err := a.cl.request(ctx, a.cl.pick(""), streamControl, wire.TypeMetadata, req.Append)
+	call, err := a.cl.requestAny(ctx, wire.TypeMetadata, req.Append)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error
 
 // Status returns the status document of one broker (the first reachable).
 func (a *Admin) Status(ctx context.Context) (*Status, error) {
-	call, err := a.cl.request(ctx, a.cl.pick(""), streamControl, wire.TypeStatus, func(b []byte) []byte { return b })
+	call, err := a.cl.requestAny(ctx, wire.TypeStatus, func(b []byte) []byte { return b })
 	if err != nil {
 		return nil, err
 	}

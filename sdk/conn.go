@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,7 +98,7 @@ func (bc *brokerConn) get(ctx context.Context) (*session, error) {
 		bc.dialing = ch
 		bc.mu.Unlock()
 
-		s, err := bc.dial()
+		s, err := bc.dial(ctx)
 		bc.mu.Lock()
 		bc.dialing = nil
 		close(ch)
@@ -106,6 +107,11 @@ func (bc *brokerConn) get(ctx context.Context) (*session, error) {
 			bc.mu.Unlock()
 			return s, nil
 		}
+		if ctx.Err() != nil {
+			// The caller gave up, not the broker: no backoff for others.
+			bc.mu.Unlock()
+			return nil, &NetError{Broker: bc.addr, Err: fmt.Errorf("connecting: %w", ctx.Err())}
+		}
 		bc.failures++
 		var he *HandshakeError
 		hard := errors.As(err, &he)
@@ -113,7 +119,7 @@ func (bc *brokerConn) get(ctx context.Context) (*session, error) {
 		bc.nextDial = time.Now().Add(bc.cl.cfg.backoff.delay(bc.failures, hard))
 		bc.mu.Unlock()
 		if hard {
-			bc.cl.logger.Error("broker refused the session; reconnects to it back off", "broker", bc.addr, "err", err,
+			bc.cl.logger.Warn("broker refused the session; reconnects to it back off", "broker", bc.addr, "err", err,
 				"next_attempt_in", time.Until(bc.nextDial).Round(time.Millisecond))
 			bc.cl.reportError(err)
 		}
@@ -177,12 +183,15 @@ type session struct {
 	wg       sync.WaitGroup
 }
 
-// dial connects, runs the Hello handshake and opens the data streams.
-func (bc *brokerConn) dial() (*session, error) {
+// dial connects, runs the Hello handshake and opens the data streams,
+// within the dial timeout, the caller's ctx and the client's life.
+func (bc *brokerConn) dial(caller context.Context) (*session, error) {
 	cl := bc.cl
 	bc.dials.Add(1)
 	ctx, cancel := context.WithTimeout(cl.ctx, cl.cfg.dialTimeout)
 	defer cancel()
+	stop := context.AfterFunc(caller, cancel)
+	defer stop()
 	qc, err := quic.DialAddr(ctx, bc.addr, cl.cfg.tls, &quic.Config{
 		HandshakeIdleTimeout:           cl.cfg.dialTimeout,
 		MaxIdleTimeout:                 30 * time.Second,
@@ -496,6 +505,33 @@ func (c *call) wait(ctx context.Context) error {
 		}
 		return &NetError{Broker: c.st.s.bc.addr, Err: ctx.Err()}
 	}
+}
+
+// requestAny sends a request that any broker can answer (admin, metadata),
+// trying the brokers in turn while the failure is the network's.
+func (cl *Client) requestAny(ctx context.Context, typ wire.Type, payload func([]byte) []byte) (*call, error) {
+	var addrs, msgs []string
+	start := int(cl.rr.Add(1))
+	for i := range cl.conns {
+		bc := cl.conns[(start+i)%len(cl.conns)]
+		c, err := cl.request(ctx, bc, streamControl, typ, payload)
+		if err == nil {
+			return c, nil
+		}
+		var ne *NetError
+		if !errors.As(err, &ne) {
+			return nil, err // an answer: another broker would give the same
+		}
+		addrs = append(addrs, bc.addr)
+		msgs = append(msgs, strings.TrimPrefix(err.Error(), "quiver: "))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(msgs) == 1 {
+		return nil, &NetError{Broker: addrs[0], Err: errors.New(strings.TrimPrefix(msgs[0], "broker "+addrs[0]+": "))}
+	}
+	return nil, &NetError{Broker: strings.Join(addrs, ","), Err: fmt.Errorf("no broker answered: %s", strings.Join(msgs, "; "))}
 }
 
 // request sends one request on the stream role and waits for its answer;

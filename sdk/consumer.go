@@ -281,22 +281,19 @@ func (c *Consumer) Commit(ctx context.Context, msgs ...*Message) error {
 		}
 		m.lease.markDone(m.Offset + 1)
 	}
-	c.mu.Lock()
-	qs := make([]*queueState, 0, len(c.queues))
-	for _, q := range c.queues {
-		qs = append(qs, q)
+	qs := c.held()
+	held := make(map[*queueState]bool, len(qs))
+	for _, q := range qs {
+		held[q] = true
 	}
-	c.mu.Unlock()
+	// Commit what this member still holds; then report what moved.
+	err := c.commit(ctx, qs)
 	for _, m := range msgs {
-		found := false
-		for _, q := range qs {
-			found = found || q == m.lease
-		}
-		if !found {
-			return &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d is no longer assigned to this consumer", m.Topic, m.Queue)}
+		if !held[m.lease] && err == nil {
+			err = &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d is no longer assigned to this consumer; its new member re-reads from the last commit", m.Topic, m.Queue)}
 		}
 	}
-	return c.commit(ctx, qs)
+	return err
 }
 
 // commit commits the processed offsets of qs that moved since the last commit.
@@ -345,8 +342,13 @@ func (c *Consumer) groupLoop() {
 		commitTick = t.C
 	}
 	failures := 0
+	checked := false
 	for {
 		a, err := c.sync(c.ctx, false)
+		if err == nil && len(a.Queues) == 0 && !a.Pending && !checked {
+			checked = true
+			c.warnMissingTopics()
+		}
 		wait := c.cfg.heartbeat
 		if err != nil {
 			if c.ctx.Err() != nil {
@@ -603,15 +605,38 @@ func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration
 }
 
 // Close stops fetching, waits for running handlers, commits what was
-// processed, leaves the group (its queues go to other members at once) and
+// processed (with auto-commit, the messages of the last Poll count as
+// processed), leaves the group (its queues go to other members at once) and
 // stops every goroutine of the consumer.
 func (c *Consumer) Close() error {
 	if c.closed.Swap(true) {
 		return ErrClosed
+	}
+	if c.cfg.autoCommit > 0 {
+		// With auto-commit, what the last Poll returned counts as processed.
+		for _, m := range c.lastPoll {
+			m.lease.markDone(m.Offset + 1)
+		}
 	}
 	c.cancel()
 	<-c.done
 	c.wg.Wait()
 	c.cl.untrack(c)
 	return c.err
+}
+
+// warnMissingTopics logs the subscribed topics that do not exist (yet):
+// the consumer waits for them without an error.
+func (c *Consumer) warnMissingTopics() {
+	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
+	defer cancel()
+	infos, err := c.cl.Admin().Topics(ctx, c.topics...)
+	if err != nil {
+		return
+	}
+	for _, t := range infos {
+		if t.Queues == 0 {
+			c.cl.logger.Warn("consumer subscribed to a topic that does not exist; waiting for it", "group", c.group, "topic", t.Name)
+		}
+	}
 }

@@ -1,11 +1,12 @@
 // Package admin is quiverd's admin HTTP endpoint: /healthz, /metrics
-// (Prometheus) and /status (the JSON status document), plus, only when
+// (Prometheus), /status (the JSON status document) and /debug/pprof, plus, only when
 // the broker runs with --debug-faults, /debug/faults to stall its disk.
 package admin
 
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -35,6 +36,10 @@ func Handler(o Options) http.Handler {
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+	// Profiles, for the operator who must find out where the time goes.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

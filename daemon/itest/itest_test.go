@@ -20,7 +20,16 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(wrapped{m})
+}
+
+// wrapped removes the binaries testbroker built once the tests ran.
+type wrapped struct{ m *testing.M }
+
+func (w wrapped) Run() int {
+	code := w.m.Run()
+	testbroker.RemoveBuilds()
+	return code
 }
 
 func ctxT(t *testing.T, d time.Duration) context.Context {

@@ -27,37 +27,66 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	buildMu sync.Mutex
+	built   = map[string]*buildResult{}
 )
 
-// Binary builds the quiverd binary (once per test process) and returns its path.
-func Binary(t testing.TB) string {
+type buildResult struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// Build builds the command in pkg (a path from the module root, such as
+// "./tools/quiver") once per test process, with the linker flag giouring
+// needs, and returns the binary's path.
+func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	buildOnce.Do(func() {
+	buildMu.Lock()
+	r := built[pkg]
+	if r == nil {
+		r = &buildResult{}
+		built[pkg] = r
+	}
+	buildMu.Unlock()
+	r.once.Do(func() {
 		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
 		if err != nil {
-			buildErr = fmt.Errorf("go list -m: %w", err)
+			r.err = fmt.Errorf("go list -m: %w", err)
 			return
 		}
-		dir, err := os.MkdirTemp("", "quiverd-bin-")
+		dir, err := os.MkdirTemp("", "quiver-bin-")
 		if err != nil {
-			buildErr = err
+			r.err = err
 			return
 		}
-		binPath = filepath.Join(dir, "quiverd")
-		cmd := exec.Command("go", "build", "-ldflags=-checklinkname=0", "-o", binPath, "./daemon/cmd/quiverd")
+		r.path = filepath.Join(dir, filepath.Base(pkg))
+		cmd := exec.Command("go", "build", "-ldflags=-checklinkname=0", "-o", r.path, pkg)
 		cmd.Dir = strings.TrimSpace(string(root))
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("building quiverd: %v\n%s", err, out)
+			r.err = fmt.Errorf("building %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if r.err != nil {
+		t.Fatal(r.err)
 	}
-	return binPath
+	return r.path
 }
+
+// RemoveBuilds deletes the binaries Build made; call it from TestMain
+// after m.Run.
+func RemoveBuilds() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	for _, r := range built {
+		if r.path != "" {
+			os.RemoveAll(filepath.Dir(r.path))
+		}
+	}
+}
+
+// Binary builds quiverd (once per test process) and returns its path.
+func Binary(t testing.TB) string { return Build(t, "./daemon/cmd/quiverd") }
 
 // Broker is one quiverd process.
 type Broker struct {

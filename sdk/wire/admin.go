@@ -28,8 +28,8 @@ func DecodeMetadata(b []byte, m *Metadata) error {
 // TopicInfo is one topic in a MetaResp. Queues is 0 for a topic asked
 // for by name that does not exist.
 type TopicInfo struct {
-	Name   string
-	Queues uint32
+	Name   string `json:"name"`
+	Queues uint32 `json:"queues"`
 }
 
 // MetaResp answers a Metadata request.

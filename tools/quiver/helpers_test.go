@@ -10,11 +10,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,9 +24,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbroker.RemoveBuilds()
 	// The in-process commands must leave no SDK goroutine behind.
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -39,37 +35,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var (
-	binOnce sync.Once
-	binDir  string
-	binPath string
-	binErr  error
-)
-
 // quiverBinary builds the quiver command once per test process.
-func quiverBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
-		if err != nil {
-			binErr = fmt.Errorf("go list -m: %w", err)
-			return
-		}
-		if binDir, binErr = os.MkdirTemp("", "quiver-cli-"); binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "quiver")
-		cmd := exec.Command("go", "build", "-ldflags=-checklinkname=0", "-o", binPath, "./tools/quiver")
-		cmd.Dir = strings.TrimSpace(string(root))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("building quiver: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
+func quiverBinary(t *testing.T) string { return testbroker.Build(t, "./tools/quiver") }
 
 // cmdTimeout bounds every command a test runs: a command that hangs
 // fails the test instead of hanging it.
