@@ -28,7 +28,6 @@ type hsEntry struct {
 	count      int64
 	minute     time.Time // start of the current one-minute window
 	inMinute   int64
-	prevMinute int64
 	last       time.Time
 	lastReason string
 	logged     time.Time // last log line
@@ -62,10 +61,6 @@ func (h *handshakes) record(source, clientID, reason string) {
 	}
 	e.count++
 	if now.Sub(e.minute) >= time.Minute {
-		e.prevMinute = e.inMinute
-		if now.Sub(e.minute) >= 2*time.Minute {
-			e.prevMinute = 0
-		}
 		e.minute, e.inMinute = now, 0
 	}
 	e.inMinute++
