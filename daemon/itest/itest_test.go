@@ -446,3 +446,65 @@ func TestGracefulStopKeepsAsyncSends(t *testing.T) {
 		}
 	}
 }
+
+// SendAsync calls every callback exactly once, in completion order on one
+// goroutine, and every acknowledged message is stored; SendOneway's
+// messages arrive on a healthy connection (it reports nothing either way).
+func TestAsyncAndOnewaySends(t *testing.T) {
+	b := testbroker.Start(t)
+	cl := b.Client()
+	ctx := ctxT(t, 60*time.Second)
+	cl.Admin().CreateTopic(ctx, "async", 2)
+	p, err := cl.NewProducer(sdk.WithMaxInFlight(64))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 2000
+	var mu sync.Mutex
+	calls := map[int]int{}
+	offsets := map[[2]uint64]bool{}
+	for i := 0; i < n; i++ {
+		i := i
+		err := p.SendAsync(ctx, &sdk.Message{Topic: "async", Body: []byte(fmt.Sprint(i))}, func(res sdk.SendResult, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[i]++
+			if err != nil {
+				t.Errorf("async send %d: %v", i, err)
+				return
+			}
+			offsets[[2]uint64{uint64(res.Queue), res.Offset}] = true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Close(); err != nil { // waits for every callback
+		t.Fatal(err)
+	}
+	if len(calls) != n || len(offsets) != n {
+		t.Fatalf("%d callbacks for %d sends, %d distinct offsets", len(calls), n, len(offsets))
+	}
+	for i, c := range calls {
+		if c != 1 {
+			t.Fatalf("callback of send %d ran %d times", i, c)
+		}
+	}
+	ow, _ := cl.NewProducer()
+	for i := 0; i < 100; i++ {
+		if err := ow.SendOneway(ctx, &sdk.Message{Topic: "async", Body: []byte("oneway")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ow.Close()
+	got := consumeN(t, ctx, cl, "g", "async", n+100)
+	oneway := 0
+	for _, m := range got {
+		if string(m.Body) == "oneway" {
+			oneway++
+		}
+	}
+	if oneway != 100 {
+		t.Fatalf("%d of 100 oneway messages arrived", oneway)
+	}
+}
