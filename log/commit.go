@@ -8,26 +8,58 @@ import (
 	"github.com/quivermq/quiver/ioengine"
 )
 
-// Group commit.
+// Group commit, in two stages.
 //
-// Appenders hand requests to one flusher goroutine through a bounded channel.
-// The flusher takes every request that is waiting (up to MaxBatchBytes), lays
-// the records out at the tail (rolling to a new segment when one does not
-// fit), encodes them into the ring, and hands the engine one Flush: the dirty
-// pages from the last partial page to the new end, O_DIRECT, followed by one
-// sync ordered after them. Only then are the records dispatched to the indexes
-// and the appenders acknowledged. Whatever arrived during that flush forms the
-// next batch, so one sync covers as many appends as were concurrent with the
-// previous one: the sync cost is shared, not multiplied.
+// The flusher goroutine owns the tail. It takes every append waiting in the
+// intake queue (up to MaxBatchBytes), lays the records out at the tail
+// (rolling to a new segment when one does not fit), encodes them into the
+// ring, and writes the dirty pages, from the last partial page to the new
+// end, with one O_DIRECT engine flush. It then hands the batch to the syncer
+// and goes back for the next batch.
 //
-// The partial last page is rewritten by the next flush with the same bytes
-// before the new ones, so a torn page write can only damage bytes that were
-// never acknowledged.
+// The syncer goroutine takes the written batches in order, makes them
+// durable with one fdatasync per segment they wrote (skipped when every
+// append of them asked for async), dispatches their records to the indexes
+// and acknowledges their appends. So the disk writes batch N+1 while it
+// syncs batch N: one commit's write overlaps the previous one's sync, and
+// the appends that arrive during a sync wait for one write, not for a whole
+// write and sync.
+//
+// At most maxUnsynced batches are written and not yet synced at any time
+// (the flusher waits for a free slot before it writes). The recovery rule
+// depends on it: after a crash, valid records of at most maxUnsynced-1 later
+// commits may follow a torn one (see recover.go).
+//
+// The partial last page is rewritten by the next write with the same bytes
+// before the new ones, and only after the write that laid it down has
+// completed, so a torn page write can only damage bytes that were never
+// acknowledged.
 //
 // After any error the log fails: the batch and every later append get
 // ErrFailed, and nothing more is written. What is on disk is then decided by
 // recovery at the next Open, never guessed by retrying a write whose outcome
 // is unknown (a failed fsync may have dropped dirty pages).
+
+// maxUnsynced bounds the batches written and not yet synced.
+const maxUnsynced = 2
+
+// batch is one group commit on its way from the flusher to the syncer.
+type batch struct {
+	reqs   []*request
+	infos  []RecordInfo
+	end    int64
+	sync   bool        // an append asked for sync
+	synced bool        // written and synced in one engine flush (pipeline idle)
+	segs   []*segment  // segments this batch wrote
+	cp     *checkpoint // consistent at end; written once end is durable
+	syncCh chan error  // a Sync call riding the pipeline (no reqs)
+}
+
+func (b *batch) reset() {
+	clear(b.reqs)
+	b.reqs, b.infos, b.segs = b.reqs[:0], b.infos[:0], b.segs[:0]
+	b.end, b.sync, b.synced, b.cp, b.syncCh = 0, false, false, nil, nil
+}
 
 type request struct {
 	msg      *Message
@@ -63,16 +95,12 @@ func (r *request) finish() {
 type flusherState struct {
 	pos       int64 // end of the laid-out records (== Written after a commit)
 	flushedTo int64 // end of what has been handed to the engine
-	unsynced  bool  // async mode: written but not synced
-	lastSync  time.Time
 	lastCp    time.Time
 	queues    map[queueKey]uint64 // next queue offset per queue
 	batch     []*request
-	infos     []RecordInfo
 	ops       []ioengine.WriteOp
-	dirty     []*segment    // segments written since the last sync
 	lastBatch int           // requests in the previous commit
-	lastFlush time.Duration // duration of the previous engine flush
+	lastFlush time.Duration // duration of the previous engine write
 	timer     *time.Timer   // linger timer, reused
 }
 
@@ -86,31 +114,22 @@ func (f *flusherState) snapshot(pos int64) checkpoint {
 
 func (l *Log) run() {
 	defer close(l.done)
-	// Async appends (the log's mode, or asked per message) are synced
-	// within AsyncInterval.
-	t := time.NewTicker(l.opts.AsyncInterval / 2)
-	defer t.Stop()
 	for {
 		select {
 		case <-l.in.ready:
 			l.gather()
 		case ch := <-l.syncs:
-			if l.fl.unsynced {
-				l.syncDirty()
-			}
-			ch <- l.Err()
-		case <-t.C:
-			if l.fl.unsynced && time.Since(l.fl.lastSync) >= l.opts.AsyncInterval/2 {
-				l.syncDirty()
-			}
+			b := <-l.free
+			b.syncCh = ch
+			b.end = l.fl.pos
+			l.toSync <- b
 		case <-l.closing:
 			// Close holds no appender: whatever is queued is all there is.
 			for l.in.len() > 0 {
 				l.gather()
 			}
-			if l.fl.unsynced {
-				l.syncDirty()
-			}
+			close(l.toSync)
+			<-l.synced
 			return
 		}
 	}
@@ -132,7 +151,7 @@ func (l *Log) gather() {
 		return // the janitor expired what was waiting
 	}
 	if want := l.fl.lastBatch; len(b) < want && bytes < l.opts.MaxBatchBytes {
-		if linger := min(l.fl.lastFlush/2, maxLinger); linger > 0 {
+		if linger := min((l.fl.lastFlush+time.Duration(l.lastSyncNanos.Load()))/2, maxLinger); linger > 0 {
 			deadline := time.Now().Add(linger)
 			for len(b) < want && bytes < l.opts.MaxBatchBytes {
 				wait := time.Until(deadline)
@@ -166,55 +185,235 @@ func (l *Log) gather() {
 // maxLinger bounds how long the flusher waits to fill a batch.
 const maxLinger = 200 * time.Microsecond
 
-func (l *Log) commit(batch []*request) {
+// commit writes a batch and hands it to the syncer.
+func (l *Log) commit(reqs []*request) {
+	b := <-l.free // at most maxUnsynced batches written and not synced
 	if err := l.failure.Load(); err != nil {
-		l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, *err))
+		l.free <- b
+		l.finishAll(reqs, fmt.Errorf("%w: %w", ErrFailed, *err))
 		return
 	}
-	if err := l.layout(batch); err != nil {
+	if err := l.layout(reqs, b); err != nil {
 		l.fail(err)
-		l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, err))
+		b.reset()
+		l.free <- b
+		l.finishAll(reqs, fmt.Errorf("%w: %w", ErrFailed, err))
 		return
 	}
 	end := l.fl.pos
 	l.written.Store(end)
 	// One append that asks for sync makes the whole commit sync: it is
 	// never acknowledged before its bytes are synced.
-	sync := false
-	for _, r := range batch {
+	for _, r := range reqs {
 		if r.msg.wantsSync(l.opts.Durability) {
-			sync = true
+			b.sync = true
 			break
 		}
 	}
-	if err := l.flushTo(end, sync); err != nil {
+	// With nothing else in flight or waiting there is nothing to overlap:
+	// write and sync in one engine flush (io_uring: one submission) and
+	// spare the syncer a system call.
+	b.synced = b.sync && len(l.free) == maxUnsynced-1 && l.in.len() == 0
+	if err := l.flushTo(end, b, b.synced); err != nil {
 		l.fail(err)
-		l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, err))
+		b.reset()
+		l.free <- b
+		l.finishAll(reqs, fmt.Errorf("%w: %w", ErrFailed, err))
 		return
 	}
-	now := nowNanos()
-	if sync {
-		l.durable.Store(end)
-		l.durableAt.Store(now)
-		l.afterSync(end)
+	b.reqs = append(b.reqs, reqs...)
+	b.end = end
+	if time.Since(l.fl.lastCp) >= l.opts.CheckpointInterval {
+		cp := l.fl.snapshot(end)
+		b.cp = &cp
+		l.fl.lastCp = time.Now()
 	}
-	l.visible.Store(end)
-	if d := l.opts.Dispatcher; d != nil {
-		if err := d.Dispatch(l.fl.infos); err != nil {
-			err = fmt.Errorf("log: dispatch: %w", err)
-			l.fail(err)
-			l.finishAll(batch, fmt.Errorf("%w: %w", ErrFailed, err))
+	l.toSync <- b
+}
+
+// syncer makes written batches durable (when they ask for it), dispatches
+// them and acknowledges them, in order. Batches of async appends are synced
+// within AsyncInterval.
+func (l *Log) syncer() {
+	defer close(l.synced)
+	t := time.NewTicker(l.opts.AsyncInterval / 2)
+	defer t.Stop()
+	var s syncState
+	pending := make([]*batch, 0, maxUnsynced)
+	for {
+		select {
+		case b, ok := <-l.toSync:
+			if !ok {
+				if len(s.unsynced) > 0 {
+					l.syncSegments(&s)
+				}
+				return
+			}
+			pending = append(pending[:0], b)
+		more:
+			for len(pending) < cap(pending) {
+				select {
+				case b, ok := <-l.toSync:
+					if !ok {
+						break more
+					}
+					pending = append(pending, b)
+				default:
+					break more
+				}
+			}
+			l.complete(&s, pending)
+			for i, b := range pending {
+				b.reset()
+				l.free <- b
+				pending[i] = nil
+			}
+		case <-t.C:
+			if len(s.unsynced) > 0 && time.Since(s.lastSync) >= l.opts.AsyncInterval/2 {
+				l.syncSegments(&s)
+			}
+		}
+	}
+}
+
+// syncState is owned by the syncer.
+type syncState struct {
+	end      int64       // end of the last batch completed
+	unsynced []*segment  // written by completed async batches, not synced yet
+	cp       *checkpoint // the newest checkpoint not yet written
+	lastSync time.Time
+}
+
+// complete syncs, dispatches and acknowledges batches (in log order).
+func (l *Log) complete(s *syncState, bs []*batch) {
+	last := bs[len(bs)-1]
+	needSync := false
+	durableEnd := int64(-1) // made durable by the flusher's own sync
+	for _, b := range bs {
+		if b.synced {
+			// Its flush synced the files it wrote, and with them every
+			// earlier (completed) write to those files.
+			s.unsynced = removeSegments(s.unsynced, b.segs)
+			if len(s.unsynced) == 0 {
+				durableEnd = b.end
+			} else {
+				needSync = true
+			}
+		} else {
+			for _, seg := range b.segs {
+				s.unsynced = appendSegment(s.unsynced, seg)
+			}
+			needSync = needSync || b.sync
+		}
+		needSync = needSync || b.syncCh != nil
+		if b.cp != nil {
+			s.cp = b.cp
+		}
+	}
+	if last.end > s.end {
+		s.end = last.end
+	}
+	if l.failure.Load() == nil {
+		switch {
+		case needSync:
+			l.syncSegments(s)
+		case durableEnd >= 0:
+			l.markDurable(s, durableEnd)
+		}
+	}
+	var err error
+	if e := l.failure.Load(); e != nil {
+		err = fmt.Errorf("%w: %w", ErrFailed, *e)
+	}
+	if err == nil {
+		l.visible.Store(s.end)
+		if d := l.opts.Dispatcher; d != nil {
+			for _, b := range bs {
+				if len(b.infos) == 0 {
+					continue
+				}
+				if derr := d.Dispatch(b.infos); derr != nil {
+					derr = fmt.Errorf("log: dispatch: %w", derr)
+					l.fail(derr)
+					err = fmt.Errorf("%w: %w", ErrFailed, derr)
+					break
+				}
+			}
+		}
+	}
+	if err == nil {
+		l.dispatched.Store(s.end)
+		l.dispatchedAt.Store(nowNanos())
+	}
+	for _, b := range bs {
+		for _, r := range b.reqs {
+			r.err = err
+			r.finish()
+		}
+		if b.syncCh != nil {
+			if err == nil {
+				err = l.Err()
+			}
+			b.syncCh <- err
+		}
+	}
+}
+
+// syncSegments makes every completed batch durable.
+func (l *Log) syncSegments(s *syncState) {
+	t0 := time.Now()
+	for _, seg := range s.unsynced {
+		if err := seg.file.Sync(); err != nil {
+			l.fail(fmt.Errorf("log: sync %s: %w", seg.file.Name(), err))
 			return
 		}
 	}
-	l.dispatched.Store(end)
-	l.dispatchedAt.Store(now)
-	for _, r := range batch {
-		r.finish()
+	l.stats.syncs.Add(1)
+	took := time.Since(t0)
+	l.stats.syncNanos.Add(int64(took))
+	l.lastSyncNanos.Store(int64(took))
+	clear(s.unsynced)
+	s.unsynced = s.unsynced[:0]
+	l.markDurable(s, s.end)
+}
+
+// markDurable moves the durable position to end and hands the newest
+// checkpoint it covers to the checkpointer.
+func (l *Log) markDurable(s *syncState, end int64) {
+	s.lastSync = time.Now()
+	l.durable.Store(end)
+	l.durableAt.Store(nowNanos())
+	if cp := s.cp; cp != nil && cp.pos <= end {
+		select {
+		case l.cps <- *cp:
+			s.cp = nil
+		default: // the previous one is still being written; keep this one
+		}
 	}
-	if l.fl.unsynced && time.Since(l.fl.lastSync) >= l.opts.AsyncInterval {
-		l.syncDirty()
+}
+
+func removeSegments(segs, gone []*segment) []*segment {
+	out := segs[:0]
+	for _, s := range segs {
+		keep := true
+		for _, g := range gone {
+			keep = keep && s != g
+		}
+		if keep {
+			out = append(out, s)
+		}
 	}
+	clear(segs[len(out):])
+	return out
+}
+
+func appendSegment(segs []*segment, s *segment) []*segment {
+	for _, d := range segs {
+		if d == s {
+			return segs
+		}
+	}
+	return append(segs, s)
 }
 
 func (l *Log) finishAll(batch []*request, err error) {
@@ -226,7 +425,7 @@ func (l *Log) finishAll(batch []*request, err error) {
 
 // layout assigns positions and queue offsets to the batch and encodes it
 // into the ring.
-func (l *Log) layout(batch []*request) error {
+func (l *Log) layout(batch []*request, b *batch) error {
 	segSize := l.opts.SegmentSize
 	pos := l.fl.pos
 	// First pass: positions, so that the ring's low mark can move once.
@@ -256,7 +455,7 @@ func (l *Log) layout(batch []*request) error {
 	l.ringMu.Unlock()
 
 	storeTime := l.opts.Now().UnixNano()
-	infos := l.fl.infos[:0]
+	infos := b.infos[:0]
 	for _, r := range batch {
 		if r.res.Pos != pos {
 			l.seal(pos, r.res.Pos)
@@ -277,7 +476,7 @@ func (l *Log) layout(batch []*request) error {
 		})
 		pos = r.res.Pos + int64(r.res.Size)
 	}
-	l.fl.infos = infos
+	b.infos = infos
 	l.fl.pos = pos
 	l.stats.records.Add(int64(len(batch)))
 	return nil
@@ -322,8 +521,9 @@ func (l *Log) ringCopyIn(pos int64, src []byte) {
 	copy(l.ring, src[n:])
 }
 
-// flushTo writes the pages from the last partial page to end, and syncs.
-func (l *Log) flushTo(end int64, sync bool) error {
+// flushTo writes the pages from the last partial page to end (and syncs
+// them when sync is set), recording in b the segments written.
+func (l *Log) flushTo(end int64, b *batch, sync bool) error {
 	const page = ioengine.Alignment
 	from := l.fl.flushedTo / page * page
 	// Zero the rest of the last page so no stale ring bytes reach the disk.
@@ -350,7 +550,7 @@ func (l *Log) flushTo(end int64, sync bool) error {
 			ops = append(ops, ioengine.WriteOp{File: seg.file, Buf: l.ring[i : i+n], Off: p - base})
 			p += n
 		}
-		l.markDirty(seg)
+		b.segs = appendSegment(b.segs, seg)
 		if p < end {
 			p = base + segSize // the rest of this segment is unused (sealed)
 		}
@@ -360,76 +560,17 @@ func (l *Log) flushTo(end int64, sync bool) error {
 	l.claimZeroed(end)
 	t0 := time.Now()
 	if err := l.eng.Flush(ops, sync); err != nil {
-		return fmt.Errorf("log: flush [%d, %d): %w", from, end, err)
+		return fmt.Errorf("log: write [%d, %d): %w", from, end, err)
+	}
+	if sync {
+		l.stats.syncs.Add(1)
 	}
 	l.fl.lastFlush = time.Since(t0)
 	l.stats.flushNanos.Add(int64(l.fl.lastFlush))
 	l.stats.commits.Add(1)
-	if sync {
-		l.stats.syncs.Add(1)
-	}
 	l.fl.flushedTo = end
 	l.kickZeroer(end)
-	if sync {
-		// Async appends written by earlier flushes into a segment this one
-		// did not touch (before a roll) are covered by this sync too.
-		first := from / segSize * segSize
-		for _, s := range l.fl.dirty {
-			if s.base < first {
-				if err := s.file.Sync(); err != nil {
-					return fmt.Errorf("log: sync %s: %w", s.file.Name(), err)
-				}
-			}
-		}
-		l.fl.dirty = l.fl.dirty[:0]
-		l.fl.unsynced = false
-		l.fl.lastSync = time.Now()
-	} else {
-		l.fl.unsynced = true
-	}
 	return nil
-}
-
-func (l *Log) markDirty(s *segment) {
-	for _, d := range l.fl.dirty {
-		if d == s {
-			return
-		}
-	}
-	l.fl.dirty = append(l.fl.dirty, s)
-}
-
-// syncDirty syncs every segment written since the last sync (async mode).
-func (l *Log) syncDirty() {
-	if l.failure.Load() != nil {
-		return
-	}
-	for _, s := range l.fl.dirty {
-		if err := s.file.Sync(); err != nil {
-			l.fail(fmt.Errorf("log: sync %s: %w", s.file.Name(), err))
-			return
-		}
-	}
-	l.fl.dirty = l.fl.dirty[:0]
-	l.stats.syncs.Add(1)
-	l.fl.unsynced = false
-	l.fl.lastSync = time.Now()
-	end := l.fl.flushedTo
-	l.durable.Store(end)
-	l.durableAt.Store(nowNanos())
-	l.afterSync(end)
-}
-
-// afterSync hands a checkpoint to the checkpointer when one is due.
-func (l *Log) afterSync(durable int64) {
-	if time.Since(l.fl.lastCp) < l.opts.CheckpointInterval {
-		return
-	}
-	select {
-	case l.cps <- l.fl.snapshot(durable):
-		l.fl.lastCp = time.Now()
-	default: // the previous one is still being written
-	}
 }
 
 func (l *Log) activeBase() int64 {

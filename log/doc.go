@@ -22,13 +22,16 @@
 //
 // # Writing
 //
-// One flusher goroutine owns the tail (commit.go). Concurrent appends are
-// coalesced into one O_DIRECT write of whole 4 KiB pages and one sync, issued
-// through the ioengine (io_uring or portable). In Sync mode an append returns
-// after the sync; in Async mode after the write, with a sync at most
-// AsyncInterval later. Records are dispatched to the indexes in the same
-// step, before the acknowledgement, so the dispatched position never trails
-// silently (incident 003): Positions reports written, durable and dispatched.
+// One flusher goroutine owns the tail and writes; one syncer goroutine
+// syncs, dispatches and acknowledges (commit.go). Concurrent appends are
+// coalesced into one O_DIRECT write of whole 4 KiB pages, issued through the
+// ioengine (io_uring or portable), and one fdatasync covers every batch
+// written before it; the disk writes the next batch while it syncs the
+// previous one. In Sync mode an append returns after the sync; in Async mode
+// after the write, with a sync at most AsyncInterval later. Records are
+// dispatched to the indexes in the same stage, before the acknowledgement,
+// so the dispatched position never trails silently (incident 003):
+// Positions reports written, durable and dispatched.
 //
 // The most recent TailBytes of the log live in an in-memory ring, which is
 // both the write buffer and the cache that serves caught-up readers; older

@@ -16,16 +16,16 @@ import (
 // The checkpoint names a position that was synced and verified; recovery
 // trusts what lies before it and verifies every record after it (length,
 // CRC32C, field bounds). The first record that fails is either the torn tail
-// of the last group commit, which was never acknowledged and is truncated,
+// of the last group commits, which were never acknowledged and are truncated,
 // or damage to data that was acknowledged, on which the log refuses to open.
 // It is the tail only when all of these hold:
 //
 //   - it lies at or after the checkpoint;
 //   - at most one segment follows its segment (a group commit spans two);
-//   - nothing but zeros lies more than one group commit beyond it (a torn
-//     flush cannot reach further);
-//   - the valid records after it belong to at most one group commit (see
-//     commitsAfter).
+//   - nothing but zeros lies more than maxUnsynced group commits beyond it
+//     (the commits written and not synced cannot reach further);
+//   - the valid records after it belong to at most maxUnsynced-1 group
+//     commits (see commitsAfter).
 //
 // Repair (Options.Repair) truncates at the first bad record whatever lies
 // after it; it is the operator's explicit choice, named in the refusal.
@@ -155,7 +155,9 @@ func (l *Log) findEnd(from, trusted int64) (end int64, dirty bool, err error) {
 func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 	segs := l.segMu.segs
 	seg := segs[i]
-	window := int64(l.opts.MaxBatchBytes) + 2*ioengine.Alignment
+	// The syncer may have had maxUnsynced commits written and not synced
+	// when the process died; their pages can land in any order.
+	window := maxUnsynced*int64(l.opts.MaxBatchBytes) + 2*ioengine.Alignment
 	refuse := func(why string) (int64, bool, error) {
 		what := "unexpected end of data"
 		if bad != nil {
@@ -184,12 +186,12 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 			}
 		}
 		if far {
-			return refuse("data lies more than one group commit beyond it")
+			return refuse(fmt.Sprintf("data lies more than %d group commits beyond it", maxUnsynced))
 		}
 		if n, err := l.commitsAfter(i, pos, window); err != nil {
 			return 0, false, err
-		} else if n > 1 {
-			return refuse(fmt.Sprintf("valid records of %d later group commits follow it (a later commit is written only after the earlier one synced)", n))
+		} else if n > maxUnsynced-1 {
+			return refuse(fmt.Sprintf("valid records of %d later group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced))
 		}
 	}
 	dirty := bad != nil
@@ -216,9 +218,10 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 
 // commitsAfter counts the distinct group commits among the valid records
 // found within window bytes after pos (in segment i and the next one). All
-// records of one commit share its store time, and a commit is written only
-// after the previous one synced, so records of two commits after a damaged
-// record prove the damage hit acknowledged data. Records are found by trying
+// records of one commit share its store time, and at most maxUnsynced
+// commits are written and not synced at any time, so records of
+// maxUnsynced later commits after a damaged record prove the damage hit
+// acknowledged data. Records are found by trying
 // every byte offset: the damaged record's length cannot be trusted.
 func (l *Log) commitsAfter(i int, pos, window int64) (int, error) {
 	segs := l.segMu.segs
@@ -300,7 +303,6 @@ func (l *Log) finishRecovery(end int64, dirty bool) error {
 	}
 	l.ringMu.low = pageStart
 	l.fl.pos, l.fl.flushedTo = end, end
-	l.fl.lastSync = time.Now()
 	if fi, err := active.file.Size(); err == nil && fi < l.opts.SegmentSize {
 		if err := active.file.Allocate(l.opts.SegmentSize); err != nil {
 			return fmt.Errorf("log: preallocate %s: %w", active.file.Name(), err)
