@@ -251,11 +251,11 @@ func (s *session) open(ctx context.Context) (*cstream, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &cstream{s: s, qs: qs, w: wire.NewWriter(8 << 20), pending: map[uint64]*call{}}
+	st := &cstream{s: s, qs: qs, w: wire.NewWriter(qs, 8<<20), pending: map[uint64]*call{}}
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		if err := st.w.Run(qs); err != nil {
+		if err := st.w.Run(); err != nil {
 			s.close(err)
 		}
 	}()

@@ -22,20 +22,31 @@ func BenchmarkSendSync(b *testing.B) {
 	for _, engine := range []string{"io_uring", "portable"} {
 		for _, producers := range []int{1, 16} {
 			b.Run(fmt.Sprintf("engine=%s/producers=%d", engine, producers), func(b *testing.B) {
-				benchSend(b, engine, producers)
+				benchSend(b, engine, producers, sdk.Sync)
 			})
 		}
 	}
 }
 
-func benchSend(b *testing.B, engine string, producers int) {
+// BenchmarkSendAsyncAck is the same with async durability: acknowledged
+// after the write, no fsync. The difference to BenchmarkSendSync is what
+// the sync costs; what is left is the transport and the broker's CPU.
+func BenchmarkSendAsyncAck(b *testing.B) {
+	for _, producers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("producers=%d", producers), func(b *testing.B) {
+			benchSend(b, "io_uring", producers, sdk.Async)
+		})
+	}
+}
+
+func benchSend(b *testing.B, engine string, producers int, durability sdk.Durability) {
 	br := testbroker.Start(b, "--engine", engine)
 	cl := br.Client()
 	ctx := context.Background()
 	if err := cl.Admin().CreateTopic(ctx, "bench", 8); err != nil {
 		b.Fatal(err)
 	}
-	p, err := cl.NewProducer(sdk.WithDurability(sdk.Sync))
+	p, err := cl.NewProducer(sdk.WithDurability(durability))
 	if err != nil {
 		b.Fatal(err)
 	}

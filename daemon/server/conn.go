@@ -125,7 +125,7 @@ func (c *conn) hello() (*stream, string) {
 func (c *conn) refuse(st *stream, reqID uint64, code quic.ApplicationErrorCode, werr *wire.Error) string {
 	st.sendError(reqID, werr)
 	c.wg.Add(1)
-	go func() { defer c.wg.Done(); st.w.Run(st.qs) }()
+	go func() { defer c.wg.Done(); st.w.Run() }()
 	c.flushAndClose(code, werr.Message)
 	return werr.Code.String() + ": " + werr.Message
 }
@@ -153,7 +153,7 @@ func (c *conn) flushAndClose(code quic.ApplicationErrorCode, msg string) {
 }
 
 func (c *conn) newStream(qs *quic.Stream, br *bufio.Reader) *stream {
-	st := &stream{c: c, qs: qs, br: br, w: wire.NewWriter(8 << 20)}
+	st := &stream{c: c, qs: qs, br: br, w: wire.NewWriter(qs, 8<<20)}
 	c.mu.Lock()
 	c.streams = append(c.streams, st)
 	c.mu.Unlock()

@@ -39,7 +39,7 @@ func (st *stream) serve() {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := st.w.Run(st.qs); err != nil {
+		if err := st.w.Run(); err != nil {
 			c.qc.CloseWithError(closeNormal, "") // the stream is broken: so is the session
 		}
 	}()

@@ -12,29 +12,43 @@ import (
 var ErrWriterClosed = errors.New("wire: writer closed")
 
 // Writer coalesces the frames of one stream. Any goroutine appends frames
-// (Begin, then the payload, then End); one goroutine (Run) writes whatever
-// has accumulated in one Write, so that many small responses or requests
-// cost one stream write, not one each.
+// (Begin, then the payload, then End). When nothing is buffered and the
+// stream can take a frame at once without blocking (a QUIC stream's
+// TryWriteAll), End hands it over directly, on the caller's goroutine: a
+// lone request or acknowledgement costs no goroutine switch. Otherwise the
+// frame is buffered and one goroutine (Run) writes whatever has
+// accumulated in one Write. Frames reach the stream in End order.
 //
-// Begin/End never block on the stream: a frame is appended to memory and
-// Run picks it up. Callers that may produce a lot (fetch responses) call
-// WaitRoom first, which blocks while more than the limit is buffered.
+// Begin/End never block on the stream. Callers that may produce a lot
+// (fetch responses) call WaitRoom first, which blocks while more than the
+// limit is buffered.
 type Writer struct {
-	mu     sync.Mutex
-	buf    []byte
-	spare  []byte
-	err    error // sticky: the stream failed, or the writer was closed
-	wake   chan struct{}
-	room   chan struct{} // closed and replaced after every write
-	limit  int
-	closed bool
+	dst     io.Writer
+	try     tryWriter // dst's non-blocking write, if it has one
+	mu      sync.Mutex
+	buf     []byte
+	spare   []byte
+	writing bool  // Run is writing a batch: End must buffer, to keep order
+	err     error // sticky: the stream failed, or the writer was closed
+	wake    chan struct{}
+	room    chan struct{} // closed and replaced after every write
+	limit   int
+	closed  bool
 }
 
-// NewWriter returns a Writer; WaitRoom blocks while more than limit bytes
-// are buffered.
-func NewWriter(limit int) *Writer {
-	return &Writer{wake: make(chan struct{}, 1), room: make(chan struct{}), limit: limit,
+// tryWriter is a stream that can queue bytes without blocking, or refuse
+// them all (quic-go's SendStream.TryWriteAll).
+type tryWriter interface {
+	TryWriteAll([]byte) error
+}
+
+// NewWriter returns a Writer for dst; WaitRoom blocks while more than limit
+// bytes are buffered.
+func NewWriter(dst io.Writer, limit int) *Writer {
+	w := &Writer{dst: dst, wake: make(chan struct{}, 1), room: make(chan struct{}), limit: limit,
 		buf: make([]byte, 0, 64<<10), spare: make([]byte, 0, 64<<10)}
+	w.try, _ = dst.(tryWriter)
+	return w
 }
 
 // Begin locks the writer and starts a frame; append the payload to the
@@ -48,10 +62,16 @@ func (w *Writer) Begin(h Header) ([]byte, int) {
 // writer's error: a frame ended after the writer failed is dropped.
 func (w *Writer) End(b []byte, start int) error {
 	if w.err != nil {
+		w.buf = b[:start]
 		w.mu.Unlock()
 		return w.err
 	}
 	w.buf = EndFrame(b, start)
+	if start == 0 && !w.writing && w.try != nil && w.try.TryWriteAll(w.buf) == nil {
+		w.buf = w.buf[:0] // handed over directly
+		w.mu.Unlock()
+		return nil
+	}
 	w.mu.Unlock()
 	select {
 	case w.wake <- struct{}{}:
@@ -87,10 +107,10 @@ func (w *Writer) WaitRoom(ctx context.Context) error {
 	}
 }
 
-// Run writes the buffered frames to dst until Close (after writing what was
-// buffered) or a write error, which it returns and which fails every later
-// Begin/End.
-func (w *Writer) Run(dst io.Writer) error {
+// Run writes the buffered frames to the stream until Close (after writing
+// what was buffered) or a write error, which it returns and which fails
+// every later Begin/End.
+func (w *Writer) Run() error {
 	for {
 		w.mu.Lock()
 		for len(w.buf) == 0 && !w.closed {
@@ -105,17 +125,19 @@ func (w *Writer) Run(dst io.Writer) error {
 		out := w.buf
 		w.buf = w.spare[:0]
 		w.spare = nil
+		w.writing = true
 		room := w.room
 		w.room = make(chan struct{})
 		w.mu.Unlock()
 		close(room)
 
-		_, err := dst.Write(out)
+		_, err := w.dst.Write(out)
 		if cap(out) > 4<<20 {
 			out = make([]byte, 0, 64<<10) // do not keep a burst's buffer forever
 		}
 		w.mu.Lock()
 		w.spare = out[:0]
+		w.writing = false
 		if err != nil {
 			w.err = err
 			w.buf = w.buf[:0]
