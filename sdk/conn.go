@@ -63,6 +63,16 @@ func (bc *brokerConn) backingOff() bool {
 	return bc.cur == nil && time.Now().Before(bc.nextDial)
 }
 
+// live returns the live session, or nil.
+func (bc *brokerConn) live() *session {
+	bc.mu.Lock()
+	defer bc.mu.Unlock()
+	if s := bc.cur; s != nil && !s.dead() {
+		return s
+	}
+	return nil
+}
+
 // get returns the live session, dialling one if there is none and the
 // backoff allows. While backing off it fails at once with the last error.
 func (bc *brokerConn) get(ctx context.Context) (*session, error) {

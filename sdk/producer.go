@@ -121,13 +121,22 @@ type sendOp struct {
 	start    time.Time
 	oneway   bool
 
-	res  SendResult
-	err  error
-	cb   func(SendResult, error)
-	done chan struct{}
+	res      SendResult
+	err      error
+	cb       func(SendResult, error)
+	done     chan struct{}
+	onAnswer func(*call)
 }
 
-var opPool = sync.Pool{New: func() any { return &sendOp{done: make(chan struct{}, 1)} }}
+var opPool sync.Pool
+
+func init() {
+	opPool.New = func() any {
+		op := &sendOp{done: make(chan struct{}, 1)}
+		op.onAnswer = op.answered // bound once: a method value allocates
+		return op
+	}
+}
 
 // Send sends m and returns once a broker acknowledged it (with the
 // producer's durability), or with a *SendError naming every attempt.
@@ -242,7 +251,7 @@ func (p *Producer) newOp(ctx context.Context, m *Message) (*sendOp, error) {
 }
 
 func (p *Producer) release(op *sendOp) {
-	*op = sendOp{done: op.done, attempts: op.attempts[:0]}
+	*op = sendOp{done: op.done, attempts: op.attempts[:0], onAnswer: op.onAnswer}
 	opPool.Put(op)
 	p.ops.Done()
 }
@@ -270,15 +279,19 @@ func (op *sendOp) attempt() {
 	if op.deadline.Before(attemptEnd) {
 		attemptEnd = op.deadline
 	}
-	ctx, cancel := context.WithDeadline(op.ctx, attemptEnd)
-	s, err := bc.get(ctx)
-	cancel()
-	if err != nil {
-		op.failed(bc.addr, err, now)
-		return
+	s := bc.live()
+	if s == nil {
+		ctx, cancel := context.WithDeadline(op.ctx, attemptEnd)
+		var err error
+		s, err = bc.get(ctx)
+		cancel()
+		if err != nil {
+			op.failed(bc.addr, err, now)
+			return
+		}
 	}
 	c := newCall()
-	c.cb = op.answered
+	c.cb = op.onAnswer
 	op.start = now
 	st := s.streams[streamProduce]
 	b, start, err := st.begin(c, wire.TypeProduce, attemptEnd.UnixNano())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"time"
 )
 
 // ErrWriterClosed is returned by a Writer used after Close or after its
@@ -12,12 +13,15 @@ import (
 var ErrWriterClosed = errors.New("wire: writer closed")
 
 // Writer coalesces the frames of one stream. Any goroutine appends frames
-// (Begin, then the payload, then End). When nothing is buffered and the
-// stream can take a frame at once without blocking (a QUIC stream's
-// TryWriteAll), End hands it over directly, on the caller's goroutine: a
-// lone request or acknowledgement costs no goroutine switch. Otherwise the
-// frame is buffered and one goroutine (Run) writes whatever has
-// accumulated in one Write. Frames reach the stream in End order.
+// (Begin, then the payload, then End). When the stream has been quiet for
+// a while, nothing is buffered, and the stream can take the frame at once
+// without blocking (a QUIC stream's TryWriteAll), End hands it over
+// directly, on the caller's goroutine: a lone request or acknowledgement
+// costs no goroutine switch. In a burst, frames are buffered and one
+// goroutine (Run) writes whatever has accumulated in one Write: quic-go
+// copies frames queued with TryWriteAll into a growing buffer, which costs
+// more than one large Write once several are queued. Frames reach the
+// stream in End order.
 //
 // Begin/End never block on the stream. Callers that may produce a lot
 // (fetch responses) call WaitRoom first, which blocks while more than the
@@ -29,12 +33,17 @@ type Writer struct {
 	buf     []byte
 	spare   []byte
 	writing bool  // Run is writing a batch: End must buffer, to keep order
+	direct  time.Time // the last frame handed over directly
 	err     error // sticky: the stream failed, or the writer was closed
 	wake    chan struct{}
-	room    chan struct{} // closed and replaced after every write
+	room    chan struct{} // made by WaitRoom, closed by Run after a write
 	limit   int
 	closed  bool
 }
+
+// quiet is how long a stream must have had no direct frame for the next
+// one to go directly.
+const quiet = 50 * time.Microsecond
 
 // tryWriter is a stream that can queue bytes without blocking, or refuse
 // them all (quic-go's SendStream.TryWriteAll).
@@ -45,7 +54,7 @@ type tryWriter interface {
 // NewWriter returns a Writer for dst; WaitRoom blocks while more than limit
 // bytes are buffered.
 func NewWriter(dst io.Writer, limit int) *Writer {
-	w := &Writer{dst: dst, wake: make(chan struct{}, 1), room: make(chan struct{}), limit: limit,
+	w := &Writer{dst: dst, wake: make(chan struct{}, 1), limit: limit,
 		buf: make([]byte, 0, 64<<10), spare: make([]byte, 0, 64<<10)}
 	w.try, _ = dst.(tryWriter)
 	return w
@@ -67,10 +76,13 @@ func (w *Writer) End(b []byte, start int) error {
 		return w.err
 	}
 	w.buf = EndFrame(b, start)
-	if start == 0 && !w.writing && w.try != nil && w.try.TryWriteAll(w.buf) == nil {
-		w.buf = w.buf[:0] // handed over directly
-		w.mu.Unlock()
-		return nil
+	if start == 0 && !w.writing && w.try != nil {
+		if now := time.Now(); now.Sub(w.direct) > quiet && w.try.TryWriteAll(w.buf) == nil {
+			w.buf = w.buf[:0] // handed over directly
+			w.direct = now
+			w.mu.Unlock()
+			return nil
+		}
 	}
 	w.mu.Unlock()
 	select {
@@ -91,14 +103,16 @@ func (w *Writer) Frame(h Header, payload []byte) error {
 func (w *Writer) WaitRoom(ctx context.Context) error {
 	for {
 		w.mu.Lock()
-		n, room, err := len(w.buf), w.room, w.err
-		w.mu.Unlock()
-		if err != nil {
+		n, err := len(w.buf), w.err
+		if err != nil || n <= w.limit {
+			w.mu.Unlock()
 			return err
 		}
-		if n <= w.limit {
-			return nil
+		if w.room == nil {
+			w.room = make(chan struct{})
 		}
+		room := w.room
+		w.mu.Unlock()
 		select {
 		case <-room:
 		case <-ctx.Done():
@@ -127,9 +141,11 @@ func (w *Writer) Run() error {
 		w.spare = nil
 		w.writing = true
 		room := w.room
-		w.room = make(chan struct{})
+		w.room = nil
 		w.mu.Unlock()
-		close(room)
+		if room != nil {
+			close(room)
+		}
 
 		_, err := w.dst.Write(out)
 		if cap(out) > 4<<20 {
@@ -142,9 +158,11 @@ func (w *Writer) Run() error {
 			w.err = err
 			w.buf = w.buf[:0]
 			room = w.room
-			w.room = make(chan struct{})
+			w.room = nil
 			w.mu.Unlock()
-			close(room)
+			if room != nil {
+				close(room)
+			}
 			return err
 		}
 		w.mu.Unlock()
