@@ -32,9 +32,9 @@ type Writer struct {
 	mu      sync.Mutex
 	buf     []byte
 	spare   []byte
-	writing bool  // Run is writing a batch: End must buffer, to keep order
+	writing bool      // Run is writing a batch: End must buffer, to keep order
 	direct  time.Time // the last frame handed over directly
-	err     error // sticky: the stream failed, or the writer was closed
+	err     error     // sticky: the stream failed, or the writer was closed
 	wake    chan struct{}
 	room    chan struct{} // made by WaitRoom, closed by Run after a write
 	limit   int
