@@ -210,10 +210,11 @@ func (l *Log) commit(reqs []*request) {
 			break
 		}
 	}
-	// With nothing else in flight or waiting there is nothing to overlap:
-	// write and sync in one engine flush (io_uring: one submission) and
-	// spare the syncer a system call.
-	b.synced = b.sync && len(l.free) == maxUnsynced-1 && l.in.len() == 0
+	// A lone append with nothing else in flight or waiting has nothing to
+	// overlap with: write and sync it in one engine flush (io_uring: one
+	// submission) and spare the syncer a system call. Under concurrent
+	// load the flusher must stay free to write the next batch instead.
+	b.synced = b.sync && len(reqs) == 1 && len(l.free) == maxUnsynced-1 && l.in.len() == 0
 	if err := l.flushTo(end, b, b.synced); err != nil {
 		l.fail(err)
 		b.reset()
