@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test test-race vet fmt-check run crash soak fuzz bench-storage bench-e2e clean
+.PHONY: all build test test-race vet fmt-check run crash soak fuzz bench-storage bench-e2e bench bench-compare clean
 
 all: build
 
@@ -14,16 +14,23 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build $(LDFLAGS) -o $(BIN)/ ./daemon/cmd/quiverd
 	$(GO) build $(LDFLAGS) -o $(BIN)/ ./tools/quiver
+	cd benchmarks && $(GO) build -o $(abspath $(BIN))/ ./cmd/quiver-bench
 
 # The test command that README.md and .ci/run use: vet, format check, and the
-# whole suite with the race detector, crash tests included.
+# whole suite with the race detector, crash tests included; then the
+# benchmarks module (its own go.mod, so that the broker does not depend on
+# nats-server): unit tests and a short smoke run of quiver-bench against a
+# quiverd and both NATS configurations.
 test: vet fmt-check
 	$(GO) test $(LDFLAGS) -race -count=1 -timeout 12m $(PKGS)
 	$(GO) test $(LDFLAGS) -count=1 -run 'Alloc' $(PKGS)
+	cd benchmarks && $(GO) test -race -count=1 -timeout 5m ./...
 
 vet:
 	$(GO) vet $(LDFLAGS) $(PKGS)
+	cd benchmarks && $(GO) vet ./...
 
+# Every tracked .go file, the benchmarks module's included.
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -63,5 +70,27 @@ bench-storage:
 bench-e2e:
 	$(GO) test $(LDFLAGS) -run '^$$' -bench BenchmarkSendSync -benchtime $${BENCHTIME:-20000x} -count $${COUNT:-1} ./daemon/itest/ | tee bench-e2e.txt
 
+# quiver-bench against a quiverd it starts from bin/ (sync, default engine):
+# closed loop at 1 and 16 producers, pipelined, and publish-to-consume at a
+# target rate. BENCH_DURATION per run (default 8s); BENCH_FLAGS are added to
+# every run (e.g. --data-dir /some/disk). Output also in bench.txt.
+BENCH_DURATION ?= 8s
+BENCH_FLAGS    ?=
+BENCH_RUNS := "--producers 1" "--producers 16" "--producers 4 --window 64" \
+	"--producers 4 --window 16 --rate 5000 --consumers 2"
+bench: build
+	@rm -f bench.txt
+	@set -e; for run in $(BENCH_RUNS); do \
+		echo "+ quiver-bench $$run --size 1024 --duration $(BENCH_DURATION) $(BENCH_FLAGS)" | tee -a bench.txt; \
+		$(BIN)/quiver-bench $$run --size 1024 --duration $(BENCH_DURATION) $(BENCH_FLAGS) > bench.tmp; \
+		cat bench.tmp; cat bench.tmp >> bench.txt; rm -f bench.tmp; \
+	done
+
+# The same workload against Quiver (sync io_uring, sync portable, async) and
+# NATS JetStream (default, and sync_interval: always), one after the other,
+# each in a child process; one table and one plot.
+bench-compare: build
+	$(BIN)/quiver-bench compare --producers 16 --size 1024 --duration $(BENCH_DURATION) --plot benchmarks/results/compare.svg $(BENCH_FLAGS)
+
 clean:
-	rm -rf $(BIN) bench-storage.txt bench-e2e.txt
+	rm -rf $(BIN) bench-storage.txt bench-e2e.txt bench.txt bench.tmp
