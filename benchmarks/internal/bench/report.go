@@ -96,20 +96,20 @@ func WriteComparison(w io.Writer, rs []*Result, baseline int) {
 		return
 	}
 	fmt.Fprintln(w, rs[0].Workload())
+	if baseline >= 0 && baseline < len(rs) {
+		fmt.Fprintf(w, "base: %s (the ÷ base columns divide each row's figure by its)\n", rs[baseline].Label)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "system\tdurability\tmsgs/s\tp50\tp99\tp99.9\terrors\tmsgs/s ÷ base\tp50 ÷ base\tp99 ÷ base\t\n")
-	for i, r := range rs {
-		ratios := "\t\t"
+	fmt.Fprintf(tw, "system\tdurability\tmsgs/s\tp50\tp99\tp99.9\terrors\tmsgs/s ÷ base\tp50 ÷ base\tp99 ÷ base\n")
+	for _, r := range rs {
+		ratios := ""
 		if baseline >= 0 && baseline < len(rs) {
 			b := rs[baseline]
 			ratios = fmt.Sprintf("%s\t%s\t%s", ratio(r.MsgsPerSec, b.MsgsPerSec), ratio(float64(r.P50us), float64(b.P50us)),
 				ratio(float64(r.P99us), float64(b.P99us)))
-			if i == baseline {
-				ratios = "(baseline)\t\t"
-			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n", r.Label, r.Durability, thousands(r.MsgsPerSec),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Label, r.Durability, thousands(r.MsgsPerSec),
 			FormatUs(r.P50us), FormatUs(r.P99us), FormatUs(r.P999us), r.Errors, ratios)
 	}
 	tw.Flush()
@@ -131,10 +131,10 @@ func WriteComparison(w io.Writer, rs []*Result, baseline int) {
 	if e2e {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintf(tw, "publish to consume\tp50\tp99\tp99.9\tmax\tconsumed\tmissing\t\n")
+		fmt.Fprintf(tw, "publish to consume\tp50\tp99\tp99.9\tmax\tconsumed\tmissing\n")
 		for _, r := range rs {
 			if e := r.E2E; e != nil {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t\n", r.Label, FormatUs(e.E2EP50us), FormatUs(e.E2EP99us),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.Label, FormatUs(e.E2EP50us), FormatUs(e.E2EP99us),
 					FormatUs(e.E2EP999us), FormatUs(e.E2EMaxUs), e.E2ECount, e.E2EMissing)
 			}
 		}
