@@ -104,6 +104,7 @@ func Plot(file, title string, series []Series) error {
 		}
 	}
 	p.X.Min, p.X.Max = 1, maxX
+	p.Y.Max *= 1.05 // the maxima below the top edge, not on it
 	p.X.Tick.Marker = plot.ConstantTicks(ticks)
 	return p.Save(10*vg.Inch, 6*vg.Inch, file)
 }
