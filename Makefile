@@ -86,11 +86,21 @@ bench: build
 		cat bench.tmp; cat bench.tmp >> bench.txt; rm -f bench.tmp; \
 	done
 
-# The same workload against Quiver (sync io_uring, sync portable, async) and
-# NATS JetStream (default, and sync_interval: always), one after the other,
-# each in a child process; one table and one plot.
+# The same workloads against Quiver (sync io_uring, sync portable, async) and
+# NATS JetStream (default, and sync_interval: always), one system after the
+# other, each in a child process: 1 and 16 closed-loop producers and 4
+# pipelined ones; one table and one plot each (BENCH_OUT, default
+# benchmarks/results/compare). BENCH_FLAGS are added to every run.
+BENCH_OUT ?= benchmarks/results/compare
+COMPARE_RUNS := "p1:--producers 1" "p16:--producers 16" "pipelined:--producers 4 --window 256"
 bench-compare: build
-	$(BIN)/quiver-bench compare --producers 16 --size 1024 --duration $(BENCH_DURATION) --plot benchmarks/results/compare.svg $(BENCH_FLAGS)
+	@mkdir -p $(BENCH_OUT)
+	@set -e; for run in $(COMPARE_RUNS); do name=$${run%%:*}; flags=$${run#*:}; \
+		echo "+ quiver-bench compare $$flags --size 1024 --duration $(BENCH_DURATION) $(BENCH_FLAGS)"; \
+		$(BIN)/quiver-bench compare $$flags --size 1024 --duration $(BENCH_DURATION) $(BENCH_FLAGS) \
+			--plot $(BENCH_OUT)/$$name.svg --json > $(BENCH_OUT)/$$name.json; \
+		$(BIN)/quiver-bench plot --out $(BENCH_OUT)/$$name.png $(BENCH_OUT)/$$name.json; \
+	done
 
 clean:
 	rm -rf $(BIN) bench-storage.txt bench-e2e.txt bench.txt bench.tmp
