@@ -63,6 +63,9 @@ func (b *batch) reset() {
 
 type request struct {
 	msg      *Message
+	raw      []byte // replicated records (AppendRawAsync); msg is nil
+	rawPos   int64
+	rawCB    func(end int64, err error)
 	res      AppendResult
 	err      error
 	cb       func(AppendResult, error)
@@ -77,6 +80,7 @@ func getRequest() *request { return requestPool.Get().(*request) }
 
 func putRequest(r *request) {
 	r.msg, r.err, r.res, r.cb = nil, nil, AppendResult{}, nil
+	r.raw, r.rawCB = nil, nil
 	requestPool.Put(r)
 }
 
@@ -187,6 +191,9 @@ const maxLinger = 200 * time.Microsecond
 
 // commit writes a batch and hands it to the syncer.
 func (l *Log) commit(reqs []*request) {
+	if reqs = l.checkRaw(reqs); len(reqs) == 0 {
+		return
+	}
 	b := <-l.free // at most maxUnsynced batches written and not synced
 	if err := l.failure.Load(); err != nil {
 		l.free <- b
@@ -205,7 +212,7 @@ func (l *Log) commit(reqs []*request) {
 	// One append that asks for sync makes the whole commit sync: it is
 	// never acknowledged before its bytes are synced.
 	for _, r := range reqs {
-		if r.msg.wantsSync(l.opts.Durability) {
+		if r.raw != nil && l.opts.Durability == Sync || r.raw == nil && r.msg.wantsSync(l.opts.Durability) {
 			b.sync = true
 			break
 		}
@@ -432,6 +439,11 @@ func (l *Log) layout(batch []*request, b *batch) error {
 	// First pass: positions, so that the ring's low mark can move once.
 	end := pos
 	for _, r := range batch {
+		if r.raw != nil {
+			r.res.Pos = r.rawPos
+			end = r.rawPos + int64(len(r.raw))
+			continue
+		}
 		n := int64(r.msg.EncodedSize())
 		segEnd := (end/segSize + 1) * segSize
 		if end+n > segEnd {
@@ -456,8 +468,12 @@ func (l *Log) layout(batch []*request, b *batch) error {
 	l.ringMu.Unlock()
 
 	storeTime := l.opts.Now().UnixNano()
-	infos := b.infos[:0]
+	b.infos = b.infos[:0]
 	for _, r := range batch {
+		if r.raw != nil {
+			pos = l.layoutRaw(r, pos, b)
+			continue
+		}
 		if r.res.Pos != pos {
 			l.seal(pos, r.res.Pos)
 		}
@@ -471,13 +487,12 @@ func (l *Log) layout(batch []*request, b *batch) error {
 		r.res.QueueOffset = qoff
 		r.res.StoreTime = storeTime
 		l.encodeAt(r.res.Pos, m, qoff, storeTime)
-		infos = append(infos, RecordInfo{
+		b.infos = append(b.infos, RecordInfo{
 			Pos: r.res.Pos, Size: r.res.Size, Topic: stringBytes(m.Topic), QueueID: m.QueueID,
 			QueueOffset: qoff, Count: m.count(), StoreTime: storeTime, Flags: m.Flags, Key: m.Key, Tags: m.Tags,
 		})
 		pos = r.res.Pos + int64(r.res.Size)
 	}
-	b.infos = infos
 	l.fl.pos = pos
 	l.stats.records.Add(int64(len(batch)))
 	return nil

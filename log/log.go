@@ -200,12 +200,17 @@ func (l *Log) AppendAsync(m *Message, cb func(AppendResult, error)) error {
 }
 
 func (l *Log) enqueue(r *request) error {
-	if err := r.msg.Validate(); err != nil {
-		return err
-	}
-	n := r.msg.EncodedSize()
-	if n > l.opts.maxRecord() {
-		return fmt.Errorf("%w: %d bytes, this log's limit is %d", ErrTooLarge, n, l.opts.maxRecord())
+	var n int
+	if r.raw != nil {
+		n = len(r.raw) // verified by AppendRawAsync
+	} else {
+		if err := r.msg.Validate(); err != nil {
+			return err
+		}
+		n = r.msg.EncodedSize()
+		if n > l.opts.maxRecord() {
+			return fmt.Errorf("%w: %d bytes, this log's limit is %d", ErrTooLarge, n, l.opts.maxRecord())
+		}
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()

@@ -77,6 +77,11 @@ type Options struct {
 	RetentionBytes int64
 	// RetentionCheck is how often retention runs (default 1 minute).
 	RetentionCheck time.Duration
+	// Truncate cuts the log back to TruncateTo (a record boundary) at open,
+	// dropping every record after it: a follower whose log diverged from
+	// its leader's (see replica/) does this before it follows.
+	Truncate   bool
+	TruncateTo int64
 	// Repair truncates at the first bad record instead of refusing to open
 	// (see recover.go); the operator asks for it with `quiverd repair`.
 	Repair bool

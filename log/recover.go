@@ -86,6 +86,12 @@ func (l *Log) recover() error {
 	if err != nil {
 		return err
 	}
+	if l.opts.Truncate && l.opts.TruncateTo < end {
+		if err := l.truncateTo(l.opts.TruncateTo, end); err != nil {
+			return err
+		}
+		end, dirty = l.opts.TruncateTo, true
+	}
 	l.logger.Info("log recovered", "dir", dir, "from", from, "end", end,
 		"segments", len(l.segMu.segs), "took", time.Since(began).Round(time.Millisecond))
 	return l.finishRecovery(end, dirty)
@@ -433,3 +439,62 @@ func appendOwned(arena, b []byte) ([]byte, []byte) {
 }
 
 func isEOF(err error) bool { return errors.Is(err, io.EOF) }
+
+var errStopScan = errors.New("log: stop scan")
+
+// truncateTo cuts the recovered log (which ends at end) back to to, a
+// record boundary: a follower whose log diverged from its new leader's
+// drops what the leader does not have. The queue offsets are recomputed
+// from the records that stay.
+func (l *Log) truncateTo(to, end int64) error {
+	start := l.start.Load()
+	if to < start {
+		return fmt.Errorf("%w: cannot truncate to %d, the log starts at %d", ErrOutOfRange, to, start)
+	}
+	l.fl.queues = map[queueKey]uint64{}
+	boundary := to == start
+	err := l.scan(start, end, func(pos int64, rec *Record) error {
+		if pos >= to {
+			boundary = boundary || pos == to
+			return errStopScan
+		}
+		k := queueKey{topic: string(rec.Topic), id: rec.QueueID}
+		l.fl.queues[k] = rec.QueueOffset + uint64(rec.Count)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopScan) {
+		return fmt.Errorf("log: truncating to %d: %w", to, err)
+	}
+	if !boundary {
+		// to may also be a segment's base right after a seal, which the
+		// scan steps over without a record there.
+		boundary = to%l.opts.SegmentSize == 0
+	}
+	if !boundary {
+		return fmt.Errorf("%w: %d is not a record boundary", ErrOutOfRange, to)
+	}
+	base := to / l.opts.SegmentSize * l.opts.SegmentSize
+	segs := l.segMu.segs
+	keep := len(segs)
+	for i, s := range segs {
+		if s.base > base {
+			keep = i
+			break
+		}
+	}
+	for _, s := range segs[keep:] {
+		l.logger.Warn("log: removing segment past the truncation point", "file", s.file.Name())
+		s.deleted.Store(true)
+		s.release()
+	}
+	l.segMu.segs = segs[:keep]
+	if last := l.segMu.segs[len(l.segMu.segs)-1]; last.base < base {
+		s, err := l.createSegment(base)
+		if err != nil {
+			return err
+		}
+		l.segMu.segs = append(l.segMu.segs, s)
+	}
+	l.logger.Warn("log: truncated to follow the leader's log", "from", end, "to", to, "dropped_bytes", end-to)
+	return nil
+}
