@@ -28,7 +28,13 @@ const (
 	TypeCommit     Type = 14 // commit consumer offsets (answered with OK)
 	TypeStatus     Type = 15 // the broker's status document
 	TypeStatusResp Type = 16 //
-	typeLimit           = 17
+	TypeReplStart  Type = 17 // a follower asks its leader for the log (replica/)
+	TypeReplHello  Type = 18 // the leader's answer: epochs, where to start
+	TypeReplData   Type = 19 // leader -> follower: records, or a heartbeat
+	TypeReplAck    Type = 20 // follower -> leader: what it has durable
+	TypePromote    Type = 21 // admin: make this follower the leader (answered with EpochInfo)
+	TypeEpochInfo  Type = 22 // a broker's epoch and leader; also sent to fence an old leader
+	typeLimit           = 23
 )
 
 // ProtocolVersion is the version this package speaks.
@@ -60,6 +66,8 @@ const (
 	MaxListLen        = 4096     // topics in a Metadata or GroupSync, queues in an Assignment or Commit
 	MaxQueues         = 1024     // queues of one topic
 	MaxStatusLen      = 16 << 20 // the status document
+	MaxReplChunk      = 24 << 20 // records in one ReplData
+	MaxEpochs         = 4096     // entries of an epoch history
 )
 
 var (

@@ -50,6 +50,32 @@ func samples() map[Type]struct {
 			err := DecodeCommit(b, &m)
 			return m.Append(nil), err
 		}},
+		TypeReplStart: {(&ReplStart{Follower: "f1", SegmentSize: 1 << 30, LastEpoch: 2, End: 4096, HeartbeatMs: 1000}).Append(nil), func(b []byte) ([]byte, error) {
+			var m ReplStart
+			err := DecodeReplStart(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeReplHello: {(&ReplHello{Leader: "l1", Epoch: 3, Epochs: []Epoch{{1, 0, "l0"}, {3, 900, "l1"}}, TruncateTo: NoTruncate, From: 4096,
+			TimeoutMs: 10000, HeartbeatMs: 1000}).Append(nil), func(b []byte) ([]byte, error) {
+			var m ReplHello
+			err := DecodeReplHello(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeReplData: {(&ReplData{Epoch: 3, Pos: 4096, Next: 4100, Visible: 5000, Records: []byte("abcd")}).Append(nil), func(b []byte) ([]byte, error) {
+			var m ReplData
+			err := DecodeReplData(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeReplAck: {(&ReplAck{Durable: 10, Written: 20}).Append(nil), func(b []byte) ([]byte, error) {
+			var m ReplAck
+			err := DecodeReplAck(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeEpochInfo: {(&EpochInfo{Epoch: 4, Leader: "b2", LeaderAddr: "10.0.0.2:7420"}).Append(nil), func(b []byte) ([]byte, error) {
+			var m EpochInfo
+			err := DecodeEpochInfo(b, &m)
+			return m.Append(nil), err
+		}},
 		TypeStatusResp: {AppendStatusResp(nil, []byte(`{"ok":true}`)), func(b []byte) ([]byte, error) {
 			doc, err := DecodeStatusResp(b)
 			return AppendStatusResp(nil, doc), err

@@ -231,6 +231,18 @@ func decodeAny(t Type, b []byte) {
 		DecodeCommit(b, &Commit{})
 	case TypeStatusResp:
 		DecodeStatusResp(b)
+	case TypeReplStart:
+		DecodeReplStart(b, &ReplStart{})
+	case TypeReplHello:
+		DecodeReplHello(b, &ReplHello{})
+	case TypeReplData:
+		DecodeReplData(b, &ReplData{})
+	case TypeReplAck:
+		DecodeReplAck(b, &ReplAck{})
+	case TypeEpochInfo:
+		DecodeEpochInfo(b, &EpochInfo{})
+	case TypePromote:
+		DecodeEmpty(b)
 	}
 }
 
