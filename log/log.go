@@ -282,6 +282,9 @@ func (l *Log) Err() error {
 // Durability is the log's acknowledgement mode.
 func (l *Log) Durability() Durability { return l.opts.Durability }
 
+// SegmentSize is the size of the log's segments (replicas must match it).
+func (l *Log) SegmentSize() int64 { return l.opts.SegmentSize }
+
 // EngineName is the I/O backend in use.
 func (l *Log) EngineName() string { return l.eng.Name() }
 

@@ -1,0 +1,109 @@
+package replica
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// The history survives a reopen and tells where each epoch ends: what a
+// follower that comes back with an older epoch must keep.
+func TestEpochHistory(t *testing.T) {
+	dir := t.TempDir()
+	e, err := OpenEpochs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Last().Epoch != 0 {
+		t.Fatal("a new history is not empty")
+	}
+	for _, ep := range []wire.Epoch{{1, 0, "a"}, {2, 900, "b"}, {4, 1500, "a"}} {
+		if err := e.Begin(ep); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, err = OpenEpochs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.All(); len(got) != 3 || got[2] != (wire.Epoch{Epoch: 4, Start: 1500, Leader: "a"}) {
+		t.Fatalf("after reopen: %+v", got)
+	}
+	cases := []struct {
+		epoch uint64
+		end   int64
+		ok    bool
+	}{
+		{0, 0, true},    // no epoch: only what predates the first
+		{1, 900, true},  // epoch 1 ended where 2 began
+		{2, 1500, true}, // 2 ended where 4 began
+		{3, 1500, true}, // never this broker's: ends where the next newer one began
+		{4, 2000, true}, // the newest runs to the log's end
+		{5, 0, false},   // newer than anything known
+	}
+	for _, c := range cases {
+		end, ok := e.EndOf(c.epoch, 2000)
+		if ok != c.ok || (ok && end != c.end) {
+			t.Errorf("EndOf(%d) = %d, %v; want %d, %v", c.epoch, end, ok, c.end, c.ok)
+		}
+	}
+	// An older epoch cannot begin after a newer one.
+	if err := e.Begin(wire.Epoch{Epoch: 3, Start: 2500, Leader: "c"}); !errors.Is(err, ErrEpochs) {
+		t.Fatalf("epoch 3 after 4: %v", err)
+	}
+	// A follower adopts its leader's history up to its own end.
+	f, _ := OpenEpochs(t.TempDir())
+	if err := f.Adopt(e.All(), 1200); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.All(); len(got) != 2 || got[1].Epoch != 2 {
+		t.Fatalf("adopted up to 1200: %+v", got)
+	}
+	// A damaged file is refused, not silently emptied.
+	os.WriteFile(filepath.Join(dir, "epochs"), []byte("1 0 a\n2 x b\n"), 0o644)
+	if _, err := OpenEpochs(dir); !errors.Is(err, ErrEpochs) {
+		t.Fatalf("damaged history: %v", err)
+	}
+}
+
+// Waiting sends complete once k followers have their end, in order, or
+// fail with ErrNotEnoughReplicas at their deadline.
+func TestWaitQueue(t *testing.T) {
+	var q waitQueue
+	var mu sync.Mutex
+	done := map[int64]error{}
+	add := func(end int64, deadline time.Time) {
+		q.add(&waiter{end: end, k: 1, deadline: deadline, done: func(err error) {
+			mu.Lock()
+			done[end] = err
+			mu.Unlock()
+		}})
+	}
+	far := time.Now().Add(time.Hour)
+	add(100, far)
+	add(200, far)
+	add(300, time.Now().Add(-time.Millisecond))
+	commit := int64(150)
+	q.release(func(int) int64 { return commit })
+	if len(done) != 1 || done[100] != nil {
+		t.Fatalf("after the followers reached 150: %v", done)
+	}
+	commit = 250
+	q.release(func(int) int64 { return commit })
+	if len(done) != 2 {
+		t.Fatalf("after 250: %v", done)
+	}
+	q.expire(time.Now(), func() int { return 0 })
+	if err := done[300]; !errors.Is(err, ErrNotEnoughReplicas) {
+		t.Fatalf("a late waiter: %v", err)
+	}
+}

@@ -1,0 +1,87 @@
+package replica
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// waiter is a send that waits for k followers to have the log durable up
+// to end (synchronous replication).
+type waiter struct {
+	end      int64
+	k        int
+	deadline time.Time
+	done     func(error)
+}
+
+// waitQueue holds the waiting sends in log order (their appends complete in
+// log order, so end grows along the queue).
+type waitQueue struct {
+	mu sync.Mutex
+	q  []*waiter
+}
+
+func (w *waitQueue) init() {}
+
+func (w *waitQueue) add(x *waiter) {
+	w.mu.Lock()
+	w.q = append(w.q, x)
+	w.mu.Unlock()
+}
+
+// release completes the waiters at the head whose end the followers have.
+func (w *waitQueue) release(commitPos func(k int) int64) {
+	w.mu.Lock()
+	if len(w.q) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	var ready []*waiter
+	k, pos := -1, int64(0)
+	for len(w.q) > 0 {
+		x := w.q[0]
+		if x.k != k {
+			k, pos = x.k, commitPos(x.k)
+		}
+		if x.end > pos {
+			break
+		}
+		ready = append(ready, x)
+		w.q[0] = nil
+		w.q = w.q[1:]
+	}
+	w.mu.Unlock()
+	for _, x := range ready {
+		x.done(nil)
+	}
+}
+
+// expire fails the waiters at the head whose deadline passed.
+func (w *waitQueue) expire(now time.Time, inSync func() int) {
+	w.mu.Lock()
+	var late []*waiter
+	for len(w.q) > 0 && now.After(w.q[0].deadline) {
+		late = append(late, w.q[0])
+		w.q[0] = nil
+		w.q = w.q[1:]
+	}
+	w.mu.Unlock()
+	if len(late) == 0 {
+		return
+	}
+	n := inSync()
+	for _, x := range late {
+		x.done(fmt.Errorf("%w: %d needed, %d in sync, and they did not all acknowledge in time", ErrNotEnoughReplicas, x.k, n))
+	}
+}
+
+func (w *waitQueue) failAll(err error) {
+	w.mu.Lock()
+	q := w.q
+	w.q = nil
+	w.mu.Unlock()
+	for _, x := range q {
+		x.done(err)
+	}
+}
