@@ -27,7 +27,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		return fmt.Errorf("quiver: %d queues (1..%d)", queues, wire.MaxQueues)
 	}
 	req := wire.Create{Topic: name, Queues: uint32(queues)}
-	call, err := a.cl.requestAny(ctx, wire.TypeCreate, req.Append)
+	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeCreate, req.Append)
 	if err != nil {
 		return err
 	}
@@ -39,7 +39,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 // topic that does not exist has 0 queues).
 func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error) {
 	req := wire.Metadata{Topics: names}
-	call, err := a.cl.requestAny(ctx, wire.TypeMetadata, req.Append)
+	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeMetadata, req.Append)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,7 @@ func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error
 
 // Status returns the status document of one broker (the first reachable).
 func (a *Admin) Status(ctx context.Context) (*Status, error) {
-	call, err := a.cl.requestAny(ctx, wire.TypeStatus, func(b []byte) []byte { return b })
+	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeStatus, func(b []byte) []byte { return b })
 	if err != nil {
 		return nil, err
 	}
@@ -67,4 +67,33 @@ func (a *Admin) Status(ctx context.Context) (*Status, error) {
 		return nil, fmt.Errorf("quiver: status document: %w", err)
 	}
 	return &s, nil
+}
+
+// EpochInfo is a broker's epoch and leader.
+type EpochInfo = wire.EpochInfo
+
+// Promote makes the follower at addr (one of the client's brokers) the
+// leader of its group, with a new epoch; it tells the group's other
+// brokers, so that an old leader stops taking writes. Promoting a leader
+// does nothing. It returns the broker's epoch and leader afterwards.
+func (a *Admin) Promote(ctx context.Context, addr string) (EpochInfo, error) {
+	var bc *brokerConn
+	for _, c := range a.cl.conns {
+		if c.addr == addr {
+			bc = c
+		}
+	}
+	if bc == nil {
+		return EpochInfo{}, fmt.Errorf("quiver: %s is not one of this client's brokers", addr)
+	}
+	call, err := a.cl.request(ctx, bc, streamControl, wire.TypePromote, func(b []byte) []byte { return b })
+	if err != nil {
+		return EpochInfo{}, err
+	}
+	defer call.release()
+	var info EpochInfo
+	if err := wire.DecodeEpochInfo(call.resp, &info); err != nil {
+		return EpochInfo{}, err
+	}
+	return info, nil
 }

@@ -86,11 +86,14 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	conns  []*brokerConn
-	rr     atomic.Uint32
-	mu     sync.Mutex
-	users  map[closer]struct{} // producers and consumers, closed with the client
-	closed atomic.Bool
+	conns []*brokerConn
+	rr    atomic.Uint32
+	// preferred is the broker that last took a write: the leader, as far
+	// as the client knows.
+	preferred atomic.Pointer[brokerConn]
+	mu        sync.Mutex
+	users     map[closer]struct{} // producers and consumers, closed with the client
+	closed    atomic.Bool
 }
 
 type closer interface{ Close() error }
@@ -184,6 +187,9 @@ func (c *Client) untrack(u closer) {
 // pick returns a broker to send to, avoiding exclude and brokers whose
 // reconnects are backing off, when another one is available.
 func (c *Client) pick(exclude string) *brokerConn {
+	if p := c.preferred.Load(); p != nil && p.addr != exclude && !p.backingOff() {
+		return p
+	}
 	n := len(c.conns)
 	start := int(c.rr.Add(1))
 	var fallback *brokerConn

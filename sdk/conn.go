@@ -517,20 +517,22 @@ func (c *call) wait(ctx context.Context) error {
 	}
 }
 
-// requestAny sends a request that any broker can answer (admin, metadata),
-// trying the brokers in turn while the failure is the network's.
-func (cl *Client) requestAny(ctx context.Context, typ wire.Type, payload func([]byte) []byte) (*call, error) {
+// requestAny sends a request to the brokers in turn, starting with the
+// one that last took a write (the leader, as far as the client knows),
+// while the failure is retryable: the network, or a follower answering
+// NOT_LEADER.
+func (cl *Client) requestAny(ctx context.Context, role int, typ wire.Type, payload func([]byte) []byte) (*call, error) {
 	var addrs, msgs []string
-	start := int(cl.rr.Add(1))
-	for i := range cl.conns {
-		bc := cl.conns[(start+i)%len(cl.conns)]
-		c, err := cl.request(ctx, bc, streamControl, typ, payload)
+	for _, bc := range cl.order() {
+		c, err := cl.request(ctx, bc, role, typ, payload)
 		if err == nil {
+			if typ != wire.TypeFetch && typ != wire.TypeMetadata && typ != wire.TypeStatus {
+				cl.preferred.Store(bc) // it took a write: it leads
+			}
 			return c, nil
 		}
-		var ne *NetError
-		if !errors.As(err, &ne) {
-			return nil, err // an answer: another broker would give the same
+		if !Retryable(err) {
+			return nil, err // an answer another broker would give too
 		}
 		addrs = append(addrs, bc.addr)
 		msgs = append(msgs, strings.TrimPrefix(err.Error(), "quiver: "))
@@ -542,6 +544,24 @@ func (cl *Client) requestAny(ctx context.Context, typ wire.Type, payload func([]
 		return nil, &NetError{Broker: addrs[0], Err: errors.New(strings.TrimPrefix(msgs[0], "broker "+addrs[0]+": "))}
 	}
 	return nil, &NetError{Broker: strings.Join(addrs, ","), Err: fmt.Errorf("no broker answered: %s", strings.Join(msgs, "; "))}
+}
+
+// order lists the brokers to try: the preferred one first, then the
+// others round robin.
+func (cl *Client) order() []*brokerConn {
+	n := len(cl.conns)
+	out := make([]*brokerConn, 0, n)
+	pref := cl.preferred.Load()
+	if pref != nil {
+		out = append(out, pref)
+	}
+	start := int(cl.rr.Add(1))
+	for i := 0; i < n; i++ {
+		if bc := cl.conns[(start+i)%n]; bc != pref {
+			out = append(out, bc)
+		}
+	}
+	return out
 }
 
 // request sends one request on the stream role and waits for its answer;

@@ -315,7 +315,7 @@ func (c *Consumer) commit(ctx context.Context, qs []*queueState) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	call, err := c.cl.request(ctx, c.cl.pick(""), streamControl, wire.TypeCommit, req.Append)
+	call, err := c.cl.requestAny(ctx, streamControl, wire.TypeCommit, req.Append)
 	if err != nil {
 		return fmt.Errorf("quiver: commit of group %s: %w", c.group, err)
 	}
@@ -431,7 +431,7 @@ func (c *Consumer) sync(ctx context.Context, leave bool) (wire.Assignment, error
 	}
 	ctx, cancel := context.WithTimeout(ctx, max(c.cfg.heartbeat, 2*time.Second))
 	defer cancel()
-	call, err := c.cl.request(ctx, c.cl.pick(""), streamControl, wire.TypeGroupSync, req.Append)
+	call, err := c.cl.requestAny(ctx, streamControl, wire.TypeGroupSync, req.Append)
 	if err != nil {
 		return wire.Assignment{}, err
 	}
@@ -593,7 +593,7 @@ func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration
 	defer cancel()
 	req := wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
 		MaxWaitMs: uint32(wait.Milliseconds())}
-	call, err := c.cl.request(ctx, c.cl.pick(""), streamFetch, wire.TypeFetch, req.Append)
+	call, err := c.cl.requestAny(ctx, streamFetch, wire.TypeFetch, req.Append)
 	if err != nil {
 		return wire.FetchHeader{}, nil, err
 	}

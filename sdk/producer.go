@@ -315,6 +315,9 @@ func (op *sendOp) answered(c *call) {
 		op.failed(bc.addr, err, op.start)
 		return
 	}
+	if op.p.cl.preferred.Load() != bc {
+		op.p.cl.preferred.Store(bc) // it took a write: it leads
+	}
 	op.res = SendResult{Topic: op.req.Topic, Queue: ack.Queue, Offset: ack.Offset, Count: 1,
 		StoreTime: time.Unix(0, ack.StoreTime), Broker: bc.addr, Attempts: len(op.attempts) + 1}
 	op.complete()

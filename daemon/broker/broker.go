@@ -39,6 +39,8 @@ type Options struct {
 	Logger        *slog.Logger
 	// Now is the clock for group sessions (default time.Now).
 	Now func() time.Time
+	// Replication configures the broker's role in its group (replication.go).
+	Replication ReplicationOptions
 }
 
 func (o *Options) ensureDefaults() {
@@ -88,9 +90,13 @@ const (
 type Broker struct {
 	opts   Options
 	logger *slog.Logger
-	st     *store.Store
-	log    *qlog.Log
-	start  time.Time
+	// stMu guards st and log, which a follower replaces when it truncates
+	// its log to follow a new leader. Readers hold it shared only while
+	// they use them, never while they wait.
+	stMu  sync.RWMutex
+	st    *store.Store
+	log   *qlog.Log
+	start time.Time
 
 	topics struct {
 		sync.RWMutex
@@ -101,6 +107,7 @@ type Broker struct {
 	groups   *coordinator
 	waiters  waiters
 	metrics  *metrics
+	repl     replication
 
 	stop   chan struct{}
 	bg     sync.WaitGroup
@@ -130,17 +137,11 @@ func New(o Options) (*Broker, error) {
 	b.ctl = newControl(b)
 	b.groups = newCoordinator(b)
 
-	so := o.Store
-	so.Dir = o.Dir
-	so.Logger = o.Logger
-	so.Notify = b.dispatched
-	st, err := store.Open(so)
-	if err != nil {
+	if err := b.openStore(false, 0); err != nil {
 		return nil, err
 	}
-	b.st, b.log = st, st.Log
-	if err := b.ctl.load(); err != nil {
-		st.Close()
+	if err := b.startReplication(); err != nil {
+		b.st.Close()
 		return nil, err
 	}
 	b.bg.Add(1)
@@ -148,10 +149,38 @@ func New(o Options) (*Broker, error) {
 	return b, nil
 }
 
+// openStore opens (or, truncating, reopens) the store and loads the
+// broker's tables from it. The caller holds stMu or is New.
+func (b *Broker) openStore(truncate bool, to int64) error {
+	so := b.opts.Store
+	so.Dir = b.opts.Dir
+	so.Logger = b.opts.Logger
+	so.Notify = b.dispatched
+	so.Log.Truncate, so.Log.TruncateTo = truncate, to
+	st, err := store.Open(so)
+	if err != nil {
+		return err
+	}
+	b.st, b.log = st, st.Log
+	if truncate {
+		// Topics and offsets past the cut are gone with it.
+		b.topics.Lock()
+		b.topics.m = map[string]*topic{}
+		b.topics.Unlock()
+		b.ctl = newControl(b)
+	}
+	if err := b.ctl.loadLocked(); err != nil {
+		st.Close()
+		return err
+	}
+	return nil
+}
+
 // dispatched runs on the log's flusher after each indexed batch: it wakes
 // the fetches waiting on those queues and the applier for control records.
 func (b *Broker) dispatched(recs []qlog.RecordInfo) {
 	b.waiters.wake(recs)
+	b.notifyFollowers()
 	for i := range recs {
 		if recs[i].Flags&qlog.FlagControl != 0 {
 			b.ctl.kick()
@@ -161,7 +190,11 @@ func (b *Broker) dispatched(recs []qlog.RecordInfo) {
 }
 
 // Log is the broker's commit log (for positions and tests).
-func (b *Broker) Log() *qlog.Log { return b.log }
+func (b *Broker) Log() *qlog.Log {
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
+	return b.log
+}
 
 // ID is the broker's id.
 func (b *Broker) ID() string { return b.opts.ID }
@@ -173,9 +206,12 @@ func (b *Broker) Close() error {
 		return ErrClosed
 	}
 	close(b.stop)
+	b.stopReplication()
 	b.bg.Wait()
 	b.waiters.wakeAll()
 	serr := b.ctl.snapshot()
+	b.stMu.Lock()
+	defer b.stMu.Unlock()
 	err := b.st.Close()
 	if err == nil && serr != nil {
 		err = serr
@@ -211,6 +247,9 @@ func (b *Broker) CreateTopic(name string, queues uint32) *wire.Error {
 	}
 	if queues == 0 || queues > wire.MaxQueues {
 		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("queues %d (1..%d)", queues, wire.MaxQueues)}
+	}
+	if werr := b.writable(); werr != nil {
+		return werr
 	}
 	_, werr := b.ensureTopic(name, queues, true)
 	return werr

@@ -45,8 +45,11 @@ func (c *control) kick() {
 func (c *control) appendTopic(name string, queues uint32) error {
 	var body [4]byte
 	binary.LittleEndian.PutUint32(body[:], queues)
-	if _, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: topicsTopic, Flags: qlog.FlagControl,
-		Key: []byte(name), Body: body[:], ClientTime: time.Now().UnixNano()}); err != nil {
+	c.b.stMu.RLock()
+	_, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: topicsTopic, Flags: qlog.FlagControl,
+		Key: []byte(name), Body: body[:], ClientTime: time.Now().UnixNano()})
+	c.b.stMu.RUnlock()
+	if err != nil {
 		return err
 	}
 	return c.catchUp()
@@ -54,8 +57,11 @@ func (c *control) appendTopic(name string, queues uint32) error {
 
 // appendCommit stores a group's committed offsets (the Commit's encoding).
 func (c *control) appendCommit(cm *wire.Commit) error {
-	if _, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: offsetsTopic, Flags: qlog.FlagControl,
-		Key: []byte(cm.Group), Body: cm.Append(nil), ClientTime: time.Now().UnixNano()}); err != nil {
+	c.b.stMu.RLock()
+	_, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: offsetsTopic, Flags: qlog.FlagControl,
+		Key: []byte(cm.Group), Body: cm.Append(nil), ClientTime: time.Now().UnixNano()})
+	c.b.stMu.RUnlock()
+	if err != nil {
 		return err
 	}
 	return c.catchUp()
@@ -88,6 +94,13 @@ func (c *control) groupOffsets() map[string]map[wire.QueueRef]uint64 {
 
 // catchUp applies every control record not applied yet.
 func (c *control) catchUp() error {
+	c.b.stMu.RLock()
+	defer c.b.stMu.RUnlock()
+	return c.catchUpStore()
+}
+
+// catchUpStore is catchUp for a caller that holds stMu.
+func (c *control) catchUpStore() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, t := range []string{topicsTopic, offsetsTopic} {
@@ -192,8 +205,9 @@ func (c *control) snapshotPath() string {
 	return filepath.Join(c.b.opts.Dir, "state", "snapshot.json")
 }
 
-// load reads the snapshot (if any) and applies the records after it.
-func (c *control) load() error {
+// loadLocked reads the snapshot (if any) and applies the records after
+// it. The caller holds stMu (or is opening the broker).
+func (c *control) loadLocked() error {
 	data, err := os.ReadFile(c.snapshotPath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -211,7 +225,7 @@ func (c *control) load() error {
 				// The log ends before what the snapshot applied (a repair
 				// truncated it): rebuild the tables from the log alone.
 				c.b.logger.Warn("the snapshot is ahead of the log; replaying the control records", "topic", t, "snapshot", n, "log", b.Max)
-				return c.catchUp()
+				return c.catchUpStore()
 			}
 		}
 		c.mu.Lock()
@@ -230,7 +244,7 @@ func (c *control) load() error {
 			c.b.addTopic(name, q)
 		}
 	}
-	return c.catchUp()
+	return c.catchUpStore()
 }
 
 // snapshot writes the tables when they changed (temp file, fsync, rename,

@@ -38,7 +38,7 @@ func (b *Broker) Fetch(ctx context.Context, f *wire.Fetch, dst []byte) ([]byte, 
 	var deadline time.Time
 	var timer *time.Timer
 	for {
-		bounds, _ := b.st.Index.Bounds(t.name, f.Queue)
+		bounds := b.bounds(t.name, f.Queue)
 		switch {
 		case f.Offset < bounds.Min:
 			// Retention removed it: tell the consumer where the queue starts.
@@ -59,7 +59,7 @@ func (b *Broker) Fetch(ctx context.Context, f *wire.Fetch, dst []byte) ([]byte, 
 			defer timer.Stop()
 		}
 		ch := b.waiters.add(t.name, f.Queue)
-		if nb, _ := b.st.Index.Bounds(t.name, f.Queue); nb.Max != bounds.Max {
+		if nb := b.bounds(t.name, f.Queue); nb.Max != bounds.Max {
 			b.waiters.remove(t.name, f.Queue, ch)
 			continue // arrived while registering
 		}
@@ -79,6 +79,13 @@ func (b *Broker) Fetch(ctx context.Context, f *wire.Fetch, dst []byte) ([]byte, 
 	}
 }
 
+func (b *Broker) bounds(topic string, q uint32) index.QueueBounds {
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
+	bounds, _ := b.st.Index.Bounds(topic, q)
+	return bounds
+}
+
 // fetch response header layout (see wire.AppendFetchResp).
 const (
 	offNext  = 0
@@ -88,6 +95,8 @@ const (
 // read appends the records from f.Offset on, up to f.MaxMessages messages
 // and about f.MaxBytes bytes (at least one record).
 func (b *Broker) read(topic string, f *wire.Fetch, bounds index.QueueBounds, dst []byte) ([]byte, *wire.Error) {
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
 	fs := fetchPool.Get().(*fetchState)
 	defer fetchPool.Put(fs)
 	n := int(min(uint64(f.MaxMessages), bounds.Max-f.Offset))

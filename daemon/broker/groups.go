@@ -56,6 +56,9 @@ func (b *Broker) GroupSync(req *wire.GroupSync) (wire.Assignment, *wire.Error) {
 	if b.closed.Load() {
 		return wire.Assignment{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
 	}
+	if werr := b.writable(); werr != nil {
+		return wire.Assignment{}, werr
+	}
 	for _, t := range req.Topics {
 		if werr := validTopic(t); werr != nil {
 			return wire.Assignment{}, werr
@@ -215,6 +218,9 @@ func lessRef(a, b wire.QueueRef) bool {
 func (b *Broker) Commit(req *wire.Commit) *wire.Error {
 	if b.closed.Load() {
 		return &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
+	}
+	if werr := b.writable(); werr != nil {
+		return werr
 	}
 	if werr := b.groups.checkOwner(req); werr != nil {
 		return werr

@@ -22,10 +22,12 @@ type ProduceCall struct {
 	ReqID uint64 // the caller's
 	Buf   *[]byte
 
-	msg      qlog.Message
-	onAppend func(qlog.AppendResult, error) // bound once per pooled call
-	start    time.Time
-	b        *Broker
+	msg          qlog.Message
+	onAppend     func(qlog.AppendResult, error) // bound once per pooled call
+	onReplicated func(error)
+	ack          wire.ProduceAck
+	start        time.Time
+	b            *Broker
 }
 
 var callPool sync.Pool
@@ -34,6 +36,7 @@ func init() {
 	callPool.New = func() any {
 		c := &ProduceCall{}
 		c.onAppend = c.appended
+		c.onReplicated = c.replicated
 		return c
 	}
 }
@@ -63,9 +66,16 @@ func (b *Broker) Produce(c *ProduceCall) {
 		return
 	}
 	p := &c.In
-	t, werr := b.produceTopic(p.Topic)
+	werr := b.writable()
+	var t *topic
+	if werr == nil {
+		t, werr = b.produceTopic(p.Topic)
+	}
 	if werr == nil {
 		werr = checkProduce(p, t)
+	}
+	if werr == nil {
+		werr = b.replicaCheck()
 	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
@@ -84,7 +94,10 @@ func (b *Broker) Produce(c *ProduceCall) {
 	case wire.DurabilityAsync:
 		c.msg.Ack = qlog.AckAsync
 	}
-	if err := b.log.AppendAsync(&c.msg, c.onAppend); err != nil {
+	b.stMu.RLock()
+	err := b.log.AppendAsync(&c.msg, c.onAppend)
+	b.stMu.RUnlock()
+	if err != nil {
 		werr := storageError(err)
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
@@ -100,8 +113,30 @@ func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
 		c.reply(wire.ProduceAck{}, werr)
 		return
 	}
+	ack := wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime}
+	if k := b.opts.Replication.MinInsync; k > 0 {
+		if l := b.leader(); l != nil {
+			c.ack = ack
+			l.WaitAcks(res.Pos+int64(res.Size), k, time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
+			return
+		}
+	}
 	b.metrics.produced(c.msg.Count, time.Since(c.start))
-	c.reply(wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime}, nil)
+	c.reply(ack, nil)
+}
+
+// replicated is the leader's callback once min-insync followers have the
+// record durable (or did not in time).
+func (c *ProduceCall) replicated(err error) {
+	b := c.b
+	if err != nil {
+		werr := &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: err.Error()}
+		b.metrics.produceFailed(werr.Code)
+		c.reply(wire.ProduceAck{}, werr)
+		return
+	}
+	b.metrics.produced(c.msg.Count, time.Since(c.start))
+	c.reply(c.ack, nil)
 }
 
 // produceTopic finds the topic, creating it when auto-create is on.

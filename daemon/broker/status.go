@@ -26,6 +26,8 @@ func rfc3339(ns int64) string {
 // the server adds).
 func (b *Broker) Status() wire.Status {
 	now := time.Now()
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
 	p := b.log.Positions()
 	ls := b.log.Stats()
 	s := wire.Status{
@@ -95,6 +97,7 @@ func (b *Broker) Status() wire.Status {
 	b.topics.RUnlock()
 
 	s.Groups = b.groups.status(now, b.ctl.groupOffsets(), maxOf)
+	s.Replication = b.replicationStatus()
 	return s
 }
 
@@ -184,7 +187,7 @@ func newMetrics(b *Broker) *metrics {
 	m.fetchedMsgs = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_records_total", Help: "Records sent to consumers."})
 	m.fetchedBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_bytes_total", Help: "Record bytes sent to consumers."})
 	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.log.Positions()) })
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.Log().Positions()) })
 	}
 	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes,
 		pos("quiver_log_written_bytes", "Log position handed to the disk.", func(p qlog.Positions) float64 { return float64(p.Written) }),
@@ -196,15 +199,15 @@ func newMetrics(b *Broker) *metrics {
 			return float64(lagOf(p, time.Now()).NotVisibleMs) / 1e3
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_send_queue_depth", Help: "Produces waiting for the log's next commit."},
-			func() float64 { return float64(b.log.Stats().Queued) }),
+			func() float64 { return float64(b.Log().Stats().Queued) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_send_queue_busy_total", Help: "Produces failed with BUSY (waited past max-queue-wait, or the queue was full)."},
-			func() float64 { return float64(b.log.Stats().Busy) }),
+			func() float64 { return float64(b.Log().Stats().Busy) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_commits_total", Help: "Group commits."},
-			func() float64 { return float64(b.log.Stats().Commits) }),
+			func() float64 { return float64(b.Log().Stats().Commits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_syncs_total", Help: "fdatasyncs of the log."},
-			func() float64 { return float64(b.log.Stats().Syncs) }),
+			func() float64 { return float64(b.Log().Stats().Syncs) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_flush_seconds_total", Help: "Time spent in the engine's flushes."},
-			func() float64 { return float64(b.log.Stats().FlushNanos) / 1e9 }),
+			func() float64 { return float64(b.Log().Stats().FlushNanos) / 1e9 }),
 	)
 	return m
 }

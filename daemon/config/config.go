@@ -61,6 +61,18 @@ type Config struct {
 	LogMax    int64  `toml:"log_file_max_bytes" help:"size at which log_file is rotated"`
 
 	DebugFaults bool `toml:"debug_faults" help:"expose /debug/faults on the admin address to stall the disk (tests and drills only)"`
+
+	Role             string   `toml:"role" help:"leader or follower (of --leader)"`
+	Leader           string   `toml:"leader" help:"follower: the leader's QUIC address"`
+	Advertise        string   `toml:"advertise" help:"the address other brokers and clients reach this one at (default: listen)"`
+	Peers            []string `toml:"peers" help:"QUIC addresses of the other brokers of the group (told of a promotion)"`
+	PeerCA           string   `toml:"peer_ca" help:"PEM file of the certificates (or CA) of the group's brokers (default: DATA/tls/cert.pem)"`
+	PeerToken        string   `toml:"peer_token" help:"credentials this broker presents to its peers"`
+	MinInsync        int      `toml:"min_insync" help:"leader: acknowledge a send only once this many followers have it durable (0: do not wait)"`
+	ReplicaHeartbeat Duration `toml:"replica_heartbeat" help:"how often a follower acks, and a quiet leader sends a heartbeat"`
+	ReplicaTimeout   Duration `toml:"replica_timeout" help:"drop the replication peer after this long without hearing from it"`
+	ReplicaLag       Duration `toml:"replica_insync_lag" help:"a follower is in sync while it had everything the leader had this recently"`
+	ReplicaAckWait   Duration `toml:"replica_ack_timeout" help:"min_insync: fail a send (retryable) when the followers did not acknowledge it within this"`
 }
 
 // Default is the configuration of a broker started with nothing.
@@ -71,6 +83,8 @@ func Default() Config {
 		MaxQueueWait: Duration{200 * time.Millisecond}, QueueDepth: 8192, SegmentSize: 1 << 30,
 		AutoCreateTopics: true, DefaultQueues: 4,
 		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
+		Role: "leader", ReplicaHeartbeat: Duration{time.Second}, ReplicaTimeout: Duration{10 * time.Second},
+		ReplicaLag: Duration{5 * time.Second}, ReplicaAckWait: Duration{2 * time.Second},
 	}
 }
 
@@ -103,6 +117,18 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: log_file_max_bytes %d is below 1 MiB", c.LogMax)
 	case c.RetentionAge.Duration < 0 || c.RetentionSize < 0:
 		return errors.New("config: negative retention")
+	}
+	switch {
+	case c.Role != "leader" && c.Role != "follower":
+		return fmt.Errorf("config: role %q (leader or follower)", c.Role)
+	case c.Role == "follower" && c.Leader == "":
+		return errors.New("config: a follower needs leader (the leader's address)")
+	case c.MinInsync < 0:
+		return fmt.Errorf("config: min_insync %d", c.MinInsync)
+	case c.ReplicaHeartbeat.Duration <= 0 || c.ReplicaTimeout.Duration <= 0 || c.ReplicaLag.Duration <= 0 || c.ReplicaAckWait.Duration <= 0:
+		return errors.New("config: replica durations must be positive")
+	case c.ReplicaTimeout.Duration < 2*c.ReplicaHeartbeat.Duration:
+		return fmt.Errorf("config: replica_timeout %v must be at least twice replica_heartbeat %v", c.ReplicaTimeout, c.ReplicaHeartbeat)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -79,10 +79,11 @@ func (o *Options) ensureDefaults() {
 
 // QUIC application error codes the server closes connections with.
 const (
-	closeNormal   quic.ApplicationErrorCode = 0 // broker stopping
-	closeProtocol quic.ApplicationErrorCode = 1 // a frame the protocol does not allow
-	closeRefused  quic.ApplicationErrorCode = 2 // the Hello was refused (version, credentials)
-	closeTimeout  quic.ApplicationErrorCode = 3 // no Hello in time
+	closeNormal      quic.ApplicationErrorCode = 0 // broker stopping
+	closeProtocol    quic.ApplicationErrorCode = 1 // a frame the protocol does not allow
+	closeRefused     quic.ApplicationErrorCode = 2 // the Hello was refused (version, credentials)
+	closeTimeout     quic.ApplicationErrorCode = 3 // no Hello in time
+	closeReplication quic.ApplicationErrorCode = 4 // the leader ended a replication session (the message says why)
 )
 
 // Server is a QUIC listener serving one broker.

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/sdk"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -290,4 +292,76 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Group is a leader and its followers, started with a shared bundle of
+// their certificates (for peers and clients) and each other as peers.
+type Group struct {
+	Leader    *Broker
+	Followers []*Broker
+	// Bundle is a PEM file with every broker's certificate.
+	Bundle string
+	// Addrs are the brokers' QUIC addresses, the leader's first.
+	Addrs []string
+}
+
+// StartGroup starts a leader and n followers. leaderArgs and followerArgs
+// are added to the leader's and every follower's flags.
+func StartGroup(t testing.TB, n int, leaderArgs, followerArgs []string) *Group {
+	t.Helper()
+	return StartGroupAt(t, nil, n, leaderArgs, followerArgs)
+}
+
+// StartGroupAt is StartGroup with the first brokers' QUIC addresses given
+// (the leader's first); the others are picked free. A follower flag
+// --leader in followerArgs overrides where followers reach the leader.
+func StartGroupAt(t testing.TB, addrs []string, n int, leaderArgs, followerArgs []string) *Group {
+	t.Helper()
+	g := &Group{}
+	dirs := make([]string, n+1)
+	var bundle []byte
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		if _, _, err := certs.LoadOrCreate(filepath.Join(dirs[i], "tls"), nil); err != nil {
+			t.Fatal(err)
+		}
+		pem, err := os.ReadFile(filepath.Join(dirs[i], "tls", certs.CertFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle = append(bundle, pem...)
+		if i < len(addrs) {
+			g.Addrs = append(g.Addrs, addrs[i])
+		} else {
+			g.Addrs = append(g.Addrs, FreeUDPAddr(t))
+		}
+	}
+	g.Bundle = filepath.Join(t.TempDir(), "group.pem")
+	if err := os.WriteFile(g.Bundle, bundle, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	peers := strings.Join(g.Addrs, ",")
+	common := func(i int) []string {
+		return []string{"--listen", g.Addrs[i], "--broker-id", fmt.Sprintf("b%d", i), "--peer-ca", g.Bundle, "--peers", peers}
+	}
+	g.Leader = StartIn(t, dirs[0], append(common(0), leaderArgs...)...)
+	g.Leader.CAFile = g.Bundle
+	for i := 1; i <= n; i++ {
+		args := append(common(i), "--role", "follower", "--leader", g.Addrs[0])
+		f := StartIn(t, dirs[i], append(args, followerArgs...)...)
+		f.CAFile = g.Bundle
+		g.Followers = append(g.Followers, f)
+	}
+	return g
+}
+
+// FreeUDPAddr returns a loopback UDP address nothing listens on now.
+func FreeUDPAddr(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
 }

@@ -13,9 +13,9 @@ import "encoding/binary"
 // Epoch is one entry of an epoch history: the leadership Epoch began at log
 // position Start, led by Leader (a broker id).
 type Epoch struct {
-	Epoch  uint64
-	Start  int64
-	Leader string
+	Epoch  uint64 `json:"epoch"`
+	Start  int64  `json:"start"`
+	Leader string `json:"leader"`
 }
 
 func appendEpochs(dst []byte, es []Epoch) []byte {

@@ -13,6 +13,7 @@ type Status struct {
 	Warnings    []string      `json:"warnings"`
 	Topics      []TopicStatus `json:"topics"`
 	Groups      []GroupStatus `json:"groups"`
+	Replication *Replication  `json:"replication,omitempty"`
 	Connections *Connections  `json:"connections,omitempty"`
 }
 
@@ -111,4 +112,52 @@ type HandshakeFail struct {
 	PerMinute  int64  `json:"last_minute"`
 	Last       string `json:"last"`
 	LastReason string `json:"last_reason"`
+}
+
+// Replication is a broker's replication state in the status document.
+type Replication struct {
+	Role   string `json:"role"` // leader, follower, or fenced (a leader that learned of a newer epoch)
+	Epoch  uint64 `json:"epoch"`
+	Leader string `json:"leader,omitempty"` // the leader's broker id
+	// MinInsync is how many followers must have a send durable before it is
+	// acknowledged (0: none).
+	MinInsync int             `json:"min_insync"`
+	InSync    int             `json:"in_sync"`
+	Followers []ReplicaStatus `json:"followers,omitempty"` // on a leader
+	Following *FollowerStatus `json:"following,omitempty"` // on a follower
+	Epochs    []Epoch         `json:"epochs"`
+}
+
+// ReplicaStatus is a leader's view of one follower.
+type ReplicaStatus struct {
+	ID           string `json:"id"`
+	Addr         string `json:"addr"`
+	Connected    bool   `json:"connected"`
+	InSync       bool   `json:"in_sync"`
+	Acked        int64  `json:"acked"`
+	LagBytes     int64  `json:"lag_bytes"`
+	LagMs        int64  `json:"lag_ms"` // since the follower last had everything the leader had
+	LastAckMs    int64  `json:"last_ack_ms"`
+	Sessions     int64  `json:"sessions"`
+	Reconnects   int64  `json:"reconnects"`
+	LastClose    string `json:"last_close,omitempty"`
+	LastCloseBy  string `json:"last_close_by,omitempty"` // "leader" or "follower"
+	LastCloseAgo int64  `json:"last_close_ago_ms,omitempty"`
+}
+
+// FollowerStatus is a follower's view of its replication.
+type FollowerStatus struct {
+	LeaderAddr   string `json:"leader_addr"`
+	Connected    bool   `json:"connected"`
+	End          int64  `json:"end"`
+	Durable      int64  `json:"durable"`
+	LeaderEnd    int64  `json:"leader_end"`
+	LagBytes     int64  `json:"lag_bytes"`
+	LastDataMs   int64  `json:"last_heard_ms"`
+	Sessions     int64  `json:"sessions"`
+	Reconnects   int64  `json:"reconnects"`
+	LastClose    string `json:"last_close,omitempty"`
+	LastCloseBy  string `json:"last_close_by,omitempty"` // "leader" or "follower"
+	LastCloseAgo int64  `json:"last_close_ago_ms,omitempty"`
+	Truncations  int64  `json:"truncations"`
 }

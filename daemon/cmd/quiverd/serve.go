@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -95,8 +96,18 @@ func serve(c config.Config) error {
 		logger.Warn("debug faults are enabled: POST /debug/faults/stall on the admin address stalls the disk; never use this in production")
 		so.WrapEngine = func(e ioengine.Engine) ioengine.Engine { faults = ioengine.NewFaulty(e); return faults }
 	}
+	ro := broker.ReplicationOptions{Role: c.Role, LeaderAddr: c.Leader, Advertise: c.Advertise, Peers: c.Peers,
+		PeerToken: []byte(c.PeerToken), MinInsync: c.MinInsync, Heartbeat: c.ReplicaHeartbeat.Duration,
+		Timeout: c.ReplicaTimeout.Duration, InsyncLag: c.ReplicaLag.Duration, AckTimeout: c.ReplicaAckWait.Duration}
+	peerCA := c.PeerCA
+	if peerCA == "" {
+		peerCA = filepath.Join(c.Data, "tls", certs.CertFile)
+	}
+	if ro.PeerTLS, err = peerTLS(peerCA); err != nil && (c.Role == "follower" || len(c.Peers) > 0) {
+		return err
+	}
 	b, err := broker.New(broker.Options{ID: c.BrokerID, Dir: c.Data, Store: so, NoAutoCreate: !c.AutoCreateTopics,
-		DefaultQueues: c.DefaultQueues, Logger: logger})
+		DefaultQueues: c.DefaultQueues, Logger: logger, Replication: ro})
 	if err != nil {
 		return err
 	}
@@ -105,6 +116,9 @@ func serve(c config.Config) error {
 	if err != nil {
 		b.Close()
 		return err
+	}
+	if c.Advertise == "" {
+		b.SetAdvertise(srv.Addr().String())
 	}
 	status := func() wire.Status {
 		s := b.Status()
@@ -163,4 +177,17 @@ func serve(c config.Config) error {
 		logger.Info("stopped cleanly: every accepted message is synced")
 	}
 	return errors.Join(errs...)
+}
+
+// peerTLS trusts the certificates in a PEM file for connections to peers.
+func peerTLS(path string) (*tls.Config, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("peer_ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("peer_ca: %s holds no PEM certificate", path)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
 }
