@@ -178,3 +178,36 @@ func deadAddr(t *testing.T) string {
 	t.Cleanup(func() { pc.Close() })
 	return pc.LocalAddr().String()
 }
+
+// status shows the replication of a group, and admin promote makes the
+// follower the leader of a new epoch.
+func TestReplicationStatusAndPromote(t *testing.T) {
+	g := testbroker.StartGroup(t, 1, nil, nil)
+	l, f := g.Leader, g.Followers[0]
+	testbroker.WaitFor(t, "the follower to connect", func() bool {
+		r := l.Status().Replication
+		return r != nil && len(r.Followers) == 1 && r.Followers[0].Connected
+	})
+	r := must(t, runCLI(t, noEnv, "", "--broker", l.Addr, "--ca", g.Bundle, "status"))
+	for _, want := range []string{"replication  leader, epoch 1 led by b0", "FOLLOWER", "b1", "RECONNECTS"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("leader's status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = must(t, runCLI(t, noEnv, "", "--broker", f.Addr, "--ca", g.Bundle, "status"))
+	if !strings.Contains(r.stdout, "replication  follower, epoch 1 led by b0") || !strings.Contains(r.stdout, "following") {
+		t.Fatalf("follower's status:\n%s", r.stdout)
+	}
+	if r := runCLI(t, noEnv, "", "--broker", l.Addr+","+f.Addr, "--ca", g.Bundle, "admin", "promote"); r.code != 2 {
+		t.Fatalf("promote with two brokers: %v", r)
+	}
+	r = must(t, runCLI(t, noEnv, "", "--broker", f.Addr, "--ca", g.Bundle, "admin", "promote"))
+	if !strings.Contains(r.stdout, "b1 leads epoch 2") {
+		t.Fatalf("promote: %s", r.stdout)
+	}
+	// The old leader was told: it no longer takes writes.
+	testbroker.WaitFor(t, "the old leader to follow", func() bool {
+		rr := l.Status().Replication
+		return rr != nil && rr.Role == "follower"
+	})
+}

@@ -17,7 +17,7 @@ func statusCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show a broker's status: positions, lag, warnings, topics, groups, connections",
+		Short: "Show a broker's status: positions, lag, warnings, replication, topics, groups, connections",
 		Long: `status shows the status document of one broker (the first that answers):
 its log positions and how far durability and visibility lag behind writes,
 warnings, the send queue, every topic's queues, every consumer group's
@@ -60,8 +60,33 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 		kv.row("connections", fmt.Sprintf("open %d  sessions %d  accepted %d  failed handshakes from %d source(s)",
 			c.Open, c.Sessions, c.AcceptedTotal, len(c.FailedHandshakes)))
 	}
+	if r := st.Replication; r != nil {
+		kv.row("replication", fmt.Sprintf("%s, epoch %d led by %s, min-insync %d, %d follower(s) in sync",
+			r.Role, r.Epoch, orDash(r.Leader), r.MinInsync, r.InSync))
+		if f := r.Following; f != nil {
+			kv.row("following", fmt.Sprintf("%s  connected %v  durable %d  leader end %d  lag %d bytes  last heard %v ago  reconnects %d  truncations %d",
+				f.LeaderAddr, f.Connected, f.Durable, f.LeaderEnd, f.LagBytes, ms(f.LastDataMs), f.Reconnects, f.Truncations))
+			if f.LastClose != "" {
+				kv.row("last close", fmt.Sprintf("by the %s, %v ago: %s", f.LastCloseBy, ms(f.LastCloseAgo), f.LastClose))
+			}
+		}
+	}
 	if err := kv.flush(); err != nil {
 		return err
+	}
+	if r := st.Replication; r != nil && len(r.Followers) > 0 {
+		fmt.Fprintln(w)
+		tw := newTable(cmd, "FOLLOWER", "ADDR", "CONNECTED", "IN SYNC", "ACKED", "LAG BYTES", "LAG", "LAST ACK", "RECONNECTS", "LAST CLOSE")
+		for _, f := range r.Followers {
+			last := "-"
+			if f.LastClose != "" {
+				last = fmt.Sprintf("by the %s, %v ago: %s", f.LastCloseBy, ms(f.LastCloseAgo), f.LastClose)
+			}
+			tw.row(f.ID, f.Addr, f.Connected, f.InSync, f.Acked, f.LagBytes, ms(f.LagMs), ms(f.LastAckMs).String()+" ago", f.Reconnects, last)
+		}
+		if err := tw.flush(); err != nil {
+			return err
+		}
 	}
 
 	fmt.Fprintln(w)
