@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test test-race vet fmt-check run crash soak fuzz bench-storage bench-e2e bench bench-compare clean
+.PHONY: all build test test-race vet fmt-check run crash soak fuzz bench-storage bench-e2e bench bench-compare bench-replication clean
 
 all: build
 
@@ -101,6 +101,11 @@ bench-compare: build
 			--plot $(BENCH_OUT)/$$name.svg --json > $(BENCH_OUT)/$$name.json; \
 		$(BIN)/quiver-bench plot --out $(BENCH_OUT)/$$name.png $(BENCH_OUT)/$$name.json; \
 	done
+
+# Sync sends with one follower and min-insync = 1 next to a single broker
+# (benchmarks/replication.sh; JSON in benchmarks/results/replication/).
+bench-replication: build
+	BIN=$(BIN) BENCH_DURATION=$(BENCH_DURATION) ./benchmarks/replication.sh
 
 clean:
 	rm -rf $(BIN) bench-storage.txt bench-e2e.txt bench.txt bench.tmp

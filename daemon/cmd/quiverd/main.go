@@ -42,7 +42,7 @@ QUIVER_* environment variable or a flag, later ones overriding earlier ones.`,
 		}
 		return serve(c)
 	}
-	root.AddCommand(demoCmd(), verifyCmd(), repairCmd())
+	root.AddCommand(demoCmd(), verifyCmd(), repairCmd(), certificateCmd())
 	return root
 }
 
