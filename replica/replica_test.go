@@ -26,7 +26,7 @@ func TestEpochHistory(t *testing.T) {
 	if e.Last().Epoch != 0 {
 		t.Fatal("a new history is not empty")
 	}
-	for _, ep := range []wire.Epoch{{1, 0, "a"}, {2, 900, "b"}, {4, 1500, "a"}} {
+	for _, ep := range []wire.Epoch{{Epoch: 1, Start: 0, Leader: "a"}, {Epoch: 2, Start: 900, Leader: "b"}, {Epoch: 4, Start: 1500, Leader: "a"}} {
 		if err := e.Begin(ep); err != nil {
 			t.Fatal(err)
 		}
