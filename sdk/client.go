@@ -25,7 +25,7 @@ type clientConfig struct {
 	credentials []byte
 	logger      *slog.Logger
 	dialTimeout time.Duration
-	keepAlive   time.Duration
+	idleTimeout time.Duration
 	onError     func(error)
 	backoff     backoffPolicy
 }
@@ -62,6 +62,13 @@ func WithLogger(l *slog.Logger) Opt { return func(c *clientConfig) { c.logger = 
 
 // WithDialTimeout bounds one connection attempt, handshake included (default 5s).
 func WithDialTimeout(d time.Duration) Opt { return func(c *clientConfig) { c.dialTimeout = d } }
+
+// WithIdleTimeout sets how long a broker may stay silent before the client
+// treats its connection as gone and fails its calls over to other brokers
+// (default 5s). The client sends keep-alives every fifth of it, so a live
+// broker is never silent that long; a killed or cut-off one is noticed
+// within the timeout rather than when each call's deadline passes.
+func WithIdleTimeout(d time.Duration) Opt { return func(c *clientConfig) { c.idleTimeout = d } }
 
 // WithErrorHandler receives errors the application would otherwise not
 // see: a broker refusing the session (credentials, version, certificate).
@@ -102,7 +109,7 @@ type closer interface{ Close() error }
 // until the first request. A way to verify the brokers' certificates is
 // required: verification is never skipped silently.
 func NewClient(opts ...Opt) (*Client, error) {
-	cfg := clientConfig{dialTimeout: 5 * time.Second, keepAlive: 5 * time.Second,
+	cfg := clientConfig{dialTimeout: 5 * time.Second, idleTimeout: 5 * time.Second,
 		backoff: backoffPolicy{base: 100 * time.Millisecond, max: 10 * time.Second, hardBase: 5 * time.Second, hardMax: 5 * time.Minute}}
 	for _, o := range opts {
 		o(&cfg)
@@ -114,6 +121,8 @@ func NewClient(opts ...Opt) (*Client, error) {
 		return nil, ErrNoTrust
 	case len(cfg.brokers) == 0:
 		return nil, errors.New("quiver: no broker addresses (WithBrokers)")
+	case cfg.idleTimeout < 500*time.Millisecond:
+		return nil, fmt.Errorf("quiver: idle timeout %v is too short: at least 500ms, or live brokers would be dropped", cfg.idleTimeout)
 	}
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()

@@ -204,8 +204,8 @@ func (bc *brokerConn) dial(caller context.Context) (*session, error) {
 	defer stop()
 	qc, err := quic.DialAddr(ctx, bc.addr, cl.cfg.tls, &quic.Config{
 		HandshakeIdleTimeout:           cl.cfg.dialTimeout,
-		MaxIdleTimeout:                 30 * time.Second,
-		KeepAlivePeriod:                cl.cfg.keepAlive,
+		MaxIdleTimeout:                 cl.cfg.idleTimeout,
+		KeepAlivePeriod:                cl.cfg.idleTimeout / 5,
 		InitialStreamReceiveWindow:     1 << 20,
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
@@ -534,6 +534,7 @@ func (cl *Client) requestAny(ctx context.Context, role int, typ wire.Type, paylo
 		if !Retryable(err) {
 			return nil, err // an answer another broker would give too
 		}
+		cl.preferred.CompareAndSwap(bc, nil) // it may be gone: no longer try it first
 		addrs = append(addrs, bc.addr)
 		msgs = append(msgs, strings.TrimPrefix(err.Error(), "quiver: "))
 		if ctx.Err() != nil {

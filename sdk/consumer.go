@@ -54,6 +54,10 @@ func WithHeartbeat(every, session time.Duration) ConsumerOpt {
 	return func(c *consumerConfig) { c.heartbeat, c.session = every, session }
 }
 
+// WithFetchMax bounds the messages one fetch asks for (default 256); the
+// consumer buffers at most four fetches' worth ahead of Run or Poll.
+func WithFetchMax(n int) ConsumerOpt { return func(c *consumerConfig) { c.fetchMax = n } }
+
 // WithMemberID names the member (default: the client id and a random suffix).
 func WithMemberID(id string) ConsumerOpt { return func(c *consumerConfig) { c.memberID = id } }
 
@@ -143,6 +147,8 @@ func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt
 		return nil, errors.New("quiver: a consumer needs at least one topic")
 	case cfg.heartbeat <= 0 || cfg.session < 2*cfg.heartbeat:
 		return nil, errors.New("quiver: the session must be at least twice the heartbeat")
+	case cfg.fetchMax < 1 || cfg.fetchMax > wire.MaxFetchMessages:
+		return nil, fmt.Errorf("quiver: fetch max %d (1..%d)", cfg.fetchMax, wire.MaxFetchMessages)
 	}
 	if cfg.memberID == "" {
 		var r [4]byte

@@ -102,6 +102,9 @@ func TestClientNeedsTrustAndBrokers(t *testing.T) {
 	if _, err := NewClient(WithFingerprint(fp)); err == nil {
 		t.Fatal("a client without brokers was accepted")
 	}
+	if _, err := NewClient(WithBrokers("127.0.0.1:1"), WithFingerprint(fp), WithIdleTimeout(100*time.Millisecond)); err == nil || !strings.Contains(err.Error(), "idle timeout") {
+		t.Fatalf("a 100ms idle timeout: %v", err)
+	}
 }
 
 // A send to a broker nobody listens on fails with a retryable network

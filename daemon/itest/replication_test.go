@@ -91,6 +91,25 @@ func sameLog(t *testing.T, a, b *testbroker.Broker, end int64) {
 	}
 }
 
+// fill creates topic with queues queues and sends it n messages, bodies
+// "0" to "n-1", each acknowledged before the next.
+func fill(t *testing.T, ctx context.Context, cl *sdk.Client, topic string, queues, n int) {
+	t.Helper()
+	if err := cl.Admin().CreateTopic(ctx, topic, queues); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := 0; i < n; i++ {
+		if _, err := p.Send(ctx, &sdk.Message{Topic: topic, Body: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A follower copies the leader's log byte for byte, holds its topics and
 // committed offsets, serves reads, and refuses writes.
 func TestFollowerCopiesTheLog(t *testing.T) {
@@ -98,16 +117,7 @@ func TestFollowerCopiesTheLog(t *testing.T) {
 	l, f := g.Leader, g.Followers[0]
 	ctx := ctxT(t, 60*time.Second)
 	cl := groupClient(t, g)
-	if err := cl.Admin().CreateTopic(ctx, "orders", 3); err != nil {
-		t.Fatal(err)
-	}
-	p, _ := cl.NewProducer()
-	for i := 0; i < 300; i++ {
-		if _, err := p.Send(ctx, &sdk.Message{Topic: "orders", Body: []byte(fmt.Sprint(i))}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.Close()
+	fill(t, ctx, cl, "orders", 3, 300)
 	consumeN(t, ctx, cl, "billing", "orders", 120)
 	end := caughtUp(t, l, f)
 	sameLog(t, l, f, end)
@@ -530,4 +540,42 @@ func startGroupVia(t *testing.T, leaderAddr, via string, args []string) *testbro
 	t.Helper()
 	g := testbroker.StartGroupAt(t, []string{leaderAddr}, 1, args, append([]string{"--leader", via}, args...))
 	return g
+}
+
+// A consumer keeps reading from a follower while the leader does not
+// answer: it keeps its queues (its group cannot change without a leader)
+// and fetches what the follower has.
+func TestConsumerReadsFromFollowerWhenLeaderIsDown(t *testing.T) {
+	g := testbroker.StartGroup(t, 1, []string{"--min-insync", "1"}, nil)
+	l, f := g.Leader, g.Followers[0]
+	ctx := ctxT(t, 60*time.Second)
+	cl := groupClient(t, g)
+	fill(t, ctx, cl, "feed", 2, 200)
+	caughtUp(t, l, f)
+	// Small fetches and no Poll yet: the consumer buffers 40 messages at
+	// most, so most of the 200 can only come after the leader is gone.
+	c, err := cl.NewConsumer("readers", []string{"feed"}, sdk.WithManualCommit(), sdk.WithFetchMax(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testbroker.WaitFor(t, "the consumer to hold both queues", func() bool { return len(c.Assigned()) == 2 })
+	l.Kill()
+	seen := map[string]bool{}
+	for len(seen) < 200 {
+		msgs, err := c.Poll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			seen[string(m.Body)] = true
+		}
+	}
+	fs := f.Status()
+	if fs.Replication.Role != "follower" {
+		t.Fatalf("the follower was promoted by someone: %+v", fs.Replication)
+	}
+	if m := string(f.Get("/metrics")); !strings.Contains(m, "quiver_fetched_records_total") || strings.Contains(m, "quiver_fetched_records_total 0\n") {
+		t.Fatal("the follower served no fetch")
+	}
 }
