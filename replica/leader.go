@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"golang.org/x/time/rate"
 
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
@@ -33,7 +34,13 @@ type LeaderOptions struct {
 	InsyncLag time.Duration
 	// ChunkBytes bounds the records of one ReplData (default 256 KiB).
 	ChunkBytes int
-	Logger     *slog.Logger
+	// CatchupRate bounds, in bytes per second over all followers, what is
+	// sent to followers that are behind by more than a chunk, so that a
+	// follower catching up from disk does not take the CPU and disk that
+	// producers need. Followers at the tail are never held back. 0: no
+	// limit.
+	CatchupRate int64
+	Logger      *slog.Logger
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -69,6 +76,7 @@ type Leader struct {
 	followers map[string]*follower
 
 	waiters waitQueue
+	catchup *rate.Limiter // nil: CatchupRate 0
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
@@ -96,6 +104,9 @@ func NewLeader(o LeaderOptions) *Leader {
 	l := &Leader{opts: o, logger: o.Logger.With("component", "replica-leader"), followers: map[string]*follower{}, stop: make(chan struct{})}
 	l.epoch.Store(o.Epochs.Last().Epoch)
 	l.waiters.init()
+	if o.CatchupRate > 0 {
+		l.catchup = rate.NewLimiter(rate.Limit(o.CatchupRate), max(o.ChunkBytes, int(min(o.CatchupRate/10, 1<<30))))
+	}
 	l.wg.Add(1)
 	go l.expireWaiters()
 	return l
@@ -158,12 +169,15 @@ type Conn interface {
 
 // session is one live replication stream to a follower.
 type session struct {
-	f     *follower
-	wake  chan struct{}
-	done  chan struct{}
-	once  sync.Once
-	conn  Conn
-	marks []mark // data sent and not yet acked: (end, when)
+	f    *follower
+	wake chan struct{}
+	done chan struct{}
+	once sync.Once
+	conn Conn
+	// marks: (end, at) for data sent and not yet acked that reached the
+	// leader's visible end as of at: once end is acked the follower had
+	// everything the leader had at that time.
+	marks []mark
 	mu    sync.Mutex
 	why   string
 	by    string
@@ -339,6 +353,7 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 		default:
 		}
 		lg := l.opts.Log()
+		asOf, visible := l.opts.Now().UnixNano(), lg.Positions().Dispatched
 		var next int64
 		var err error
 		buf, next, err = lg.ReadChunk(pos, l.opts.ChunkBytes, buf)
@@ -351,7 +366,15 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 				s.end("leader", "the connection is closing: "+err.Error())
 				return err
 			}
-			if err := l.sendData(s, epoch, pos, next, lg.Positions().Dispatched, buf); err != nil {
+			if next >= visible {
+				visible = lg.Positions().Dispatched
+			} else {
+				asOf = 0 // behind: this chunk does not bring it up to date
+				if !l.inSync(s.f, l.opts.Now().UnixNano()) && !l.pace(ctx, s, len(buf)) {
+					return nil
+				}
+			}
+			if err := l.sendData(s, epoch, pos, next, visible, asOf, buf); err != nil {
 				s.end("leader", "writing to the follower: "+err.Error())
 				return err
 			}
@@ -369,7 +392,7 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 		select {
 		case <-s.wake:
 		case <-hb.C:
-			if err := l.sendData(s, epoch, pos, pos, lg.Positions().Dispatched, nil); err != nil {
+			if err := l.sendData(s, epoch, pos, pos, lg.Positions().Dispatched, 0, nil); err != nil {
 				s.end("leader", "writing to the follower: "+err.Error())
 				return err
 			}
@@ -392,20 +415,50 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 	}
 }
 
-func (l *Leader) sendData(s *session, epoch uint64, pos, next, visible int64, recs []byte) error {
+// sendData sends records [pos, next). asOf, when not 0, is a time at which
+// next was at or past the leader's visible end: once the follower acks
+// next, it had everything the leader had then.
+func (l *Leader) sendData(s *session, epoch uint64, pos, next, visible, asOf int64, recs []byte) error {
 	m := wire.ReplData{Epoch: epoch, Pos: pos, Next: next, Visible: visible, Records: recs}
 	b, st := s.conn.Begin(wire.Header{Type: wire.TypeReplData})
 	if err := s.conn.End(append(wire.AppendReplDataHeader(b, &m), recs...), st); err != nil {
 		return err
 	}
-	if len(recs) > 0 {
+	if len(recs) > 0 && asOf != 0 {
 		s.mu.Lock()
 		if len(s.marks) < 100000 {
-			s.marks = append(s.marks, mark{end: next, at: l.opts.Now().UnixNano()})
+			s.marks = append(s.marks, mark{end: next, at: asOf})
 		}
 		s.mu.Unlock()
 	}
 	return nil
+}
+
+// pace waits until n more catch-up bytes fit in CatchupRate. It reports
+// false, having ended the session, when the session, the leader or the
+// broker ended meanwhile.
+func (l *Leader) pace(ctx context.Context, s *session, n int) bool {
+	if l.catchup == nil {
+		return true
+	}
+	r := l.catchup.ReserveN(l.opts.Now(), min(n, l.catchup.Burst()))
+	d := r.DelayFrom(l.opts.Now())
+	if d == 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.done:
+	case <-ctx.Done():
+		s.end("leader", "the broker is stopping")
+	case <-l.stop:
+		s.end("leader", "the leader is stopping")
+	}
+	r.Cancel()
+	return false
 }
 
 // inSync reports whether f is in sync now.
@@ -500,7 +553,11 @@ func (l *Leader) Status() []wire.ReplicaStatus {
 		f.mu.Unlock()
 		st.InSync = l.inSync(f, now.UnixNano())
 		st.LagBytes = max(visible-st.Acked, 0)
-		if c := f.caughtUpAt.Load(); st.LagBytes > 0 && c > 0 {
+		switch c := f.caughtUpAt.Load(); {
+		case st.LagBytes == 0:
+		case c == 0:
+			st.LagMs = -1 // it never had everything the leader had
+		default:
 			st.LagMs = now.Sub(time.Unix(0, c)).Milliseconds()
 		}
 		st.LastAckMs = now.Sub(time.Unix(0, f.lastHeard.Load())).Milliseconds()

@@ -35,6 +35,9 @@ type ReplicationOptions struct {
 	// Heartbeat, Timeout and InsyncLag: see replica; AckTimeout bounds the
 	// wait for MinInsync acknowledgements (defaults 1s, 10s, 5s, 2s).
 	Heartbeat, Timeout, InsyncLag, AckTimeout time.Duration
+	// CatchupRate bounds what is sent to followers catching up, in bytes
+	// per second (0: no limit).
+	CatchupRate int64
 }
 
 // Roles.
@@ -124,7 +127,7 @@ func (b *Broker) startReplication() error {
 func (b *Broker) becomeLeader(announce bool) {
 	o := b.opts.Replication
 	l := replica.NewLeader(replica.LeaderOptions{ID: b.opts.ID, Epochs: b.repl.epochs, Log: b.Log, Timeout: o.Timeout,
-		Heartbeat: o.Heartbeat, InsyncLag: o.InsyncLag, Logger: b.opts.Logger})
+		Heartbeat: o.Heartbeat, InsyncLag: o.InsyncLag, CatchupRate: o.CatchupRate, Logger: b.opts.Logger})
 	b.repl.mu.Lock()
 	b.repl.leader = l
 	b.repl.note = ""

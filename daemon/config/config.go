@@ -73,6 +73,7 @@ type Config struct {
 	ReplicaTimeout   Duration `toml:"replica_timeout" help:"drop the replication peer after this long without hearing from it"`
 	ReplicaLag       Duration `toml:"replica_insync_lag" help:"a follower is in sync while it had everything the leader had this recently"`
 	ReplicaAckWait   Duration `toml:"replica_ack_timeout" help:"min_insync: fail a send (retryable) when the followers did not acknowledge it within this"`
+	ReplicaCatchup   int64    `toml:"replica_catchup_mib" help:"leader: MiB per second sent, in all, to followers catching up from behind (0: no limit); followers at the tail are never held back"`
 }
 
 // Default is the configuration of a broker started with nothing.
@@ -84,7 +85,7 @@ func Default() Config {
 		AutoCreateTopics: true, DefaultQueues: 4,
 		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
 		Role: "leader", ReplicaHeartbeat: Duration{time.Second}, ReplicaTimeout: Duration{10 * time.Second},
-		ReplicaLag: Duration{5 * time.Second}, ReplicaAckWait: Duration{2 * time.Second},
+		ReplicaLag: Duration{5 * time.Second}, ReplicaAckWait: Duration{2 * time.Second}, ReplicaCatchup: 64,
 	}
 }
 
@@ -121,6 +122,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Role != "leader" && c.Role != "follower":
 		return fmt.Errorf("config: role %q (leader or follower)", c.Role)
+	case c.ReplicaCatchup < 0:
+		return fmt.Errorf("config: replica_catchup_mib %d is negative", c.ReplicaCatchup)
 	case c.Role == "follower" && c.Leader == "":
 		return errors.New("config: a follower needs leader (the leader's address)")
 	case c.MinInsync < 0:

@@ -49,6 +49,7 @@ func TestBadInputIsRefused(t *testing.T) {
 		"bad duration":   `max_queue_wait = "fast"`,
 		"lone cert":      `tls_cert = "c.pem"`,
 		"tiny segments":  `segment_size = 4096`,
+		"negative rate":  `replica_catchup_mib = -1`,
 	}
 	for name, body := range cases {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")

@@ -136,7 +136,7 @@ type ReplicaStatus struct {
 	InSync       bool   `json:"in_sync"`
 	Acked        int64  `json:"acked"`
 	LagBytes     int64  `json:"lag_bytes"`
-	LagMs        int64  `json:"lag_ms"` // since the follower last had everything the leader had
+	LagMs        int64  `json:"lag_ms"` // since the follower last had everything the leader had; -1: never
 	LastAckMs    int64  `json:"last_ack_ms"`
 	Sessions     int64  `json:"sessions"`
 	Reconnects   int64  `json:"reconnects"`

@@ -82,7 +82,11 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 			if f.LastClose != "" {
 				last = fmt.Sprintf("by the %s, %v ago: %s", f.LastCloseBy, ms(f.LastCloseAgo), f.LastClose)
 			}
-			tw.row(f.ID, f.Addr, f.Connected, f.InSync, f.Acked, f.LagBytes, ms(f.LagMs), ms(f.LastAckMs).String()+" ago", f.Reconnects, last)
+			lag := ms(f.LagMs).String()
+			if f.LagMs < 0 {
+				lag = "never caught up"
+			}
+			tw.row(f.ID, f.Addr, f.Connected, f.InSync, f.Acked, f.LagBytes, lag, ms(f.LastAckMs).String()+" ago", f.Reconnects, last)
 		}
 		if err := tw.flush(); err != nil {
 			return err

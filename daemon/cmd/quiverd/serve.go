@@ -98,7 +98,8 @@ func serve(c config.Config) error {
 	}
 	ro := broker.ReplicationOptions{Role: c.Role, LeaderAddr: c.Leader, Advertise: c.Advertise, Peers: c.Peers,
 		PeerToken: []byte(c.PeerToken), MinInsync: c.MinInsync, Heartbeat: c.ReplicaHeartbeat.Duration,
-		Timeout: c.ReplicaTimeout.Duration, InsyncLag: c.ReplicaLag.Duration, AckTimeout: c.ReplicaAckWait.Duration}
+		Timeout: c.ReplicaTimeout.Duration, InsyncLag: c.ReplicaLag.Duration, AckTimeout: c.ReplicaAckWait.Duration,
+		CatchupRate: c.ReplicaCatchup << 20}
 	peerCA := c.PeerCA
 	if peerCA == "" {
 		peerCA = filepath.Join(c.Data, "tls", certs.CertFile)
