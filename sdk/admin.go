@@ -3,7 +3,11 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sort"
+	"sync"
+	"time"
 
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -20,35 +24,142 @@ type Admin struct{ cl *Client }
 // Admin returns the client's admin interface.
 func (cl *Client) Admin() *Admin { return &Admin{cl: cl} }
 
-// CreateTopic creates a topic with the given number of queues. Creating a
-// topic that exists with the same number of queues succeeds.
+// CreateTopic creates a topic with the given number of queues on every
+// broker group of the cluster (on every one it was not created on yet).
+// Creating a topic that exists with the same number of queues succeeds. A
+// group that cannot be reached makes it fail, naming the group; calling it
+// again creates the rest.
 func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error {
 	if queues < 1 || queues > wire.MaxQueues {
 		return fmt.Errorf("quiver: %d queues (1..%d)", queues, wire.MaxQueues)
 	}
-	req := wire.Create{Topic: name, Queues: uint32(queues)}
-	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeCreate, req.Append)
+	t, err := a.cl.router.routes(ctx)
 	if err != nil {
 		return err
 	}
-	call.release()
-	return nil
+	req := wire.Create{Topic: name, Queues: uint32(queues)}
+	errs := make([]error, len(t.names))
+	var wg sync.WaitGroup
+	for i, g := range t.names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			call, err := a.cl.requestGroup(ctx, g, streamControl, wire.TypeCreate, req.Append)
+			if err != nil {
+				errs[i] = fmt.Errorf("broker group %s: %w", g, err)
+				return
+			}
+			call.release()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		a.cl.router.stale()
+		return fmt.Errorf("quiver: creating topic %s: %w", name, err)
+	}
+	// Return once the routes show it on every group (the broker answering
+	// for the cluster hears from the others about every second), so that
+	// sends right after spread over all of them; the topic exists anyway.
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		if err := a.cl.router.refresh(wait); err == nil && len(a.cl.router.table().topics[name]) >= len(t.names) {
+			return nil
+		}
+		select {
+		case <-wait.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Topics lists the topics (all of them when no names are given; a named
-// topic that does not exist has 0 queues).
+// topic that does not exist has 0 queues), with their queues summed over
+// the broker groups that host them, from fresh routes.
 func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error) {
-	req := wire.Metadata{Topics: names}
-	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeMetadata, req.Append)
+	a.cl.router.start()
+	if err := a.cl.router.refresh(ctx); err != nil {
+		return nil, err
+	}
+	t := a.cl.router.table()
+	if len(names) == 0 {
+		for n := range t.topics {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+	}
+	out := make([]TopicInfo, 0, len(names))
+	for _, n := range names {
+		ti := TopicInfo{Name: n}
+		for _, p := range t.topics[n] {
+			ti.Queues += p.queues
+		}
+		out = append(out, ti)
+	}
+	return out, nil
+}
+
+// GroupInfo is one broker group as the client's routes show it.
+type GroupInfo struct {
+	Name      string
+	Leader    string // address; "" when none is known
+	Epoch     uint64
+	Followers []string
+	Topics    []TopicInfo // the topics it hosts, with its queues of each
+}
+
+// Cluster returns the broker groups as fresh routes show them, and every
+// broker with what the answering broker last heard from it.
+func (a *Admin) Cluster(ctx context.Context) ([]GroupInfo, []wire.RouteBroker, error) {
+	a.cl.router.start()
+	if err := a.cl.router.refresh(ctx); err != nil {
+		return nil, nil, err
+	}
+	t := a.cl.router.table()
+	var groups []GroupInfo
+	for _, n := range t.names {
+		g := t.groups[n]
+		gi := GroupInfo{Name: n, Leader: g.leader, Epoch: g.epoch}
+		for _, m := range g.members {
+			if m != g.leader {
+				gi.Followers = append(gi.Followers, m)
+			}
+		}
+		for topic, parts := range t.topics {
+			for _, p := range parts {
+				if p.group == n {
+					gi.Topics = append(gi.Topics, TopicInfo{Name: topic, Queues: p.queues})
+				}
+			}
+		}
+		sort.Slice(gi.Topics, func(i, j int) bool { return gi.Topics[i].Name < gi.Topics[j].Name })
+		groups = append(groups, gi)
+	}
+	brokers := make([]wire.RouteBroker, 0, len(t.brokers))
+	now := time.Now()
+	for addr, b := range t.brokers {
+		r := b.info
+		r.Addr, r.Topics = addr, nil
+		if b.heard.IsZero() {
+			r.AgeMs = ^uint32(0)
+		} else {
+			r.AgeMs = uint32(min(now.Sub(b.heard).Milliseconds(), 1<<31))
+		}
+		brokers = append(brokers, r)
+	}
+	sort.Slice(brokers, func(i, j int) bool { return brokers[i].Addr < brokers[j].Addr })
+	return groups, brokers, nil
+}
+
+// Describe asks the broker at addr to describe itself (id, group, role,
+// epoch, topics, the brokers it knows of).
+func (a *Admin) Describe(ctx context.Context, addr string) (wire.RouteBroker, error) {
+	resp, err := a.cl.route(ctx, addr, wire.RouteSelf)
 	if err != nil {
-		return nil, err
+		return wire.RouteBroker{}, err
 	}
-	defer call.release()
-	var resp wire.MetaResp
-	if err := wire.DecodeMetaResp(call.resp, &resp); err != nil {
-		return nil, err
-	}
-	return resp.Topics, nil
+	return resp.Brokers[0], nil
 }
 
 // Status returns the status document of one broker (the first reachable).
@@ -72,21 +183,12 @@ func (a *Admin) Status(ctx context.Context) (*Status, error) {
 // EpochInfo is a broker's epoch and leader.
 type EpochInfo = wire.EpochInfo
 
-// Promote makes the follower at addr (one of the client's brokers) the
+// Promote makes the follower at addr the
 // leader of its group, with a new epoch; it tells the group's other
 // brokers, so that an old leader stops taking writes. Promoting a leader
 // does nothing. It returns the broker's epoch and leader afterwards.
 func (a *Admin) Promote(ctx context.Context, addr string) (EpochInfo, error) {
-	var bc *brokerConn
-	for _, c := range a.cl.conns {
-		if c.addr == addr {
-			bc = c
-		}
-	}
-	if bc == nil {
-		return EpochInfo{}, fmt.Errorf("quiver: %s is not one of this client's brokers", addr)
-	}
-	call, err := a.cl.request(ctx, bc, streamControl, wire.TypePromote, func(b []byte) []byte { return b })
+	call, err := a.cl.request(ctx, a.cl.conn(addr), streamControl, wire.TypePromote, func(b []byte) []byte { return b })
 	if err != nil {
 		return EpochInfo{}, err
 	}

@@ -28,6 +28,9 @@ type clientConfig struct {
 	idleTimeout time.Duration
 	onError     func(error)
 	backoff     backoffPolicy
+	// routeRefresh: how often routes are refreshed (besides after errors).
+	routeRefresh time.Duration
+	avoidance    FaultAvoidance
 }
 
 // WithBrokers sets the broker addresses (host:port) the client starts from.
@@ -70,6 +73,15 @@ func WithDialTimeout(d time.Duration) Opt { return func(c *clientConfig) { c.dia
 // within the timeout rather than when each call's deadline passes.
 func WithIdleTimeout(d time.Duration) Opt { return func(c *clientConfig) { c.idleTimeout = d } }
 
+// WithRouteRefresh sets how often the client refreshes its routes (the
+// broker groups, their leaders, the topics' queues) from the brokers;
+// routing errors refresh them at once as well (default 2s, at most 5s).
+func WithRouteRefresh(d time.Duration) Opt { return func(c *clientConfig) { c.routeRefresh = d } }
+
+// WithFaultAvoidance sets how brokers whose requests fail or are slow are
+// set aside (default AvoidAdaptive; see FaultAvoidance).
+func WithFaultAvoidance(m FaultAvoidance) Opt { return func(c *clientConfig) { c.avoidance = m } }
+
 // WithErrorHandler receives errors the application would otherwise not
 // see: a broker refusing the session (credentials, version, certificate).
 // It is called on a client goroutine and must not block.
@@ -86,21 +98,26 @@ func WithReconnectBackoff(base, max, nonNetworkBase time.Duration) Opt {
 }
 
 // Client holds one QUIC connection per broker, shared by the producers,
-// consumers and admin calls made from it. It is safe for concurrent use.
+// consumers and admin calls made from it. It learns the cluster (broker
+// groups, leaders, topics) from its brokers and keeps it fresh. It is safe
+// for concurrent use.
 type Client struct {
 	cfg    clientConfig
 	logger *slog.Logger
 	ctx    context.Context
 	cancel context.CancelFunc
+	bg     sync.WaitGroup // the client's own goroutines
 
-	conns []*brokerConn
-	rr    atomic.Uint32
-	// preferred is the broker that last took a write: the leader, as far
-	// as the client knows.
-	preferred atomic.Pointer[brokerConn]
-	mu        sync.Mutex
-	users     map[closer]struct{} // producers and consumers, closed with the client
-	closed    atomic.Bool
+	connMu sync.RWMutex
+	conns  map[string]*brokerConn // by address: bootstrap and learned
+	boot   []*brokerConn
+	rr     atomic.Uint32
+	router router
+	faults *faultTracker
+
+	mu     sync.Mutex
+	users  map[closer]struct{} // producers and consumers, closed with the client
+	closed atomic.Bool
 }
 
 type closer interface{ Close() error }
@@ -109,7 +126,7 @@ type closer interface{ Close() error }
 // until the first request. A way to verify the brokers' certificates is
 // required: verification is never skipped silently.
 func NewClient(opts ...Opt) (*Client, error) {
-	cfg := clientConfig{dialTimeout: 5 * time.Second, idleTimeout: 5 * time.Second,
+	cfg := clientConfig{dialTimeout: 5 * time.Second, idleTimeout: 5 * time.Second, routeRefresh: 2 * time.Second,
 		backoff: backoffPolicy{base: 100 * time.Millisecond, max: 10 * time.Second, hardBase: 5 * time.Second, hardMax: 5 * time.Minute}}
 	for _, o := range opts {
 		o(&cfg)
@@ -123,6 +140,10 @@ func NewClient(opts ...Opt) (*Client, error) {
 		return nil, errors.New("quiver: no broker addresses (WithBrokers)")
 	case cfg.idleTimeout < 500*time.Millisecond:
 		return nil, fmt.Errorf("quiver: idle timeout %v is too short: at least 500ms, or live brokers would be dropped", cfg.idleTimeout)
+	case cfg.routeRefresh < 100*time.Millisecond || cfg.routeRefresh > 5*time.Second:
+		return nil, fmt.Errorf("quiver: route refresh %v (100ms..5s)", cfg.routeRefresh)
+	case cfg.avoidance > AvoidOff:
+		return nil, fmt.Errorf("quiver: fault avoidance %d", cfg.avoidance)
 	}
 	if cfg.logger == nil {
 		cfg.logger = slog.Default()
@@ -138,15 +159,43 @@ func NewClient(opts ...Opt) (*Client, error) {
 	tc.MinVersion = tls.VersionTLS13
 	cfg.tls = tc
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel, users: map[closer]struct{}{}}
-	seen := map[string]bool{}
+	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel,
+		users: map[closer]struct{}{}, conns: map[string]*brokerConn{}, faults: newFaultTracker(cfg.avoidance)}
+	c.router = router{cl: c, kick: make(chan struct{}, 1), changed: make(chan struct{}), boot: map[string]bool{}}
 	for _, a := range cfg.brokers {
-		if !seen[a] {
-			seen[a] = true
-			c.conns = append(c.conns, newBrokerConn(c, a))
+		if !c.router.boot[a] {
+			c.router.boot[a] = true
+			bc := newBrokerConn(c, a)
+			c.conns[a] = bc
+			c.boot = append(c.boot, bc)
 		}
 	}
+	c.cfg.brokers = c.cfg.brokers[:0]
+	for _, bc := range c.boot {
+		c.cfg.brokers = append(c.cfg.brokers, bc.addr)
+	}
 	return c, nil
+}
+
+// conn returns the connection to addr, making it if the client did not
+// know the broker (a broker learned from the routes).
+func (c *Client) conn(addr string) *brokerConn {
+	c.connMu.RLock()
+	bc := c.conns[addr]
+	c.connMu.RUnlock()
+	if bc != nil {
+		return bc
+	}
+	c.connMu.Lock()
+	defer c.connMu.Unlock()
+	bc = c.conns[addr]
+	if bc == nil {
+		bc = newBrokerConn(c, addr)
+		if !c.closed.Load() {
+			c.conns[addr] = bc
+		}
+	}
+	return bc
 }
 
 // ClientID is the id the client presents to brokers.
@@ -171,7 +220,14 @@ func (c *Client) Close() error {
 		}
 	}
 	c.cancel()
+	c.bg.Wait()
+	c.connMu.Lock()
+	conns := make([]*brokerConn, 0, len(c.conns))
 	for _, bc := range c.conns {
+		conns = append(conns, bc)
+	}
+	c.connMu.Unlock()
+	for _, bc := range conns {
 		bc.close()
 	}
 	return err
@@ -191,47 +247,6 @@ func (c *Client) untrack(u closer) {
 	c.mu.Lock()
 	delete(c.users, u)
 	c.mu.Unlock()
-}
-
-// pick returns a broker to send to, avoiding exclude and brokers whose
-// reconnects are backing off, when another one is available.
-func (c *Client) pick(exclude string) *brokerConn {
-	if p := c.preferred.Load(); p != nil && p.addr != exclude && !p.backingOff() {
-		return p
-	}
-	n := len(c.conns)
-	start := int(c.rr.Add(1))
-	var fallback *brokerConn
-	for i := 0; i < n; i++ {
-		bc := c.conns[(start+i)%n]
-		if bc.addr == exclude && n > 1 {
-			continue
-		}
-		if !bc.backingOff() {
-			return bc
-		}
-		if fallback == nil {
-			fallback = bc
-		}
-	}
-	if fallback == nil {
-		fallback = c.conns[start%n]
-	}
-	return fallback
-}
-
-// anySession returns a session with any broker, trying each in turn.
-func (c *Client) anySession(ctx context.Context) (*session, error) {
-	var last error
-	start := int(c.rr.Add(1))
-	for i := range c.conns {
-		s, err := c.conns[(start+i)%len(c.conns)].get(ctx)
-		if err == nil {
-			return s, nil
-		}
-		last = err
-	}
-	return nil, last
 }
 
 func (c *Client) reportError(err error) {

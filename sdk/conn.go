@@ -517,24 +517,18 @@ func (c *call) wait(ctx context.Context) error {
 	}
 }
 
-// requestAny sends a request to the brokers in turn, starting with the
-// one that last took a write (the leader, as far as the client knows),
-// while the failure is retryable: the network, or a follower answering
-// NOT_LEADER.
+// requestAny sends a request that any broker can answer (status,
+// metadata) to the brokers in turn while the failure is retryable.
 func (cl *Client) requestAny(ctx context.Context, role int, typ wire.Type, payload func([]byte) []byte) (*call, error) {
 	var addrs, msgs []string
 	for _, bc := range cl.order() {
 		c, err := cl.request(ctx, bc, role, typ, payload)
 		if err == nil {
-			if typ != wire.TypeFetch && typ != wire.TypeMetadata && typ != wire.TypeStatus {
-				cl.preferred.Store(bc) // it took a write: it leads
-			}
 			return c, nil
 		}
 		if !Retryable(err) {
 			return nil, err // an answer another broker would give too
 		}
-		cl.preferred.CompareAndSwap(bc, nil) // it may be gone: no longer try it first
 		addrs = append(addrs, bc.addr)
 		msgs = append(msgs, strings.TrimPrefix(err.Error(), "quiver: "))
 		if ctx.Err() != nil {
@@ -547,22 +541,21 @@ func (cl *Client) requestAny(ctx context.Context, role int, typ wire.Type, paylo
 	return nil, &NetError{Broker: strings.Join(addrs, ","), Err: fmt.Errorf("no broker answered: %s", strings.Join(msgs, "; "))}
 }
 
-// order lists the brokers to try: the preferred one first, then the
-// others round robin.
+// order lists the bootstrap brokers round robin, those set aside last.
 func (cl *Client) order() []*brokerConn {
-	n := len(cl.conns)
+	n := len(cl.boot)
 	out := make([]*brokerConn, 0, n)
-	pref := cl.preferred.Load()
-	if pref != nil {
-		out = append(out, pref)
-	}
+	var aside []*brokerConn
 	start := int(cl.rr.Add(1))
 	for i := 0; i < n; i++ {
-		if bc := cl.conns[(start+i)%n]; bc != pref {
+		bc := cl.boot[(start+i)%n]
+		if cl.faults.usable(bc.addr) && !bc.backingOff() {
 			out = append(out, bc)
+		} else {
+			aside = append(aside, bc)
 		}
 	}
-	return out
+	return append(out, aside...)
 }
 
 // request sends one request on the stream role and waits for its answer;

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -66,6 +68,12 @@ func WithMemberID(id string) ConsumerOpt { return func(c *consumerConfig) { c.me
 // time, and the group's committed offsets say where each queue resumes.
 // Delivery is at least once: a message is committed only after it was
 // processed (Run's handler returned nil, or Commit was called).
+//
+// A topic's queues may live in several broker groups: the consumer joins
+// the consumer group on each broker group that hosts one of its topics
+// (each coordinates its own queues, and keeps their offsets in its log),
+// and follows the routes as groups and topics appear. It reads from a
+// group's followers while its leader is unreachable.
 type Consumer struct {
 	cl     *Client
 	group  string
@@ -78,18 +86,37 @@ type Consumer struct {
 	msgs   chan *Message
 	wg     sync.WaitGroup
 	closed atomic.Bool
-	done   chan struct{} // the group loop has left the group
+	done   chan struct{} // every broker group was left
+
+	mu       sync.Mutex
+	members  map[string]*membership // by broker group
+	lastPoll []*Message
+}
+
+// QueueRef names a queue: its broker group, topic and number in the group.
+type QueueRef struct {
+	Group string
+	Topic string
+	Queue uint32
+}
+
+// membership is the consumer's membership of its group on one broker
+// group, which assigns that broker group's queues.
+type membership struct {
+	c      *Consumer
+	bgroup string
+	done   chan struct{} // left
 	err    error         // from leaving
 
 	mu       sync.Mutex
 	queues   map[wire.QueueRef]*queueState
 	commitMu sync.Mutex
-	lastPoll []*Message
 	gen      atomic.Uint64
 }
 
 // queueState is the consumer's hold on one assigned queue.
 type queueState struct {
+	m      *membership
 	ref    wire.QueueRef
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -158,28 +185,85 @@ func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt
 	ctx, cancel := context.WithCancel(cl.ctx)
 	c := &Consumer{cl: cl, group: group, topics: append([]string(nil), topics...), member: cfg.memberID, cfg: cfg,
 		ctx: ctx, cancel: cancel, msgs: make(chan *Message, 4*cfg.fetchMax), done: make(chan struct{}),
-		queues: map[wire.QueueRef]*queueState{}}
+		members: map[string]*membership{}}
 	if err := cl.track(c); err != nil {
 		cancel()
 		return nil, err
 	}
 	c.wg.Add(1)
-	go c.groupLoop()
+	go c.watch()
 	return c, nil
+}
+
+// watch joins the consumer group on every broker group that hosts one of
+// the topics, as the routes show them, until the consumer closes.
+func (c *Consumer) watch() {
+	defer c.wg.Done()
+	defer close(c.done)
+	warned := false
+	for {
+		changed := c.cl.router.updated()
+		t, err := c.cl.router.routes(c.ctx)
+		if err == nil {
+			groups := map[string]bool{}
+			for _, topic := range c.topics {
+				for _, p := range t.topics[topic] {
+					groups[p.group] = true
+				}
+			}
+			if len(groups) == 0 && !warned {
+				warned = true
+				c.cl.logger.Warn("consumer subscribed to topics that do not exist; waiting for them", "group", c.group, "topics", c.topics)
+			}
+			c.mu.Lock()
+			for g := range groups {
+				if c.members[g] == nil && c.ctx.Err() == nil {
+					m := &membership{c: c, bgroup: g, done: make(chan struct{}), queues: map[wire.QueueRef]*queueState{}}
+					c.members[g] = m
+					c.wg.Add(1)
+					go m.loop()
+				}
+			}
+			c.mu.Unlock()
+		}
+		t2 := time.NewTimer(c.cl.cfg.routeRefresh)
+		select {
+		case <-changed:
+		case <-t2.C:
+		case <-c.ctx.Done():
+			t2.Stop()
+			for _, m := range c.memberships() {
+				<-m.done
+			}
+			return
+		}
+		t2.Stop()
+	}
+}
+
+func (c *Consumer) memberships() []*membership {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Collect(maps.Values(c.members))
 }
 
 // Member is the consumer's member id in its group.
 func (c *Consumer) Member() string { return c.member }
 
 // Assigned lists the queues the consumer holds now.
-func (c *Consumer) Assigned() []wire.QueueRef {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]wire.QueueRef, 0, len(c.queues))
-	for r := range c.queues {
-		out = append(out, r)
+func (c *Consumer) Assigned() []QueueRef {
+	var out []QueueRef
+	for _, m := range c.memberships() {
+		m.mu.Lock()
+		for r := range m.queues {
+			out = append(out, QueueRef{Group: m.bgroup, Topic: r.Topic, Queue: r.Queue})
+		}
+		m.mu.Unlock()
 	}
 	sort.Slice(out, func(i, j int) bool {
+		if out[i].Group != out[j].Group {
+			return out[i].Group < out[j].Group
+		}
 		if out[i].Topic != out[j].Topic {
 			return out[i].Topic < out[j].Topic
 		}
@@ -287,25 +371,33 @@ func (c *Consumer) Commit(ctx context.Context, msgs ...*Message) error {
 		}
 		m.lease.markDone(m.Offset + 1)
 	}
-	qs := c.held()
-	held := make(map[*queueState]bool, len(qs))
-	for _, q := range qs {
-		held[q] = true
+	held := map[*queueState]bool{}
+	var errs []error
+	for _, mb := range c.memberships() {
+		qs := mb.held()
+		for _, q := range qs {
+			held[q] = true
+		}
+		// Commit what this member still holds; then report what moved.
+		if err := mb.commit(ctx, qs); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	// Commit what this member still holds; then report what moved.
-	err := c.commit(ctx, qs)
+	err := errors.Join(errs...)
 	for _, m := range msgs {
 		if !held[m.lease] && err == nil {
-			err = &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d is no longer assigned to this consumer; its new member re-reads from the last commit", m.Topic, m.Queue)}
+			err = &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d of group %s is no longer assigned to this consumer; its new member re-reads from the last commit",
+				m.Topic, m.Queue, m.Group)}
 		}
 	}
 	return err
 }
 
 // commit commits the processed offsets of qs that moved since the last commit.
-func (c *Consumer) commit(ctx context.Context, qs []*queueState) error {
-	c.commitMu.Lock()
-	defer c.commitMu.Unlock()
+func (m *membership) commit(ctx context.Context, qs []*queueState) error {
+	c := m.c
+	m.commitMu.Lock()
+	defer m.commitMu.Unlock()
 	req := wire.Commit{Group: c.group, Member: c.member}
 	var sent []*queueState
 	for _, q := range qs {
@@ -321,9 +413,9 @@ func (c *Consumer) commit(ctx context.Context, qs []*queueState) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	call, err := c.cl.requestAny(ctx, streamControl, wire.TypeCommit, req.Append)
+	call, err := c.cl.requestGroup(ctx, m.bgroup, streamControl, wire.TypeCommit, req.Append)
 	if err != nil {
-		return fmt.Errorf("quiver: commit of group %s: %w", c.group, err)
+		return fmt.Errorf("quiver: commit of group %s on broker group %s: %w", c.group, m.bgroup, err)
 	}
 	call.release()
 	for i, q := range sent {
@@ -336,11 +428,12 @@ func (c *Consumer) commit(ctx context.Context, qs []*queueState) error {
 	return nil
 }
 
-// groupLoop heartbeats, applies assignments and commits, then leaves the
+// loop heartbeats, applies assignments and commits, then leaves the
 // group when the consumer closes.
-func (c *Consumer) groupLoop() {
+func (m *membership) loop() {
+	c := m.c
 	defer c.wg.Done()
-	defer close(c.done)
+	defer close(m.done)
 	var commitTick <-chan time.Time
 	if c.cfg.autoCommit > 0 {
 		t := time.NewTicker(c.cfg.autoCommit)
@@ -348,13 +441,8 @@ func (c *Consumer) groupLoop() {
 		commitTick = t.C
 	}
 	failures := 0
-	checked := false
 	for {
-		a, err := c.sync(c.ctx, false)
-		if err == nil && len(a.Queues) == 0 && !a.Pending && !checked {
-			checked = true
-			c.warnMissingTopics()
-		}
+		a, err := m.sync(c.ctx, false)
 		wait := c.cfg.heartbeat
 		if err != nil {
 			if c.ctx.Err() != nil {
@@ -362,12 +450,12 @@ func (c *Consumer) groupLoop() {
 			}
 			failures++
 			if failures == 1 || failures%10 == 0 {
-				c.cl.logger.Warn("consumer group heartbeat failed", "group", c.group, "member", c.member, "failures", failures, "err", err)
+				c.cl.logger.Warn("consumer group heartbeat failed", "group", c.group, "broker_group", m.bgroup, "member", c.member, "failures", failures, "err", err)
 			}
-			wait = c.cl.cfg.backoff.delay(failures, false)
+			wait = min(c.cl.cfg.backoff.delay(failures, false), c.cfg.heartbeat)
 		} else {
 			failures = 0
-			if c.apply(a) {
+			if m.apply(a) {
 				wait = 0 // report the release at once
 			} else if a.Pending {
 				wait = min(wait, 100*time.Millisecond)
@@ -380,8 +468,8 @@ func (c *Consumer) groupLoop() {
 			case <-t.C:
 				break waiting
 			case <-commitTick:
-				if err := c.commit(c.ctx, c.held()); err != nil && c.ctx.Err() == nil {
-					c.cl.logger.Warn("auto-commit failed", "group", c.group, "err", err)
+				if err := m.commit(c.ctx, m.held()); err != nil && c.ctx.Err() == nil {
+					c.cl.logger.Warn("auto-commit failed", "group", c.group, "broker_group", m.bgroup, "err", err)
 				}
 			case <-c.ctx.Done():
 				t.Stop()
@@ -397,47 +485,39 @@ leave:
 	// context of its own: the consumer's is already cancelled.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c.mu.Lock()
-	qs := make([]*queueState, 0, len(c.queues))
-	for _, q := range c.queues {
-		qs = append(qs, q)
-	}
-	c.mu.Unlock()
+	qs := m.held()
 	for _, q := range qs {
 		c.stopQueue(q)
 	}
-	err := c.commit(ctx, qs)
-	if _, lerr := c.sync(ctx, true); lerr != nil && err == nil && !errors.Is(lerr, ErrClosed) {
+	err := m.commit(ctx, qs)
+	if _, lerr := m.sync(ctx, true); lerr != nil && err == nil && !errors.Is(lerr, ErrClosed) {
 		err = lerr
 	}
-	c.err = err
+	m.err = err
 }
 
-func (c *Consumer) held() []*queueState {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	qs := make([]*queueState, 0, len(c.queues))
-	for _, q := range c.queues {
-		qs = append(qs, q)
-	}
-	return qs
+func (m *membership) held() []*queueState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Collect(maps.Values(m.queues))
 }
 
 // sync sends the member's GroupSync (a heartbeat, or its leave).
-func (c *Consumer) sync(ctx context.Context, leave bool) (wire.Assignment, error) {
+func (m *membership) sync(ctx context.Context, leave bool) (wire.Assignment, error) {
+	c := m.c
 	req := wire.GroupSync{Group: c.group, Member: c.member, SessionMs: uint32(c.cfg.session.Milliseconds()), Topics: c.topics}
 	if leave {
 		req.Flags = wire.GroupLeave
 	} else {
-		c.mu.Lock()
-		for r := range c.queues {
+		m.mu.Lock()
+		for r := range m.queues {
 			req.Owned = append(req.Owned, r)
 		}
-		c.mu.Unlock()
+		m.mu.Unlock()
 	}
 	ctx, cancel := context.WithTimeout(ctx, max(c.cfg.heartbeat, 2*time.Second))
 	defer cancel()
-	call, err := c.cl.requestAny(ctx, streamControl, wire.TypeGroupSync, req.Append)
+	call, err := c.cl.requestGroup(ctx, m.bgroup, streamControl, wire.TypeGroupSync, req.Append)
 	if err != nil {
 		return wire.Assignment{}, err
 	}
@@ -446,52 +526,53 @@ func (c *Consumer) sync(ctx context.Context, leave bool) (wire.Assignment, error
 	if err := wire.DecodeAssignment(call.resp, &a); err != nil {
 		return a, err
 	}
-	c.gen.Store(a.Generation)
+	m.gen.Store(a.Generation)
 	return a, nil
 }
 
 // apply starts the queues newly assigned and stops (and commits) those no
 // longer assigned; it reports whether any was released.
-func (c *Consumer) apply(a wire.Assignment) bool {
+func (m *membership) apply(a wire.Assignment) bool {
+	c := m.c
 	want := make(map[wire.QueueRef]wire.Assigned, len(a.Queues))
 	for _, q := range a.Queues {
 		want[q.QueueRef] = q
 	}
-	c.mu.Lock()
+	m.mu.Lock()
 	var gone []*queueState
-	for r, q := range c.queues {
+	for r, q := range m.queues {
 		if _, ok := want[r]; !ok {
 			gone = append(gone, q)
-			delete(c.queues, r)
+			delete(m.queues, r)
 		}
 	}
-	c.mu.Unlock()
+	m.mu.Unlock()
 	if len(gone) > 0 {
 		for _, q := range gone {
 			c.stopQueue(q)
 		}
 		// Commit what was processed before the new member starts from it.
 		// A failed commit only means the new member re-reads those messages.
-		if err := c.commit(c.ctx, gone); err != nil && c.ctx.Err() == nil {
+		if err := m.commit(c.ctx, gone); err != nil && c.ctx.Err() == nil {
 			c.cl.logger.Warn("commit at revocation failed; the next member will re-read from the last commit", "group", c.group, "err", err)
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if c.ctx.Err() != nil {
 		return len(gone) > 0
 	}
 	for r, aq := range want {
-		if _, ok := c.queues[r]; ok {
+		if _, ok := m.queues[r]; ok {
 			continue
 		}
-		q := &queueState{ref: r, fdone: make(chan struct{})}
+		q := &queueState{m: m, ref: r, fdone: make(chan struct{})}
 		q.idle = sync.NewCond(&q.mu)
 		q.ctx, q.cancel = context.WithCancel(c.ctx)
 		if aq.Committed != wire.NoOffset {
 			q.committed, q.hasCommit = uint64(aq.Committed), true
 		}
-		c.queues[r] = q
+		m.queues[r] = q
 		c.wg.Add(1)
 		go c.fetchLoop(q, aq.Committed)
 	}
@@ -565,7 +646,7 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 					"offset", recs[i].Offset, "err", err)
 			}
 			for _, m := range out {
-				m.lease = q
+				m.lease, m.Group = q, q.m.bgroup
 				select {
 				case c.msgs <- m:
 				case <-q.ctx.Done():
@@ -599,7 +680,7 @@ func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration
 	defer cancel()
 	req := wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
 		MaxWaitMs: uint32(wait.Milliseconds())}
-	call, err := c.cl.requestAny(ctx, streamFetch, wire.TypeFetch, req.Append)
+	call, err := c.cl.requestGroup(ctx, q.m.bgroup, streamFetch, wire.TypeFetch, req.Append)
 	if err != nil {
 		return wire.FetchHeader{}, nil, err
 	}
@@ -628,21 +709,11 @@ func (c *Consumer) Close() error {
 	<-c.done
 	c.wg.Wait()
 	c.cl.untrack(c)
-	return c.err
-}
-
-// warnMissingTopics logs the subscribed topics that do not exist (yet):
-// the consumer waits for them without an error.
-func (c *Consumer) warnMissingTopics() {
-	ctx, cancel := context.WithTimeout(c.ctx, 5*time.Second)
-	defer cancel()
-	infos, err := c.cl.Admin().Topics(ctx, c.topics...)
-	if err != nil {
-		return
-	}
-	for _, t := range infos {
-		if t.Queues == 0 {
-			c.cl.logger.Warn("consumer subscribed to a topic that does not exist; waiting for it", "group", c.group, "topic", t.Name)
+	var errs []error
+	for _, m := range c.memberships() {
+		if m.err != nil {
+			errs = append(errs, fmt.Errorf("broker group %s: %w", m.bgroup, m.err))
 		}
 	}
+	return errors.Join(errs...)
 }

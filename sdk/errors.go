@@ -92,20 +92,48 @@ func nonNetwork(err error) bool {
 
 // Attempt is one try of a send.
 type Attempt struct {
-	Broker  string
+	Broker string
+	// Code names the failure: a broker's code (BUSY, NOT_LEADER, ...), or
+	// TIMEOUT, NETWORK, HANDSHAKE, CLOSED, CANCELLED.
+	Code    string
 	Err     error
 	Latency time.Duration
 }
 
 func (a Attempt) String() string {
-	return fmt.Sprintf("%s after %v: %v", a.Broker, a.Latency.Round(time.Microsecond), a.Err)
+	return fmt.Sprintf("%s %s after %v: %v", a.Broker, a.Code, a.Latency.Round(time.Microsecond), a.Err)
+}
+
+// codeOf names an error for an Attempt.
+func codeOf(err error) string {
+	var be *wire.Error
+	var he *HandshakeError
+	var ne *NetError
+	switch {
+	case errors.As(err, &be):
+		return be.Code.String()
+	case errors.As(err, &he):
+		return "HANDSHAKE"
+	case errors.Is(err, ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		return "TIMEOUT"
+	case errors.Is(err, ErrClosed):
+		return "CLOSED"
+	case errors.Is(err, context.Canceled):
+		return "CANCELLED"
+	case errors.As(err, &ne):
+		return "NETWORK"
+	}
+	return "ERROR"
 }
 
 // SendError is a send that failed: its deadline was spent on retryable
 // failures, or it failed with one that retrying cannot fix. It names every
 // attempt (incident 001: nothing fails silently or vaguely).
 type SendError struct {
-	Topic    string
+	Topic string
+	// KeyQueue is the key's queue (group/queue) of a message with a key,
+	// which the send did not leave (WithKeyFailover moves it).
+	KeyQueue string
 	Attempts []Attempt
 	// Err is the last attempt's error (or why no attempt could be made).
 	Err error
@@ -126,6 +154,10 @@ func (e *SendError) Error() string {
 	}
 	if len(e.Attempts) == 0 {
 		b.WriteString(e.Err.Error())
+	}
+	if e.KeyQueue != "" && Retryable(e.Err) {
+		fmt.Fprintf(&b, "; the message's key maps to queue %s, which is unavailable: it was not moved to another queue, "+
+			"which would reorder the key's messages (WithKeyFailover moves it)", e.KeyQueue)
 	}
 	return b.String()
 }

@@ -18,13 +18,16 @@ type Header = wire.UserHeader
 // Message is a message to send, or one received. For sends, the SDK does
 // not keep its slices once the send has completed.
 type Message struct {
-	Topic   string
-	Key     []byte // indexed: the broker can look messages up by key
+	Topic string
+	// Key orders: the messages of a key go to one queue, and are
+	// consumed in the order they were sent (Producer, WithKeyFailover).
+	Key     []byte
 	Tags    []byte
 	Headers []Header
 	Body    []byte
 
 	// Set on received messages.
+	Group      string // the broker group of its queue
 	Queue      uint32
 	Offset     uint64
 	StoreTime  time.Time

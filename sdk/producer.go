@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ type producerConfig struct {
 	maxInFlight    int
 	compression    Compression
 	retryBase      time.Duration
+	keyFailover    bool
 }
 
 // WithSendTimeout is a send's total deadline, retries included (default
@@ -60,26 +62,46 @@ func WithCompression(comp Compression) ProducerOpt {
 	return func(c *producerConfig) { c.compression = comp }
 }
 
+// WithKeyFailover lets a message with a key move to another queue while
+// its key's queue is unavailable (its group has no reachable leader). By
+// default such a send keeps trying the key's queue and then fails with an
+// error that says so: moving would let a later message of the key be
+// consumed before an earlier one (incident 002). With this option, order
+// per key holds only while the key's queue is available.
+func WithKeyFailover() ProducerOpt { return func(c *producerConfig) { c.keyFailover = true } }
+
 // SendResult says where a message was stored.
 type SendResult struct {
 	Topic     string
-	Queue     uint32
+	Group     string // the broker group
+	Queue     uint32 // within the group
 	Offset    uint64 // of the first message, for a batch
 	Count     int    // messages (1, or the batch size)
 	StoreTime time.Time
 	Broker    string
 	Attempts  int
+	// Failed lists the attempts that failed before the one that
+	// succeeded (nil when the first one did).
+	Failed []Attempt
 }
 
 // Producer sends messages. It is safe for concurrent use.
 //
+// A message without a key goes to any broker group hosting its topic, in
+// turn, skipping groups whose leader is set aside (WithFaultAvoidance); the
+// group's broker picks the queue. A message with a key goes to the key's
+// queue (a hash of the key over the topic's queues), so that the messages
+// of a key are consumed in the order they were sent (see WithKeyFailover).
+//
 // Send and SendAsync retry every retryable failure (network, timeout,
-// BUSY, not-leader, broker stopping...) within the send's deadline, on
-// another broker when there is one; failures that retrying cannot fix
-// (too large, invalid, unauthorized) return at once. A send that timed out
-// on a broker may still have been stored there: delivery is at least once.
+// BUSY, not-leader, not enough replicas, broker stopping) within the
+// send's deadline, on another group when the message has no key;
+// failures that retrying cannot fix (too large, invalid, unauthorized)
+// return at once. A send that timed out on a broker may still have been
+// stored there: delivery is at least once.
 type Producer struct {
 	cl     *Client
+	rr     atomic.Uint32
 	cfg    producerConfig
 	sem    chan struct{}
 	cbs    chan *sendOp // completed async sends, in completion order
@@ -116,10 +138,13 @@ type sendOp struct {
 	ctx      context.Context
 	deadline time.Time
 	attempts []Attempt
-	exclude  string
+	tried    []string // groups that failed this send (no key)
 	cur      *brokerConn
+	group    string
+	probe    bool // this attempt is its broker's probe (fault avoidance)
+	known    bool // the topic was in the routes
+	keyQueue string
 	start    time.Time
-	oneway   bool
 
 	res      SendResult
 	err      error
@@ -183,7 +208,11 @@ func (p *Producer) SendOneway(ctx context.Context, m *Message) error {
 		return err
 	}
 	defer p.release(op)
-	bc := p.cl.pick("")
+	bc, err := op.target()
+	if err != nil {
+		return err
+	}
+	p.cl.faults.release(bc.addr, op.probe) // a oneway send tells nothing of the broker
 	s, err := bc.get(ctx)
 	if err != nil {
 		return err
@@ -251,7 +280,7 @@ func (p *Producer) newOp(ctx context.Context, m *Message) (*sendOp, error) {
 }
 
 func (p *Producer) release(op *sendOp) {
-	*op = sendOp{done: op.done, attempts: op.attempts[:0], onAnswer: op.onAnswer}
+	*op = sendOp{done: op.done, attempts: op.attempts[:0], tried: op.tried[:0], onAnswer: op.onAnswer}
 	opPool.Put(op)
 	p.ops.Done()
 }
@@ -273,8 +302,12 @@ func (op *sendOp) attempt() {
 		op.finish(err)
 		return
 	}
-	bc := p.cl.pick(op.exclude)
+	bc, err := op.target()
 	op.cur = bc
+	if err != nil {
+		op.failed(err, now)
+		return
+	}
 	attemptEnd := now.Add(p.cfg.attemptTimeout)
 	if op.deadline.Before(attemptEnd) {
 		attemptEnd = op.deadline
@@ -286,7 +319,7 @@ func (op *sendOp) attempt() {
 		s, err = bc.get(ctx)
 		cancel()
 		if err != nil {
-			op.failed(bc.addr, err, now)
+			op.failed(err, now)
 			return
 		}
 	}
@@ -297,7 +330,7 @@ func (op *sendOp) attempt() {
 	b, start, err := st.begin(c, wire.TypeProduce, attemptEnd.UnixNano())
 	if err != nil {
 		c.release()
-		op.failed(bc.addr, err, now)
+		op.failed(err, now)
 		return
 	}
 	// After end the answer may complete (and recycle) op at once: nothing
@@ -310,30 +343,66 @@ func (op *sendOp) answered(c *call) {
 	err, ack := c.err, c.ack
 	c.cb = nil
 	c.release()
-	bc := op.cur
 	if err != nil {
-		op.failed(bc.addr, err, op.start)
+		op.failed(err, op.start)
 		return
 	}
-	if op.p.cl.preferred.Load() != bc {
-		op.p.cl.preferred.Store(bc) // it took a write: it leads
+	cl := op.p.cl
+	cl.faults.sent(op.cur.addr, time.Since(op.start), nil, op.probe)
+	if !op.known {
+		cl.router.stale() // a topic created by this send: learn its queues
 	}
-	op.res = SendResult{Topic: op.req.Topic, Queue: ack.Queue, Offset: ack.Offset, Count: 1,
-		StoreTime: time.Unix(0, ack.StoreTime), Broker: bc.addr, Attempts: len(op.attempts) + 1}
+	op.res = SendResult{Topic: op.req.Topic, Group: op.group, Queue: ack.Queue, Offset: ack.Offset, Count: 1,
+		StoreTime: time.Unix(0, ack.StoreTime), Broker: op.cur.addr, Attempts: len(op.attempts) + 1}
+	if len(op.attempts) > 0 {
+		op.res.Failed = append([]Attempt(nil), op.attempts...)
+	}
 	op.complete()
 }
 
 // failed records an attempt and retries when it may help and time allows.
-func (op *sendOp) failed(broker string, err error, started time.Time) {
-	op.attempts = append(op.attempts, Attempt{Broker: broker, Err: err, Latency: time.Since(started)})
+func (op *sendOp) failed(err error, started time.Time) {
+	cl := op.p.cl
+	addr := "group " + op.group
+	var ne *NetError
+	var he *HandshakeError
+	switch {
+	case op.cur != nil:
+		addr = op.cur.addr
+	case errors.As(err, &ne):
+		addr = ne.Broker // the routes could not be had: the brokers asked
+	case errors.As(err, &he):
+		addr = he.Broker
+	}
+	lat := time.Since(started)
+	op.attempts = append(op.attempts, Attempt{Broker: addr, Code: codeOf(err), Err: err, Latency: lat})
+	switch {
+	case op.cur == nil:
+		cl.router.stale()
+	case isNotLeader(err):
+		cl.faults.release(addr, op.probe)
+		cl.router.stale()
+	case brokerFault(err):
+		cl.faults.sent(addr, lat, err, op.probe)
+		if _, ok := err.(*NetError); ok {
+			cl.router.stale()
+		}
+	default:
+		cl.faults.release(addr, op.probe)
+	}
+	op.probe = false
 	if !Retryable(err) {
 		op.finish(err)
 		return
 	}
-	op.exclude = broker
-	// Back off a little (more after each failure), within the deadline.
-	n := len(op.attempts)
-	wait := op.p.cfg.retryBase << min(n-1, 5)
+	if op.keyQueue == "" && op.group != "" {
+		op.tried = append(op.tried, op.group)
+	}
+	// Go elsewhere at once; back off a little when retrying again.
+	var wait time.Duration
+	if n := len(op.attempts); n > 1 {
+		wait = op.p.cfg.retryBase << min(n-2, 5)
+	}
 	if time.Now().Add(wait).After(op.deadline) {
 		op.finish(err)
 		return
@@ -342,8 +411,101 @@ func (op *sendOp) failed(broker string, err error, started time.Time) {
 }
 
 func (op *sendOp) finish(err error) {
-	op.err = &SendError{Topic: op.req.Topic, Attempts: append([]Attempt(nil), op.attempts...), Err: err}
+	op.err = &SendError{Topic: op.req.Topic, KeyQueue: op.keyQueue, Attempts: append([]Attempt(nil), op.attempts...), Err: err}
 	op.complete()
+}
+
+// target chooses where the next attempt goes: the key's queue, or a group
+// hosting the topic that this send did not fail on and whose leader is not
+// set aside (else one that is: better than nothing). It sets op.group,
+// op.known, op.keyQueue, op.probe and, for a key, op.req.Queue.
+func (op *sendOp) target() (*brokerConn, error) {
+	cl := op.p.cl
+	t := cl.router.table()
+	if t == nil {
+		ctx, cancel := context.WithDeadline(op.ctx, op.deadline)
+		var err error
+		t, err = cl.router.routes(ctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	op.group, op.probe, op.keyQueue = "", false, ""
+	parts := t.topics[op.req.Topic]
+	op.known = len(parts) > 0
+	leader := func(g string) string {
+		if gr := t.groups[g]; gr != nil {
+			return gr.leader
+		}
+		return ""
+	}
+	if len(op.req.Key) > 0 && op.known {
+		g, q, idx, total := keyQueue(parts, op.req.Key)
+		if op.p.cfg.keyFailover {
+			for i := uint32(0); i < total; i++ {
+				gi := queueAt(parts, (idx+i)%total)
+				if l := leader(gi); l != "" && cl.faults.usable(l) {
+					g, q = gi, queueIn(parts, (idx+i)%total)
+					break
+				}
+			}
+		} else {
+			op.keyQueue = fmt.Sprintf("%s/%d", g, q)
+		}
+		op.group, op.req.Queue = g, int32(q)
+		l := leader(g)
+		if l == "" {
+			return nil, &NetError{Broker: "group " + g, Err: errors.New("no leader of the group is known")}
+		}
+		ok, probe := cl.faults.acquire(l)
+		op.probe = ok && probe
+		return cl.conn(l), nil
+	}
+	op.req.Queue = wire.AnyQueue
+	groups := t.names
+	if op.known {
+		groups = t.hosts[op.req.Topic]
+	} else if len(op.req.Key) > 0 && len(groups) > 0 {
+		// A new topic: one group per key, so that its first messages stay
+		// together (the broker picks the key's queue).
+		g := groups[wire.KeyHash(op.req.Key)%uint32(len(groups))]
+		groups = []string{g}
+	}
+	n := len(groups)
+	if n == 0 {
+		return nil, &NetError{Broker: "routes", Err: errors.New("no broker group with a leader is known")}
+	}
+	start := int(op.p.rr.Add(1))
+	var aside, again string
+	for i := 0; i < n; i++ {
+		g := groups[(start+i)%n]
+		l := leader(g)
+		switch {
+		case l == "":
+		case slices.Contains(op.tried, g):
+			if again == "" {
+				again = g
+			}
+		default:
+			if ok, probe := cl.faults.acquire(l); ok {
+				op.group, op.probe = g, probe
+				return cl.conn(l), nil
+			}
+			if aside == "" {
+				aside = g
+			}
+		}
+	}
+	g := aside
+	if g == "" {
+		g = again // every group failed this send: try again
+	}
+	if g == "" {
+		return nil, &NetError{Broker: "topic " + op.req.Topic, Err: errors.New("no group hosting it has a known leader")}
+	}
+	op.group = g
+	return cl.conn(leader(g)), nil
 }
 
 // complete hands the outcome to the waiter or the callback goroutine.

@@ -18,37 +18,50 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // The one classification of errors (incident 001): the producer retries
 // exactly what this table calls retryable.
 func TestRetryableTable(t *testing.T) {
+	// retry: the send is retried (on another group when it has no key);
+	// fault: the broker is set aside (fault avoidance); code: the name an
+	// Attempt gives it.
 	cases := []struct {
-		name string
-		err  error
-		want bool
+		name         string
+		err          error
+		retry, fault bool
+		code         string
 	}{
-		{"BUSY", &wire.Error{Code: wire.CodeBusy}, true},
-		{"wrapped BUSY", fmt.Errorf("attempt: %w", &wire.Error{Code: wire.CodeBusy}), true},
-		{"TIMEOUT", &wire.Error{Code: wire.CodeTimeout}, true},
-		{"NOT_LEADER", &wire.Error{Code: wire.CodeNotLeader}, true},
-		{"NOT_ENOUGH_REPLICAS", &wire.Error{Code: wire.CodeNotEnoughReplicas}, true},
-		{"STOPPING", &wire.Error{Code: wire.CodeStopping}, true},
-		{"STORAGE_FAILED", &wire.Error{Code: wire.CodeStorageFailed}, true},
-		{"TOO_LARGE", &wire.Error{Code: wire.CodeTooLarge}, false},
-		{"INVALID", &wire.Error{Code: wire.CodeInvalid}, false},
-		{"UNAUTHORIZED", &wire.Error{Code: wire.CodeUnauthorized}, false},
-		{"UNKNOWN_TOPIC", &wire.Error{Code: wire.CodeUnknownTopic}, false},
-		{"unknown code", &wire.Error{Code: 999}, false},
-		{"network", &NetError{Broker: "b", Err: errors.New("connection reset")}, true},
-		{"no answer in time", &NetError{Broker: "b", Err: ErrTimeout}, true},
-		{"handshake refused", &HandshakeError{Broker: "b", Err: &wire.Error{Code: wire.CodeUnauthorized}}, false},
-		{"handshake refused with a retryable code inside", &HandshakeError{Broker: "b", Err: &wire.Error{Code: wire.CodeBusy}}, false},
-		{"closed", ErrClosed, false},
-		{"cancelled", context.Canceled, false},
-		{"deadline", context.DeadlineExceeded, false},
-		{"nil", nil, false},
-		{"anything else", errors.New("?"), false},
+		{"BUSY", &wire.Error{Code: wire.CodeBusy}, true, true, "BUSY"},
+		{"wrapped BUSY", fmt.Errorf("attempt: %w", &wire.Error{Code: wire.CodeBusy}), true, true, "BUSY"},
+		{"TIMEOUT", &wire.Error{Code: wire.CodeTimeout}, true, true, "TIMEOUT"},
+		{"NOT_LEADER", &wire.Error{Code: wire.CodeNotLeader}, true, false, "NOT_LEADER"},
+		{"NOT_ENOUGH_REPLICAS", &wire.Error{Code: wire.CodeNotEnoughReplicas}, true, true, "NOT_ENOUGH_REPLICAS"},
+		{"STOPPING", &wire.Error{Code: wire.CodeStopping}, true, true, "STOPPING"},
+		{"STORAGE_FAILED", &wire.Error{Code: wire.CodeStorageFailed}, true, true, "STORAGE_FAILED"},
+		{"TOO_LARGE", &wire.Error{Code: wire.CodeTooLarge}, false, false, "TOO_LARGE"},
+		{"INVALID", &wire.Error{Code: wire.CodeInvalid}, false, false, "INVALID"},
+		{"UNAUTHORIZED", &wire.Error{Code: wire.CodeUnauthorized}, false, false, "UNAUTHORIZED"},
+		{"UNKNOWN_TOPIC", &wire.Error{Code: wire.CodeUnknownTopic}, false, false, "UNKNOWN_TOPIC"},
+		{"unknown code", &wire.Error{Code: 999}, false, false, "CODE_999"},
+		{"network", &NetError{Broker: "b", Err: errors.New("connection reset")}, true, true, "NETWORK"},
+		{"no answer in time", &NetError{Broker: "b", Err: ErrTimeout}, true, true, "TIMEOUT"},
+		{"handshake refused", &HandshakeError{Broker: "b", Err: &wire.Error{Code: wire.CodeUnauthorized}}, false, true, "UNAUTHORIZED"},
+		{"handshake refused with a retryable code inside", &HandshakeError{Broker: "b", Err: &wire.Error{Code: wire.CodeBusy}}, false, true, "BUSY"},
+		{"untrusted certificate", &HandshakeError{Broker: "b", Err: ErrUntrusted}, false, true, "HANDSHAKE"},
+		{"closed", ErrClosed, false, false, "CLOSED"},
+		{"cancelled", context.Canceled, false, false, "CANCELLED"},
+		{"deadline", context.DeadlineExceeded, false, false, "TIMEOUT"},
+		{"anything else", errors.New("?"), false, false, "ERROR"},
 	}
 	for _, c := range cases {
-		if got := Retryable(c.err); got != c.want {
-			t.Errorf("%s: Retryable = %v, want %v", c.name, got, c.want)
+		if got := Retryable(c.err); got != c.retry {
+			t.Errorf("%s: Retryable = %v, want %v", c.name, got, c.retry)
 		}
+		if got := brokerFault(c.err); got != c.fault {
+			t.Errorf("%s: brokerFault = %v, want %v", c.name, got, c.fault)
+		}
+		if got := codeOf(c.err); got != c.code {
+			t.Errorf("%s: code %q, want %q", c.name, got, c.code)
+		}
+	}
+	if Retryable(nil) {
+		t.Error("nil is retryable")
 	}
 }
 

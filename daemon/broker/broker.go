@@ -41,6 +41,8 @@ type Options struct {
 	Now func() time.Time
 	// Replication configures the broker's role in its group (replication.go).
 	Replication ReplicationOptions
+	// Cluster says how the broker learns the other groups (cluster.go).
+	Cluster ClusterOptions
 }
 
 func (o *Options) ensureDefaults() {
@@ -108,6 +110,7 @@ type Broker struct {
 	waiters  waiters
 	metrics  *metrics
 	repl     replication
+	cluster  cluster
 
 	stop   chan struct{}
 	bg     sync.WaitGroup
@@ -144,6 +147,7 @@ func New(o Options) (*Broker, error) {
 		b.st.Close()
 		return nil, err
 	}
+	b.startCluster()
 	b.bg.Add(1)
 	go b.ctl.snapshotLoop()
 	return b, nil
@@ -206,6 +210,7 @@ func (b *Broker) Close() error {
 		return ErrClosed
 	}
 	close(b.stop)
+	b.stopCluster()
 	b.stopReplication()
 	b.bg.Wait()
 	b.waiters.wakeAll()

@@ -83,7 +83,11 @@ func (b *Broker) Produce(c *ProduceCall) {
 		return
 	}
 	q := uint32(p.Queue)
-	if p.Queue == wire.AnyQueue {
+	switch {
+	case p.Queue != wire.AnyQueue:
+	case len(p.Key) > 0:
+		q = wire.KeyHash(p.Key) % t.queues // the SDK maps keys the same way
+	default:
 		q = t.rr.Add(1) % t.queues
 	}
 	c.msg = qlog.Message{Topic: t.name, QueueID: q, Flags: p.Flags, Count: p.Count, ClientTime: p.ClientTime,

@@ -73,6 +73,9 @@ type Config struct {
 	ReplicaTimeout   Duration `toml:"replica_timeout" help:"drop the replication peer after this long without hearing from it"`
 	ReplicaLag       Duration `toml:"replica_insync_lag" help:"a follower is in sync while it had everything the leader had this recently"`
 	ReplicaAckWait   Duration `toml:"replica_ack_timeout" help:"min_insync: fail a send (retryable) when the followers did not acknowledge it within this"`
+	Group            string   `toml:"group" help:"this broker's group (default: the id of the broker that led the group first)"`
+	Cluster          []string `toml:"cluster" help:"QUIC addresses of brokers of other groups (any of each is enough): the brokers tell each other and clients the rest"`
+	ClusterRefresh   Duration `toml:"cluster_refresh" help:"how often this broker asks the brokers it knows for their state"`
 	ReplicaCatchup   int64    `toml:"replica_catchup_mib" help:"leader: MiB per second sent, in all, to followers catching up from behind (0: no limit); followers at the tail are never held back"`
 }
 
@@ -86,6 +89,7 @@ func Default() Config {
 		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
 		Role: "leader", ReplicaHeartbeat: Duration{time.Second}, ReplicaTimeout: Duration{10 * time.Second},
 		ReplicaLag: Duration{5 * time.Second}, ReplicaAckWait: Duration{2 * time.Second}, ReplicaCatchup: 64,
+		ClusterRefresh: Duration{time.Second},
 	}
 }
 
@@ -122,6 +126,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Role != "leader" && c.Role != "follower":
 		return fmt.Errorf("config: role %q (leader or follower)", c.Role)
+	case c.ClusterRefresh.Duration < 100*time.Millisecond:
+		return fmt.Errorf("config: cluster_refresh %v (at least 100ms)", c.ClusterRefresh)
 	case c.ReplicaCatchup < 0:
 		return fmt.Errorf("config: replica_catchup_mib %d is negative", c.ReplicaCatchup)
 	case c.Role == "follower" && c.Leader == "":

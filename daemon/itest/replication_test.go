@@ -146,10 +146,19 @@ func TestFollowerCopiesTheLog(t *testing.T) {
 		t.Fatalf("follower's replication status: %+v", fr)
 	}
 
-	// The follower refuses writes with the retryable NOT_LEADER.
+	// The follower refuses writes with the retryable NOT_LEADER...
+	h, p := f.Request(wire.TypeCreate, (&wire.Create{Topic: "nope", Queues: 1}).Append(nil))
+	if werr, _ := wire.DecodeError(p); h.Type != wire.TypeError || werr == nil || werr.Code != wire.CodeNotLeader {
+		t.Fatalf("create on a follower: answer type %d, %v", h.Type, werr)
+	}
+	// ...and a client that knows only the follower learns the leader from it.
 	fc := f.Client()
-	if err := fc.Admin().CreateTopic(ctx, "nope", 1); err == nil || !strings.Contains(err.Error(), "NOT_LEADER") {
-		t.Fatalf("create on a follower: %v", err)
+	if err := fc.Admin().CreateTopic(ctx, "routed", 2); err != nil {
+		t.Fatalf("create through a client that knows only the follower: %v", err)
+	}
+	infos, err := l.Client().Admin().Topics(ctx, "routed")
+	if err != nil || len(infos) != 1 || infos[0].Queues != 2 {
+		t.Fatalf("the topic on the leader: %+v %v", infos, err)
 	}
 }
 

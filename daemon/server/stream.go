@@ -101,7 +101,7 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.b.ServeReplica(st.c.qc.Context(), st.c.qc.RemoteAddr().String(), &m, st.br, replConn{st})
 		return false
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeEpochInfo:
+		wire.TypePromote, wire.TypeEpochInfo, wire.TypeRoute:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -252,6 +252,15 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		info := b.EpochNotice(m)
 		buf, start := st.w.Begin(wire.Header{Type: wire.TypeEpochInfo, RequestID: id})
 		st.w.End(info.Append(buf), start)
+	case wire.TypeRoute:
+		var m wire.Route
+		if err := wire.DecodeRoute(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		resp := b.Route(m)
+		buf, start := st.w.Begin(wire.Header{Type: wire.TypeRouteResp, RequestID: id})
+		st.w.End(resp.Append(buf), start)
 	case wire.TypeStatus:
 		if err := wire.DecodeEmpty(payload); err != nil {
 			bad(err)

@@ -8,6 +8,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
 
 	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/sdk"
@@ -241,6 +245,46 @@ func (b *Broker) Client(opts ...sdk.Opt) *sdk.Client {
 	return cl
 }
 
+// Request sends one request to this broker alone, bypassing the SDK's
+// routing, on a QUIC session of its own, and returns the answer.
+func (b *Broker) Request(typ wire.Type, payload []byte) (wire.Header, []byte) {
+	b.t.Helper()
+	pem, err := os.ReadFile(b.CAFile)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, b.Addr, &tls.Config{RootCAs: pool, NextProtos: []string{wire.ALPN}, MinVersion: tls.VersionTLS13}, nil)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "done")
+	qs, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	qs.SetDeadline(time.Now().Add(5 * time.Second))
+	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: "testbroker"}
+	out := wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello, RequestID: 1}, hello.Append(nil))
+	out = wire.AppendFrame(out, wire.Header{Type: typ, RequestID: 2}, payload)
+	if _, err := qs.Write(out); err != nil {
+		b.t.Fatal(err)
+	}
+	br := bufio.NewReader(qs)
+	for {
+		h, p, _, err := wire.ReadFrame(br, nil)
+		if err != nil {
+			b.t.Fatal(err)
+		}
+		if h.RequestID == 2 {
+			return h, p
+		}
+	}
+}
+
 // Status reads /status.
 func (b *Broker) Status() wire.Status {
 	b.t.Helper()
@@ -317,8 +361,45 @@ func StartGroup(t testing.TB, n int, leaderArgs, followerArgs []string) *Group {
 // --leader in followerArgs overrides where followers reach the leader.
 func StartGroupAt(t testing.TB, addrs []string, n int, leaderArgs, followerArgs []string) *Group {
 	t.Helper()
-	g := &Group{}
-	dirs := make([]string, n+1)
+	return startGroups(t, 1, n, addrs, leaderArgs, followerArgs, false).Groups[0]
+}
+
+// Cluster is broker groups that know each other.
+type Cluster struct {
+	Groups []*Group
+	// Bundle is a PEM file with every broker's certificate.
+	Bundle string
+}
+
+// Brokers lists every broker, group by group, leaders first.
+func (c *Cluster) Brokers() []*Broker {
+	var out []*Broker
+	for _, g := range c.Groups {
+		out = append(out, g.Leader)
+		out = append(out, g.Followers...)
+	}
+	return out
+}
+
+// Client returns an SDK client that starts from the first group's leader
+// only (it learns the rest), closed at the end of the test.
+func (c *Cluster) Client(opts ...sdk.Opt) *sdk.Client {
+	return c.Groups[0].Leader.Client(opts...)
+}
+
+// StartCluster starts groups broker groups of a leader and followers
+// followers each, named g0, g1..., brokers g0b0 (g0's first leader),
+// g0b1..., each told of one broker of every other group (--cluster).
+func StartCluster(t testing.TB, groups, followers int, leaderArgs, followerArgs []string) *Cluster {
+	t.Helper()
+	return startGroups(t, groups, followers, nil, leaderArgs, followerArgs, true)
+}
+
+func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, followerArgs []string, named bool) *Cluster {
+	t.Helper()
+	per := n + 1
+	dirs := make([]string, groups*per)
+	all := make([]string, groups*per)
 	var bundle []byte
 	for i := range dirs {
 		dirs[i] = t.TempDir()
@@ -331,28 +412,46 @@ func StartGroupAt(t testing.TB, addrs []string, n int, leaderArgs, followerArgs 
 		}
 		bundle = append(bundle, pem...)
 		if i < len(addrs) {
-			g.Addrs = append(g.Addrs, addrs[i])
+			all[i] = addrs[i]
 		} else {
-			g.Addrs = append(g.Addrs, FreeUDPAddr(t))
+			all[i] = FreeUDPAddr(t)
 		}
 	}
-	g.Bundle = filepath.Join(t.TempDir(), "group.pem")
-	if err := os.WriteFile(g.Bundle, bundle, 0o644); err != nil {
+	c := &Cluster{Bundle: filepath.Join(t.TempDir(), "cluster.pem")}
+	if err := os.WriteFile(c.Bundle, bundle, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	peers := strings.Join(g.Addrs, ",")
-	common := func(i int) []string {
-		return []string{"--listen", g.Addrs[i], "--broker-id", fmt.Sprintf("b%d", i), "--peer-ca", g.Bundle, "--peers", peers}
+	for gi := 0; gi < groups; gi++ {
+		g := &Group{Bundle: c.Bundle, Addrs: all[gi*per : (gi+1)*per]}
+		common := func(i int) []string {
+			id := fmt.Sprintf("b%d", i)
+			args := []string{"--listen", g.Addrs[i], "--peer-ca", c.Bundle, "--peers", strings.Join(g.Addrs, ",")}
+			if named {
+				id = fmt.Sprintf("g%db%d", gi, i)
+				var others []string
+				for gj := 0; gj < groups; gj++ {
+					if gj != gi {
+						others = append(others, all[gj*per])
+					}
+				}
+				args = append(args, "--group", fmt.Sprintf("g%d", gi))
+				if len(others) > 0 {
+					args = append(args, "--cluster", strings.Join(others, ","))
+				}
+			}
+			return append(args, "--broker-id", id)
+		}
+		g.Leader = StartIn(t, dirs[gi*per], append(common(0), leaderArgs...)...)
+		g.Leader.CAFile = c.Bundle
+		for i := 1; i <= n; i++ {
+			args := append(common(i), "--role", "follower", "--leader", g.Addrs[0])
+			f := StartIn(t, dirs[gi*per+i], append(args, followerArgs...)...)
+			f.CAFile = c.Bundle
+			g.Followers = append(g.Followers, f)
+		}
+		c.Groups = append(c.Groups, g)
 	}
-	g.Leader = StartIn(t, dirs[0], append(common(0), leaderArgs...)...)
-	g.Leader.CAFile = g.Bundle
-	for i := 1; i <= n; i++ {
-		args := append(common(i), "--role", "follower", "--leader", g.Addrs[0])
-		f := StartIn(t, dirs[i], append(args, followerArgs...)...)
-		f.CAFile = g.Bundle
-		g.Followers = append(g.Followers, f)
-	}
-	return g
+	return c
 }
 
 // FreeUDPAddr returns a loopback UDP address nothing listens on now.

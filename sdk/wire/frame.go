@@ -34,7 +34,9 @@ const (
 	TypeReplAck    Type = 20 // follower -> leader: what it has durable
 	TypePromote    Type = 21 // admin: make this follower the leader (answered with EpochInfo)
 	TypeEpochInfo  Type = 22 // a broker's epoch and leader; also sent to fence an old leader
-	typeLimit           = 23
+	TypeRoute      Type = 23 // the cluster as the broker knows it (or the broker itself)
+	TypeRouteResp  Type = 24 //
+	typeLimit           = 25
 )
 
 // ProtocolVersion is the version this package speaks.

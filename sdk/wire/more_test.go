@@ -76,6 +76,20 @@ func samples() map[Type]struct {
 			err := DecodeEpochInfo(b, &m)
 			return m.Append(nil), err
 		}},
+		TypeRoute: {(&Route{Flags: RouteSelf}).Append(nil), func(b []byte) ([]byte, error) {
+			var m Route
+			err := DecodeRoute(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeRouteResp: {(&RouteResp{Brokers: []RouteBroker{
+			{ID: "b1", Group: "g1", Addr: "10.0.0.1:7420", Role: "leader", Epoch: 2, Leader: "10.0.0.1:7420",
+				Topics: []TopicInfo{{"orders", 4}}, Peers: []string{"10.0.0.2:7420"}},
+			{ID: "b2", Addr: "10.0.0.2:7420", AgeMs: 900, Err: "no answer"},
+		}}).Append(nil), func(b []byte) ([]byte, error) {
+			var m RouteResp
+			err := DecodeRouteResp(b, &m)
+			return m.Append(nil), err
+		}},
 		TypeStatusResp: {AppendStatusResp(nil, []byte(`{"ok":true}`)), func(b []byte) ([]byte, error) {
 			doc, err := DecodeStatusResp(b)
 			return AppendStatusResp(nil, doc), err

@@ -243,6 +243,10 @@ func decodeAny(t Type, b []byte) {
 		DecodeEpochInfo(b, &EpochInfo{})
 	case TypePromote:
 		DecodeEmpty(b)
+	case TypeRoute:
+		DecodeRoute(b, &Route{})
+	case TypeRouteResp:
+		DecodeRouteResp(b, &RouteResp{})
 	}
 }
 

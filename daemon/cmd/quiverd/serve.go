@@ -27,6 +27,7 @@ import (
 	"github.com/quivermq/quiver/daemon/store"
 	"github.com/quivermq/quiver/ioengine"
 	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -107,8 +108,24 @@ func serve(c config.Config) error {
 	if ro.PeerTLS, err = peerTLS(peerCA); err != nil && (c.Role == "follower" || len(c.Peers) > 0) {
 		return err
 	}
+	co := broker.ClusterOptions{Group: c.Group, Seeds: c.Cluster, Refresh: c.ClusterRefresh.Duration}
+	if seeds := append(append([]string(nil), c.Peers...), c.Cluster...); len(seeds) > 0 && ro.PeerTLS != nil {
+		// The brokers ask each other over QUIC, with the SDK.
+		peers, err := sdk.NewClient(sdk.WithBrokers(seeds...), sdk.WithTLS(ro.PeerTLS), sdk.WithCredentials(ro.PeerToken),
+			sdk.WithClientID("peer:"+c.BrokerID), sdk.WithLogger(logger.With("component", "cluster")),
+			sdk.WithDialTimeout(2*time.Second), sdk.WithReconnectBackoff(100*time.Millisecond, 5*time.Second, 5*time.Second))
+		if err != nil {
+			return err
+		}
+		defer peers.Close()
+		co.Ask = func(ctx context.Context, addr string) (wire.RouteBroker, error) {
+			return peers.Admin().Describe(ctx, addr)
+		}
+	} else if len(c.Cluster) > 0 {
+		return errors.New("cluster needs peer_ca: the certificates of the cluster's brokers")
+	}
 	b, err := broker.New(broker.Options{ID: c.BrokerID, Dir: c.Data, Store: so, NoAutoCreate: !c.AutoCreateTopics,
-		DefaultQueues: c.DefaultQueues, Logger: logger, Replication: ro})
+		DefaultQueues: c.DefaultQueues, Logger: logger, Replication: ro, Cluster: co})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,245 @@
+package sdk
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// FaultAvoidance is how the client sets aside brokers whose requests fail
+// or are slow (incident 002). It is per client: producers and consumers
+// made from it share what it learned.
+type FaultAvoidance uint8
+
+const (
+	// AvoidAdaptive (the default) judges a send slow against the other
+	// brokers' recent latency rather than fixed thresholds: a broker is set
+	// aside when a send took over 4 times the fastest broker's average and
+	// at least 20 ms, or failed, for 1 s doubling with each fault in a row
+	// (up to 30 s). It then gets one probe send at a time until one
+	// succeeds at normal speed.
+	AvoidAdaptive FaultAvoidance = iota
+	// AvoidTable uses RocketMQ 5.1.4's fixed table: a send that took 50,
+	// 100, 550, 1800, 3000, 5000 or 15000 ms sets its broker aside for 0,
+	// 0, 2, 5, 6, 10 or 30 s; a failure counts as 10000 ms (10 s). It then
+	// gets one probe send at a time until one succeeds under 550 ms.
+	AvoidTable
+	// AvoidOff sends to every broker in turn whatever happened before;
+	// failed sends are still retried on another broker.
+	AvoidOff
+)
+
+func (m FaultAvoidance) String() string {
+	switch m {
+	case AvoidAdaptive:
+		return "adaptive"
+	case AvoidTable:
+		return "table"
+	case AvoidOff:
+		return "off"
+	}
+	return "unknown"
+}
+
+// RocketMQ 5.1.4's latency-fault table (MQFaultStrategy).
+var (
+	tableLatency  = [...]time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 550 * time.Millisecond, 1800 * time.Millisecond, 3 * time.Second, 5 * time.Second, 15 * time.Second}
+	tableIsolate  = [...]time.Duration{0, 0, 2 * time.Second, 5 * time.Second, 6 * time.Second, 10 * time.Second, 30 * time.Second}
+	tableFailure  = 10 * time.Second // latency a failure counts as
+	adaptiveBase  = time.Second
+	adaptiveMax   = 30 * time.Second
+	adaptiveFloor = 20 * time.Millisecond
+	adaptiveRatio = 4.0
+	// A broker's average counts as a reference for others while it is this
+	// recent.
+	referenceAge = 10 * time.Second
+)
+
+func tableDuration(lat time.Duration) time.Duration {
+	for i := len(tableLatency) - 1; i >= 0; i-- {
+		if lat >= tableLatency[i] {
+			return tableIsolate[i]
+		}
+	}
+	return 0
+}
+
+// faultTracker keeps, per broker address, whether it is set aside.
+type faultTracker struct {
+	mode FaultAvoidance
+	now  func() time.Time
+
+	mu sync.Mutex
+	m  map[string]*brokerHealth
+}
+
+type brokerHealth struct {
+	until      time.Time // set aside until then
+	suspect    bool      // set aside once and not yet proven by a probe
+	probing    bool      // a probe is in flight
+	faults     int       // in a row, for the adaptive doubling
+	avg        float64   // EWMA of good sends' latency, ns
+	avgAt      time.Time // when avg was last updated
+	isolations int64     // times set aside, for status and tests
+}
+
+func newFaultTracker(mode FaultAvoidance) *faultTracker {
+	return &faultTracker{mode: mode, now: time.Now, m: map[string]*brokerHealth{}}
+}
+
+func (f *faultTracker) get(addr string) *brokerHealth {
+	h := f.m[addr]
+	if h == nil {
+		h = &brokerHealth{}
+		f.m[addr] = h
+	}
+	return h
+}
+
+// usable reports whether requests may go to addr now (no probe taken).
+func (f *faultTracker) usable(addr string) bool {
+	if f.mode == AvoidOff {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.m[addr]
+	return h == nil || (!f.now().Before(h.until) && !(h.suspect && h.probing))
+}
+
+// acquire asks to send to addr. ok is false while it is set aside; probe
+// is true when this send is the one probe it gets before full traffic:
+// its outcome must be reported with sent (or the probe given back with
+// release).
+func (f *faultTracker) acquire(addr string) (ok, probe bool) {
+	if f.mode == AvoidOff {
+		return true, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.m[addr]
+	switch {
+	case h == nil:
+		return true, false
+	case f.now().Before(h.until):
+		return false, false
+	case !h.suspect:
+		return true, false
+	case h.probing:
+		return false, false
+	}
+	h.probing = true
+	return true, true
+}
+
+// release gives a probe back without an outcome (the send went nowhere).
+func (f *faultTracker) release(addr string, probe bool) {
+	if !probe {
+		return
+	}
+	f.mu.Lock()
+	if h := f.m[addr]; h != nil {
+		h.probing = false
+	}
+	f.mu.Unlock()
+}
+
+// brokerFault reports whether err says something about the broker's
+// health (rather than about the request, or about routing).
+func brokerFault(err error) bool {
+	var be *wire.Error
+	var he *HandshakeError
+	if errors.As(err, &he) {
+		return true // it refuses this client: send elsewhere meanwhile
+	}
+	if errors.As(err, &be) {
+		switch be.Code {
+		case wire.CodeBusy, wire.CodeTimeout, wire.CodeStopping, wire.CodeStorageFailed, wire.CodeNotEnoughReplicas:
+			return true
+		}
+		return false
+	}
+	return Retryable(err)
+}
+
+// sent records the outcome of a request to addr that took lat: err nil
+// for a success, else a failure that says something about the broker
+// (brokerFault).
+func (f *faultTracker) sent(addr string, lat time.Duration, err error, probe bool) {
+	if f.mode == AvoidOff {
+		return
+	}
+	now := f.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	h := f.get(addr)
+	if probe {
+		h.probing = false
+	}
+	var isolate time.Duration
+	switch f.mode {
+	case AvoidTable:
+		if err != nil {
+			isolate = tableDuration(tableFailure)
+		} else {
+			isolate = tableDuration(lat)
+		}
+	case AvoidAdaptive:
+		slow := err == nil && f.slowLocked(addr, lat, now)
+		if err == nil && !slow {
+			if h.avgAt.IsZero() || now.Sub(h.avgAt) > referenceAge {
+				h.avg = float64(lat)
+			} else {
+				h.avg = 0.8*h.avg + 0.2*float64(lat)
+			}
+			h.avgAt = now
+		}
+		if err != nil || slow {
+			h.faults++
+			isolate = min(adaptiveBase<<min(h.faults-1, 8), adaptiveMax)
+		}
+	}
+	if isolate > 0 {
+		if until := now.Add(isolate); until.After(h.until) {
+			h.until = until
+		}
+		h.suspect = true
+		h.isolations++
+		return
+	}
+	if probe {
+		// The probe came back good: full traffic again.
+		h.suspect, h.faults = false, 0
+	}
+}
+
+// slowLocked: lat is over adaptiveRatio times the fastest other broker's
+// recent average, and over adaptiveFloor. With no other broker to compare
+// with, nothing is slow: there is nowhere else to send.
+func (f *faultTracker) slowLocked(addr string, lat time.Duration, now time.Time) bool {
+	if lat < adaptiveFloor {
+		return false
+	}
+	best := -1.0
+	for a, h := range f.m {
+		if a == addr || h.avgAt.IsZero() || now.Sub(h.avgAt) > referenceAge || now.Before(h.until) {
+			continue
+		}
+		if best < 0 || h.avg < best {
+			best = h.avg
+		}
+	}
+	return best >= 0 && float64(lat) > adaptiveRatio*best
+}
+
+// isolations is how many times addr was set aside.
+func (f *faultTracker) isolations(addr string) int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if h := f.m[addr]; h != nil {
+		return h.isolations
+	}
+	return 0
+}

@@ -1,0 +1,162 @@
+package sdk
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time      { return c.t }
+func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
+func trackerAt(m FaultAvoidance) (*faultTracker, *fakeClock) {
+	c := &fakeClock{t: time.Unix(1e9, 0)}
+	f := newFaultTracker(m)
+	f.now = c.now
+	return f, c
+}
+
+// asideFor reports how long addr stays set aside from now, to the
+// millisecond, by moving the clock (then puts it back).
+func asideFor(f *faultTracker, c *fakeClock, addr string) time.Duration {
+	start := c.t
+	defer func() { c.t = start }()
+	for d := time.Duration(0); d <= time.Minute; d += time.Millisecond {
+		c.t = start.Add(d)
+		if f.usable(addr) {
+			return d
+		}
+	}
+	return -1
+}
+
+var errNet = &NetError{Broker: "b", Err: errors.New("connection reset")}
+
+// The table mode is RocketMQ 5.1.4's MQFaultStrategy, row for row.
+func TestFaultTable(t *testing.T) {
+	cases := []struct {
+		lat   time.Duration
+		err   error
+		aside time.Duration
+	}{
+		{40 * time.Millisecond, nil, 0},
+		{99 * time.Millisecond, nil, 0},
+		{549 * time.Millisecond, nil, 0},
+		{550 * time.Millisecond, nil, 2 * time.Second},
+		{1800 * time.Millisecond, nil, 5 * time.Second},
+		{3500 * time.Millisecond, nil, 6 * time.Second},
+		{6 * time.Second, nil, 10 * time.Second},
+		{20 * time.Second, nil, 30 * time.Second},
+		{time.Millisecond, errNet, 10 * time.Second},
+		{time.Millisecond, &wire.Error{Code: wire.CodeBusy}, 10 * time.Second},
+	}
+	for _, c := range cases {
+		f, clk := trackerAt(AvoidTable)
+		f.sent("b", c.lat, c.err, false)
+		if got := asideFor(f, clk, "b"); got != c.aside {
+			t.Errorf("latency %v, err %v: set aside for %v, want %v", c.lat, c.err, got, c.aside)
+		}
+	}
+}
+
+// After its time aside a broker gets one probe at a time, and full
+// traffic only once a probe came back good.
+func TestFaultProbeBeforeFullTraffic(t *testing.T) {
+	for _, mode := range []FaultAvoidance{AvoidTable, AvoidAdaptive} {
+		f, clk := trackerAt(mode)
+		f.sent("b", time.Millisecond, errNet, false)
+		if ok, _ := f.acquire("b"); ok {
+			t.Fatalf("%v: a failed broker took a send at once", mode)
+		}
+		clk.add(time.Minute)
+		ok, probe := f.acquire("b")
+		if !ok || !probe {
+			t.Fatalf("%v: after its time aside: ok %v probe %v, want a probe", mode, ok, probe)
+		}
+		if ok, _ := f.acquire("b"); ok {
+			t.Fatalf("%v: a second send while the probe is out", mode)
+		}
+		f.sent("b", time.Millisecond, errNet, true) // the probe failed: aside again
+		if ok, _ := f.acquire("b"); ok {
+			t.Fatalf("%v: a failed probe left it usable", mode)
+		}
+		clk.add(time.Minute)
+		if _, probe := f.acquire("b"); !probe {
+			t.Fatalf("%v: no second probe", mode)
+		}
+		f.release("b", true) // the probe went nowhere: give it back
+		ok, probe = f.acquire("b")
+		if !ok || !probe {
+			t.Fatalf("%v: a released probe was not given again", mode)
+		}
+		f.sent("b", time.Millisecond, nil, true)
+		for i := 0; i < 3; i++ {
+			if ok, probe := f.acquire("b"); !ok || probe {
+				t.Fatalf("%v: after a good probe: ok %v probe %v, want full traffic", mode, ok, probe)
+			}
+		}
+	}
+}
+
+// Adaptive: slow is slow against the other brokers, a fault in a row
+// doubles the time aside, and a good probe resets it.
+func TestFaultAdaptive(t *testing.T) {
+	f, clk := trackerAt(AvoidAdaptive)
+	// A lone broker is never slow: there is nowhere else to go.
+	f.sent("a", 300*time.Millisecond, nil, false)
+	if !f.usable("a") {
+		t.Fatal("a lone slow broker was set aside")
+	}
+	f, clk = trackerAt(AvoidAdaptive)
+	for i := 0; i < 10; i++ {
+		f.sent("a", time.Millisecond, nil, false)
+		f.sent("b", 2*time.Millisecond, nil, false)
+	}
+	// 300 ms (an injected delay) against 1 ms elsewhere: aside, doubling.
+	f.sent("c", 300*time.Millisecond, nil, false)
+	want := time.Second
+	for i := 0; i < 7; i++ {
+		if got := asideFor(f, clk, "c"); got != want {
+			t.Fatalf("fault %d in a row: aside %v, want %v", i+1, got, want)
+		}
+		clk.add(want)
+		f.sent("a", time.Millisecond, nil, false) // the others stay fresh
+		if _, probe := f.acquire("c"); !probe {
+			t.Fatalf("fault %d: no probe after the time aside", i+1)
+		}
+		f.sent("c", 300*time.Millisecond, nil, true)
+		want = min(2*want, 30*time.Second)
+	}
+	// 15 ms is under the floor, 3 ms under four times the best: not slow.
+	f2, _ := trackerAt(AvoidAdaptive)
+	f2.sent("a", time.Millisecond, nil, false)
+	f2.sent("b", 15*time.Millisecond, nil, false)
+	f2.sent("b", 3*time.Millisecond, nil, false)
+	if !f2.usable("b") {
+		t.Fatal("a broker under the floor was set aside")
+	}
+	// A good probe resets the doubling.
+	clk.add(time.Minute)
+	f.sent("a", time.Millisecond, nil, false)
+	f.acquire("c")
+	f.sent("c", time.Millisecond, nil, true)
+	f.sent("c", time.Millisecond, errNet, false)
+	if got := asideFor(f, clk, "c"); got != time.Second {
+		t.Fatalf("after a good probe the next fault sets aside for %v, want 1s", got)
+	}
+	if f.isolations("c") != 9 {
+		t.Fatalf("isolations %d, want 9", f.isolations("c"))
+	}
+}
+
+func TestFaultOff(t *testing.T) {
+	f, _ := trackerAt(AvoidOff)
+	f.sent("b", time.Minute, errNet, false)
+	if ok, probe := f.acquire("b"); !ok || probe || !f.usable("b") {
+		t.Fatal("avoidance off set a broker aside")
+	}
+}

@@ -1,0 +1,436 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// The client's routes: which broker groups there are, who leads each,
+// and which groups host each topic's queues. They come from any broker
+// (every broker keeps a view of the cluster, docs/architecture.md) and
+// are refreshed every WithRouteRefresh and at once after a routing error.
+
+// routeTable is one immutable snapshot of the routes.
+type routeTable struct {
+	at      time.Time
+	source  string                  // the broker that answered last
+	brokers map[string]*brokerRoute // by address
+	groups  map[string]*groupRoute
+	names   []string // group names, sorted
+	topics  map[string][]topicPart
+	hosts   map[string][]string // topic -> its groups' names, sorted
+}
+
+type brokerRoute struct {
+	info  wire.RouteBroker
+	heard time.Time // zero: never heard from
+}
+
+// groupRoute is one broker group.
+type groupRoute struct {
+	name    string
+	leader  string   // address; "" when none is known
+	epoch   uint64   // of the leader
+	members []string // leader first, then the others, freshest first
+}
+
+// topicPart is one group's share of a topic's queues.
+type topicPart struct {
+	group  string
+	queues uint32
+}
+
+// forgetBroker drops a broker nobody heard from for this long (unless it
+// is a bootstrap address).
+const forgetBroker = 10 * time.Minute
+
+// merge returns a table with prev's brokers updated by what got says,
+// keeping for each broker the freshest description.
+func (prev *routeTable) merge(got []wire.RouteBroker, source string, boot map[string]bool, now time.Time) *routeTable {
+	t := &routeTable{at: now, source: source, brokers: map[string]*brokerRoute{}, groups: map[string]*groupRoute{}, topics: map[string][]topicPart{}}
+	if prev != nil {
+		for a, b := range prev.brokers {
+			if boot[a] || (!b.heard.IsZero() && now.Sub(b.heard) < forgetBroker) {
+				t.brokers[a] = b
+			}
+		}
+	}
+	for _, r := range got {
+		if r.Addr == "" {
+			continue
+		}
+		var heard time.Time
+		if r.ID != "" && r.AgeMs != ^uint32(0) {
+			heard = now.Add(-time.Duration(r.AgeMs) * time.Millisecond)
+		}
+		old := t.brokers[r.Addr]
+		if old == nil || (!heard.IsZero() && heard.After(old.heard)) {
+			r.Err, r.Peers = "", nil
+			t.brokers[r.Addr] = &brokerRoute{info: r, heard: heard}
+		}
+	}
+	t.build()
+	return t
+}
+
+// build derives the groups and the topics from the brokers.
+func (t *routeTable) build() {
+	type cand struct {
+		addr string
+		b    *brokerRoute
+	}
+	byGroup := map[string][]cand{}
+	for a, b := range t.brokers {
+		if b.info.Group != "" && !b.heard.IsZero() {
+			byGroup[b.info.Group] = append(byGroup[b.info.Group], cand{a, b})
+		}
+	}
+	for name, cs := range byGroup {
+		sort.Slice(cs, func(i, j int) bool {
+			if !cs[i].b.heard.Equal(cs[j].b.heard) {
+				return cs[i].b.heard.After(cs[j].b.heard)
+			}
+			return cs[i].addr < cs[j].addr
+		})
+		g := &groupRoute{name: name}
+		var lead *brokerRoute
+		for _, c := range cs {
+			if c.b.info.Role == "leader" && (lead == nil || c.b.info.Epoch > g.epoch) {
+				lead, g.leader, g.epoch = c.b, c.addr, c.b.info.Epoch
+			}
+		}
+		if lead == nil {
+			// No leader heard from: the one its freshest follower follows.
+			for _, c := range cs {
+				if c.b.info.Leader != "" {
+					g.leader = c.b.info.Leader
+					break
+				}
+			}
+		}
+		if g.leader != "" {
+			g.members = append(g.members, g.leader)
+		}
+		for _, c := range cs {
+			if c.addr != g.leader {
+				g.members = append(g.members, c.addr)
+			}
+		}
+		// The group's topics: its leader's, else its freshest member's
+		// (followers hold the same tables).
+		src := cs[0].b
+		if lead != nil {
+			src = lead
+		}
+		for _, ti := range src.info.Topics {
+			t.topics[ti.Name] = append(t.topics[ti.Name], topicPart{group: name, queues: ti.Queues})
+		}
+		t.groups[name] = g
+		t.names = append(t.names, name)
+	}
+	sort.Strings(t.names)
+	t.hosts = make(map[string][]string, len(t.topics))
+	for topic, parts := range t.topics {
+		sort.Slice(parts, func(i, j int) bool { return parts[i].group < parts[j].group })
+		names := make([]string, len(parts))
+		for i, p := range parts {
+			names[i] = p.group
+		}
+		t.hosts[topic] = names
+	}
+}
+
+// keyQueue maps a key to one queue of a topic: FNV-1a of the key over the
+// topic's queues in group-name order. The broker uses the same hash when
+// it picks the queue of a keyed message itself.
+func keyQueue(parts []topicPart, key []byte) (group string, queue uint32, index, total uint32) {
+	for _, p := range parts {
+		total += p.queues
+	}
+	index = wire.KeyHash(key) % total
+	return queueAt(parts, index), queueIn(parts, index), index, total
+}
+
+func queueAt(parts []topicPart, i uint32) string {
+	for _, p := range parts {
+		if i < p.queues {
+			return p.group
+		}
+		i -= p.queues
+	}
+	return ""
+}
+
+func queueIn(parts []topicPart, i uint32) uint32 {
+	for _, p := range parts {
+		if i < p.queues {
+			return i
+		}
+		i -= p.queues
+	}
+	return 0
+}
+
+// router owns the client's routes.
+type router struct {
+	cl      *Client
+	mu      sync.Mutex // one refresh at a time
+	cur     *routeTable
+	curMu   sync.RWMutex
+	kick    chan struct{}
+	changed chan struct{} // closed (and replaced) by each refresh
+	started sync.Once
+	boot    map[string]bool
+}
+
+// updated returns a channel closed when the routes are next refreshed.
+func (r *router) updated() <-chan struct{} {
+	r.curMu.RLock()
+	defer r.curMu.RUnlock()
+	return r.changed
+}
+
+func (r *router) table() *routeTable {
+	r.curMu.RLock()
+	defer r.curMu.RUnlock()
+	return r.cur
+}
+
+// routes returns the current routes, fetching them first if there are none.
+func (r *router) routes(ctx context.Context) (*routeTable, error) {
+	if t := r.table(); t != nil {
+		return t, nil
+	}
+	r.start()
+	if err := r.refresh(ctx); err != nil {
+		return nil, err
+	}
+	return r.table(), nil
+}
+
+// start runs the refresh loop, once.
+func (r *router) start() {
+	r.started.Do(func() {
+		r.cl.bg.Add(1)
+		go r.loop()
+	})
+}
+
+// stale asks for a refresh soon (after a routing error).
+func (r *router) stale() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *router) loop() {
+	defer r.cl.bg.Done()
+	every := r.cl.cfg.routeRefresh
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-t.C:
+		case <-r.kick:
+			// At most ten refreshes a second, however many errors.
+			if wait := 100*time.Millisecond - time.Since(last); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-r.cl.ctx.Done():
+					return
+				}
+			}
+		case <-r.cl.ctx.Done():
+			return
+		}
+		last = time.Now()
+		ctx, cancel := context.WithTimeout(r.cl.ctx, max(every, 2*time.Second))
+		if err := r.refresh(ctx); err != nil && r.cl.ctx.Err() == nil {
+			r.cl.logger.Debug("route refresh failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+// refresh asks one broker for the cluster (the last one that answered
+// first, then the others), and each bootstrap broker the answer does not
+// describe for itself.
+func (r *router) refresh(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prev := r.table()
+	var order []string
+	seen := map[string]bool{}
+	add := func(a string) {
+		if a != "" && !seen[a] {
+			seen[a] = true
+			order = append(order, a)
+		}
+	}
+	if prev != nil {
+		add(prev.source)
+	}
+	for _, a := range r.cl.cfg.brokers {
+		add(a)
+	}
+	if prev != nil {
+		for _, n := range prev.names {
+			for _, a := range prev.groups[n].members {
+				add(a)
+			}
+		}
+	}
+	var errs, tried []string
+	var hard error
+	var got []wire.RouteBroker
+	source := ""
+	for _, a := range order {
+		resp, err := r.cl.route(ctx, a, 0)
+		if err == nil {
+			got, source = resp.Brokers, a
+			break
+		}
+		if !Retryable(err) && hard == nil {
+			hard = err
+		}
+		tried = append(tried, a)
+		errs = append(errs, strings.TrimPrefix(err.Error(), "quiver: "))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if source == "" {
+		if hard != nil {
+			return hard // not the network's: retrying will not help (incident 004)
+		}
+		return &NetError{Broker: strings.Join(tried, ","), Err: fmt.Errorf("no broker answered for routes: %s", strings.Join(errs, "; "))}
+	}
+	// Bootstrap brokers the answer does not describe first hand (a broker
+	// configured with no cluster knows only itself): ask them directly.
+	described := map[string]bool{}
+	for _, b := range got {
+		if b.ID != "" {
+			described[b.Addr] = true
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, a := range r.cl.cfg.brokers {
+		if described[a] || a == source {
+			continue
+		}
+		wg.Add(1)
+		go func(a string) {
+			defer wg.Done()
+			resp, err := r.cl.route(ctx, a, wire.RouteSelf)
+			if err == nil {
+				mu.Lock()
+				got = append(got, resp.Brokers...)
+				mu.Unlock()
+			}
+		}(a)
+	}
+	wg.Wait()
+	t := prev.merge(got, source, r.boot, time.Now())
+	r.curMu.Lock()
+	r.cur = t
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.curMu.Unlock()
+	return nil
+}
+
+// route sends one Route request to addr.
+func (cl *Client) route(ctx context.Context, addr string, flags uint8) (wire.RouteResp, error) {
+	var resp wire.RouteResp
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req := wire.Route{Flags: flags}
+	c, err := cl.request(ctx, cl.conn(addr), streamControl, wire.TypeRoute, req.Append)
+	if err != nil {
+		return resp, err
+	}
+	defer c.release()
+	if err := wire.DecodeRouteResp(c.resp, &resp); err != nil {
+		return resp, fmt.Errorf("quiver: route from %s: %w", addr, err)
+	}
+	if flags&wire.RouteSelf == 0 && len(resp.Brokers) > 0 {
+		resp.Brokers[0].Addr = addr // the answering broker, as this client reaches it
+	}
+	return resp, nil
+}
+
+// groupMembers lists the addresses to try for a request to group: the
+// leader first, then the followers; brokers set aside go last.
+func (cl *Client) groupMembers(t *routeTable, group string) []string {
+	g := t.groups[group]
+	if g == nil {
+		return nil
+	}
+	out := make([]string, 0, len(g.members))
+	var aside []string
+	for _, a := range g.members {
+		if cl.faults.usable(a) {
+			out = append(out, a)
+		} else {
+			aside = append(aside, a)
+		}
+	}
+	return append(out, aside...)
+}
+
+// requestGroup sends a request to a broker group: to its leader, then
+// its followers (which serve reads and answer writes with NOT_LEADER),
+// while the failure is retryable. Failures that say something about a
+// broker are remembered (fault avoidance); NOT_LEADER refreshes the
+// routes.
+func (cl *Client) requestGroup(ctx context.Context, group string, role int, typ wire.Type, payload func([]byte) []byte) (*call, error) {
+	t, err := cl.router.routes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	members := cl.groupMembers(t, group)
+	if len(members) == 0 {
+		cl.router.stale()
+		return nil, &NetError{Broker: "group " + group, Err: errors.New("no broker of this group is known")}
+	}
+	var addrs, msgs []string
+	for _, a := range members {
+		start := time.Now()
+		c, err := cl.request(ctx, cl.conn(a), role, typ, payload)
+		if err == nil {
+			return c, nil
+		}
+		if !Retryable(err) {
+			return nil, err // an answer another broker would give too
+		}
+		if isNotLeader(err) {
+			cl.router.stale()
+		} else if brokerFault(err) && ctx.Err() == nil {
+			cl.faults.sent(a, time.Since(start), err, false)
+		}
+		addrs = append(addrs, a)
+		msgs = append(msgs, strings.TrimPrefix(err.Error(), "quiver: "))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(msgs) == 1 {
+		return nil, &NetError{Broker: addrs[0], Err: errors.New(strings.TrimPrefix(msgs[0], "broker "+addrs[0]+": "))}
+	}
+	return nil, &NetError{Broker: strings.Join(addrs, ","), Err: fmt.Errorf("no broker of group %s answered: %s", group, strings.Join(msgs, "; "))}
+}
+
+func isNotLeader(err error) bool {
+	var be *wire.Error
+	return errors.As(err, &be) && be.Code == wire.CodeNotLeader
+}
