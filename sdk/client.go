@@ -198,6 +198,10 @@ func (c *Client) conn(addr string) *brokerConn {
 	return bc
 }
 
+// BrokerHealth reports, per broker the client sent to, whether fault
+// avoidance sets it aside now and how often it did (for metrics).
+func (c *Client) BrokerHealth() []BrokerHealth { return c.faults.health() }
+
 // ClientID is the id the client presents to brokers.
 func (c *Client) ClientID() string { return c.cfg.clientID }
 

@@ -440,7 +440,7 @@ func (m *membership) loop() {
 		defer t.Stop()
 		commitTick = t.C
 	}
-	failures := 0
+	failures, commitFailures := 0, 0
 	for {
 		a, err := m.sync(c.ctx, false)
 		wait := c.cfg.heartbeat
@@ -469,7 +469,12 @@ func (m *membership) loop() {
 				break waiting
 			case <-commitTick:
 				if err := m.commit(c.ctx, m.held()); err != nil && c.ctx.Err() == nil {
-					c.cl.logger.Warn("auto-commit failed", "group", c.group, "broker_group", m.bgroup, "err", err)
+					commitFailures++
+					if commitFailures == 1 || commitFailures%10 == 0 {
+						c.cl.logger.Warn("auto-commit failed", "group", c.group, "broker_group", m.bgroup, "failures", commitFailures, "err", err)
+					}
+				} else if err == nil {
+					commitFailures = 0
 				}
 			case <-c.ctx.Done():
 				t.Stop()

@@ -17,9 +17,11 @@ const (
 	// AvoidAdaptive (the default) judges a send slow against the other
 	// brokers' recent latency rather than fixed thresholds: a broker is set
 	// aside when a send took over 4 times the fastest broker's average and
-	// at least 20 ms, or failed, for 1 s doubling with each fault in a row
+	// at least 50 ms, or failed, for 1 s doubling with each fault in a row
 	// (up to 30 s). It then gets one probe send at a time until one
-	// succeeds at normal speed.
+	// succeeds at normal speed. A broker that answers nothing for 100 ms
+	// while sends wait on it is skipped until it answers, so a dead or
+	// stopped broker is avoided before its sends time out.
 	AvoidAdaptive FaultAvoidance = iota
 	// AvoidTable uses RocketMQ 5.1.4's fixed table: a send that took 50,
 	// 100, 550, 1800, 3000, 5000 or 15000 ms sets its broker aside for 0,
@@ -50,8 +52,12 @@ var (
 	tableFailure  = 10 * time.Second // latency a failure counts as
 	adaptiveBase  = time.Second
 	adaptiveMax   = 30 * time.Second
-	adaptiveFloor = 20 * time.Millisecond
+	adaptiveFloor = 50 * time.Millisecond
 	adaptiveRatio = 4.0
+	// Adaptive: a broker that answered nothing for this long (or 8 times
+	// its average, if longer) while sends wait on it is skipped until it
+	// answers, before those sends time out.
+	stallFloor = 100 * time.Millisecond
 	// A broker's average counts as a reference for others while it is this
 	// recent.
 	referenceAge = 10 * time.Second
@@ -76,6 +82,8 @@ type faultTracker struct {
 }
 
 type brokerHealth struct {
+	inflight   int       // sends waiting for its answer (adaptive)
+	waiting    time.Time // since when sends have waited with no answer from it
 	until      time.Time // set aside until then
 	suspect    bool      // set aside once and not yet proven by a probe
 	probing    bool      // a probe is in flight
@@ -106,7 +114,46 @@ func (f *faultTracker) usable(addr string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h := f.m[addr]
-	return h == nil || (!f.now().Before(h.until) && !(h.suspect && h.probing))
+	now := f.now()
+	return h == nil || (!now.Before(h.until) && !(h.suspect && h.probing) && !f.stalledLocked(h, now))
+}
+
+// stalledLocked (adaptive): sends wait on the broker and it has answered
+// none for stallFloor, or 8 times its average latency: a broker killed,
+// stopped or cut off shows this long before any send times out.
+func (f *faultTracker) stalledLocked(h *brokerHealth, now time.Time) bool {
+	if f.mode != AvoidAdaptive || h.inflight == 0 {
+		return false
+	}
+	return now.Sub(h.waiting) > max(stallFloor, time.Duration(8*h.avg))
+}
+
+// begin records a send to addr going out; end records that it ended,
+// answered when the broker answered it (with an ack or an error code).
+func (f *faultTracker) begin(addr string) {
+	if f.mode != AvoidAdaptive {
+		return
+	}
+	f.mu.Lock()
+	h := f.get(addr)
+	if h.inflight == 0 {
+		h.waiting = f.now()
+	}
+	h.inflight++
+	f.mu.Unlock()
+}
+
+func (f *faultTracker) end(addr string, answered bool) {
+	if f.mode != AvoidAdaptive {
+		return
+	}
+	f.mu.Lock()
+	h := f.get(addr)
+	h.inflight = max(h.inflight-1, 0)
+	if answered {
+		h.waiting = f.now()
+	}
+	f.mu.Unlock()
 }
 
 // acquire asks to send to addr. ok is false while it is set aside; probe
@@ -120,10 +167,11 @@ func (f *faultTracker) acquire(addr string) (ok, probe bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h := f.m[addr]
+	now := f.now()
 	switch {
 	case h == nil:
 		return true, false
-	case f.now().Before(h.until):
+	case now.Before(h.until), f.stalledLocked(h, now):
 		return false, false
 	case !h.suspect:
 		return true, false
@@ -234,12 +282,26 @@ func (f *faultTracker) slowLocked(addr string, lat time.Duration, now time.Time)
 	return best >= 0 && float64(lat) > adaptiveRatio*best
 }
 
-// isolations is how many times addr was set aside.
-func (f *faultTracker) isolations(addr string) int64 {
+// BrokerHealth is what fault avoidance knows of one broker.
+type BrokerHealth struct {
+	Addr string
+	// Aside is true while new sends avoid it (set aside, or not answering
+	// while sends wait on it).
+	Aside bool
+	// Isolations counts the times it was set aside.
+	Isolations int64
+	// AvgLatency is the recent average of its good sends (adaptive).
+	AvgLatency time.Duration
+}
+
+func (f *faultTracker) health() []BrokerHealth {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if h := f.m[addr]; h != nil {
-		return h.isolations
+	now := f.now()
+	out := make([]BrokerHealth, 0, len(f.m))
+	for a, h := range f.m {
+		aside := f.mode != AvoidOff && (now.Before(h.until) || f.stalledLocked(h, now))
+		out = append(out, BrokerHealth{Addr: a, Aside: aside, Isolations: h.isolations, AvgLatency: time.Duration(h.avg)})
 	}
-	return 0
+	return out
 }

@@ -131,10 +131,10 @@ func TestFaultAdaptive(t *testing.T) {
 		f.sent("c", 300*time.Millisecond, nil, true)
 		want = min(2*want, 30*time.Second)
 	}
-	// 15 ms is under the floor, 3 ms under four times the best: not slow.
+	// 45 ms is under the floor, 3 ms under four times the best: not slow.
 	f2, _ := trackerAt(AvoidAdaptive)
 	f2.sent("a", time.Millisecond, nil, false)
-	f2.sent("b", 15*time.Millisecond, nil, false)
+	f2.sent("b", 45*time.Millisecond, nil, false)
 	f2.sent("b", 3*time.Millisecond, nil, false)
 	if !f2.usable("b") {
 		t.Fatal("a broker under the floor was set aside")
@@ -148,8 +148,10 @@ func TestFaultAdaptive(t *testing.T) {
 	if got := asideFor(f, clk, "c"); got != time.Second {
 		t.Fatalf("after a good probe the next fault sets aside for %v, want 1s", got)
 	}
-	if f.isolations("c") != 9 {
-		t.Fatalf("isolations %d, want 9", f.isolations("c"))
+	for _, h := range f.health() {
+		if h.Addr == "c" && (h.Isolations != 9 || !h.Aside) {
+			t.Fatalf("health of c: %+v, want 9 isolations and aside", h)
+		}
 	}
 }
 
@@ -158,5 +160,44 @@ func TestFaultOff(t *testing.T) {
 	f.sent("b", time.Minute, errNet, false)
 	if ok, probe := f.acquire("b"); !ok || probe || !f.usable("b") {
 		t.Fatal("avoidance off set a broker aside")
+	}
+}
+
+// Adaptive: a broker that answers nothing while sends wait on it is
+// skipped after 100 ms (or 8 times its average), long before those sends
+// time out, and taken again as soon as it answers.
+func TestFaultStall(t *testing.T) {
+	f, clk := trackerAt(AvoidAdaptive)
+	f.sent("b", time.Millisecond, nil, false)
+	f.begin("b")
+	clk.add(90 * time.Millisecond)
+	if ok, _ := f.acquire("b"); !ok {
+		t.Fatal("skipped after 90 ms without an answer")
+	}
+	f.begin("b")
+	clk.add(20 * time.Millisecond)
+	if ok, _ := f.acquire("b"); ok || f.usable("b") {
+		t.Fatal("a broker silent for 110 ms with sends waiting was not skipped")
+	}
+	f.end("b", false) // one timed out: still nothing from it
+	if f.usable("b") {
+		t.Fatal("a timeout counted as an answer")
+	}
+	f.end("b", true) // it answered
+	if !f.usable("b") {
+		t.Fatal("still skipped after it answered")
+	}
+	// Idle for long, then one send: not stalled at once.
+	clk.add(time.Hour)
+	f.begin("b")
+	if !f.usable("b") {
+		t.Fatal("a send to an idle broker made it stalled")
+	}
+	// The table mode knows nothing of stalls.
+	ft, ct := trackerAt(AvoidTable)
+	ft.begin("b")
+	ct.add(time.Hour)
+	if !ft.usable("b") {
+		t.Fatal("table mode skipped a broker for silence")
 	}
 }

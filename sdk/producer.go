@@ -142,6 +142,7 @@ type sendOp struct {
 	cur      *brokerConn
 	group    string
 	probe    bool // this attempt is its broker's probe (fault avoidance)
+	sending  bool // the attempt went out (faults.begin)
 	known    bool // the topic was in the routes
 	keyQueue string
 	start    time.Time
@@ -333,6 +334,8 @@ func (op *sendOp) attempt() {
 		op.failed(err, now)
 		return
 	}
+	op.sending = true
+	p.cl.faults.begin(bc.addr)
 	// After end the answer may complete (and recycle) op at once: nothing
 	// of op is touched past this line.
 	st.end(c, op.req.Append(b), start)
@@ -348,6 +351,8 @@ func (op *sendOp) answered(c *call) {
 		return
 	}
 	cl := op.p.cl
+	cl.faults.end(op.cur.addr, true)
+	op.sending = false
 	cl.faults.sent(op.cur.addr, time.Since(op.start), nil, op.probe)
 	if !op.known {
 		cl.router.stale() // a topic created by this send: learn its queues
@@ -376,6 +381,11 @@ func (op *sendOp) failed(err error, started time.Time) {
 	}
 	lat := time.Since(started)
 	op.attempts = append(op.attempts, Attempt{Broker: addr, Code: codeOf(err), Err: err, Latency: lat})
+	if op.sending {
+		var be *wire.Error
+		cl.faults.end(addr, errors.As(err, &be)) // a code is an answer: the broker is alive
+		op.sending = false
+	}
 	switch {
 	case op.cur == nil:
 		cl.router.stale()

@@ -72,7 +72,7 @@ func (prev *routeTable) merge(got []wire.RouteBroker, source string, boot map[st
 		}
 		old := t.brokers[r.Addr]
 		if old == nil || (!heard.IsZero() && heard.After(old.heard)) {
-			r.Err, r.Peers = "", nil
+			r.Peers = nil
 			t.brokers[r.Addr] = &brokerRoute{info: r, heard: heard}
 		}
 	}
