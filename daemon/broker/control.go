@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quivermq/quiver/index"
+	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -316,33 +317,8 @@ func (c *control) snapshotLoop() {
 }
 
 func writeFileSync(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return fsutil.WriteAtomic(path, data, 0o644, nil)
 }

@@ -22,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
 // File names inside the TLS directory (DATA/tls).
@@ -119,23 +121,7 @@ func generate(hosts []string) (certPEM, keyPEM []byte, err error) {
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
-	if err != nil {
-		return fmt.Errorf("certs: %w", err)
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := fsutil.WriteAtomic(path, data, mode, nil); err != nil {
 		return fmt.Errorf("certs: write %s: %w", path, err)
 	}
 	return nil

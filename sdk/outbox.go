@@ -1,0 +1,691 @@
+package sdk
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/quivermq/quiver/internal/fsutil"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// The outbox keeps sends that exhausted their retries on local disk, so
+// that they can be resent once the cluster recovers (WithOutbox). It is a
+// durable FIFO: an entry survives a crash once add returned, and stays
+// until it is acked.
+//
+// On disk it is a directory of three files:
+//
+//	outbox.dat    records, appended one per entry:
+//	                u32 length | u32 CRC-32C (Castagnoli) of payload | payload
+//	              little endian; the payload is the entry's wire.Produce encoding,
+//	              1..wire.MaxFrameSize bytes.
+//	outbox.acked  "QOB1" | u64 offset in outbox.dat of the first unacked record |
+//	              u32 CRC-32C of the 12 bytes before it. Missing means 0. It is
+//	              replaced on every ack by write to temp, fsync, rename, dir fsync,
+//	              so it is always one whole version, never a torn one.
+//	outbox.lock   flock'd while an outbox is open; holds the holder's pid, for
+//	              the error a second opener gets.
+//
+// Space is reclaimed on ack: when nothing is pending, outbox.dat is truncated
+// to empty; when the acked prefix is over half the file and over 1 MiB, the
+// pending tail is copied to a new file that replaces outbox.dat by rename.
+// Both leave outbox.dat shorter than the acked offset until outbox.acked is
+// reset to 0, so openOutbox reads an acked offset past the end of the data
+// file as "the file was reclaimed after that offset was written" and starts
+// at 0. That is why the offset is always written durably before the file is
+// compacted, and why a compaction only happens when the tail is smaller than
+// the prefix it drops.
+//
+// Recovery: each add writes one record and fsyncs before the next starts
+// (one mutex), so a crash leaves at most one torn record, at the end, no
+// longer than the largest record. Such a tail (partial header, length past
+// the end, bad checksum of the last record, zeros) is cut off and counted in
+// recoveredBytes. Anything that a crash cannot produce (a complete record
+// with a bad checksum followed by more bytes, a damaged record followed by
+// valid ones, more damaged bytes than one record can hold) is
+// ErrOutboxCorrupt: the outbox refuses to open rather than drop entries.
+
+const (
+	outboxDataFile  = "outbox.dat"
+	outboxAckedFile = "outbox.acked"
+	outboxLockFile  = "outbox.lock"
+	outboxTmpSuffix = ".tmp"
+
+	outboxHeaderLen  = 8                 // u32 length, u32 crc
+	outboxMaxPayload = wire.MaxFrameSize // a longer record is corrupt: no send can be that big
+	outboxDefaultMax = 1 << 30
+	// outboxCompactMin keeps small outboxes from being rewritten on every
+	// ack: a compaction copies the whole pending tail.
+	outboxCompactMin = 1 << 20
+
+	outboxAckedMagic = "QOB1"
+	outboxAckedLen   = 16
+)
+
+var outboxCRC = crc32.MakeTable(crc32.Castagnoli)
+
+// outboxSync is every fsync the outbox does. FuzzOutboxRecover replaces it:
+// what it tests is recovery's parsing, and fsyncs would slow it a hundredfold.
+var outboxSync = (*os.File).Sync
+
+var (
+	// ErrOutboxFull is returned when an entry does not fit in the outbox's
+	// byte limit. Nothing was written: the send is lost unless the caller
+	// keeps it.
+	ErrOutboxFull = errors.New("quiver: outbox full")
+	// ErrOutboxCorrupt is returned when the outbox's files hold damage that
+	// a crash cannot explain. The error names the file and offset; the
+	// files are left as they are, for inspection or repair.
+	ErrOutboxCorrupt = errors.New("quiver: outbox corrupt")
+)
+
+// outbox is a durable FIFO of produce requests on local disk. All methods
+// are safe for concurrent use.
+type outbox struct {
+	mu      sync.Mutex
+	dir     string
+	max     int64
+	lock    *os.File // holds the flock
+	dirf    *os.File // for fsyncs of renames
+	f       *os.File // outbox.dat
+	datPath string
+
+	head   int64  // offset of the oldest pending record
+	size   int64  // end of the last record, the file's size
+	n      int    // pending records, in [head, size)
+	headID uint64 // id of the record at head; the next add's when empty
+
+	// ackedOnDisk is what outbox.acked says, or -1 after a failed write
+	// left it unknown.
+	ackedOnDisk int64
+	// compactAt delays the next compaction after one failed (a full disk
+	// would otherwise have every ack copy the whole tail).
+	compactAt int64
+	recovered int64  // bytes of torn tail cut off by openOutbox
+	buf       []byte // add's encoding buffer
+	failed    error  // sticky: memory and disk may disagree, reopen to recover
+	closed    bool
+}
+
+// openOutbox opens (creating it if needed, mode 0o700) the outbox in dir,
+// bounded to maxBytes of pending records (header included; <= 0 means
+// 1 GiB). It recovers what the last process left: entries fully written and
+// synced are kept, a torn tail is cut off (see recoveredBytes). Pending
+// entries are never dropped: damage that a crash cannot explain is
+// ErrOutboxCorrupt. An outbox already open on dir, in this process or
+// another, makes it fail.
+func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
+	if maxBytes <= 0 {
+		maxBytes = outboxDefaultMax
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	lock, err := lockOutbox(dir)
+	if err != nil {
+		return nil, err
+	}
+	o := &outbox{dir: dir, max: maxBytes, lock: lock, headID: 1, datPath: filepath.Join(dir, outboxDataFile)}
+	defer func() {
+		if err != nil {
+			o.closeFiles()
+		}
+	}()
+	if o.dirf, err = os.Open(dir); err != nil {
+		return nil, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	// A temp file is an unfinished replacement: the original is intact.
+	for _, name := range []string{outboxDataFile + outboxTmpSuffix, outboxAckedFile + outboxTmpSuffix} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("quiver: outbox: %w", err)
+		}
+	}
+	acked, err := o.readAcked()
+	if err != nil {
+		return nil, err
+	}
+	o.ackedOnDisk = acked
+	if o.f, err = os.OpenFile(o.datPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return nil, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	// What we read below may be in the page cache only (the last process
+	// died, the machine did not): make it durable before trusting it.
+	if err := outboxSync(o.f); err != nil {
+		return nil, fmt.Errorf("quiver: outbox: syncing %s: %w", o.datPath, err)
+	}
+	if err := outboxSync(o.dirf); err != nil {
+		return nil, fmt.Errorf("quiver: outbox: syncing %s: %w", dir, err)
+	}
+	st, err := o.f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	size := st.Size()
+	if acked > size {
+		acked = 0 // reclaimed after the offset was written (see the format comment)
+	}
+	if err := o.recover(acked, size); err != nil {
+		return nil, err
+	}
+	if o.ackedOnDisk != o.head {
+		if err := o.writeAcked(o.head); err != nil {
+			return nil, err
+		}
+	}
+	// A compaction that failed harmlessly is retried (and reported) by a
+	// later ack; only a failure that leaves the files in doubt stops here.
+	if err := o.reclaim(); err != nil && o.failed != nil {
+		return nil, o.failed
+	}
+	return o, nil
+}
+
+// lockOutbox takes the exclusive flock of dir's lock file. flock locks
+// belong to an open file description, so this also catches a second outbox
+// on the same dir in this process.
+func lockOutbox(dir string) (*os.File, error) {
+	path := filepath.Join(dir, outboxLockFile)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		holder := ""
+		if b, rerr := io.ReadAll(io.LimitReader(f, 32)); rerr == nil {
+			if pid, perr := strconv.Atoi(strings.TrimSpace(string(b))); perr == nil {
+				holder = fmt.Sprintf(" (pid %d)", pid)
+			}
+		}
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("quiver: outbox %s is already open by another producer or process%s; "+
+				"each needs its own directory: %w", dir, holder, err)
+		}
+		return nil, fmt.Errorf("quiver: outbox %s: locking %s: %w", dir, path, err)
+	}
+	// Only for the message above: the lock itself is the flock.
+	if f.Truncate(0) == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+func outboxCorrupt(path string, off int64, format string, args ...any) error {
+	return fmt.Errorf("%w: %s at offset %d: %s", ErrOutboxCorrupt, path, off, fmt.Sprintf(format, args...))
+}
+
+// readAcked returns the offset in outbox.acked, 0 if there is none.
+func (o *outbox) readAcked() (int64, error) {
+	path := filepath.Join(o.dir, outboxAckedFile)
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("quiver: outbox: %w", err)
+	}
+	defer f.Close()
+	var b [outboxAckedLen + 1]byte
+	n, err := io.ReadFull(f, b[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return 0, fmt.Errorf("quiver: outbox: reading %s: %w", path, err)
+	}
+	switch {
+	case n != outboxAckedLen:
+		return 0, outboxCorrupt(path, 0, "%d bytes, want %d", n, outboxAckedLen)
+	case string(b[:4]) != outboxAckedMagic:
+		return 0, outboxCorrupt(path, 0, "bad magic %q", b[:4])
+	case crc32.Checksum(b[:12], outboxCRC) != binary.LittleEndian.Uint32(b[12:]):
+		return 0, outboxCorrupt(path, 12, "checksum mismatch")
+	}
+	off := binary.LittleEndian.Uint64(b[4:])
+	if off > 1<<62 {
+		return 0, outboxCorrupt(path, 4, "offset %d", off)
+	}
+	return int64(off), nil
+}
+
+// writeAcked durably replaces outbox.acked with off. On failure the file
+// holds the old or the new offset.
+func (o *outbox) writeAcked(off int64) error {
+	o.ackedOnDisk = -1
+	path := filepath.Join(o.dir, outboxAckedFile)
+	b := make([]byte, 0, outboxAckedLen)
+	b = append(b, outboxAckedMagic...)
+	b = binary.LittleEndian.AppendUint64(b, uint64(off))
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, outboxCRC))
+	err := fsutil.WriteAtomic(path, b, 0o600, outboxSync)
+	if err != nil {
+		return fmt.Errorf("quiver: outbox: writing %s: %w", path, err)
+	}
+	o.ackedOnDisk = off
+	return nil
+}
+
+// recover scans the records from offset from to size, sets the pending
+// state, and cuts a torn tail. It reads one record at a time.
+func (o *outbox) recover(from, size int64) error {
+	r := bufio.NewReaderSize(io.NewSectionReader(o.f, from, size-from), 64<<10)
+	var (
+		hdr     [outboxHeaderLen]byte
+		payload []byte
+		scratch wire.Produce
+	)
+	off := from
+	for off < size {
+		if size-off < outboxHeaderLen {
+			return o.tornTail(from, off, size, "partial record header")
+		}
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
+		}
+		n := binary.LittleEndian.Uint32(hdr[:])
+		if n == 0 || n > outboxMaxPayload {
+			return o.tornTail(from, off, size, fmt.Sprintf("bad record length %d", n))
+		}
+		end := off + outboxHeaderLen + int64(n)
+		if end > size {
+			return o.tornTail(from, off, size, fmt.Sprintf("record of %d bytes ends %d bytes past the end of the file", n, end-size))
+		}
+		if cap(payload) < int(n) {
+			payload = make([]byte, n)
+		}
+		payload = payload[:n]
+		if _, err := io.ReadFull(r, payload); err != nil {
+			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
+		}
+		if crc32.Checksum(payload, outboxCRC) != binary.LittleEndian.Uint32(hdr[4:]) {
+			if end < size {
+				// A torn write is the last record: a whole one with more
+				// after it was synced and damaged since.
+				return outboxCorrupt(o.datPath, off, "record of %d bytes fails its checksum, and %d bytes follow it", n, size-end)
+			}
+			return o.tornTail(from, off, size, "checksum mismatch")
+		}
+		if err := wire.DecodeProduce(payload, &scratch); err != nil {
+			// The checksum holds, so it was written like this: not torn.
+			return outboxCorrupt(o.datPath, off, "record is not a produce request: %v", err)
+		}
+		o.n++
+		off = end
+	}
+	o.head, o.size = from, size
+	return nil
+}
+
+// tornTail handles a damaged record at off, the first one after from: a
+// torn last write is cut off; anything a crash cannot leave is an error.
+func (o *outbox) tornTail(from, off, size int64, why string) error {
+	rem := size - off
+	if rem > outboxHeaderLen+outboxMaxPayload {
+		return outboxCorrupt(o.datPath, off, "%s, with %d bytes after it: more than one record, not a torn write", why, rem)
+	}
+	tail := make([]byte, rem)
+	if _, err := o.f.ReadAt(tail, off); err != nil {
+		return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
+	}
+	switch at, undecided := outboxRecordsAfter(tail); {
+	case at > 0:
+		return outboxCorrupt(o.datPath, off, "%s, but valid records follow from offset %d", why, off+int64(at))
+	case undecided:
+		return outboxCorrupt(o.datPath, off, "%s, and the %d bytes after it could not be told apart from records", why, rem)
+	}
+	if err := o.f.Truncate(off); err != nil {
+		return fmt.Errorf("quiver: outbox: cutting %s at offset %d: %w", o.datPath, off, err)
+	}
+	if err := outboxSync(o.f); err != nil {
+		return fmt.Errorf("quiver: outbox: syncing %s: %w", o.datPath, err)
+	}
+	o.recovered = rem
+	o.head, o.size = from, off
+	return nil
+}
+
+// outboxRecordsAfter looks in b, the bytes from a damaged record to the end
+// of the file, for an offset > 0 from which well-formed records with valid
+// checksums run exactly to the end: proof that the damage is not a torn
+// last write (whose bytes are one record's prefix). It returns that offset,
+// or 0, or undecided when a pathological b would cost too much to check.
+// Time is linear in len(b) apart from checksums, which are bounded.
+func outboxRecordsAfter(b []byte) (at int, undecided bool) {
+	n := len(b)
+	if n < 2*outboxHeaderLen+1 {
+		return 0, false
+	}
+	// reach: a chain of well-formed records runs from here exactly to the end.
+	reach := make([]uint64, n/64+1)
+	get := func(s []uint64, i int) bool { return s[i/64]&(1<<(i%64)) != 0 }
+	set := func(s []uint64, i int) { s[i/64] |= 1 << (i % 64) }
+	set(reach, n)
+	for y := n - outboxHeaderLen - 1; y >= 1; y-- {
+		l := binary.LittleEndian.Uint32(b[y:])
+		if l == 0 || l > outboxMaxPayload {
+			continue
+		}
+		if end := y + outboxHeaderLen + int(l); end <= n && get(reach, end) {
+			set(reach, y)
+		}
+	}
+	// dead: a chain from here hits a bad checksum. Every offset is walked
+	// through at most once before it is marked dead or we return.
+	dead := make([]uint64, n/64+1)
+	budget := 4*n + 1<<20 // checksummed bytes; distinct records may overlap
+	next := func(z int) int { return z + outboxHeaderLen + int(binary.LittleEndian.Uint32(b[z:])) }
+	for y := 1; y < n; y++ {
+		if !get(reach, y) || get(dead, y) {
+			continue
+		}
+		z := y
+		for z < n && !get(dead, z) {
+			end := next(z)
+			if budget -= end - z; budget < 0 {
+				return 0, true
+			}
+			if crc32.Checksum(b[z+outboxHeaderLen:end], outboxCRC) != binary.LittleEndian.Uint32(b[z+4:]) {
+				break
+			}
+			z = end
+		}
+		if z == n {
+			return y, false
+		}
+		for w := y; w != z; w = next(w) {
+			set(dead, w)
+		}
+		set(dead, z)
+	}
+	return 0, false
+}
+
+// reclaim gives back the space of acked records (see the format comment).
+// outbox.acked must durably say o.head.
+func (o *outbox) reclaim() error {
+	switch {
+	case o.n == 0 && o.size > 0:
+		return o.empty()
+	case o.head > outboxCompactMin && o.head*2 > o.size && o.head >= o.compactAt:
+		return o.compact()
+	}
+	return nil
+}
+
+// empty truncates the data file when nothing is pending. A crash before
+// outbox.acked is reset leaves it past the end of the empty file, which
+// reads as 0; until it is reset nothing may be appended, hence fail.
+func (o *outbox) empty() error {
+	if err := o.f.Truncate(0); err != nil {
+		return o.fail(fmt.Errorf("truncating %s: %w", o.datPath, err))
+	}
+	if err := outboxSync(o.f); err != nil {
+		return o.fail(fmt.Errorf("syncing %s: %w", o.datPath, err))
+	}
+	o.head, o.size = 0, 0
+	if o.ackedOnDisk != 0 {
+		if err := o.writeAcked(0); err != nil {
+			return o.fail(err)
+		}
+	}
+	return nil
+}
+
+// compact copies the pending tail to a new data file that replaces the old
+// one. A failure before the rename changes nothing (the next try waits for
+// another outboxCompactMin of acks); one after it leaves outbox.acked past
+// the end of the new file (read as 0 on reopen) and the outbox unusable
+// until reopened.
+func (o *outbox) compact() error {
+	tmp := o.datPath + outboxTmpSuffix
+	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		tail := o.size - o.head
+		var copied int64
+		copied, err = io.Copy(nf, io.NewSectionReader(o.f, o.head, tail))
+		if err == nil && copied != tail {
+			err = fmt.Errorf("copied %d of %d bytes", copied, tail)
+		}
+		if err == nil {
+			err = outboxSync(nf)
+		}
+		if err == nil {
+			err = os.Rename(tmp, o.datPath)
+		}
+		if err != nil {
+			nf.Close()
+			os.Remove(tmp)
+		}
+	}
+	if err != nil {
+		o.compactAt = o.head + outboxCompactMin
+		return fmt.Errorf("compacting %s: %w", o.datPath, err)
+	}
+	old := o.f
+	o.f = nf
+	o.size -= o.head
+	o.head = 0
+	old.Close()
+	if err := outboxSync(o.dirf); err != nil {
+		return o.fail(fmt.Errorf("syncing %s: %w", o.dir, err))
+	}
+	if err := o.writeAcked(0); err != nil {
+		return o.fail(err)
+	}
+	o.compactAt = 0
+	return nil
+}
+
+// fail makes the outbox refuse further use: memory and disk may disagree.
+// Reopening recovers from what is on disk.
+func (o *outbox) fail(err error) error {
+	o.failed = fmt.Errorf("quiver: outbox %s is unusable until reopened: %w", o.dir, err)
+	return o.failed
+}
+
+func (o *outbox) usable() error {
+	if o.closed {
+		return fmt.Errorf("%w: outbox %s", ErrClosed, o.dir)
+	}
+	return o.failed
+}
+
+// add appends p's encoding and fsyncs before returning: the entry survives
+// a crash once add returned nil. It fails with ErrOutboxFull, writing
+// nothing, when the pending records and this one would exceed the limit.
+func (o *outbox) add(p *wire.Produce) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.usable(); err != nil {
+		return err
+	}
+	var hdr [outboxHeaderLen]byte // filled in below
+	rec := p.Append(append(o.buf[:0], hdr[:]...))
+	payload := rec[outboxHeaderLen:]
+	if len(payload) > outboxMaxPayload {
+		return fmt.Errorf("quiver: outbox %s: entry of %d bytes is over the %d-byte limit", o.dir, len(payload), outboxMaxPayload)
+	}
+	// An entry that does not decode would make the file unreadable on the
+	// next open (a field too long for its length prefix encodes wrongly).
+	var back wire.Produce
+	err := wire.DecodeProduce(payload, &back)
+	if err == nil && (back.Topic != p.Topic || len(back.Key) != len(p.Key) || len(back.Tags) != len(p.Tags) ||
+		len(back.Headers) != len(p.Headers) || len(back.Body) != len(p.Body)) {
+		err = errors.New("a field is too long for its length prefix")
+	}
+	if err != nil {
+		return fmt.Errorf("quiver: outbox %s: entry for topic %q is not a valid produce request: %w", o.dir, p.Topic, err)
+	}
+	binary.LittleEndian.PutUint32(rec, uint32(len(payload)))
+	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, outboxCRC))
+	need := int64(len(rec))
+	if pending := o.size - o.head; pending+need > o.max {
+		return fmt.Errorf("%w: %s holds %d bytes pending; this %d-byte entry would pass the limit of %d bytes",
+			ErrOutboxFull, o.dir, pending, need, o.max)
+	}
+	if _, err := o.f.WriteAt(rec, o.size); err != nil {
+		return o.undoAppend(err)
+	}
+	if err := outboxSync(o.f); err != nil {
+		return o.undoAppend(err)
+	}
+	o.size += need
+	o.n++
+	if cap(rec) <= 1<<20 {
+		o.buf = rec[:0]
+	} else {
+		o.buf = nil // a rare big entry does not pin its buffer
+	}
+	return nil
+}
+
+// undoAppend removes what a failed add may have written, so that no later
+// record follows a torn one (which reopening would call corrupt).
+func (o *outbox) undoAppend(err error) error {
+	err = fmt.Errorf("quiver: outbox: writing %s at offset %d: %w", o.datPath, o.size, err)
+	if terr := o.f.Truncate(o.size); terr != nil {
+		return o.fail(errors.Join(err, terr))
+	}
+	if serr := outboxSync(o.f); serr != nil {
+		return o.fail(errors.Join(err, serr))
+	}
+	return err
+}
+
+// readHead reads the header of the record at o.head and returns its
+// payload length.
+func (o *outbox) readHead() (uint32, error) {
+	var hdr [outboxHeaderLen]byte
+	if _, err := o.f.ReadAt(hdr[:], o.head); err != nil {
+		return 0, fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, o.head, err)
+	}
+	n := binary.LittleEndian.Uint32(hdr[:])
+	if n == 0 || n > outboxMaxPayload || o.head+outboxHeaderLen+int64(n) > o.size {
+		return 0, outboxCorrupt(o.datPath, o.head, "bad record length %d", n)
+	}
+	return n, nil
+}
+
+// peek returns the oldest pending entry and its id, or ok=false when none
+// is pending. p is decoded from a buffer of its own: the caller may keep it.
+func (o *outbox) peek() (id uint64, p *wire.Produce, ok bool, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.usable(); err != nil {
+		return 0, nil, false, err
+	}
+	if o.n == 0 {
+		return 0, nil, false, nil
+	}
+	n, err := o.readHead()
+	if err != nil {
+		return 0, nil, false, err
+	}
+	rec := make([]byte, outboxHeaderLen+int(n))
+	if _, err := o.f.ReadAt(rec, o.head); err != nil {
+		return 0, nil, false, fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, o.head, err)
+	}
+	// Checked again: the disk may have damaged it since openOutbox did.
+	if crc32.Checksum(rec[outboxHeaderLen:], outboxCRC) != binary.LittleEndian.Uint32(rec[4:]) {
+		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d fails its checksum", o.headID)
+	}
+	p = new(wire.Produce)
+	if err := wire.DecodeProduce(rec[outboxHeaderLen:], p); err != nil {
+		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d: %v", o.headID, err)
+	}
+	return o.headID, p, true, nil
+}
+
+// ack marks entry id, which must be the oldest pending one, as delivered:
+// once ack returned nil, a reopened outbox no longer returns it. It then
+// reclaims space. An error that says the entry is acked means only the
+// reclaiming failed.
+func (o *outbox) ack(id uint64) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.usable(); err != nil {
+		return err
+	}
+	if o.n == 0 {
+		return fmt.Errorf("quiver: outbox %s: ack of entry %d, but nothing is pending", o.dir, id)
+	}
+	if id != o.headID {
+		return fmt.Errorf("quiver: outbox %s: ack of entry %d, but the oldest pending entry is %d", o.dir, id, o.headID)
+	}
+	n, err := o.readHead()
+	if err != nil {
+		return err
+	}
+	next := o.head + outboxHeaderLen + int64(n)
+	if next == o.size {
+		// The last pending entry: emptying the file is the ack itself.
+		o.n, o.headID = 0, id+1
+		return o.empty()
+	}
+	if err := o.writeAcked(next); err != nil {
+		return err // not acked: outbox.acked holds the old or the new offset, both fine
+	}
+	o.head, o.n, o.headID = next, o.n-1, id+1
+	if err := o.reclaim(); err != nil {
+		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but reclaiming space failed: %w", o.dir, id, err)
+	}
+	return nil
+}
+
+// pending returns the number of entries not yet acked and their bytes on
+// disk (records with their 8-byte headers, what the limit counts).
+func (o *outbox) pending() (n int, bytes int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n, o.size - o.head
+}
+
+// recoveredBytes returns the bytes of torn tail that openOutbox cut off.
+func (o *outbox) recoveredBytes() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.recovered
+}
+
+// close releases the lock and the files. It is safe to call twice.
+func (o *outbox) close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return nil
+	}
+	o.closed = true
+	return o.closeFiles()
+}
+
+// closeFiles closes the data file and the directory before the lock file,
+// so that the next opener finds nothing of this one open.
+func (o *outbox) closeFiles() error {
+	var errs []error
+	for _, f := range []*os.File{o.f, o.dirf, o.lock} {
+		if f != nil {
+			if err := f.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("quiver: outbox %s: closing: %w", o.dir, err)
+	}
+	return nil
+}
