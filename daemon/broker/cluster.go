@@ -49,6 +49,7 @@ type peerView struct {
 	info       wire.RouteBroker // the last good answer (ID "" until one)
 	heard      time.Time
 	err        string
+	lastLogged bool // its silence was logged (its return will be)
 }
 
 // startCluster starts asking the configured brokers, when there is a way
@@ -104,6 +105,7 @@ func (b *Broker) watchPeer(p *peerView) {
 		var learned []string
 		c := &b.cluster
 		c.mu.Lock()
+		wasSilent, silent := p.err != "" || p.heard.IsZero(), err != nil
 		if err == nil {
 			if info.ID == b.opts.ID {
 				// Our own address under another name: stop asking it.
@@ -131,6 +133,19 @@ func (b *Broker) watchPeer(p *peerView) {
 			}
 		}
 		c.mu.Unlock()
+		// One line when a broker stops answering and one when it is back,
+		// not one per question.
+		switch {
+		case silent && !wasSilent:
+			b.logger.Warn("a broker of the cluster stopped answering", "addr", p.addr, "err", err)
+		case !silent && wasSilent && p.lastLogged:
+			b.logger.Info("a broker of the cluster answers again", "addr", p.addr, "id", info.ID, "group", info.Group)
+		}
+		if silent && !wasSilent {
+			p.lastLogged = true
+		} else if !silent {
+			p.lastLogged = false
+		}
 		for _, a := range learned {
 			b.learn(a, false)
 		}

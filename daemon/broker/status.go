@@ -41,6 +41,10 @@ func (b *Broker) Status() wire.Status {
 		Groups:    []wire.GroupStatus{},
 	}
 	s.Lag = lagOf(p, now)
+	s.Cluster = b.clusterView()
+	for i := range s.Cluster {
+		s.Cluster[i].Topics = nil // the routes carry them; the document stays short
+	}
 	if s.Lag.NotVisibleMs > b.opts.LagWarn.Milliseconds() {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("%d written bytes have not been visible to consumers for %d ms (limit %d ms)",
 			s.Lag.WrittenNotVisible, s.Lag.NotVisibleMs, b.opts.LagWarn.Milliseconds()))

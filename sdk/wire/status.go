@@ -14,6 +14,7 @@ type Status struct {
 	Topics      []TopicStatus `json:"topics"`
 	Groups      []GroupStatus `json:"groups"`
 	Replication *Replication  `json:"replication,omitempty"`
+	Cluster     []RouteBroker `json:"cluster,omitempty"` // the other brokers this one knows of
 	Connections *Connections  `json:"connections,omitempty"`
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net"
 	"strings"
 	"testing"
@@ -164,6 +165,36 @@ func TestSeveralBrokers(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, "no broker answered") ||
 		!strings.Contains(r.stderr, dead) || !strings.Contains(r.stderr, dead2) {
 		t.Fatalf("status with no broker answering: %v", r)
+	}
+}
+
+// quiver cluster shows the groups a broker knows of, from one broker; topic
+// create makes the topic's queues on every group; status lists the other
+// brokers this one hears from.
+func TestClusterCommand(t *testing.T) {
+	c := testbroker.StartCluster(t, 2, 1, nil, nil)
+	b := c.Groups[0].Leader
+	var out struct {
+		Groups []sdk.GroupInfo `json:"groups"`
+	}
+	testbroker.WaitFor(t, "both groups and their followers", func() bool {
+		r := runCLI(t, noEnv, "", with(b, "cluster", "--json")...)
+		return r.code == 0 && json.Unmarshal([]byte(r.stdout), &out) == nil && len(out.Groups) == 2 &&
+			out.Groups[1].Leader == c.Groups[1].Leader.Addr && len(out.Groups[1].Followers) == 1
+	})
+	must(t, runCLI(t, noEnv, "", with(b, "topic", "create", "spread", "--queues", "3")...))
+	r := must(t, runCLI(t, noEnv, "", with(b, "cluster")...))
+	for _, want := range []string{"GROUP", "g0 ", "g1 ", "spread(3)", c.Groups[1].Followers[0].Addr, "BROKER", "g1b1", "follower"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("cluster lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if strings.Count(r.stdout, "spread(3)") != 2 {
+		t.Fatalf("the topic is not on both groups:\n%s", r.stdout)
+	}
+	r = must(t, runCLI(t, noEnv, "", with(b, "status")...))
+	if !strings.Contains(r.stdout, "CLUSTER") || !strings.Contains(r.stdout, "g1b0") {
+		t.Fatalf("status lacks the cluster:\n%s", r.stdout)
 	}
 }
 

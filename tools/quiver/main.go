@@ -118,7 +118,7 @@ Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line
 	pf.StringVar(&g.ca, "ca", "", "PEM file with the broker's certificate or its CA (default $QUIVER_CA, else ./quiver-data/tls/cert.pem)")
 	pf.StringVar(&g.fingerprint, "fingerprint", "", "trust exactly the broker certificate with this SHA-256 fingerprint (hex)")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long a send or an admin request may take, retries included")
-	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), adminCmd(g))
+	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g))
 	return root
 }
 

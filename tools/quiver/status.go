@@ -93,6 +93,13 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 		}
 	}
 
+	if len(st.Cluster) > 0 {
+		fmt.Fprintln(w)
+		if err := brokerTable(cmd, "CLUSTER", st.Cluster); err != nil {
+			return err
+		}
+	}
+
 	fmt.Fprintln(w)
 	if len(st.Topics) == 0 {
 		fmt.Fprintln(w, "no topics")

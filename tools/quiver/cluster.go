@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+func clusterCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Show the cluster as the brokers know it: groups, leaders, followers, topics, brokers",
+		Long: `cluster shows the broker groups the brokers know of (from any --broker that
+answers): each group's leader and epoch, its followers and the topics it hosts
+with their queues there; then every broker with its role, how long ago the
+answering broker heard from it, and its last error. This is what clients route
+by. With --json it prints {"groups": [...], "brokers": [...]}.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var groups []sdk.GroupInfo
+			var brokers []wire.RouteBroker
+			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
+				groups, brokers, err = a.Cluster(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd, map[string]any{"groups": groups, "brokers": brokers})
+			}
+			t := newTable(cmd, "GROUP", "LEADER", "EPOCH", "FOLLOWERS", "TOPICS")
+			for _, gr := range groups {
+				var topics []string
+				for _, ti := range gr.Topics {
+					topics = append(topics, fmt.Sprintf("%s(%d)", ti.Name, ti.Queues))
+				}
+				t.row(gr.Name, orDash(gr.Leader), gr.Epoch, orDash(strings.Join(gr.Followers, ",")), orDash(strings.Join(topics, " ")))
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return brokerTable(cmd, "BROKER", brokers)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the groups and brokers as JSON")
+	return cmd
+}
+
+// brokerTable prints brokers as a broker heard from them.
+func brokerTable(cmd *cobra.Command, title string, brokers []wire.RouteBroker) error {
+	t := newTable(cmd, title, "ID", "GROUP", "ROLE", "EPOCH", "HEARD", "LAST ERROR")
+	for _, b := range brokers {
+		heard := "never"
+		if b.AgeMs != ^uint32(0) {
+			heard = ms(int64(b.AgeMs)).String() + " ago"
+		}
+		t.row(b.Addr, orDash(b.ID), orDash(b.Group), orDash(b.Role), b.Epoch, heard, orDash(b.Err))
+	}
+	return t.flush()
+}
