@@ -37,6 +37,8 @@ import (
 //	              so it is always one whole version, never a torn one.
 //	outbox.lock   flock'd while an outbox is open; holds the holder's pid, for
 //	              the error a second opener gets.
+//	outbox.rejected  entries a broker refused for a reason retrying cannot
+//	              fix (same record format, appended); kept for the operator.
 //
 // Space is reclaimed on ack: when nothing is pending, outbox.dat is truncated
 // to empty; when the acked prefix is over half the file and over 1 MiB, the
@@ -61,7 +63,10 @@ const (
 	outboxDataFile  = "outbox.dat"
 	outboxAckedFile = "outbox.acked"
 	outboxLockFile  = "outbox.lock"
-	outboxTmpSuffix = ".tmp"
+	// outboxRejectedFile holds entries a broker refused for good (same
+	// record format), appended and never read back by the SDK.
+	outboxRejectedFile = "outbox.rejected"
+	outboxTmpSuffix    = ".tmp"
 
 	outboxHeaderLen  = 8                 // u32 length, u32 crc
 	outboxMaxPayload = wire.MaxFrameSize // a longer record is corrupt: no send can be that big
@@ -611,6 +616,41 @@ func (o *outbox) peek() (id uint64, p *wire.Produce, ok bool, err error) {
 	return o.headID, p, true, nil
 }
 
+// scan calls fn with every pending entry, oldest first (the producer
+// rebuilds its per-key counts from it when it opens an outbox).
+func (o *outbox) scan(fn func(p *wire.Produce)) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if err := o.usable(); err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(io.NewSectionReader(o.f, o.head, o.size-o.head), 1<<16)
+	var hdr [outboxHeaderLen]byte
+	for off := o.head; off < o.size; {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
+		}
+		n := binary.LittleEndian.Uint32(hdr[:])
+		if n == 0 || n > outboxMaxPayload || off+outboxHeaderLen+int64(n) > o.size {
+			return outboxCorrupt(o.datPath, off, "bad record length %d", n)
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(r, payload); err != nil {
+			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
+		}
+		if crc32.Checksum(payload, outboxCRC) != binary.LittleEndian.Uint32(hdr[4:]) {
+			return outboxCorrupt(o.datPath, off, "record fails its checksum")
+		}
+		p := new(wire.Produce)
+		if err := wire.DecodeProduce(payload, p); err != nil {
+			return outboxCorrupt(o.datPath, off, "%v", err)
+		}
+		fn(p)
+		off += outboxHeaderLen + int64(n)
+	}
+	return nil
+}
+
 // ack marks entry id, which must be the oldest pending one, as delivered:
 // once ack returned nil, a reopened outbox no longer returns it. It then
 // reclaims space. An error that says the entry is acked means only the
@@ -645,6 +685,33 @@ func (o *outbox) ack(id uint64) error {
 		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but reclaiming space failed: %w", o.dir, id, err)
 	}
 	return nil
+}
+
+// reject moves entry id, the oldest pending one, to outbox.rejected (same
+// record format, appended and synced) and then acks it: for an entry that
+// no broker will ever take, kept for the operator instead of dropped.
+func (o *outbox) reject(id uint64, p *wire.Produce) error {
+	var hdr [outboxHeaderLen]byte
+	rec := p.Append(hdr[:])
+	payload := rec[outboxHeaderLen:]
+	binary.LittleEndian.PutUint32(rec, uint32(len(payload)))
+	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, outboxCRC))
+	path := filepath.Join(o.dir, outboxRejectedFile)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("quiver: outbox: %w", err)
+	}
+	_, err = f.Write(rec)
+	if err == nil {
+		err = outboxSync(f)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("quiver: outbox: writing %s: %w", path, err)
+	}
+	return o.ack(id)
 }
 
 // pending returns the number of entries not yet acked and their bytes on

@@ -37,6 +37,8 @@ type producerConfig struct {
 	compression    Compression
 	retryBase      time.Duration
 	keyFailover    bool
+	outboxDir      string
+	outboxMax      int64
 }
 
 // WithSendTimeout is a send's total deadline, retries included (default
@@ -81,8 +83,13 @@ type SendResult struct {
 	Broker    string
 	Attempts  int
 	// Failed lists the attempts that failed before the one that
-	// succeeded (nil when the first one did).
+	// succeeded (nil when the first one did), or all of them when the
+	// message was outboxed.
 	Failed []Attempt
+	// Outboxed means no broker has the message yet: it is kept in the
+	// producer's outbox on local disk and will be resent (WithOutbox).
+	// Group, Queue, Offset, StoreTime and Broker are then unset.
+	Outboxed bool
 }
 
 // Producer sends messages. It is safe for concurrent use.
@@ -109,6 +116,7 @@ type Producer struct {
 	mu     sync.RWMutex // newOp holds it shared, Close exclusively
 	closed atomic.Bool
 	ops    sync.WaitGroup // sends in flight, callbacks included
+	out    *outboxState   // WithOutbox
 }
 
 // NewProducer returns a producer that sends through the client.
@@ -123,29 +131,44 @@ func (cl *Client) NewProducer(opts ...ProducerOpt) (*Producer, error) {
 	// An async send holds its place in sem until its callback has run, so
 	// cbs never fills: a reader goroutine never blocks on a slow callback.
 	p := &Producer{cl: cl, cfg: cfg, sem: make(chan struct{}, cfg.maxInFlight), cbs: make(chan *sendOp, cfg.maxInFlight)}
+	if cfg.outboxDir != "" {
+		o, err := openOutboxState(cfg.outboxDir, cfg.outboxMax)
+		if err != nil {
+			return nil, err
+		}
+		p.out = o
+	}
 	if err := cl.track(p); err != nil {
+		if p.out != nil {
+			p.out.ob.close()
+		}
 		return nil, err
 	}
 	p.wg.Add(1)
 	go p.callbacks()
+	if p.out != nil {
+		go p.resender()
+	}
 	return p, nil
 }
 
 // sendOp is one send through its attempts.
 type sendOp struct {
-	p        *Producer
-	req      wire.Produce
-	ctx      context.Context
-	deadline time.Time
-	attempts []Attempt
-	tried    []string // groups that failed this send (no key)
-	cur      *brokerConn
-	group    string
-	probe    bool // this attempt is its broker's probe (fault avoidance)
-	sending  bool // the attempt went out (faults.begin)
-	known    bool // the topic was in the routes
-	keyQueue string
-	start    time.Time
+	p          *Producer
+	req        wire.Produce
+	ctx        context.Context
+	deadline   time.Time
+	attempts   []Attempt
+	tried      []string // groups that failed this send (no key)
+	cur        *brokerConn
+	group      string
+	probe      bool // this attempt is its broker's probe (fault avoidance)
+	sending    bool // the attempt went out (faults.begin)
+	queued     bool // goes to the outbox without an attempt (errBehindKey)
+	fromOutbox bool // the resender's: never outboxed again
+	known      bool // the topic was in the routes
+	keyQueue   string
+	start      time.Time
 
 	res      SendResult
 	err      error
@@ -172,8 +195,9 @@ func (p *Producer) Send(ctx context.Context, m *Message) (SendResult, error) {
 		return SendResult{}, err
 	}
 	p.sem <- struct{}{}
-	op.attempt()
+	op.run()
 	<-op.done
+	p.settle(op)
 	res, err := op.res, op.err
 	p.release(op)
 	return res, err
@@ -195,7 +219,7 @@ func (p *Producer) SendAsync(ctx context.Context, m *Message, cb func(SendResult
 		return ctx.Err()
 	}
 	op.cb = cb
-	op.attempt()
+	op.run()
 	return nil
 }
 
@@ -247,8 +271,9 @@ func (p *Producer) SendBatch(ctx context.Context, msgs []*Message) (SendResult, 
 	}
 	op.req.Flags, op.req.Count = flags, uint32(len(msgs))
 	p.sem <- struct{}{}
-	op.attempt()
+	op.run()
 	<-op.done
+	p.settle(op)
 	res, err := op.res, op.err
 	res.Count = len(msgs)
 	p.release(op)
@@ -259,6 +284,22 @@ func (p *Producer) newOp(ctx context.Context, m *Message) (*sendOp, error) {
 	if m.Topic == "" {
 		return nil, errors.New("quiver: message has no topic")
 	}
+	var hdr []byte
+	if len(m.Headers) > 0 {
+		hdr = wire.AppendHeaders(nil, m.Headers)
+	}
+	op, err := p.newOpReq(ctx, wire.Produce{Topic: m.Topic, Durability: uint8(p.cfg.durability), Count: 1,
+		Key: m.Key, Tags: m.Tags, Headers: hdr, Body: m.Body})
+	if err != nil {
+		return nil, err
+	}
+	op.req.ClientTime = op.start.UnixNano()
+	op.queued = p.out != nil && p.out.keyPending(m.Topic, m.Key)
+	return op, nil
+}
+
+// newOpReq starts an op for req (the resender's keep their ClientTime).
+func (p *Producer) newOpReq(ctx context.Context, req wire.Produce) (*sendOp, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed.Load() {
@@ -270,12 +311,8 @@ func (p *Producer) newOp(ctx context.Context, m *Message) (*sendOp, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(op.deadline) {
 		op.deadline = d
 	}
-	var hdr []byte
-	if len(m.Headers) > 0 {
-		hdr = wire.AppendHeaders(nil, m.Headers)
-	}
-	op.req = wire.Produce{Topic: m.Topic, Queue: wire.AnyQueue, Durability: uint8(p.cfg.durability), Count: 1,
-		ClientTime: op.start.UnixNano(), Key: m.Key, Tags: m.Tags, Headers: hdr, Body: m.Body}
+	op.req = req
+	op.req.Queue = wire.AnyQueue
 	p.ops.Add(1)
 	return op, nil
 }
@@ -284,6 +321,15 @@ func (p *Producer) release(op *sendOp) {
 	*op = sendOp{done: op.done, attempts: op.attempts[:0], tried: op.tried[:0], onAnswer: op.onAnswer}
 	opPool.Put(op)
 	p.ops.Done()
+}
+
+// run starts the op: its first attempt, or straight to the outbox.
+func (op *sendOp) run() {
+	if op.queued {
+		op.finish(errBehindKey)
+		return
+	}
+	op.attempt()
 }
 
 // attempt makes the next attempt, or finishes the op. It may block while
@@ -532,6 +578,7 @@ func (op *sendOp) complete() {
 func (p *Producer) callbacks() {
 	defer p.wg.Done()
 	for op := range p.cbs {
+		p.settle(op)
 		op.cb(op.res, op.err)
 		p.release(op)
 		<-p.sem
@@ -539,7 +586,9 @@ func (p *Producer) callbacks() {
 }
 
 // Close waits for the sends in flight to complete (their callbacks run;
-// retries stop), then stops the producer.
+// retries stop), then stops the producer. With WithOutbox, sends still
+// being retried are kept in the outbox, and what it holds stays on disk for
+// the next producer opened on its dir.
 func (p *Producer) Close() error {
 	p.mu.Lock()
 	if p.closed.Swap(true) {
@@ -547,9 +596,18 @@ func (p *Producer) Close() error {
 		return ErrClosed
 	}
 	p.mu.Unlock()
+	if p.out != nil {
+		close(p.out.stop)
+		p.out.quit()
+	}
 	p.ops.Wait()
 	close(p.cbs)
 	p.wg.Wait()
+	var err error
+	if p.out != nil {
+		<-p.out.done
+		err = p.out.ob.close()
+	}
 	p.cl.untrack(p)
-	return nil
+	return err
 }

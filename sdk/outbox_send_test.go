@@ -1,0 +1,149 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// nowhereClient is a client whose only broker does not exist: every send
+// exhausts its retries on network errors.
+func nowhereClient(t *testing.T) *Client {
+	t.Helper()
+	cl, err := NewClient(WithBrokers("127.0.0.1:9"), WithFingerprint(strings.Repeat("ab", 32)), WithDialTimeout(100*time.Millisecond),
+		WithReconnectBackoff(10*time.Millisecond, 50*time.Millisecond, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// With an outbox, a send whose retries ran out returns no error and is
+// kept on disk, in order; a later message of a key already there follows
+// it without an attempt; a send the application cancelled is not kept;
+// what the outbox holds outlives the producer.
+func TestOutboxKeepsWhatRetriesCouldNot(t *testing.T) {
+	cl := nowhereClient(t)
+	dir := t.TempDir()
+	p, err := cl.NewProducer(WithOutbox(dir), WithSendTimeout(300*time.Millisecond), WithAttemptTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	send := func(key, body string) SendResult {
+		t.Helper()
+		m := &Message{Topic: "orders", Body: []byte(body)}
+		if key != "" {
+			m.Key = []byte(key)
+		}
+		res, err := p.Send(ctx, m)
+		if err != nil || !res.Outboxed {
+			t.Fatalf("send %s with the cluster down: %+v, %v", body, res, err)
+		}
+		return res
+	}
+	if res := send("", "a"); len(res.Failed) < 2 || res.Failed[0].Code != "NETWORK" || res.Broker != "" {
+		t.Fatalf("an outboxed send names its failed attempts: %+v", res)
+	}
+	if res := send("k1", "b"); len(res.Failed) == 0 {
+		t.Fatalf("the first message of k1 was tried: %+v", res)
+	}
+	if res := send("k1", "c"); len(res.Failed) != 0 {
+		t.Fatalf("a message of k1 behind one in the outbox must not be tried (it could overtake it): %+v", res)
+	}
+	// SendAsync: the callback sees the same.
+	got := make(chan SendResult, 1)
+	if err := p.SendAsync(ctx, &Message{Topic: "orders", Key: []byte("k1"), Body: []byte("d")}, func(r SendResult, err error) {
+		if err != nil {
+			r.Topic = "error: " + err.Error()
+		}
+		got <- r
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !r.Outboxed {
+		t.Fatalf("async send: %+v", r)
+	}
+	// Cancelled by the application: an error, not kept.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := p.Send(cctx, &Message{Topic: "orders", Body: []byte("cancelled")}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled send: %v", err)
+	}
+	st := p.Outbox()
+	if st.Pending != 4 || st.Added != 4 || st.Resent != 0 || st.Dir != dir {
+		t.Fatalf("stats: %+v", st)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ob, err := openOutbox(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ob.close()
+	var bodies []string
+	for {
+		id, req, ok, err := ob.peek()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		if req.ClientTime == 0 || req.Count != 1 {
+			t.Fatalf("entry %d lost its send time or count: %+v", id, req)
+		}
+		bodies = append(bodies, string(req.Key)+":"+string(req.Body))
+		if err := ob.ack(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fmt.Sprint(bodies) != "[:a k1:b k1:c k1:d]" {
+		t.Fatalf("outbox after close holds %v", bodies)
+	}
+}
+
+// A full outbox does not swallow the send: the error says both what the
+// brokers said and that the outbox refused it.
+func TestOutboxFullReturnsTheError(t *testing.T) {
+	cl := nowhereClient(t)
+	p, err := cl.NewProducer(WithOutbox(t.TempDir()), WithOutboxLimit(300),
+		WithSendTimeout(200*time.Millisecond), WithAttemptTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	body := make([]byte, 200)
+	if res, err := p.Send(context.Background(), &Message{Topic: "t", Body: body}); err != nil || !res.Outboxed {
+		t.Fatalf("first send: %+v %v", res, err)
+	}
+	_, err = p.Send(context.Background(), &Message{Topic: "t", Body: body})
+	var se *SendError
+	if !errors.Is(err, ErrOutboxFull) || !errors.As(err, &se) || len(se.Attempts) == 0 {
+		t.Fatalf("send past the outbox's limit: %v", err)
+	}
+	if st := p.Outbox(); st.Pending != 1 {
+		t.Fatalf("pending %d after a refused add", st.Pending)
+	}
+}
+
+// One producer per outbox dir: a second is refused, not allowed to resend
+// the same entries.
+func TestOutboxDirIsExclusive(t *testing.T) {
+	cl := nowhereClient(t)
+	dir := t.TempDir()
+	p, err := cl.NewProducer(WithOutbox(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := cl.NewProducer(WithOutbox(dir)); err == nil {
+		t.Fatal("a second producer opened the same outbox")
+	}
+}
