@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -404,87 +403,6 @@ func TestOldLeaderRejoinsAsFollower(t *testing.T) {
 	}
 	if !strings.Contains(l.Log(), "fenced") {
 		t.Fatal("the old leader did not log that it was fenced")
-	}
-}
-
-// relay forwards UDP datagrams between clients and an upstream address, and
-// drops them all while cut: a replication link that fails and comes back.
-type relay struct {
-	pc       net.PacketConn
-	upstream *net.UDPAddr
-	cut      atomic.Bool
-	mu       sync.Mutex
-	conns    map[string]*net.UDPConn
-	clients  atomic.Int64 // distinct client sockets seen: connection attempts
-	wg       sync.WaitGroup
-}
-
-func newRelay(t *testing.T, upstream string) *relay {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ua, err := net.ResolveUDPAddr("udp", upstream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &relay{pc: pc, upstream: ua, conns: map[string]*net.UDPConn{}}
-	r.wg.Add(1)
-	go r.run()
-	t.Cleanup(func() {
-		pc.Close()
-		r.mu.Lock()
-		for _, c := range r.conns {
-			c.Close()
-		}
-		r.mu.Unlock()
-		r.wg.Wait()
-	})
-	return r
-}
-
-func (r *relay) addr() string { return r.pc.LocalAddr().String() }
-
-func (r *relay) run() {
-	defer r.wg.Done()
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := r.pc.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		up := r.conns[from.String()]
-		if up == nil {
-			up, err = net.DialUDP("udp", nil, r.upstream)
-			if err != nil {
-				r.mu.Unlock()
-				continue
-			}
-			r.conns[from.String()] = up
-			r.clients.Add(1)
-			r.wg.Add(1)
-			go r.back(up, from)
-		}
-		r.mu.Unlock()
-		if !r.cut.Load() {
-			up.Write(buf[:n])
-		}
-	}
-}
-
-func (r *relay) back(up *net.UDPConn, client net.Addr) {
-	defer r.wg.Done()
-	buf := make([]byte, 65536)
-	for {
-		n, err := up.Read(buf)
-		if err != nil {
-			return
-		}
-		if !r.cut.Load() {
-			r.pc.WriteTo(buf[:n], client)
-		}
 	}
 }
 

@@ -102,8 +102,11 @@ type Broker struct {
 	// Addr and Admin are the QUIC and admin HTTP addresses (fixed at the
 	// first start and kept across restarts).
 	Addr, Admin string
-	CAFile      string // the broker's self-signed certificate
-	LogPath     string // its stderr, kept across restarts
+	// Public is where the other brokers of a cluster reach it: Addr, or a
+	// relay in front of it (StartClusterVia).
+	Public  string
+	CAFile  string // the broker's self-signed certificate
+	LogPath string // its stderr, kept across restarts
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -395,7 +398,22 @@ func StartCluster(t testing.TB, groups, followers int, leaderArgs, followerArgs 
 	return startGroups(t, groups, followers, nil, leaderArgs, followerArgs, true)
 }
 
+// StartClusterVia is StartCluster where every other broker and every
+// client reaches broker i (group by group, leader first) at front(i,
+// listen): a relay in front of it, for fault injection. front returns
+// listen for brokers reached directly.
+func StartClusterVia(t testing.TB, groups, followers int, leaderArgs, followerArgs []string, front func(i int, listen string) string) *Cluster {
+	t.Helper()
+	c := &Cluster{}
+	return startGroupsVia(t, c, groups, followers, nil, leaderArgs, followerArgs, true, front)
+}
+
 func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, followerArgs []string, named bool) *Cluster {
+	return startGroupsVia(t, &Cluster{}, groups, n, addrs, leaderArgs, followerArgs, named, nil)
+}
+
+func startGroupsVia(t testing.TB, c *Cluster, groups, n int, addrs []string, leaderArgs, followerArgs []string, named bool,
+	front func(int, string) string) *Cluster {
 	t.Helper()
 	per := n + 1
 	dirs := make([]string, groups*per)
@@ -403,7 +421,13 @@ func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, follow
 	var bundle []byte
 	for i := range dirs {
 		dirs[i] = t.TempDir()
-		if _, _, err := certs.LoadOrCreate(filepath.Join(dirs[i], "tls"), nil); err != nil {
+		var hosts []string // the certificate names the broker's address
+		if i < len(addrs) {
+			if h, _, err := net.SplitHostPort(addrs[i]); err == nil {
+				hosts = append(hosts, h)
+			}
+		}
+		if _, _, err := certs.LoadOrCreate(filepath.Join(dirs[i], "tls"), hosts); err != nil {
 			t.Fatal(err)
 		}
 		pem, err := os.ReadFile(filepath.Join(dirs[i], "tls", certs.CertFile))
@@ -417,21 +441,31 @@ func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, follow
 			all[i] = FreeUDPAddr(t)
 		}
 	}
-	c := &Cluster{Bundle: filepath.Join(t.TempDir(), "cluster.pem")}
+	c.Bundle = filepath.Join(t.TempDir(), "cluster.pem")
 	if err := os.WriteFile(c.Bundle, bundle, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	pub := append([]string(nil), all...) // where the others reach each broker
+	if front != nil {
+		for i := range pub {
+			pub[i] = front(i, all[i])
+		}
+	}
 	for gi := 0; gi < groups; gi++ {
-		g := &Group{Bundle: c.Bundle, Addrs: all[gi*per : (gi+1)*per]}
+		g := &Group{Bundle: c.Bundle, Addrs: pub[gi*per : (gi+1)*per]}
 		common := func(i int) []string {
 			id := fmt.Sprintf("b%d", i)
-			args := []string{"--listen", g.Addrs[i], "--peer-ca", c.Bundle, "--peers", strings.Join(g.Addrs, ",")}
+			listen := all[gi*per+i]
+			args := []string{"--listen", listen, "--peer-ca", c.Bundle, "--peers", strings.Join(g.Addrs, ",")}
+			if g.Addrs[i] != listen {
+				args = append(args, "--advertise", g.Addrs[i])
+			}
 			if named {
 				id = fmt.Sprintf("g%db%d", gi, i)
 				var others []string
 				for gj := 0; gj < groups; gj++ {
 					if gj != gi {
-						others = append(others, all[gj*per])
+						others = append(others, pub[gj*per])
 					}
 				}
 				args = append(args, "--group", fmt.Sprintf("g%d", gi))
@@ -442,11 +476,11 @@ func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, follow
 			return append(args, "--broker-id", id)
 		}
 		g.Leader = StartIn(t, dirs[gi*per], append(common(0), leaderArgs...)...)
-		g.Leader.CAFile = c.Bundle
+		g.Leader.CAFile, g.Leader.Public = c.Bundle, g.Addrs[0]
 		for i := 1; i <= n; i++ {
 			args := append(common(i), "--role", "follower", "--leader", g.Addrs[0])
 			f := StartIn(t, dirs[gi*per+i], append(args, followerArgs...)...)
-			f.CAFile = c.Bundle
+			f.CAFile, f.Public = c.Bundle, g.Addrs[i]
 			g.Followers = append(g.Followers, f)
 		}
 		c.Groups = append(c.Groups, g)
@@ -457,7 +491,13 @@ func startGroups(t testing.TB, groups, n int, addrs []string, leaderArgs, follow
 // FreeUDPAddr returns a loopback UDP address nothing listens on now.
 func FreeUDPAddr(t testing.TB) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	return FreeUDPAddrOn(t, "127.0.0.1")
+}
+
+// FreeUDPAddrOn returns a UDP address on ip nothing listens on now.
+func FreeUDPAddrOn(t testing.TB, ip string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,410 @@
+//go:build chaos
+
+package itest
+
+// The fault-injection suite (`make chaos`, docs in BENCHMARKS.md): three
+// broker groups of a leader and a follower (min-insync 1) on loopback, a
+// steady open-loop load of sends and two consumers, and one fault at a
+// time on g1's leader for FAULT (default 10s): SIGKILL (then restart),
+// SIGSTOP (then SIGCONT), 300 ms added to everything it sends (a UDP
+// relay in front of it, through which clients and the other brokers reach
+// it; this kernel has no netem), and its disk stalled so that its send
+// queue waits past max-queue-wait. Each fault runs with every fault
+// avoidance mode. Environment: CHAOS_RATE (msgs/s, default 1000),
+// CHAOS_FAULTS, CHAOS_MODES (comma lists), CHAOS_OUT (results directory).
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/internal/testbroker"
+	"github.com/quivermq/quiver/sdk"
+)
+
+type chaosFault struct {
+	name, what   string
+	inject, heal func(t *testing.T, bad *testbroker.Broker, front *relay)
+}
+
+var chaosFaults = []chaosFault{
+	{"kill", "SIGKILL of g1's leader, restarted after the fault",
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Kill() },
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Restart() }},
+	{"stop", "SIGSTOP of g1's leader, SIGCONT after the fault",
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Pause() },
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Resume() }},
+	{"slow", "300 ms added to every datagram g1's leader sends (a relay in front of it)",
+		func(t *testing.T, _ *testbroker.Broker, r *relay) { r.delay.Store(int64(300 * time.Millisecond)) },
+		func(t *testing.T, _ *testbroker.Broker, r *relay) { r.delay.Store(0) }},
+	{"stall", "g1's leader's disk stalled: its send queue waits past max-queue-wait (200 ms)",
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Post("/debug/faults/stall") },
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Post("/debug/faults/resume") }},
+}
+
+type chaosResult struct {
+	Fault, Mode         string
+	Rate                int
+	Sent, Acked, Errors int
+	Lost, Duplicates    int
+	P50Ms, P99Ms, MaxMs float64 // send latency (from the intended time) of sends due during the fault
+	E2EP99Ms            float64 // publish to consume, same sends
+	TouchedPct          float64 // sends due during the fault that tried the bad broker
+	BeforePct           float64 // sends due before the fault that went to the bad broker
+	AvoidedAfterMs      int64   // -1: never
+	FirstError          string  `json:",omitempty"`
+	// Diagnostics: duplicates of sends due before, during and after the
+	// fault; touched sends per 250 ms window of the fault; how often the
+	// producer's client set each broker aside (by role).
+	DupsByPhase [3]int
+	Windows     []int
+	Isolations  map[string]int64
+}
+
+// chaosSend is one send of the load.
+type chaosSend struct {
+	due, acked time.Time
+	err        error
+	touched    bool // an attempt went to the bad broker
+}
+
+func envList(name, def string) []string {
+	v := os.Getenv(name)
+	if v == "" {
+		v = def
+	}
+	return strings.Split(v, ",")
+}
+
+func TestChaos(t *testing.T) {
+	rate := 1000
+	if v, err := strconv.Atoi(os.Getenv("CHAOS_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	fault := 10 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("CHAOS_FAULT")); err == nil {
+		fault = d
+	}
+	modes := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
+	var results []chaosResult
+	for _, fname := range envList("CHAOS_FAULTS", "kill,stop,slow,stall") {
+		var f *chaosFault
+		for i := range chaosFaults {
+			if chaosFaults[i].name == fname {
+				f = &chaosFaults[i]
+			}
+		}
+		if f == nil {
+			t.Fatalf("unknown fault %q", fname)
+		}
+		for _, mname := range envList("CHAOS_MODES", "adaptive,table,off") {
+			mode, ok := modes[mname]
+			if !ok {
+				t.Fatalf("unknown mode %q", mname)
+			}
+			t.Run(fname+"/"+mname, func(t *testing.T) {
+				r := runChaos(t, f, mode, rate, fault)
+				results = append(results, r)
+				t.Logf("%+v", r)
+			})
+		}
+	}
+	printChaos(t, results, rate, fault)
+}
+
+func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, faultFor time.Duration) chaosResult {
+	var front *relay // in front of g1's leader (broker 2), in every run
+	c := testbroker.StartClusterVia(t, 3, 1, []string{"--min-insync", "1", "--debug-faults", "--max-queue-wait", "200ms"}, nil,
+		func(i int, listen string) string {
+			if i != 2 {
+				return listen
+			}
+			front = newRelay(t, listen)
+			return front.addr()
+		})
+	bad := c.Groups[1].Leader
+	ctx := ctxT(t, 10*time.Minute)
+	pcl := c.Client(sdk.WithFaultAvoidance(mode))
+	ccl := c.Client(sdk.WithFaultAvoidance(mode))
+	testbroker.WaitFor(t, "the clients to see every group", func() bool {
+		g1, _, err1 := pcl.Admin().Cluster(ctx)
+		g2, _, err2 := ccl.Admin().Cluster(ctx)
+		return err1 == nil && err2 == nil && len(g1) == 3 && len(g2) == 3
+	})
+	if err := pcl.Admin().CreateTopic(ctx, "chaos", 4); err != nil {
+		t.Fatal(err)
+	}
+
+	// Consumers: what arrived, how often, and when.
+	var rmu sync.Mutex
+	received := map[uint64]int{}
+	recvAt := map[uint64]time.Time{}
+	cctx, cstop := context.WithCancel(ctx)
+	var cwg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		cons, err := ccl.NewConsumer("chaos-readers", []string{"chaos"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cwg.Add(1)
+		go func() {
+			defer cwg.Done()
+			defer cons.Close()
+			cons.Run(cctx, func(_ context.Context, m *sdk.Message) error {
+				id := binary.LittleEndian.Uint64(m.Body)
+				rmu.Lock()
+				received[id]++
+				if received[id] == 1 {
+					recvAt[id] = time.Now()
+				}
+				rmu.Unlock()
+				return nil
+			})
+		}()
+	}
+
+	// The load: open loop at rate, latency from the intended send time.
+	p, err := pcl.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	warm, before := 3*time.Second, 5*time.Second
+	total := warm + before + faultFor + 10*time.Second
+	n := int(total.Seconds() * float64(rate))
+	sends := make([]chaosSend, n)
+	start := time.Now().Add(100 * time.Millisecond)
+	faultAt, healAt := start.Add(warm+before), start.Add(warm+before+faultFor)
+	go func() {
+		time.Sleep(time.Until(faultAt))
+		f.inject(t, bad, front)
+		time.Sleep(time.Until(healAt))
+		f.heal(t, bad, front)
+	}()
+	interval := time.Second / time.Duration(rate)
+	for i := 0; i < n; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		body := make([]byte, 256)
+		binary.LittleEndian.PutUint64(body, uint64(i))
+		s := &sends[i]
+		s.due = due
+		err := p.SendAsync(ctx, &sdk.Message{Topic: "chaos", Body: body}, func(res sdk.SendResult, err error) {
+			s.acked, s.err = time.Now(), err
+			touched := res.Broker == bad.Public
+			for _, a := range res.Failed {
+				touched = touched || a.Broker == bad.Public
+			}
+			var se *sdk.SendError
+			if errors.As(err, &se) {
+				for _, a := range se.Attempts {
+					touched = touched || a.Broker == bad.Public
+				}
+			}
+			s.touched = touched
+		})
+		if err != nil {
+			s.err = err
+		}
+	}
+	p.Close() // waits for every callback
+
+	// Wait for the consumers to have every acknowledged message.
+	r := chaosResult{Fault: f.name, Mode: mode.String(), Rate: rate, Sent: n, AvoidedAfterMs: -1}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		missing := 0
+		rmu.Lock()
+		for i := range sends {
+			if sends[i].err == nil && received[uint64(i)] == 0 {
+				missing++
+			}
+		}
+		rmu.Unlock()
+		if missing == 0 || time.Now().After(deadline) {
+			r.Lost = missing
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // polling the consumers' progress
+	}
+	cstop()
+	cwg.Wait()
+
+	var lat, e2e []float64
+	var pre, beforeBad int
+	windows := map[int64][2]int{} // 250 ms window of the fault -> (sends, touched)
+	for i := range sends {
+		s := &sends[i]
+		if s.err != nil {
+			r.Errors++
+			if r.FirstError == "" {
+				r.FirstError = s.err.Error()
+			}
+		} else {
+			r.Acked++
+		}
+		rmu.Lock()
+		if k := received[uint64(i)]; k > 1 {
+			r.Duplicates += k - 1
+			switch {
+			case s.due.Before(faultAt):
+				r.DupsByPhase[0] += k - 1
+			case s.due.Before(healAt):
+				r.DupsByPhase[1] += k - 1
+			default:
+				r.DupsByPhase[2] += k - 1
+			}
+		}
+		at, ok := recvAt[uint64(i)]
+		rmu.Unlock()
+		if s.due.Before(faultAt) && !s.due.Before(start.Add(warm)) {
+			pre++
+			if s.touched {
+				beforeBad++
+			}
+		}
+		if s.due.Before(faultAt) || !s.due.Before(healAt) {
+			continue
+		}
+		if s.err == nil {
+			lat = append(lat, float64(s.acked.Sub(s.due).Microseconds())/1000)
+			if ok {
+				e2e = append(e2e, float64(at.Sub(s.due).Microseconds())/1000)
+			}
+		}
+		w := int64(s.due.Sub(faultAt) / (250 * time.Millisecond))
+		c := windows[w]
+		c[0]++
+		if s.touched {
+			c[1]++
+		}
+		windows[w] = c
+	}
+	if pre > 0 {
+		r.BeforePct = 100 * float64(beforeBad) / float64(pre)
+	}
+	sort.Float64s(lat)
+	sort.Float64s(e2e)
+	r.P50Ms, r.P99Ms, r.MaxMs = pct(lat, 50), pct(lat, 99), pct(lat, 100)
+	r.E2EP99Ms = pct(e2e, 99)
+	var all, touched int
+	nw := int64(faultFor / (250 * time.Millisecond))
+	for w := int64(0); w < nw; w++ {
+		all += windows[w][0]
+		touched += windows[w][1]
+		r.Windows = append(r.Windows, windows[w][1])
+	}
+	r.Isolations = map[string]int64{}
+	for _, h := range pcl.BrokerHealth() {
+		name := h.Addr
+		for _, b := range c.Brokers() {
+			if b.Public == h.Addr {
+				for j := 0; j+1 < len(b.Args); j++ {
+					if b.Args[j] == "--broker-id" {
+						name = b.Args[j+1]
+					}
+				}
+			}
+		}
+		r.Isolations[name] = h.Isolations
+	}
+	if all > 0 {
+		r.TouchedPct = 100 * float64(touched) / float64(all)
+	}
+	// Avoided from the first window after which no window of the fault
+	// sent more than 1% of its sends to the bad broker.
+	for w := nw - 1; w >= 0; w-- {
+		c := windows[w]
+		if c[0] > 0 && float64(c[1]) > 0.01*float64(c[0]) {
+			if w+1 < nw {
+				r.AvoidedAfterMs = (w + 1) * 250
+			}
+			break
+		}
+		if w == 0 {
+			r.AvoidedAfterMs = 0
+		}
+	}
+	if r.Lost != 0 {
+		t.Errorf("%d acknowledged messages never reached the consumers", r.Lost)
+	}
+	return r
+}
+
+func pct(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * p / 100)
+	return sorted[i]
+}
+
+func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nchaos: 3 groups x (leader + follower), min-insync 1, %d msgs/s open loop, 256 B, fault %v on g1's leader\n\n", rate, fault)
+	b.WriteString("| fault | avoidance | acked | lost | app errors | duplicates | p50 ms | p99 ms | max ms | e2e p99 ms | sends to the bad broker | avoided after |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range rs {
+		avoided := "never"
+		if r.AvoidedAfterMs >= 0 {
+			avoided = fmt.Sprintf("%.2f s", float64(r.AvoidedAfterMs)/1000)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d / %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f %% | %s |\n",
+			r.Fault, r.Mode, r.Acked, r.Sent, r.Lost, r.Errors, r.Duplicates, r.P50Ms, r.P99Ms, r.MaxMs, r.E2EP99Ms, r.TouchedPct, avoided)
+	}
+	fmt.Print(b.String())
+	out := os.Getenv("CHAOS_OUT")
+	if out == "" {
+		return
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.MarshalIndent(rs, "", "  ")
+	os.WriteFile(filepath.Join(out, "chaos.json"), js, 0o644)
+	os.WriteFile(filepath.Join(out, "chaos.md"), []byte(b.String()), 0o644)
+}
+
+// Incident 004 for a whole minute: a client whose every Hello is refused
+// (its credentials are wrong) keeps sending; it opens a bounded number of
+// sessions (hard failures back off from 5 s, doubling) and the broker
+// writes at most one line per minute about it.
+func TestChaosIncident004(t *testing.T) {
+	b := testbroker.Start(t, "--tokens", "s3cret")
+	cl := b.Client(sdk.WithCredentials([]byte("expired")), sdk.WithClientID("dead-webapp"))
+	p, _ := cl.NewProducer()
+	defer p.Close()
+	ctx := ctxT(t, 2*time.Minute)
+	sends := 0
+	for start := time.Now(); time.Since(start) < time.Minute; sends++ {
+		if _, err := p.Send(ctx, &sdk.Message{Topic: "t", Body: []byte("x")}); err == nil {
+			t.Fatal("a send with refused credentials succeeded")
+		}
+		time.Sleep(10 * time.Millisecond) // the application's own loop: 100 sends a second
+	}
+	var sessions int64
+	for _, f := range b.Status().Connections.FailedHandshakes {
+		if f.ClientID == "dead-webapp" {
+			sessions += f.Count
+		}
+	}
+	lines := strings.Count(b.Log(), "connections closed before a session was established")
+	fmt.Printf("\nincident 004, 60 s: %d sends by the application, %d refused sessions, %d broker log lines about them\n", sends, sessions, lines)
+	// Backoff from 5 s (never under half), doubling: at most 5 sessions
+	// in a minute; one log line per source per minute (two if the minute
+	// straddles).
+	if sessions < 1 || sessions > 5 || lines < 1 || lines > 2 {
+		t.Fatalf("%d sessions, %d log lines in a minute", sessions, lines)
+	}
+}
