@@ -17,8 +17,8 @@ const (
 	// AvoidAdaptive (the default) judges a send slow against the other
 	// brokers' recent latency rather than fixed thresholds: a broker is set
 	// aside when a send took over 4 times the fastest broker's average and
-	// at least 50 ms, or failed, for 1 s doubling with each fault in a row
-	// (up to 30 s). It then gets one probe send at a time until one
+	// at least 50 ms, or failed, for 1 s doubling with each failed probe
+	// (up to 30 s); the sends in flight when it failed count as one fault. It then gets one probe send at a time until one
 	// succeeds at normal speed. A broker that answers nothing for 100 ms
 	// while sends wait on it is skipped until it answers, so a dead or
 	// stopped broker is avoided before its sends time out.
@@ -87,10 +87,10 @@ type brokerHealth struct {
 	until      time.Time // set aside until then
 	suspect    bool      // set aside once and not yet proven by a probe
 	probing    bool      // a probe is in flight
-	faults     int       // in a row, for the adaptive doubling
+	faults     int       // in a row (first fault, failed probes), for the adaptive doubling
 	avg        float64   // EWMA of good sends' latency, ns
 	avgAt      time.Time // when avg was last updated
-	isolations int64     // times set aside, for status and tests
+	isolations int64     // times set aside (not while already aside), for status and tests
 }
 
 func newFaultTracker(mode FaultAvoidance) *faultTracker {
@@ -245,16 +245,24 @@ func (f *faultTracker) sent(addr string, lat time.Duration, err error, probe boo
 			h.avgAt = now
 		}
 		if err != nil || slow {
-			h.faults++
+			// A fault in a row is a first fault or a failed probe. The
+			// other sends that were in flight when the broker failed
+			// fail with it: they keep it aside, but do not double its
+			// time (34 sends timing out together are one fault).
+			if probe || !h.suspect || h.faults == 0 {
+				h.faults++
+			}
 			isolate = min(adaptiveBase<<min(h.faults-1, 8), adaptiveMax)
 		}
 	}
 	if isolate > 0 {
+		if !now.Before(h.until) {
+			h.isolations++
+		}
 		if until := now.Add(isolate); until.After(h.until) {
 			h.until = until
 		}
 		h.suspect = true
-		h.isolations++
 		return
 	}
 	if probe {

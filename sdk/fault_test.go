@@ -155,6 +155,32 @@ func TestFaultAdaptive(t *testing.T) {
 	}
 }
 
+// Adaptive: the sends in flight when a broker fails fail together; they
+// count as one fault, not as many in a row (which would set it aside for
+// the 30 s maximum after one blip). A failed probe then doubles.
+func TestFaultAdaptiveBurstIsOneFault(t *testing.T) {
+	f, clk := trackerAt(AvoidAdaptive)
+	for i := 0; i < 34; i++ {
+		f.sent("b", time.Second, errNet, false)
+	}
+	if got := asideFor(f, clk, "b"); got != time.Second {
+		t.Fatalf("34 sends failing at once set b aside for %v, want 1s", got)
+	}
+	clk.add(time.Second)
+	if _, probe := f.acquire("b"); !probe {
+		t.Fatal("no probe after the time aside")
+	}
+	f.sent("b", time.Second, errNet, true)
+	if got := asideFor(f, clk, "b"); got != 2*time.Second {
+		t.Fatalf("a failed probe set b aside for %v, want 2s", got)
+	}
+	for _, h := range f.health() {
+		if h.Addr == "b" && h.Isolations != 2 {
+			t.Fatalf("isolations of b: %d, want 2", h.Isolations)
+		}
+	}
+}
+
 func TestFaultOff(t *testing.T) {
 	f, _ := trackerAt(AvoidOff)
 	f.sent("b", time.Minute, errNet, false)
