@@ -24,6 +24,27 @@
 // when there is one, and otherwise returns a *SendError naming every
 // attempt (incident 001).
 //
+// # Clusters, keys and fault avoidance
+//
+// The client learns the cluster (broker groups, their leaders and
+// followers, which groups host each topic) from any broker it is given,
+// refreshes it every 2 s (WithRouteRefresh) and at once after a routing
+// error. A message without a key goes to the topic's groups in turn; a
+// failed attempt is retried on another group. A message with a key goes
+// to its key's queue, so that a key's messages are consumed in order;
+// while that queue's group is down the send fails saying so, unless the
+// producer has WithKeyFailover. Brokers whose sends failed or were slow are
+// set aside and probed before full traffic (WithFaultAvoidance: adaptive by
+// default, RocketMQ 5.1.4's table, or off; incident 002). Client.BrokerHealth
+// shows what it decided.
+//
+// # Outbox
+//
+// WithOutbox(dir) keeps a send whose retries ran out on local disk and
+// resends it in the background; the send returns no error with
+// SendResult.Outboxed set, and a key's later messages wait behind it.
+// Producer.Outbox reports what it holds.
+//
 // # Connections
 //
 // A connection is dialled on first use and redialled after a failure with

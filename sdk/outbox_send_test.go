@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +146,45 @@ func TestOutboxDirIsExclusive(t *testing.T) {
 	defer p.Close()
 	if _, err := cl.NewProducer(WithOutbox(dir)); err == nil {
 		t.Fatal("a second producer opened the same outbox")
+	}
+}
+
+// SendAsync never makes its caller wait for the routes or a dial (a probe
+// of a dead broker can take the whole attempt): the send goes on in the
+// background and its callback reports it.
+func TestSendAsyncNeverWaitsOnItsCaller(t *testing.T) {
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0") // takes datagrams, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	cl, err := NewClient(WithBrokers(hole.LocalAddr().String()), WithFingerprint(strings.Repeat("ab", 32)), WithDialTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	p, err := cl.NewProducer(WithSendTimeout(5*time.Second), WithAttemptTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	if err := p.SendAsync(ctx, &Message{Topic: "t", Body: []byte("x")}, func(_ SendResult, err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	// Cancelled as soon as SendAsync returned: had it waited for the
+	// routes or the dial, an attempt would have ended (after the 2 s route
+	// request or the 5 s dial) before the cancel.
+	cancel()
+	err = <-done
+	var se *SendError
+	if !errors.As(err, &se) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled send: %v", err)
+	}
+	for _, a := range se.Attempts {
+		if a.Code != "CANCELLED" {
+			t.Fatalf("an attempt ended before SendAsync returned: %v", a)
+		}
 	}
 }

@@ -166,6 +166,7 @@ type sendOp struct {
 	sending    bool // the attempt went out (faults.begin)
 	queued     bool // goes to the outbox without an attempt (errBehindKey)
 	fromOutbox bool // the resender's: never outboxed again
+	offloaded  bool // an async attempt moved off the caller's goroutine to dial
 	known      bool // the topic was in the routes
 	keyQueue   string
 	start      time.Time
@@ -332,6 +333,16 @@ func (op *sendOp) run() {
 	op.attempt()
 }
 
+// offload makes the attempt again on a goroutine of its own. SendAsync's
+// first attempt runs on its caller; fetching routes or dialling can take
+// up to the attempt's time (a probe of a dead broker), and the caller's
+// later sends would wait behind it. Retries already run on their own
+// goroutine (time.AfterFunc).
+func (op *sendOp) offload() {
+	op.offloaded = true
+	go op.attempt()
+}
+
 // attempt makes the next attempt, or finishes the op. It may block while
 // a connection is dialled, so the retry path runs it on its own goroutine.
 func (op *sendOp) attempt() {
@@ -349,6 +360,10 @@ func (op *sendOp) attempt() {
 		op.finish(err)
 		return
 	}
+	if op.cb != nil && !op.offloaded && p.cl.router.table() == nil {
+		op.offload() // the routes must be fetched first
+		return
+	}
 	bc, err := op.target()
 	op.cur = bc
 	if err != nil {
@@ -360,6 +375,12 @@ func (op *sendOp) attempt() {
 		attemptEnd = op.deadline
 	}
 	s := bc.live()
+	if s == nil && op.cb != nil && !op.offloaded {
+		p.cl.faults.release(bc.addr, op.probe) // the goroutine chooses again
+		op.probe = false
+		op.offload()
+		return
+	}
 	if s == nil {
 		ctx, cancel := context.WithDeadline(op.ctx, attemptEnd)
 		var err error

@@ -19,8 +19,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -494,13 +496,26 @@ func FreeUDPAddr(t testing.TB) string {
 	return FreeUDPAddrOn(t, "127.0.0.1")
 }
 
-// FreeUDPAddrOn returns a UDP address on ip nothing listens on now.
+// FreeUDPAddrOn returns a UDP address on ip nothing listens on now. The
+// port is below the kernel's ephemeral range (ip_local_port_range starts
+// at 32768 by default), so that the sockets clients bind for their own
+// connections, which take ephemeral ports, cannot take it before the
+// broker it is meant for binds it. It is bound once to check, then freed.
 func FreeUDPAddrOn(t testing.TB, ip string) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 1000; i++ {
+		port := 20000 + int(portSeq.Add(1)+uint32(os.Getpid()))%12000
+		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return pc.LocalAddr().String()
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	t.Fatal("testbroker: no free UDP port in 20000-31999")
+	return ""
 }
+
+// portSeq walks the ports FreeUDPAddrOn hands out, so that two calls in a
+// row never return the same one (the first is not bound yet).
+var portSeq atomic.Uint32
