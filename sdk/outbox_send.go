@@ -13,7 +13,7 @@ import (
 
 // WithOutbox keeps, in dir on local disk, every send that exhausted its
 // retries (its deadline passed while every broker group that could take it
-// was failing, or the producer was closed while it was being retried), and
+// was failing), and
 // resends it in the background until a broker takes it. Such a send
 // returns a nil error and a SendResult with Outboxed set: the message is
 // durable on local disk (fsynced) instead of acknowledged by a broker.

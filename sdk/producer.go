@@ -348,10 +348,8 @@ func (op *sendOp) offload() {
 func (op *sendOp) attempt() {
 	p := op.p
 	now := time.Now()
-	if p.closed.Load() {
-		op.finish(ErrClosed)
-		return
-	}
+	// A send accepted before Close goes on, retries included, until it
+	// succeeds or its deadline passes: Close waits for it.
 	if !now.Before(op.deadline) || op.ctx.Err() != nil {
 		err := op.ctx.Err()
 		if err == nil {
@@ -606,9 +604,10 @@ func (p *Producer) callbacks() {
 	}
 }
 
-// Close waits for the sends in flight to complete (their callbacks run;
-// retries stop), then stops the producer. With WithOutbox, sends still
-// being retried are kept in the outbox, and what it holds stays on disk for
+// Close waits for the sends in flight to complete, each retried as usual
+// within its deadline (WithSendTimeout, 3 s by default), and their
+// callbacks to run; then it stops the producer. With WithOutbox, sends whose
+// retries run out are kept in the outbox, and what it holds stays on disk for
 // the next producer opened on its dir.
 func (p *Producer) Close() error {
 	p.mu.Lock()
