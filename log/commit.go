@@ -601,6 +601,20 @@ func (l *Log) flushTo(end int64, b *batch, sync bool) error {
 	return nil
 }
 
+// dropSpareLocked releases a segment made ahead of time that the log did
+// not take. Its file is removed only when no live segment has its name:
+// the flusher and the zeroer can each create the same next segment, and
+// removing the spare's file would unlink the live one (a SIGKILL then left
+// the log with a missing segment).
+func (l *Log) dropSpareLocked(s *segment) {
+	live := l.segMu.next != nil && l.segMu.next != s && l.segMu.next.base == s.base
+	for _, x := range l.segMu.segs {
+		live = live || x.base == s.base
+	}
+	s.deleted.Store(!live)
+	s.release()
+}
+
 func (l *Log) activeBase() int64 {
 	l.segMu.RLock()
 	defer l.segMu.RUnlock()
@@ -615,8 +629,9 @@ func (l *Log) roll(base int64) error {
 	l.segMu.Unlock()
 	if s == nil || s.base != base {
 		if s != nil {
-			s.deleted.Store(true)
-			s.release()
+			l.segMu.Lock()
+			l.dropSpareLocked(s)
+			l.segMu.Unlock()
 		}
 		var err error
 		if s, err = l.createSegment(base); err != nil {

@@ -136,8 +136,9 @@ func (l *Log) segmentForZeroing(base int64) *segment {
 			if l.segMu.next == nil && l.segMu.segs[len(l.segMu.segs)-1].base+l.opts.SegmentSize == base {
 				l.segMu.next = s
 			} else {
-				s.deleted.Store(true) // the flusher rolled meanwhile
-				s.release()
+				// The flusher rolled meanwhile, to this very file (its own
+				// handle): drop ours, never the file (it holds the log).
+				l.dropSpareLocked(s)
 				s = nil
 			}
 			next = l.segMu.next
