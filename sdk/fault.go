@@ -219,10 +219,29 @@ func (f *faultTracker) sent(addr string, lat time.Duration, err error, probe boo
 	if f.mode == AvoidOff {
 		return
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sentLocked(f.get(addr), addr, lat, err, probe, f.now())
+}
+
+// succeeded is end(addr, true) and sent(addr, lat, nil, probe) under one
+// lock: the path every acknowledged send takes.
+func (f *faultTracker) succeeded(addr string, lat time.Duration, probe bool) {
+	if f.mode == AvoidOff {
+		return
+	}
 	now := f.now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h := f.get(addr)
+	if f.mode == AvoidAdaptive {
+		h.inflight = max(h.inflight-1, 0)
+		h.waiting = now
+	}
+	f.sentLocked(h, addr, lat, nil, probe, now)
+}
+
+func (f *faultTracker) sentLocked(h *brokerHealth, addr string, lat time.Duration, err error, probe bool, now time.Time) {
 	if probe {
 		h.probing = false
 	}

@@ -234,7 +234,7 @@ func (p *Producer) SendOneway(ctx context.Context, m *Message) error {
 		return err
 	}
 	defer p.release(op)
-	bc, err := op.target()
+	bc, err := op.target(p.cl.router.table())
 	if err != nil {
 		return err
 	}
@@ -358,11 +358,12 @@ func (op *sendOp) attempt() {
 		op.finish(err)
 		return
 	}
-	if op.cb != nil && !op.offloaded && p.cl.router.table() == nil {
+	t := p.cl.router.table()
+	if t == nil && op.cb != nil && !op.offloaded {
 		op.offload() // the routes must be fetched first
 		return
 	}
-	bc, err := op.target()
+	bc, err := op.target(t)
 	op.cur = bc
 	if err != nil {
 		op.failed(err, now)
@@ -416,9 +417,8 @@ func (op *sendOp) answered(c *call) {
 		return
 	}
 	cl := op.p.cl
-	cl.faults.end(op.cur.addr, true)
 	op.sending = false
-	cl.faults.sent(op.cur.addr, time.Since(op.start), nil, op.probe)
+	cl.faults.succeeded(op.cur.addr, time.Since(op.start), op.probe)
 	if !op.known {
 		cl.router.stale() // a topic created by this send: learn its queues
 	}
@@ -493,10 +493,10 @@ func (op *sendOp) finish(err error) {
 // target chooses where the next attempt goes: the key's queue, or a group
 // hosting the topic that this send did not fail on and whose leader is not
 // set aside (else one that is: better than nothing). It sets op.group,
-// op.known, op.keyQueue, op.probe and, for a key, op.req.Queue.
-func (op *sendOp) target() (*brokerConn, error) {
+// op.known, op.keyQueue, op.probe and, for a key, op.req.Queue. t is the
+// current routes (nil: fetched here).
+func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 	cl := op.p.cl
-	t := cl.router.table()
 	if t == nil {
 		ctx, cancel := context.WithDeadline(op.ctx, op.deadline)
 		var err error
