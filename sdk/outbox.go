@@ -519,8 +519,7 @@ func (o *outbox) add(p *wire.Produce) error {
 	if err := o.usable(); err != nil {
 		return err
 	}
-	var hdr [outboxHeaderLen]byte // filled in below
-	rec := p.Append(append(o.buf[:0], hdr[:]...))
+	rec := appendOutboxRecord(o.buf[:0], p)
 	payload := rec[outboxHeaderLen:]
 	if len(payload) > outboxMaxPayload {
 		return fmt.Errorf("quiver: outbox %s: entry of %d bytes is over the %d-byte limit", o.dir, len(payload), outboxMaxPayload)
@@ -536,8 +535,6 @@ func (o *outbox) add(p *wire.Produce) error {
 	if err != nil {
 		return fmt.Errorf("quiver: outbox %s: entry for topic %q is not a valid produce request: %w", o.dir, p.Topic, err)
 	}
-	binary.LittleEndian.PutUint32(rec, uint32(len(payload)))
-	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, outboxCRC))
 	need := int64(len(rec))
 	if pending := o.size - o.head; pending+need > o.max {
 		return fmt.Errorf("%w: %s holds %d bytes pending; this %d-byte entry would pass the limit of %d bytes",
@@ -557,6 +554,16 @@ func (o *outbox) add(p *wire.Produce) error {
 		o.buf = nil // a rare big entry does not pin its buffer
 	}
 	return nil
+}
+
+// appendOutboxRecord appends p as one record (length, CRC-32C, payload).
+func appendOutboxRecord(dst []byte, p *wire.Produce) []byte {
+	start := len(dst)
+	dst = p.Append(append(dst, make([]byte, outboxHeaderLen)...))
+	payload := dst[start+outboxHeaderLen:]
+	binary.LittleEndian.PutUint32(dst[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, outboxCRC))
+	return dst
 }
 
 // undoAppend removes what a failed add may have written, so that no later
@@ -691,11 +698,7 @@ func (o *outbox) ack(id uint64) error {
 // record format, appended and synced) and then acks it: for an entry that
 // no broker will ever take, kept for the operator instead of dropped.
 func (o *outbox) reject(id uint64, p *wire.Produce) error {
-	var hdr [outboxHeaderLen]byte
-	rec := p.Append(hdr[:])
-	payload := rec[outboxHeaderLen:]
-	binary.LittleEndian.PutUint32(rec, uint32(len(payload)))
-	binary.LittleEndian.PutUint32(rec[4:], crc32.Checksum(payload, outboxCRC))
+	rec := appendOutboxRecord(nil, p)
 	path := filepath.Join(o.dir, outboxRejectedFile)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
