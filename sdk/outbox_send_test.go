@@ -188,3 +188,32 @@ func TestSendAsyncNeverWaitsOnItsCaller(t *testing.T) {
 		}
 	}
 }
+
+// A route fetch the caller cancels mid-dial reads CANCELLED, not NETWORK:
+// the send was given up, the network did not fail (CI once caught SendAsync's
+// background fetch reporting a cancel as a network failure).
+func TestRouteFetchCancelledMidDialIsCancelled(t *testing.T) {
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	cl, err := NewClient(WithBrokers(hole.LocalAddr().String()), WithFingerprint(strings.Repeat("ab", 32)), WithDialTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	// Cancel once the dial's first datagram has reached the hole: the fetch
+	// is then certainly mid-dial.
+	go func() {
+		buf := make([]byte, 2048)
+		if _, _, err := hole.ReadFrom(buf); err == nil {
+			cancel()
+		}
+	}()
+	_, err = cl.router.routes(ctx)
+	if !errors.Is(err, context.Canceled) || codeOf(err) != "CANCELLED" || Retryable(err) {
+		t.Fatalf("cancelled route fetch: %v (code %s, retryable %v)", err, codeOf(err), Retryable(err))
+	}
+}

@@ -312,6 +312,12 @@ func (r *router) refresh(ctx context.Context) error {
 		if hard != nil {
 			return hard // not the network's: retrying will not help (incident 004)
 		}
+		if err := ctx.Err(); errors.Is(err, context.Canceled) {
+			// The caller gave up: the attempt reads CANCELLED, not NETWORK.
+			// (A passed deadline stays a network failure: no broker answered
+			// in time, and trying again later may well work.)
+			return fmt.Errorf("quiver: route request cancelled (%s): %w", strings.Join(errs, "; "), err)
+		}
 		return &NetError{Broker: strings.Join(tried, ","), Err: fmt.Errorf("no broker answered for routes: %s", strings.Join(errs, "; "))}
 	}
 	// Bootstrap brokers the answer does not describe first hand (a broker
