@@ -149,20 +149,28 @@ func TestOutboxDirIsExclusive(t *testing.T) {
 	}
 }
 
-// SendAsync never makes its caller wait for the routes or a dial (a probe
-// of a dead broker can take the whole attempt): the send goes on in the
-// background and its callback reports it.
-func TestSendAsyncNeverWaitsOnItsCaller(t *testing.T) {
-	hole, err := net.ListenPacket("udp", "127.0.0.1:0") // takes datagrams, never answers
+// holeClient is a client whose one broker address takes datagrams and
+// never answers: a dial to it waits out its 5 s timeout.
+func holeClient(t *testing.T) (net.PacketConn, *Client) {
+	t.Helper()
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hole.Close()
+	t.Cleanup(func() { hole.Close() })
 	cl, err := NewClient(WithBrokers(hole.LocalAddr().String()), WithFingerprint(strings.Repeat("ab", 32)), WithDialTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
+	t.Cleanup(func() { cl.Close() })
+	return hole, cl
+}
+
+// SendAsync never makes its caller wait for the routes or a dial (a probe
+// of a dead broker can take the whole attempt): the send goes on in the
+// background and its callback reports it.
+func TestSendAsyncNeverWaitsOnItsCaller(t *testing.T) {
+	_, cl := holeClient(t)
 	p, err := cl.NewProducer(WithSendTimeout(5*time.Second), WithAttemptTimeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -193,16 +201,7 @@ func TestSendAsyncNeverWaitsOnItsCaller(t *testing.T) {
 // the send was given up, the network did not fail (CI once caught SendAsync's
 // background fetch reporting a cancel as a network failure).
 func TestRouteFetchCancelledMidDialIsCancelled(t *testing.T) {
-	hole, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hole.Close()
-	cl, err := NewClient(WithBrokers(hole.LocalAddr().String()), WithFingerprint(strings.Repeat("ab", 32)), WithDialTimeout(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	hole, cl := holeClient(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	// Cancel once the dial's first datagram has reached the hole: the fetch
 	// is then certainly mid-dial.
@@ -212,7 +211,7 @@ func TestRouteFetchCancelledMidDialIsCancelled(t *testing.T) {
 			cancel()
 		}
 	}()
-	_, err = cl.router.routes(ctx)
+	_, err := cl.router.routes(ctx)
 	if !errors.Is(err, context.Canceled) || codeOf(err) != "CANCELLED" || Retryable(err) {
 		t.Fatalf("cancelled route fetch: %v (code %s, retryable %v)", err, codeOf(err), Retryable(err))
 	}
