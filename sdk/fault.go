@@ -113,8 +113,10 @@ func (f *faultTracker) usable(addr string) bool {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	h := f.m[addr]
-	now := f.now()
+	return f.usableLocked(f.m[addr], f.now())
+}
+
+func (f *faultTracker) usableLocked(h *brokerHealth, now time.Time) bool {
 	return h == nil || (!now.Before(h.until) && !(h.suspect && h.probing) && !f.stalledLocked(h, now))
 }
 
@@ -166,8 +168,10 @@ func (f *faultTracker) acquire(addr string) (ok, probe bool) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	h := f.m[addr]
-	now := f.now()
+	return f.acquireLocked(f.m[addr], f.now())
+}
+
+func (f *faultTracker) acquireLocked(h *brokerHealth, now time.Time) (ok, probe bool) {
 	switch {
 	case h == nil:
 		return true, false
@@ -180,6 +184,34 @@ func (f *faultTracker) acquire(addr string) (ok, probe bool) {
 	}
 	h.probing = true
 	return true, true
+}
+
+// choose acquires one of addrs, chosen by n among those usable now, so
+// that a broker set aside hands its share to all the others evenly, not
+// to the one after it. i is -1 when none is usable. One lock for the lot.
+func (f *faultTracker) choose(addrs []string, n uint32) (i int, probe bool) {
+	if len(addrs) == 0 {
+		return -1, false
+	}
+	if f.mode == AvoidOff {
+		return int(n % uint32(len(addrs))), false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	var buf [16]int
+	ok := buf[:0]
+	for j, a := range addrs {
+		if f.usableLocked(f.m[a], now) {
+			ok = append(ok, j)
+		}
+	}
+	if len(ok) == 0 {
+		return -1, false
+	}
+	i = ok[n%uint32(len(ok))]
+	_, probe = f.acquireLocked(f.m[addrs[i]], now) // usable: always ok
+	return i, probe
 }
 
 // release gives a probe back without an outcome (the send went nowhere).

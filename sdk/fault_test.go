@@ -227,3 +227,45 @@ func TestFaultStall(t *testing.T) {
 		t.Fatal("table mode skipped a broker for silence")
 	}
 }
+
+// choose spreads a set-aside broker's share evenly over the others (not
+// all of it to the broker after it), gives it one probe once its time is
+// up, and with avoidance off is plain round-robin.
+func TestFaultChooseSpreadsEvenly(t *testing.T) {
+	addrs := []string{"a", "b", "c"}
+	count := func(f *faultTracker, from, n uint32) map[string]int {
+		got := map[string]int{}
+		for i := from; i < from+n; i++ {
+			j, probe := f.choose(addrs, i)
+			if j < 0 {
+				t.Fatalf("choose %d: none usable", i)
+			}
+			if probe {
+				got["probe "+addrs[j]]++
+			}
+			got[addrs[j]]++
+		}
+		return got
+	}
+	f, clk := trackerAt(AvoidAdaptive)
+	f.sent("b", time.Millisecond, errNet, false)
+	if got := count(f, 0, 600); got["a"] != 300 || got["c"] != 300 || got["b"] != 0 {
+		t.Fatalf("b set aside: %v, want a and c 300 each", got)
+	}
+	clk.add(time.Minute)
+	if got := count(f, 0, 600); got["b"] != 1 || got["probe b"] != 1 {
+		t.Fatalf("b's time aside over: %v, want one probe of b and nothing more while it is out", got)
+	}
+	f.sent("b", time.Millisecond, nil, true)
+	if got := count(f, 0, 600); got["a"] != 200 || got["b"] != 200 || got["c"] != 200 {
+		t.Fatalf("b's probe came back good: %v, want 200 each", got)
+	}
+	off, _ := trackerAt(AvoidOff)
+	off.sent("b", time.Millisecond, errNet, false)
+	if got := count(off, 7, 600); got["a"] != 200 || got["b"] != 200 || got["c"] != 200 {
+		t.Fatalf("avoidance off: %v, want 200 each", got)
+	}
+	if j, _ := f.choose(nil, 1); j != -1 {
+		t.Fatalf("choose among none: %d", j)
+	}
+}

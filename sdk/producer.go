@@ -334,10 +334,10 @@ func (op *sendOp) run() {
 }
 
 // offload makes the attempt again on a goroutine of its own. SendAsync's
-// first attempt runs on its caller; fetching routes or dialling can take
-// up to the attempt's time (a probe of a dead broker), and the caller's
-// later sends would wait behind it. Retries already run on their own
-// goroutine (time.AfterFunc).
+// first attempt runs on its caller; fetching the routes can take up to
+// the attempt's time, and the caller's later sends would wait behind it
+// (a dial is moved off the caller by attempt). Retries already run on
+// their own goroutine (time.AfterFunc).
 func (op *sendOp) offload() {
 	op.offloaded = true
 	go op.attempt()
@@ -373,23 +373,38 @@ func (op *sendOp) attempt() {
 	if op.deadline.Before(attemptEnd) {
 		attemptEnd = op.deadline
 	}
-	s := bc.live()
-	if s == nil && op.cb != nil && !op.offloaded {
-		p.cl.faults.release(bc.addr, op.probe) // the goroutine chooses again
-		op.probe = false
-		op.offload()
+	if s := bc.live(); s != nil {
+		op.sendOn(s, now, attemptEnd)
 		return
 	}
-	if s == nil {
-		ctx, cancel := context.WithDeadline(op.ctx, attemptEnd)
-		var err error
-		s, err = bc.get(ctx)
-		cancel()
-		if err != nil {
-			op.failed(err, now)
-			return
-		}
+	if op.cb != nil && !op.offloaded {
+		// Dial the broker chosen on a goroutine of its own. (Choosing
+		// again there moved the send to another group with no failure
+		// recorded, whatever the avoidance mode: with avoidance off, a
+		// dead broker's share silently went to the group after it.)
+		op.offloaded = true
+		go op.dialAndSend(bc, now, attemptEnd)
+		return
 	}
+	op.dialAndSend(bc, now, attemptEnd)
+}
+
+// dialAndSend gets a session to bc, dialling if needed, and sends on it.
+func (op *sendOp) dialAndSend(bc *brokerConn, now, attemptEnd time.Time) {
+	ctx, cancel := context.WithDeadline(op.ctx, attemptEnd)
+	s, err := bc.get(ctx)
+	cancel()
+	if err != nil {
+		op.failed(err, now)
+		return
+	}
+	op.sendOn(s, now, attemptEnd)
+}
+
+// sendOn sends the attempt on s, a session to op.cur.
+func (op *sendOp) sendOn(s *session, now, attemptEnd time.Time) {
+	p := op.p
+	bc := op.cur
 	c := newCall()
 	c.cb = op.onAnswer
 	op.start = now
@@ -551,30 +566,31 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 	if n == 0 {
 		return nil, &NetError{Broker: "routes", Err: errors.New("no broker group with a leader is known")}
 	}
-	start := int(op.p.rr.Add(1))
-	var aside, again string
-	for i := 0; i < n; i++ {
-		g := groups[(start+i)%n]
-		l := leader(g)
-		switch {
+	start := op.p.rr.Add(1)
+	// The groups this send may go to: a known leader, and not failed on by
+	// this send yet. Round-robin over those not set aside, so that a group
+	// set aside hands its share evenly to the others.
+	var gbuf, lbuf, abuf [16]string
+	cands, leaders, again := gbuf[:0], lbuf[:0], abuf[:0]
+	for _, g := range groups {
+		switch l := leader(g); {
 		case l == "":
 		case slices.Contains(op.tried, g):
-			if again == "" {
-				again = g
-			}
+			again = append(again, g)
 		default:
-			if ok, probe := cl.faults.acquire(l); ok {
-				op.group, op.probe = g, probe
-				return cl.conn(l), nil
-			}
-			if aside == "" {
-				aside = g
-			}
+			cands, leaders = append(cands, g), append(leaders, l)
 		}
 	}
-	g := aside
-	if g == "" {
-		g = again // every group failed this send: try again
+	if i, probe := cl.faults.choose(leaders, start); i >= 0 {
+		op.group, op.probe = cands[i], probe
+		return cl.conn(leaders[i]), nil
+	}
+	var g string
+	switch {
+	case len(cands) > 0:
+		g = cands[start%uint32(len(cands))] // every one set aside: better than nothing
+	case len(again) > 0:
+		g = again[start%uint32(len(again))] // every group failed this send: try again
 	}
 	if g == "" {
 		return nil, &NetError{Broker: "topic " + op.req.Topic, Err: errors.New("no group hosting it has a known leader")}
