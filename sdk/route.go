@@ -289,25 +289,7 @@ func (r *router) refresh(ctx context.Context) error {
 			}
 		}
 	}
-	var errs, tried []string
-	var hard error
-	var got []wire.RouteBroker
-	source := ""
-	for _, a := range order {
-		resp, err := r.cl.route(ctx, a, 0)
-		if err == nil {
-			got, source = resp.Brokers, a
-			break
-		}
-		if !Retryable(err) && hard == nil {
-			hard = err
-		}
-		tried = append(tried, a)
-		errs = append(errs, strings.TrimPrefix(err.Error(), "quiver: "))
-		if ctx.Err() != nil {
-			break
-		}
-	}
+	got, source, tried, errs, hard := r.askFirst(ctx, order)
 	if source == "" {
 		if hard != nil {
 			return hard // not the network's: retrying will not help (incident 004)
@@ -320,39 +302,152 @@ func (r *router) refresh(ctx context.Context) error {
 		}
 		return &NetError{Broker: strings.Join(tried, ","), Err: fmt.Errorf("no broker answered for routes: %s", strings.Join(errs, "; "))}
 	}
-	// Bootstrap brokers the answer does not describe first hand (a broker
-	// configured with no cluster knows only itself): ask them directly.
+	got = append(got, r.askBootstrap(got, source)...)
+	r.publish(prev.merge(got, source, r.boot, time.Now()))
+	return nil
+}
+
+// routeStagger is how long a route request may go unanswered before the
+// next broker is asked as well (happy eyeballs, RFC 8305's 250 ms): a
+// bootstrap broker that is down or cut off costs that, not a dial
+// timeout, whatever the order of the list.
+const routeStagger = 250 * time.Millisecond
+
+// askFirst asks the brokers of order for the cluster, the next one as
+// soon as the last failed or after routeStagger, until one answers; the
+// others are then cancelled. Without an answer it returns which brokers
+// were tried with their errors, and the first error retrying cannot fix.
+func (r *router) askFirst(ctx context.Context, order []string) (got []wire.RouteBroker, source string, tried, errs []string, hard error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		addr string
+		resp wire.RouteResp
+		err  error
+	}
+	answers := make(chan answer, len(order))
+	next, pending := 0, 0
+	stagger := time.NewTimer(routeStagger)
+	defer stagger.Stop()
+	ask := func() {
+		a := order[next]
+		next++
+		pending++
+		go func() {
+			resp, err := r.cl.route(ctx, a, 0)
+			answers <- answer{a, resp, err}
+		}()
+		stagger.Reset(routeStagger)
+	}
+	ask()
+	for pending > 0 {
+		select {
+		case an := <-answers:
+			pending--
+			if an.err == nil {
+				if source == "" {
+					got, source = an.resp.Brokers, an.addr
+					cancel()
+				}
+				continue
+			}
+			if source != "" {
+				continue // cancelled: another broker answered
+			}
+			if !Retryable(an.err) && hard == nil {
+				hard = an.err
+			}
+			tried = append(tried, an.addr)
+			errs = append(errs, strings.TrimPrefix(an.err.Error(), "quiver: "))
+			if next < len(order) && ctx.Err() == nil {
+				ask()
+			}
+		case <-stagger.C:
+			if next < len(order) && source == "" && ctx.Err() == nil {
+				ask()
+			}
+		}
+	}
+	return got, source, tried, errs, hard
+}
+
+// askBootstrap asks the bootstrap brokers that the answer got (from
+// source) does not describe first hand (a broker configured with no
+// cluster knows only itself) to describe themselves. It waits for them
+// up to routeStagger; an answer that comes later is merged when it comes,
+// so that one silent bootstrap broker does not hold up a send or an admin
+// request that is waiting for the routes.
+func (r *router) askBootstrap(got []wire.RouteBroker, source string) []wire.RouteBroker {
 	described := map[string]bool{}
 	for _, b := range got {
 		if b.ID != "" {
 			described[b.Addr] = true
 		}
 	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
+	var ask []string
 	for _, a := range r.cl.cfg.brokers {
-		if described[a] || a == source {
-			continue
+		if !described[a] && a != source {
+			ask = append(ask, a)
 		}
-		wg.Add(1)
-		go func(a string) {
-			defer wg.Done()
-			resp, err := r.cl.route(ctx, a, wire.RouteSelf)
-			if err == nil {
-				mu.Lock()
-				got = append(got, resp.Brokers...)
-				mu.Unlock()
-			}
-		}(a)
 	}
-	wg.Wait()
-	t := prev.merge(got, source, r.boot, time.Now())
+	if len(ask) == 0 || r.cl.ctx.Err() != nil {
+		return nil
+	}
+	var mu sync.Mutex
+	var self []wire.RouteBroker
+	waiting, pending := true, len(ask)
+	all := make(chan struct{})
+	for _, a := range ask {
+		r.cl.bg.Add(1)
+		go func() {
+			defer r.cl.bg.Done()
+			resp, err := r.cl.route(r.cl.ctx, a, wire.RouteSelf)
+			mu.Lock()
+			pending--
+			if pending == 0 {
+				close(all)
+			}
+			late := !waiting
+			if err == nil && !late {
+				self = append(self, resp.Brokers...)
+			}
+			mu.Unlock()
+			if err == nil && late {
+				r.mergeLate(resp.Brokers)
+			}
+		}()
+	}
+	t := time.NewTimer(routeStagger)
+	defer t.Stop()
+	select {
+	case <-all:
+	case <-t.C:
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	waiting = false
+	return self
+}
+
+// mergeLate merges a bootstrap broker's late description of itself into
+// the current routes.
+func (r *router) mergeLate(got []wire.RouteBroker) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prev := r.table()
+	if prev == nil || r.cl.ctx.Err() != nil {
+		return
+	}
+	r.publish(prev.merge(got, prev.source, r.boot, time.Now()))
+}
+
+// publish makes t the current routes and wakes whoever waits for a change.
+func (r *router) publish(t *routeTable) {
 	r.curMu.Lock()
 	r.cur = t
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.curMu.Unlock()
-	return nil
 }
 
 // route sends one Route request to addr.

@@ -273,3 +273,104 @@ func TestIncident001BusyRetriedElsewhere(t *testing.T) {
 	}
 	t.Logf("600 sends, %d retried after BUSY, 0 failed", busy.Load())
 }
+
+// asyncBurst sends n messages with SendAsync, one every 2 ms, and returns
+// how many each group acknowledged once every callback has run.
+func asyncBurst(t *testing.T, ctx context.Context, p *sdk.Producer, topic string, n int) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	byGroup := map[string]int{}
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; i < n; i++ {
+		<-tick.C
+		wg.Add(1)
+		err := p.SendAsync(ctx, &sdk.Message{Topic: topic, Body: []byte("x")}, func(res sdk.SendResult, err error) {
+			defer wg.Done()
+			if err != nil {
+				t.Errorf("async send failed: %v", err)
+				return
+			}
+			mu.Lock()
+			byGroup[res.Group]++
+			mu.Unlock()
+		})
+		if err != nil {
+			wg.Done()
+			t.Fatalf("SendAsync: %v", err)
+		}
+	}
+	wg.Wait()
+	return byGroup
+}
+
+// A group set aside does not double its neighbour's load: its share is
+// spread evenly over the groups still usable (it all went to the group
+// after it: 201 and 399 of 600). When its broker is restarted, async
+// sends probe it and return to it.
+func TestAsyncSendsSpreadAroundAndReturnToARestartedBroker(t *testing.T) {
+	c := testbroker.StartCluster(t, 3, 0, nil, nil)
+	cl := clusterClient(t, c)
+	ctx := ctxT(t, 120*time.Second)
+	if err := cl.Admin().CreateTopic(ctx, "events", 2); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := cl.NewProducer()
+	defer p.Close()
+	if got := asyncBurst(t, ctx, p, "events", 300); got["g1"] == 0 {
+		t.Fatalf("before the kill: %v", got)
+	}
+	dead := c.Groups[1].Leader
+	dead.Kill()
+	asyncBurst(t, ctx, p, "events", 300) // the broker is found dead and set aside
+	got := asyncBurst(t, ctx, p, "events", 600)
+	t.Logf("while g1 is down: %v", got)
+	if got["g0"] < 240 || got["g2"] < 240 {
+		t.Fatalf("g1's share went unevenly to the others (each should have about 300 of 600): %v", got)
+	}
+	dead.Restart()
+	restarted := time.Now()
+	for {
+		got := asyncBurst(t, ctx, p, "events", 300)
+		if got["g1"] >= 60 {
+			t.Logf("g1 back to %d of 300 sends %v after its restart", got["g1"], time.Since(restarted).Round(100*time.Millisecond))
+			break
+		}
+		if time.Since(restarted) > 60*time.Second {
+			t.Fatalf("a minute after g1's restart its share is still %d of 300: %v", got["g1"], got)
+		}
+	}
+}
+
+// A bootstrap broker that is cut off (it takes datagrams and never
+// answers) costs a send no dial timeout, first in the list or last: the
+// next broker is asked for the routes after 250 ms, and a standalone
+// broker that is silent about itself is not waited for past that. With
+// the default 5 s dial timeout and a 1 s send deadline, the send with the
+// silent broker first failed before; with it last, the routes waited out
+// the send's whole second and the admin request's 5 s dial.
+func TestCutOffBootstrapBrokerCostsNoDialTimeout(t *testing.T) {
+	b := testbroker.Start(t)
+	hole := testbroker.HoleAddr(t)
+	ctx := ctxT(t, 60*time.Second)
+	for _, brokers := range [][]string{{hole, b.Addr}, {b.Addr, hole}} {
+		cl, err := sdk.NewClient(sdk.WithBrokers(brokers...), sdk.WithCAFile(b.CAFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := cl.NewProducer(sdk.WithSendTimeout(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Send(ctx, &sdk.Message{Topic: "reach", Body: []byte("x")}); err != nil {
+			t.Fatalf("brokers %v: %v", brokers, err)
+		}
+		topics, err := cl.Admin().Topics(ctx, "reach")
+		if err != nil || topics[0].Queues == 0 {
+			t.Fatalf("brokers %v: topics %v %v", brokers, topics, err)
+		}
+		p.Close()
+		cl.Close()
+	}
+}

@@ -519,3 +519,16 @@ func FreeUDPAddrOn(t testing.TB, ip string) string {
 // portSeq walks the ports FreeUDPAddrOn hands out, so that two calls in a
 // row never return the same one (the first is not bound yet).
 var portSeq atomic.Uint32
+
+// HoleAddr returns a loopback UDP address that takes datagrams and never
+// answers, until the test ends: a broker cut off by the network (a dial
+// to it waits out its timeout), not one whose port is closed.
+func HoleAddr(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc.LocalAddr().String()
+}

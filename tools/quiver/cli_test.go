@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"net"
 	"strings"
 	"testing"
 
@@ -152,7 +151,7 @@ func TestTopicAndStatus(t *testing.T) {
 // With several brokers, a command gets through while one does not answer.
 func TestSeveralBrokers(t *testing.T) {
 	b := testbroker.Start(t)
-	dead := deadAddr(t)
+	dead := testbroker.HoleAddr(t)
 	for _, brokers := range []string{dead + "," + b.Addr, b.Addr + "," + dead} {
 		must(t, runCLI(t, noEnv, "", "--broker", brokers, "--ca", b.CAFile, "--timeout", "1s", "topic", "create", "several"))
 	}
@@ -160,7 +159,7 @@ func TestSeveralBrokers(t *testing.T) {
 		"produce", "--topic", "several", "--acks"))
 	parseAcks(t, r.stdout, 2)
 
-	dead2 := deadAddr(t)
+	dead2 := testbroker.HoleAddr(t)
 	r = runCLI(t, noEnv, "", "--broker", dead+","+dead2, "--ca", b.CAFile, "--timeout", "500ms", "status")
 	if r.code != 1 || !strings.Contains(r.stderr, "no broker answered") ||
 		!strings.Contains(r.stderr, dead) || !strings.Contains(r.stderr, dead2) {
@@ -196,18 +195,6 @@ func TestClusterCommand(t *testing.T) {
 	if !strings.Contains(r.stdout, "CLUSTER") || !strings.Contains(r.stdout, "g1b0") {
 		t.Fatalf("status lacks the cluster:\n%s", r.stdout)
 	}
-}
-
-// deadAddr is a loopback UDP address where nothing answers: a socket
-// that is never read, held until the test ends so that no one else gets it.
-func deadAddr(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	return pc.LocalAddr().String()
 }
 
 // status shows the replication of a group, and admin promote makes the
