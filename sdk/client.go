@@ -198,6 +198,23 @@ func (c *Client) conn(addr string) *brokerConn {
 	return bc
 }
 
+// goBg runs f on a goroutine that Close waits for, unless the client is
+// closed. (Close sets closed before it takes mu, so an Add made under mu
+// with closed unset comes before Close's Wait.)
+func (c *Client) goBg(f func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return false
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		f()
+	}()
+	return true
+}
+
 // BrokerHealth reports, per broker the client sent to, whether fault
 // avoidance sets it aside now and how often it did (for metrics).
 func (c *Client) BrokerHealth() []BrokerHealth { return c.faults.health() }

@@ -217,10 +217,7 @@ func (r *router) routes(ctx context.Context) (*routeTable, error) {
 
 // start runs the refresh loop, once.
 func (r *router) start() {
-	r.started.Do(func() {
-		r.cl.bg.Add(1)
-		go r.loop()
-	})
+	r.started.Do(func() { r.cl.goBg(r.loop) })
 }
 
 // stale asks for a refresh soon (after a routing error).
@@ -232,7 +229,6 @@ func (r *router) stale() {
 }
 
 func (r *router) loop() {
-	defer r.cl.bg.Done()
 	every := r.cl.cfg.routeRefresh
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -390,32 +386,37 @@ func (r *router) askBootstrap(got []wire.RouteBroker, source string) []wire.Rout
 			ask = append(ask, a)
 		}
 	}
-	if len(ask) == 0 || r.cl.ctx.Err() != nil {
+	if len(ask) == 0 {
 		return nil
 	}
 	var mu sync.Mutex
 	var self []wire.RouteBroker
 	waiting, pending := true, len(ask)
 	all := make(chan struct{})
+	// answered counts one answer (nil: none) and says whether it is late.
+	answered := func(brokers []wire.RouteBroker) (late bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if pending--; pending == 0 {
+			close(all)
+		}
+		if waiting {
+			self = append(self, brokers...)
+		}
+		return !waiting
+	}
 	for _, a := range ask {
-		r.cl.bg.Add(1)
-		go func() {
-			defer r.cl.bg.Done()
+		asked := r.cl.goBg(func() {
 			resp, err := r.cl.route(r.cl.ctx, a, wire.RouteSelf)
-			mu.Lock()
-			pending--
-			if pending == 0 {
-				close(all)
-			}
-			late := !waiting
-			if err == nil && !late {
-				self = append(self, resp.Brokers...)
-			}
-			mu.Unlock()
-			if err == nil && late {
+			if err != nil {
+				answered(nil)
+			} else if answered(resp.Brokers) {
 				r.mergeLate(resp.Brokers)
 			}
-		}()
+		})
+		if !asked {
+			answered(nil) // the client is closed
+		}
 	}
 	t := time.NewTimer(routeStagger)
 	defer t.Stop()
