@@ -14,6 +14,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/internal/quicerr"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -345,7 +346,7 @@ func (f *Follower) receive(ctx context.Context, read func() (wire.Header, []byte
 			}
 		case r := <-frames:
 			if r.err != nil {
-				return "leader", closeReason(r.err), r.err
+				return "leader", quicerr.CloseReason(r.err), r.err
 			}
 			f.lastHeard.Store(time.Now().UnixNano())
 			if r.h.Type != wire.TypeReplData {

@@ -4,16 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"golang.org/x/time/rate"
 
+	"github.com/quivermq/quiver/internal/quicerr"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -294,7 +293,7 @@ func (l *Leader) readAcks(s *session, read func() (wire.Header, []byte, error)) 
 	for {
 		h, p, err := read()
 		if err != nil {
-			s.end("follower", closeReason(err))
+			s.end("follower", quicerr.CloseReason(err))
 			return err
 		}
 		if h.Type != wire.TypeReplAck {
@@ -565,22 +564,4 @@ func (l *Leader) Status() []wire.ReplicaStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}
-
-// closeReason says who closed a connection and why, from a read error.
-func closeReason(err error) string {
-	var ae *quic.ApplicationError
-	var ie *quic.IdleTimeoutError
-	switch {
-	case errors.As(err, &ae):
-		if ae.Remote {
-			return "the peer closed the connection: " + ae.ErrorMessage
-		}
-		return "closed on this side: " + ae.ErrorMessage
-	case errors.As(err, &ie):
-		return "QUIC idle timeout: nothing heard from the peer"
-	case errors.Is(err, io.EOF):
-		return "the peer closed the stream"
-	}
-	return err.Error()
 }

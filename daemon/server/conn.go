@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/internal/quicerr"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -76,7 +76,7 @@ func (c *conn) hello() (*stream, string) {
 			c.qc.CloseWithError(closeTimeout, "no Hello within "+c.s.opts.HelloTimeout.String())
 			return nil, "no stream opened within the hello timeout"
 		}
-		return nil, "closed by the client before Hello: " + closeReason(err)
+		return nil, "closed by the client before Hello: " + quicerr.CloseReason(err)
 	}
 	qs.SetReadDeadline(time.Now().Add(c.s.opts.HelloTimeout))
 	br := bufio.NewReaderSize(qs, 64<<10)
@@ -91,7 +91,7 @@ func (c *conn) hello() (*stream, string) {
 			c.qc.CloseWithError(closeTimeout, "no Hello within "+c.s.opts.HelloTimeout.String())
 			return nil, "no Hello within the hello timeout"
 		}
-		return nil, "closed by the client before Hello: " + closeReason(err)
+		return nil, "closed by the client before Hello: " + quicerr.CloseReason(err)
 	}
 	if h.Type != wire.TypeHello {
 		return nil, c.refuse(st, h.RequestID, closeProtocol, &wire.Error{Code: wire.CodeInvalid,
@@ -163,22 +163,4 @@ func (c *conn) newStream(qs *quic.Stream, br *bufio.Reader) *stream {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// closeReason names who closed a connection and why, from a stream error.
-func closeReason(err error) string {
-	var ae *quic.ApplicationError
-	var ie *quic.IdleTimeoutError
-	switch {
-	case errors.As(err, &ae):
-		if ae.Remote {
-			return fmt.Sprintf("peer closed the connection (code %d: %s)", ae.ErrorCode, ae.ErrorMessage)
-		}
-		return fmt.Sprintf("closed here (code %d: %s)", ae.ErrorCode, ae.ErrorMessage)
-	case errors.As(err, &ie):
-		return "idle timeout: nothing heard from the peer"
-	case errors.Is(err, io.EOF):
-		return "peer closed the stream"
-	}
-	return err.Error()
 }
