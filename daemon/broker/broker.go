@@ -171,7 +171,7 @@ func (b *Broker) openStore(truncate bool, to int64) error {
 		b.topics.Lock()
 		b.topics.m = map[string]*topic{}
 		b.topics.Unlock()
-		b.ctl = newControl(b)
+		b.ctl.reset() // in place: the snapshot loop and dispatched hold this one
 	}
 	if err := b.ctl.loadLocked(); err != nil {
 		st.Close()

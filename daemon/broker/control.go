@@ -35,6 +35,14 @@ func newControl(b *Broker) *control {
 		offs: map[string]map[wire.QueueRef]uint64{}}
 }
 
+// reset forgets what was applied (the log was cut): loadLocked applies
+// the log again from the start.
+func (c *control) reset() {
+	c.mu.Lock()
+	c.next, c.offs, c.dirty = map[string]uint64{}, map[string]map[wire.QueueRef]uint64{}, true
+	c.mu.Unlock()
+}
+
 func (c *control) kick() {
 	select {
 	case c.kc <- struct{}{}:

@@ -404,6 +404,19 @@ func TestOldLeaderRejoinsAsFollower(t *testing.T) {
 	if !strings.Contains(l.Log(), "fenced") {
 		t.Fatal("the old leader did not log that it was fenced")
 	}
+	// Its tables follow the log after the truncation too: a topic created
+	// on the new leader appears in the old one's.
+	if err := f.Client().Admin().CreateTopic(ctx, "after", 3); err != nil {
+		t.Fatal(err)
+	}
+	testbroker.WaitFor(t, "the old leader to apply a topic created after its truncation", func() bool {
+		for _, tp := range l.Status().Topics {
+			if tp.Name == "after" {
+				return len(tp.Queues) == 3
+			}
+		}
+		return false
+	})
 }
 
 // The replication link cut for three timeouts and restored: both sides
