@@ -102,7 +102,6 @@ func NewLeader(o LeaderOptions) *Leader {
 	o.ensureDefaults()
 	l := &Leader{opts: o, logger: o.Logger.With("component", "replica-leader"), followers: map[string]*follower{}, stop: make(chan struct{})}
 	l.epoch.Store(o.Epochs.Last().Epoch)
-	l.waiters.init()
 	if o.CatchupRate > 0 {
 		l.catchup = rate.NewLimiter(rate.Limit(o.CatchupRate), max(o.ChunkBytes, int(min(o.CatchupRate/10, 1<<30))))
 	}
@@ -242,7 +241,9 @@ func (l *Leader) Serve(ctx context.Context, addr string, start *wire.ReplStart, 
 	f.addr = addr
 	f.mu.Unlock()
 	now := l.opts.Now().UnixNano()
-	f.acked.Store(start.End)
+	// What the follower has durable: never more than its log's end, which
+	// it reports written, not synced (a reconnect must not count as acks).
+	f.acked.Store(min(start.End, f.acked.Load()))
 	f.lastHeard.Store(now)
 	l.logger.Info("follower connected", "follower", start.Follower, "addr", addr, "from", hello.From, "leader_end", p.Dispatched)
 

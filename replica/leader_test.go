@@ -26,6 +26,8 @@ type fakeFollower struct {
 	// sent[i] is the end of the i-th ReplData with records, and when.
 	sent  []int64
 	sentT []time.Time
+	// silent: it never acks (a follower that has written but not synced)
+	silent bool
 }
 
 func newFakeFollower() *fakeFollower {
@@ -52,7 +54,9 @@ func (f *fakeFollower) End(b []byte, start int) error {
 		f.sent, f.sentT = append(f.sent, m.Next), append(f.sentT, time.Now())
 		f.mu.Unlock()
 	}
-	f.acks <- wire.ReplAck{Durable: m.Next, Written: m.Next}
+	if !f.silent {
+		f.acks <- wire.ReplAck{Durable: m.Next, Written: m.Next}
+	}
 	return nil
 }
 
@@ -110,6 +114,42 @@ func serve(t *testing.T, l *Leader, f *fakeFollower) {
 		l.Serve(ctx, "fake", &wire.ReplStart{Follower: "f", SegmentSize: 16 << 20}, f.read, f)
 	}()
 	t.Cleanup(func() { cancel(); f.Close(""); <-done })
+}
+
+// A follower's log end at connect is what it has written, not what it has
+// synced: the leader does not count it as acknowledged (a send waiting for
+// min-insync would be acked before the follower synced it).
+func TestReconnectIsNotAnAck(t *testing.T) {
+	l, lg := testLeader(t, 64<<10, LeaderOptions{Heartbeat: time.Hour})
+	f := newFakeFollower()
+	f.silent = true
+	end := lg.Positions().Dispatched
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := l.Serve(ctx, "fake", &wire.ReplStart{Follower: "f", SegmentSize: 16 << 20, LastEpoch: 1, End: end}, f.read, f); err != nil {
+			t.Errorf("session: %v", err)
+		}
+	}()
+	defer func() { cancel(); f.Close(""); <-done }()
+	for st := l.Status(); len(st) == 0 || !st[0].Connected; st = l.Status() {
+		select {
+		case <-done:
+			t.Fatal("the session ended before it was connected")
+		case <-time.After(time.Millisecond): // polling: the session starts on its own goroutine
+		}
+	}
+	if st := l.Status(); st[0].Acked != 0 {
+		t.Fatalf("a follower that acknowledged nothing counts as having %d durable (its log end is %d)", st[0].Acked, end)
+	}
+	acked := make(chan error, 1)
+	l.WaitAcks(end, 1, time.Now().Add(time.Hour), func(err error) { acked <- err })
+	select {
+	case err := <-acked:
+		t.Fatalf("a send was acknowledged (err %v) by a follower that acknowledged nothing", err)
+	default:
+	}
 }
 
 // A follower that is behind is not in sync, however recently it acked,

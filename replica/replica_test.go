@@ -106,4 +106,21 @@ func TestWaitQueue(t *testing.T) {
 	if err := done[300]; !errors.Is(err, ErrNotEnoughReplicas) {
 		t.Fatalf("a late waiter: %v", err)
 	}
+	// An append with async durability can complete before an earlier one:
+	// the earlier end is released first, not held behind the later one.
+	add(500, far)
+	add(400, far)
+	commit = 450
+	q.release(func(int) int64 { return commit })
+	if _, ok := done[400]; !ok || len(done) != 4 {
+		t.Fatalf("after 450, with 500 added before 400: %v", done)
+	}
+	// A leader that stopped fails its waiters, and any that come after, at
+	// once: none is acknowledged without the followers, none hangs.
+	stopped := errors.New("leader stopping")
+	q.failAll(stopped)
+	add(600, far)
+	if done[500] != stopped || done[600] != stopped {
+		t.Fatalf("after the leader stopped: %v", done)
+	}
 }

@@ -2,6 +2,7 @@ package replica
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -15,18 +16,27 @@ type waiter struct {
 	done     func(error)
 }
 
-// waitQueue holds the waiting sends in log order (their appends complete in
-// log order, so end grows along the queue).
+// waitQueue holds the waiting sends in log order (by end: a send with
+// async durability can complete its append before an earlier sync one).
+// Once failed (the leader stops), it fails every later add at once.
 type waitQueue struct {
-	mu sync.Mutex
-	q  []*waiter
+	mu     sync.Mutex
+	q      []*waiter
+	closed error
 }
-
-func (w *waitQueue) init() {}
 
 func (w *waitQueue) add(x *waiter) {
 	w.mu.Lock()
-	w.q = append(w.q, x)
+	if err := w.closed; err != nil {
+		w.mu.Unlock()
+		x.done(err)
+		return
+	}
+	i := len(w.q)
+	for i > 0 && w.q[i-1].end > x.end {
+		i--
+	}
+	w.q = slices.Insert(w.q, i, x)
 	w.mu.Unlock()
 }
 
@@ -79,7 +89,7 @@ func (w *waitQueue) expire(now time.Time, inSync func() int) {
 func (w *waitQueue) failAll(err error) {
 	w.mu.Lock()
 	q := w.q
-	w.q = nil
+	w.q, w.closed = nil, err
 	w.mu.Unlock()
 	for _, x := range q {
 		x.done(err)

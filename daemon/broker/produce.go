@@ -7,6 +7,7 @@ import (
 	"time"
 
 	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/replica"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -28,6 +29,7 @@ type ProduceCall struct {
 	ack          wire.ProduceAck
 	start        time.Time
 	b            *Broker
+	leader       *replica.Leader // min-insync: the leader it was accepted by
 }
 
 var callPool sync.Pool
@@ -46,7 +48,7 @@ func init() {
 func NewProduceCall() *ProduceCall { return callPool.Get().(*ProduceCall) }
 
 func (c *ProduceCall) release() {
-	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil
+	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil
 	callPool.Put(c)
 }
 
@@ -75,7 +77,7 @@ func (b *Broker) Produce(c *ProduceCall) {
 		werr = checkProduce(p, t)
 	}
 	if werr == nil {
-		werr = b.replicaCheck()
+		c.leader, werr = b.replicaCheck()
 	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
@@ -118,12 +120,12 @@ func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
 		return
 	}
 	ack := wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime}
-	if k := b.opts.Replication.MinInsync; k > 0 {
-		if l := b.leader(); l != nil {
-			c.ack = ack
-			l.WaitAcks(res.Pos+int64(res.Size), k, time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
-			return
-		}
+	if c.leader != nil {
+		// The leader that accepted the send, even if it has stopped leading
+		// since: a stopped one fails the wait (no ack without the followers).
+		c.ack = ack
+		c.leader.WaitAcks(res.Pos+int64(res.Size), b.opts.Replication.MinInsync, time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
+		return
 	}
 	b.metrics.produced(c.msg.Count, time.Since(c.start))
 	c.reply(ack, nil)

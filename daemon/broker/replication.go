@@ -222,19 +222,21 @@ func (b *Broker) writable() *wire.Error {
 
 // replicaCheck fails a send at once when fewer followers than min-insync
 // are in sync (nothing is written: the client retries elsewhere).
-func (b *Broker) replicaCheck() *wire.Error {
+// It returns the leader that must then have the send acknowledged (nil
+// without min-insync).
+func (b *Broker) replicaCheck() (*replica.Leader, *wire.Error) {
 	k := b.opts.Replication.MinInsync
 	if k == 0 {
-		return nil
+		return nil, nil
 	}
 	l := b.leader()
 	if l == nil {
-		return &wire.Error{Code: wire.CodeNotLeader, Message: "not leading"}
+		return nil, &wire.Error{Code: wire.CodeNotLeader, Message: "not leading"}
 	}
 	if n := l.InSync(); n < k {
-		return &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: fmt.Sprintf("min-insync is %d, %d follower(s) in sync", k, n)}
+		return nil, &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: fmt.Sprintf("min-insync is %d, %d follower(s) in sync", k, n)}
 	}
-	return nil
+	return l, nil
 }
 
 // ServeReplica serves a follower's replication stream (its first frame
