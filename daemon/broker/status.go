@@ -26,8 +26,10 @@ func rfc3339(ns int64) string {
 // the server adds).
 func (b *Broker) Status() wire.Status {
 	now := time.Now()
+	// stMu only while the store is read: the replication status takes it
+	// again through Log, and a read lock taken twice deadlocks once a
+	// truncation waits for the write lock in between.
 	b.stMu.RLock()
-	defer b.stMu.RUnlock()
 	p := b.log.Positions()
 	ls := b.log.Stats()
 	s := wire.Status{
@@ -74,6 +76,7 @@ func (b *Broker) Status() wire.Status {
 		}
 		cur.Queues = append(cur.Queues, qs)
 	}
+	b.stMu.RUnlock()
 	// Topics created but never written have no queues in the index yet.
 	b.topics.RLock()
 	for name, t := range b.topics.m {
