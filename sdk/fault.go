@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
@@ -231,6 +232,9 @@ func (f *faultTracker) release(addr string, probe bool) {
 func brokerFault(err error) bool {
 	var be *wire.Error
 	var he *HandshakeError
+	if errors.Is(err, context.Canceled) {
+		return false // the caller gave up, the broker did not fail
+	}
 	if errors.As(err, &he) {
 		return true // it refuses this client: send elsewhere meanwhile
 	}

@@ -46,6 +46,7 @@ func TestRetryableTable(t *testing.T) {
 		{"untrusted certificate", &HandshakeError{Broker: "b", Err: ErrUntrusted}, false, true, "HANDSHAKE"},
 		{"closed", ErrClosed, false, false, "CLOSED"},
 		{"cancelled", context.Canceled, false, false, "CANCELLED"},
+		{"cancelled while dialling", &NetError{Broker: "b", Err: fmt.Errorf("connecting: %w", context.Canceled)}, true, false, "CANCELLED"},
 		{"deadline", context.DeadlineExceeded, false, false, "TIMEOUT"},
 		{"anything else", errors.New("?"), false, false, "ERROR"},
 	}
