@@ -369,6 +369,9 @@ func (op *sendOp) attempt() {
 		op.failed(err, now)
 		return
 	}
+	if t == nil {
+		now = time.Now() // the routes were fetched first: not the broker's latency
+	}
 	attemptEnd := now.Add(p.cfg.attemptTimeout)
 	if op.deadline.Before(attemptEnd) {
 		attemptEnd = op.deadline
@@ -398,7 +401,9 @@ func (op *sendOp) dialAndSend(bc *brokerConn, now, attemptEnd time.Time) {
 		op.failed(err, now)
 		return
 	}
-	op.sendOn(s, now, attemptEnd)
+	// The dial is not the broker's latency: fault avoidance would take a
+	// handshake for a slow send.
+	op.sendOn(s, time.Now(), attemptEnd)
 }
 
 // sendOn sends the attempt on s, a session to op.cur.

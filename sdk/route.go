@@ -209,7 +209,12 @@ func (r *router) routes(ctx context.Context) (*routeTable, error) {
 		return t, nil
 	}
 	r.start()
-	if err := r.refresh(ctx); err != nil {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.table(); t != nil {
+		return t, nil // fetched while this one waited: concurrent first sends fetch once
+	}
+	if err := r.refreshLocked(ctx); err != nil {
 		return nil, err
 	}
 	return r.table(), nil
@@ -263,6 +268,10 @@ func (r *router) loop() {
 func (r *router) refresh(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.refreshLocked(ctx)
+}
+
+func (r *router) refreshLocked(ctx context.Context) error {
 	prev := r.table()
 	var order []string
 	seen := map[string]bool{}
@@ -465,8 +474,10 @@ func (cl *Client) route(ctx context.Context, addr string, flags uint8) (wire.Rou
 	if err := wire.DecodeRouteResp(c.resp, &resp); err != nil {
 		return resp, fmt.Errorf("quiver: route from %s: %w", addr, err)
 	}
-	if flags&wire.RouteSelf == 0 && len(resp.Brokers) > 0 {
-		resp.Brokers[0].Addr = addr // the answering broker, as this client reaches it
+	if len(resp.Brokers) > 0 {
+		// The answering broker, as this client reaches it (which is how the
+		// bootstrap list and the next refresh know it).
+		resp.Brokers[0].Addr = addr
 	}
 	return resp, nil
 }
