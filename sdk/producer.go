@@ -168,7 +168,7 @@ type sendOp struct {
 	fromOutbox bool // the resender's: never outboxed again
 	offloaded  bool // an async attempt moved off the caller's goroutine to dial
 	known      bool // the topic was in the routes
-	keyQueue   string
+	keyBound   bool // a keyed send kept to its key's queue (op.group, op.req.Queue)
 	start      time.Time
 
 	res      SendResult
@@ -490,7 +490,7 @@ func (op *sendOp) failed(err error, started time.Time) {
 		op.finish(err)
 		return
 	}
-	if op.keyQueue == "" && op.group != "" {
+	if !op.keyBound && op.group != "" {
 		op.tried = append(op.tried, op.group)
 	}
 	// Go elsewhere at once; back off a little when retrying again.
@@ -506,14 +506,18 @@ func (op *sendOp) failed(err error, started time.Time) {
 }
 
 func (op *sendOp) finish(err error) {
-	op.err = &SendError{Topic: op.req.Topic, KeyQueue: op.keyQueue, Attempts: append([]Attempt(nil), op.attempts...), Err: err}
+	se := &SendError{Topic: op.req.Topic, Attempts: append([]Attempt(nil), op.attempts...), Err: err}
+	if op.keyBound {
+		se.KeyQueue = fmt.Sprintf("%s/%d", op.group, op.req.Queue)
+	}
+	op.err = se
 	op.complete()
 }
 
 // target chooses where the next attempt goes: the key's queue, or a group
 // hosting the topic that this send did not fail on and whose leader is not
 // set aside (else one that is: better than nothing). It sets op.group,
-// op.known, op.keyQueue, op.probe and, for a key, op.req.Queue. t is the
+// op.known, op.keyBound, op.probe and, for a key, op.req.Queue. t is the
 // current routes (nil: fetched here).
 func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 	cl := op.p.cl
@@ -526,7 +530,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 			return nil, err
 		}
 	}
-	op.group, op.probe, op.keyQueue = "", false, ""
+	op.group, op.probe, op.keyBound = "", false, false
 	parts := t.topics[op.req.Topic]
 	op.known = len(parts) > 0
 	leader := func(g string) string {
@@ -546,7 +550,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 				}
 			}
 		} else {
-			op.keyQueue = fmt.Sprintf("%s/%d", g, q)
+			op.keyBound = true
 		}
 		op.group, op.req.Queue = g, int32(q)
 		l := leader(g)
