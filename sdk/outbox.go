@@ -689,10 +689,14 @@ func (o *outbox) ack(id uint64) error {
 	}
 	o.head, o.n, o.headID = next, o.n-1, id+1
 	if err := o.reclaim(); err != nil {
-		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but reclaiming space failed: %w", o.dir, id, err)
+		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but %w: %w", o.dir, id, errNotReclaimed, err)
 	}
 	return nil
 }
+
+// errNotReclaimed: ack (or reject) did its work, and only freeing the
+// acked entries' space failed; the next ack tries again.
+var errNotReclaimed = errors.New("reclaiming space failed")
 
 // reject moves entry id, the oldest pending one, to outbox.rejected (same
 // record format, appended and synced) and then acks it: for an entry that

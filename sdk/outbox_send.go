@@ -228,7 +228,9 @@ func (p *Producer) resender() {
 		switch {
 		case serr == nil:
 			failures = 0
-			if err := o.ob.ack(id); err != nil {
+			if err := o.ob.ack(id); errors.Is(err, errNotReclaimed) {
+				p.cl.logger.Warn("outbox: delivered and marked an entry, but could not free space", "dir", o.ob.dir, "err", err)
+			} else if err != nil {
 				// Delivered but maybe not acked on disk: a restart may
 				// send it again (at least once, as for any send).
 				p.cl.logger.Error("outbox: delivered an entry but could not mark it", "dir", o.ob.dir, "err", err)
@@ -249,7 +251,9 @@ func (p *Producer) resender() {
 			failures = 0
 			p.cl.logger.Error("outbox: a broker refused an entry for good; moved to outbox.rejected",
 				"dir", o.ob.dir, "topic", req.Topic, "err", serr)
-			if err := o.ob.reject(id, req); err != nil {
+			if err := o.ob.reject(id, req); errors.Is(err, errNotReclaimed) {
+				p.cl.logger.Warn("outbox: moved a refused entry aside, but could not free space", "dir", o.ob.dir, "err", err)
+			} else if err != nil {
 				p.cl.logger.Error("outbox: could not move a refused entry aside", "dir", o.ob.dir, "err", err)
 				failures++
 				continue
