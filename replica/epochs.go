@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -132,7 +134,7 @@ func (e *Epochs) Adopt(leader []wire.Epoch, end int64) error {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if equal(es, e.es) {
+	if slices.Equal(es, e.es) {
 		return nil
 	}
 	if err := e.saveLocked(es); err != nil {
@@ -140,18 +142,6 @@ func (e *Epochs) Adopt(leader []wire.Epoch, end int64) error {
 	}
 	e.es = es
 	return nil
-}
-
-func equal(a, b []wire.Epoch) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // EndOf returns where epoch ends in this history, given this log's end:
@@ -196,29 +186,8 @@ func (e *Epochs) saveLocked(es []wire.Epoch) error {
 	if err := os.MkdirAll(filepath.Dir(e.path), 0o755); err != nil {
 		return err
 	}
-	tmp := e.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(b.String())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, e.path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := fsutil.WriteAtomic(e.path, []byte(b.String()), 0o644, nil); err != nil {
 		return fmt.Errorf("%w: write %s: %v", ErrEpochs, e.path, err)
 	}
-	d, err := os.Open(filepath.Dir(e.path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }
