@@ -44,6 +44,10 @@ none of them. Promoting a leader changes nothing.`,
 					}
 				}
 			}
+			if !cmd.Flags().Changed("broker") {
+				// Promotion fences the group's leader: never on a default.
+				return usagef("promote: give the follower to promote with --broker (the default address is not used)")
+			}
 			if len(addrs) != 1 {
 				return usagef("promote: give exactly one --broker, the follower to promote (got %d)", len(addrs))
 			}

@@ -219,6 +219,9 @@ func TestReplicationStatusAndPromote(t *testing.T) {
 	if r := runCLI(t, noEnv, "", "--broker", l.Addr+","+f.Addr, "--ca", g.Bundle, "admin", "promote"); r.code != 2 {
 		t.Fatalf("promote with two brokers: %v", r)
 	}
+	if r := runCLI(t, noEnv, "", "--ca", g.Bundle, "admin", "promote"); r.code != 2 || !strings.Contains(r.stderr, "--broker") {
+		t.Fatalf("promote with no --broker (the default address): %v", r)
+	}
 	r = must(t, runCLI(t, noEnv, "", "--broker", f.Addr, "--ca", g.Bundle, "admin", "promote"))
 	if !strings.Contains(r.stdout, "b1 leads epoch 2") {
 		t.Fatalf("promote: %s", r.stdout)
