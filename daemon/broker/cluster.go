@@ -38,6 +38,7 @@ type cluster struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
 	peers  map[string]*peerView // by address
+	self   map[string]bool      // other addresses of this broker: never asked
 	wg     sync.WaitGroup
 }
 
@@ -59,7 +60,7 @@ func (b *Broker) startCluster() {
 	if o.Refresh <= 0 {
 		o.Refresh = time.Second
 	}
-	b.cluster.peers = map[string]*peerView{}
+	b.cluster.peers, b.cluster.self = map[string]*peerView{}, map[string]bool{}
 	b.cluster.ctx, b.cluster.cancel = context.WithCancel(context.Background())
 	if o.Ask == nil {
 		return
@@ -79,6 +80,9 @@ func (b *Broker) learn(addr string, configured bool) {
 	defer c.mu.Unlock()
 	if p := c.peers[addr]; p != nil {
 		p.configured = p.configured || configured
+		return
+	}
+	if c.self[addr] {
 		return
 	}
 	if c.ctx.Err() != nil || len(c.peers) >= wire.MaxRouteBrokers-1 {
@@ -108,8 +112,10 @@ func (b *Broker) watchPeer(p *peerView) {
 		wasSilent, silent := p.err != "" || p.heard.IsZero(), err != nil
 		if err == nil {
 			if info.ID == b.opts.ID {
-				// Our own address under another name: stop asking it.
+				// Our own address under another name: stop asking it, and
+				// do not learn it again from the peers that list it.
 				delete(c.peers, p.addr)
+				c.self[p.addr] = true
 				c.mu.Unlock()
 				return
 			}
@@ -194,8 +200,12 @@ func (b *Broker) self(withPeers bool) wire.RouteBroker {
 	}
 	if withPeers {
 		b.cluster.mu.Lock()
-		for a := range b.cluster.peers {
-			r.Peers = append(r.Peers, a)
+		for a, p := range b.cluster.peers {
+			// Not the ones gone silent: a broker that forgot a dead
+			// address would learn it again from this list.
+			if p.configured || p.err == "" {
+				r.Peers = append(r.Peers, a)
+			}
 		}
 		b.cluster.mu.Unlock()
 		sort.Strings(r.Peers)
