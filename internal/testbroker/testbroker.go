@@ -500,11 +500,15 @@ func FreeUDPAddr(t testing.TB) string {
 // port is below the kernel's ephemeral range (ip_local_port_range starts
 // at 32768 by default), so that the sockets clients bind for their own
 // connections, which take ephemeral ports, cannot take it before the
-// broker it is meant for binds it. It is bound once to check, then freed.
+// broker it is meant for binds it. It is claimed for this process (see
+// claimPort) and bound once to check, then freed.
 func FreeUDPAddrOn(t testing.TB, ip string) string {
 	t.Helper()
 	for i := 0; i < 1000; i++ {
 		port := 20000 + int(portSeq.Add(1)+uint32(os.Getpid()))%12000
+		if !claimPort(port) {
+			continue
+		}
 		pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(port)))
 		if err != nil {
 			continue
@@ -519,6 +523,35 @@ func FreeUDPAddrOn(t testing.TB, ip string) string {
 // portSeq walks the ports FreeUDPAddrOn hands out, so that two calls in a
 // row never return the same one (the first is not bound yet).
 var portSeq atomic.Uint32
+
+var (
+	claimMu sync.Mutex
+	claimed []*os.File // held open: the locks last as long as the process
+)
+
+// claimPort reserves port for this test process against the others that
+// run at the same time (go test runs packages in parallel, and two of them
+// could hand out the same free port before either broker binds it): an
+// exclusive lock on a file per port, held until the process exits. It
+// says yes when no lock can be taken at all (the bind check remains).
+func claimPort(port int) bool {
+	claimMu.Lock()
+	defer claimMu.Unlock()
+	dir := filepath.Join(os.TempDir(), "quiver-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return true
+	}
+	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return true
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return false
+	}
+	claimed = append(claimed, f)
+	return true
+}
 
 // HoleAddr returns a loopback UDP address that takes datagrams and never
 // answers, until the test ends: a broker cut off by the network (a dial
