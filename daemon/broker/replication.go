@@ -52,6 +52,9 @@ var roleNames = [...]string{"leader", "follower", "fenced"}
 type replication struct {
 	role   atomic.Int32
 	epochs *replica.Epochs
+	// change serializes role changes (Promote, EpochNotice, stopping): two
+	// at once could start two leaders, or one after the broker stopped.
+	change sync.Mutex
 
 	mu       sync.Mutex
 	leader   *replica.Leader
@@ -180,6 +183,8 @@ func (b *Broker) stopLeading() {
 }
 
 func (b *Broker) stopReplication() {
+	b.repl.change.Lock()
+	defer b.repl.change.Unlock()
 	b.stopFollowing()
 	b.stopLeading()
 }
@@ -276,6 +281,11 @@ func (b *Broker) fence(why string) {
 // Promote makes this follower the leader of a new epoch, one past every
 // epoch it knows, starting at its log's end, and tells its peers.
 func (b *Broker) Promote() (wire.EpochInfo, *wire.Error) {
+	b.repl.change.Lock()
+	defer b.repl.change.Unlock()
+	if b.closed.Load() {
+		return wire.EpochInfo{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
+	}
 	if b.repl.role.Load() == roleLeader {
 		return b.epochInfo(), nil
 	}
@@ -309,7 +319,12 @@ func (b *Broker) epochInfo() wire.EpochInfo {
 // broker. A leader stops taking writes and follows it; a follower follows
 // it.
 func (b *Broker) EpochNotice(info wire.EpochInfo) wire.EpochInfo {
+	b.repl.change.Lock()
+	defer b.repl.change.Unlock()
 	last := b.repl.epochs.Last()
+	if b.closed.Load() {
+		return b.epochInfo()
+	}
 	if info.Epoch <= last.Epoch || info.Leader == b.opts.ID || info.LeaderAddr == "" {
 		return b.epochInfo()
 	}
