@@ -156,9 +156,20 @@ func TestBatchesRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := c.Poll(ctx)
-	if err != nil || len(msgs) < 25 {
-		t.Fatalf("poll: %d messages, %v", len(msgs), err)
+	// One Poll returns what the fetcher has handed over so far, which may
+	// be less than one record's 50 entries: poll until 25 arrived.
+	var msgs []*sdk.Message
+	for len(msgs) < 25 {
+		more, err := c.Poll(ctx)
+		if err != nil {
+			t.Fatalf("poll after %d messages: %v", len(msgs), err)
+		}
+		msgs = append(msgs, more...)
+	}
+	for i, m := range msgs[:25] {
+		if m.Offset != uint64(i) {
+			t.Fatalf("poll: message %d has offset %d", i, m.Offset)
+		}
 	}
 	if err := c.Commit(ctx, msgs[:25]...); err != nil {
 		t.Fatal(err)
