@@ -16,15 +16,21 @@ import (
 // the log where it ends.
 var ErrPosition = errors.New("log: replicated bytes do not continue the log")
 
+// Replicable is the end of what a leader may copy to its followers: what
+// is readable and durable. A follower never holds a record its leader
+// could lose in a crash (an async append not synced yet), so a leader
+// that restarts and leads again never has less than its followers.
+func (l *Log) Replicable() int64 { return min(l.readable(), l.durable.Load()) }
+
 // ReadChunk reads whole records from pos (a record boundary the reader got
 // from an earlier ReadChunk, or the log's start or end) into dst (grown if
 // needed), up to max bytes but at least one record when one is readable,
-// and never past the readable end or a segment's end. It returns the
+// and never past the replicable end (Replicable) or a segment's end. It returns the
 // records and the position of the next record: after the last one read,
 // or the next segment's base when this segment ends there. An empty
 // result with next == pos means nothing more is readable yet.
 func (l *Log) ReadChunk(pos int64, max int, dst []byte) ([]byte, int64, error) {
-	end := l.readable()
+	end := l.Replicable()
 	if pos < l.start.Load() || pos > end {
 		return dst[:0], pos, fmt.Errorf("%w: %d outside [%d, %d]", ErrOutOfRange, pos, l.start.Load(), end)
 	}

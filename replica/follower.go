@@ -3,7 +3,6 @@ package replica
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,9 +22,13 @@ import (
 type FollowerOptions struct {
 	ID         string // this broker's id
 	LeaderAddr string
-	// TLS verifies the leader (its CA or certificate); ALPN is set here.
-	TLS   *tls.Config
-	Token []byte // credentials for the leader's Hello
+	// Dial opens a peer connection to the leader (daemon/peer): each
+	// session has its own, which the leader closes with its reason.
+	Dial func(ctx context.Context, addr string) (*quic.Conn, error)
+	// MinEpoch is the oldest epoch the follower accepts from a leader (the
+	// controller's epoch for the group): an older leader has been replaced
+	// and does not know it yet.
+	MinEpoch uint64
 	// Log returns the broker's log (it is reopened after a truncation).
 	Log    func() *qlog.Log
 	Epochs *Epochs
@@ -33,10 +36,10 @@ type FollowerOptions struct {
 	// Options.Truncate); the follower calls it when its log diverged.
 	Truncate func(to int64) error
 	// Heartbeat is how often the follower acks when nothing else makes it
-	// (default 1s). Its timer is never reset by anything: incident 000.
+	// (DefaultHeartbeat). Its timer is never reset by anything: incident 000.
 	Heartbeat time.Duration
 	// Timeout closes the connection when the leader sent nothing (data or
-	// heartbeat) for this long (default 10s).
+	// heartbeat) for this long (DefaultTimeout).
 	Timeout time.Duration
 	// BackoffBase and BackoffMax bound the reconnect backoff (full jitter;
 	// defaults 100ms and 5s).
@@ -49,10 +52,10 @@ type FollowerOptions struct {
 
 func (o *FollowerOptions) ensureDefaults() {
 	if o.Heartbeat == 0 {
-		o.Heartbeat = time.Second
+		o.Heartbeat = DefaultHeartbeat
 	}
 	if o.Timeout == 0 {
-		o.Timeout = 10 * time.Second
+		o.Timeout = DefaultTimeout
 	}
 	if o.BackoffBase == 0 {
 		o.BackoffBase = 100 * time.Millisecond
@@ -143,6 +146,10 @@ func backoff(base, max time.Duration, n int) time.Duration {
 
 var errTruncated = errors.New("replica: log truncated to follow the leader")
 
+// ErrStaleLeader ends a session with a leader of an older epoch than the
+// group's: it has been replaced and has not learned it yet.
+var ErrStaleLeader = errors.New("replica: the leader's epoch is older than the group's")
+
 // closeWith records why a session ended and who ended it.
 func (f *Follower) closeWith(by, why string) {
 	f.mu.Lock()
@@ -158,12 +165,8 @@ func (f *Follower) closeWith(by, why string) {
 // session connects, handshakes, and copies records until the session ends.
 func (f *Follower) session(ctx context.Context) error {
 	addr := f.LeaderAddr()
-	tc := f.opts.TLS.Clone()
-	tc.NextProtos = []string{wire.ALPN}
-	tc.MinVersion = tls.VersionTLS13
 	dctx, cancel := context.WithTimeout(ctx, f.opts.Timeout)
-	qc, err := quic.DialAddr(dctx, addr, tc, &quic.Config{MaxIdleTimeout: 2 * f.opts.Timeout, KeepAlivePeriod: f.opts.Heartbeat,
-		InitialStreamReceiveWindow: 4 << 20, MaxStreamReceiveWindow: 32 << 20, MaxConnectionReceiveWindow: 64 << 20})
+	qc, err := f.opts.Dial(dctx, addr)
 	cancel()
 	if err != nil {
 		f.closeWith("follower", "connecting: "+err.Error())
@@ -207,19 +210,13 @@ func (f *Follower) session(ctx context.Context) error {
 		}
 		return p, nil
 	}
-	// The session handshake every client makes.
-	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: "replica:" + f.opts.ID, Credentials: f.opts.Token}
-	b, st := w.Begin(wire.Header{Type: wire.TypeHello, RequestID: 1})
-	w.End(hello.Append(b), st)
-	if _, err := expect(wire.TypeHelloOK, "the session"); err != nil {
-		f.closeWith("follower", "session: "+err.Error())
-		return err
-	}
+	// ReplStart is the stream's first frame: a peer connection has no
+	// Hello (its certificate is the credential).
 	lg := f.opts.Log()
 	p := lg.Positions()
 	start := wire.ReplStart{Follower: f.opts.ID, SegmentSize: lg.SegmentSize(), LastEpoch: f.opts.Epochs.Last().Epoch,
 		End: p.Written, HeartbeatMs: uint32(f.opts.Heartbeat.Milliseconds())}
-	b, st = w.Begin(wire.Header{Type: wire.TypeReplStart})
+	b, st := w.Begin(wire.Header{Type: wire.TypeReplStart})
 	w.End(start.Append(b), st)
 	payload, err := expect(wire.TypeReplHello, "replication")
 	if err != nil {
@@ -232,6 +229,12 @@ func (f *Follower) session(ctx context.Context) error {
 		return err
 	}
 	f.leaderID.Store(&rh.Leader)
+	if rh.Epoch < f.opts.MinEpoch {
+		err := fmt.Errorf("%w: %s at %s leads epoch %d; the group is at epoch %d", ErrStaleLeader, rh.Leader, addr, rh.Epoch, f.opts.MinEpoch)
+		closeWhy = err.Error()
+		f.closeWith("follower", err.Error())
+		return err
+	}
 	if rh.TruncateTo != wire.NoTruncate {
 		closeWhy = "truncating to follow"
 		qc.CloseWithError(0, closeWhy)
@@ -266,7 +269,7 @@ func (f *Follower) session(ctx context.Context) error {
 	var ackWG sync.WaitGroup
 	kick := make(chan struct{}, 1)
 	ackWG.Add(1)
-	go func() { defer ackWG.Done(); f.acks(sctx, w, kick) }()
+	go func() { defer ackWG.Done(); f.acks(sctx, w, rh.Epoch, kick) }()
 	defer ackWG.Wait()
 	defer stop()
 
@@ -280,7 +283,7 @@ func (f *Follower) session(ctx context.Context) error {
 // on its own timer, which nothing else resets (incident 000: a timer that
 // incoming data reset starved the acks, and the leader dropped the
 // follower every cycle).
-func (f *Follower) acks(ctx context.Context, w *wire.Writer, kick chan struct{}) {
+func (f *Follower) acks(ctx context.Context, w *wire.Writer, epoch uint64, kick chan struct{}) {
 	t := time.NewTicker(f.opts.Heartbeat)
 	defer t.Stop()
 	for {
@@ -291,7 +294,7 @@ func (f *Follower) acks(ctx context.Context, w *wire.Writer, kick chan struct{})
 			return
 		}
 		p := f.opts.Log().Positions()
-		a := wire.ReplAck{Durable: p.Durable, Written: p.Written}
+		a := wire.ReplAck{Epoch: epoch, Durable: p.Durable, Written: p.Written}
 		b, st := w.Begin(wire.Header{Type: wire.TypeReplAck})
 		if w.End(a.Append(b), st) != nil {
 			return
@@ -328,6 +331,14 @@ func (f *Follower) receive(ctx context.Context, read func() (wire.Header, []byte
 		}
 	}()
 	slots := make(chan struct{}, f.opts.InFlight)
+	// When the session ends, wait for the records handed to the log: a
+	// follower that becomes the leader begins its epoch where its log
+	// ends, after every record of the old leader it took.
+	defer func() {
+		for i := 0; i < cap(slots); i++ {
+			slots <- struct{}{}
+		}
+	}()
 	var failed atomic.Pointer[error]
 	watch := time.NewTicker(max(f.opts.Timeout/10, 10*time.Millisecond))
 	defer watch.Stop()

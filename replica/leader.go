@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,15 +23,27 @@ type LeaderOptions struct {
 	Epochs *Epochs
 	// Log returns the broker's log (it may be reopened).
 	Log func() *qlog.Log
-	// Timeout drops a follower that sent no ack for this long (default 10s).
+	// MinInsync is how many followers of the in-sync set a send needs.
+	MinInsync int
+	// ISR and ISRVersion are the committed in-sync set (followers only)
+	// the leadership starts with (the controller's; SetISR updates it).
+	ISR        []string
+	ISRVersion uint64
+	// Propose hands a change of the in-sync set to whoever commits it
+	// (the controller), which answers with SetISR. It must not block. Nil:
+	// there is no controller (a group run by hand), and changes commit at
+	// once.
+	Propose func(*Proposal)
+	// Timeout drops a follower that sent no ack for this long
+	// (DefaultTimeout).
 	Timeout time.Duration
 	// Heartbeat is how long the leader stays silent before it sends a
-	// heartbeat (default 1s).
+	// heartbeat (DefaultHeartbeat).
 	Heartbeat time.Duration
-	// InsyncLag: a follower is in sync while it had, this recently,
-	// everything the leader had (default 5s).
+	// InsyncLag: a follower leaves the in-sync set when it has not had
+	// everything the leader had for this long (DefaultInsyncLag).
 	InsyncLag time.Duration
-	// ChunkBytes bounds the records of one ReplData (default 256 KiB).
+	// ChunkBytes bounds the records of one ReplData (DefaultChunkBytes).
 	ChunkBytes int
 	// CatchupRate bounds, in bytes per second over all followers, what is
 	// sent to followers that are behind by more than a chunk, so that a
@@ -46,16 +58,16 @@ type LeaderOptions struct {
 
 func (o *LeaderOptions) ensureDefaults() {
 	if o.Timeout == 0 {
-		o.Timeout = 10 * time.Second
+		o.Timeout = DefaultTimeout
 	}
 	if o.Heartbeat == 0 {
-		o.Heartbeat = time.Second
+		o.Heartbeat = DefaultHeartbeat
 	}
 	if o.InsyncLag == 0 {
-		o.InsyncLag = 5 * time.Second
+		o.InsyncLag = DefaultInsyncLag
 	}
 	if o.ChunkBytes == 0 {
-		o.ChunkBytes = 256 << 10
+		o.ChunkBytes = DefaultChunkBytes
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -65,22 +77,28 @@ func (o *LeaderOptions) ensureDefaults() {
 	}
 }
 
-// Leader serves the log to followers and tracks what each has.
+// Leader serves the log to followers and tracks what each has. The
+// Tracker decides what to acknowledge and when the in-sync set should
+// change; the Leader feeds it the sessions' events under mu, and one
+// goroutine (run) steps it at its next deadline.
 type Leader struct {
 	opts   LeaderOptions
 	logger *slog.Logger
-	epoch  atomic.Uint64
+	epoch  uint64
 
 	mu        sync.Mutex
+	tr        *Tracker
 	followers map[string]*follower
+	closed    error // set by Close: later waits fail at once
 
-	waiters waitQueue
+	kick    chan struct{} // the tracker's next deadline may have moved
 	catchup *rate.Limiter // nil: CatchupRate 0
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
 
-// follower is the leader's record of one follower, across its sessions.
+// follower is the leader's record of one follower's sessions; what it
+// has is the tracker's.
 type follower struct {
 	id string
 
@@ -92,28 +110,35 @@ type follower struct {
 	lastBy     string
 	lastCloseT time.Time
 
-	acked      atomic.Int64 // durable on the follower
-	lastHeard  atomic.Int64 // unix ns of its last ack
-	caughtUpAt atomic.Int64 // unix ns when it last had everything the leader had
+	lastHeard atomic.Int64 // unix ns of its last ack
 }
 
-// NewLeader returns a Leader for epoch (its own, already in Epochs).
+// ErrLeaderStopping fails the sends still waiting when a leader stops
+// (it was fenced, or the broker stops): none is acknowledged without its
+// followers.
+var ErrLeaderStopping = errors.New("replica: leader stopping")
+
+// NewLeader returns the Leader of the newest epoch in o.Epochs, which
+// begins at the log's current end.
 func NewLeader(o LeaderOptions) *Leader {
 	o.ensureDefaults()
-	l := &Leader{opts: o, logger: o.Logger.With("component", "replica-leader"), followers: map[string]*follower{}, stop: make(chan struct{})}
-	l.epoch.Store(o.Epochs.Last().Epoch)
+	l := &Leader{opts: o, logger: o.Logger.With("component", "replica-leader"), followers: map[string]*follower{},
+		kick: make(chan struct{}, 1), stop: make(chan struct{})}
+	l.epoch = o.Epochs.Last().Epoch
+	l.tr = NewTracker(o.MinInsync, o.InsyncLag, o.ISR, o.ISRVersion, o.Log().Positions().Written, o.Now())
 	if o.CatchupRate > 0 {
 		l.catchup = rate.NewLimiter(rate.Limit(o.CatchupRate), max(o.ChunkBytes, int(min(o.CatchupRate/10, 1<<30))))
 	}
 	l.wg.Add(1)
-	go l.expireWaiters()
+	go l.run()
 	return l
 }
 
 // Epoch is the leader's epoch.
-func (l *Leader) Epoch() uint64 { return l.epoch.Load() }
+func (l *Leader) Epoch() uint64 { return l.epoch }
 
-// Close stops the leader: waiting sends fail, sessions end.
+// Close stops the leader: waiting sends fail, and so do later ones;
+// sessions end.
 func (l *Leader) Close() {
 	select {
 	case <-l.stop:
@@ -122,8 +147,9 @@ func (l *Leader) Close() {
 	}
 	close(l.stop)
 	l.wg.Wait()
-	l.waiters.failAll(errors.New("replica: leader stopping"))
 	l.mu.Lock()
+	l.closed = ErrLeaderStopping
+	failed := l.tr.FailAll(ErrLeaderStopping)
 	for _, f := range l.followers {
 		f.mu.Lock()
 		if s := f.session; s != nil {
@@ -132,6 +158,102 @@ func (l *Leader) Close() {
 		f.mu.Unlock()
 	}
 	l.mu.Unlock()
+	for _, w := range failed {
+		w.done(w.err)
+	}
+}
+
+// run steps the tracker at its next deadline (a send's, a member's lag,
+// a proposal's retry), re-armed whenever an event may have moved it.
+func (l *Leader) run() {
+	defer l.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		l.mu.Lock()
+		next := l.tr.NextDeadline()
+		l.mu.Unlock()
+		t.Stop()
+		if !next.IsZero() {
+			t.Reset(max(next.Sub(l.opts.Now()), 0))
+		}
+		select {
+		case <-t.C:
+			l.step()
+		case <-l.kick:
+		case <-l.stop:
+			return
+		}
+	}
+}
+
+func (l *Leader) poke() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
+
+// step settles what the tracker can settle now.
+func (l *Leader) step() {
+	l.mu.Lock()
+	done, p := l.tr.Step(l.opts.Now())
+	l.mu.Unlock()
+	l.settle(done, p)
+}
+
+// settle answers the sends the tracker released and hands out its
+// proposal (committing it here when there is no controller).
+func (l *Leader) settle(done []*waiter, p *Proposal) {
+	for _, w := range done {
+		w.done(w.err)
+	}
+	if p == nil {
+		return
+	}
+	if l.opts.Propose != nil {
+		l.opts.Propose(p)
+		l.poke()
+		return
+	}
+	l.logger.Info("in-sync set changed", "change", p.String())
+	l.SetISR(p.ISR, p.Base+1)
+}
+
+// SetISR takes a committed in-sync set (the controller's) at version.
+func (l *Leader) SetISR(isr []string, version uint64) {
+	l.mu.Lock()
+	l.tr.Commit(isr, version)
+	done, p := l.tr.Step(l.opts.Now())
+	l.mu.Unlock()
+	l.poke()
+	l.settle(done, p)
+}
+
+// ISR is the committed in-sync set and its version, and the proposal
+// waiting for the controller (nil: none).
+func (l *Leader) ISR() ([]string, uint64, *Proposal) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	isr, v := l.tr.ISR()
+	var p *Proposal
+	if pp := l.tr.Pending(); pp != nil {
+		c := *pp
+		p = &c
+	}
+	return isr, v, p
+}
+
+// Admit refuses a send (ErrNotEnoughReplicas) while the committed
+// in-sync set has fewer than min-insync followers: nothing is written,
+// the client retries elsewhere.
+func (l *Leader) Admit() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed != nil {
+		return l.closed
+	}
+	return l.tr.Admit()
 }
 
 // Notify wakes the sessions: the log has new readable records. It runs on
@@ -202,9 +324,10 @@ func (s *session) end(by, why string) {
 func (l *Leader) Serve(ctx context.Context, addr string, start *wire.ReplStart, read func() (wire.Header, []byte, error), c Conn) error {
 	lg := l.opts.Log()
 	p := lg.Positions()
-	hello := wire.ReplHello{Leader: l.opts.ID, Epoch: l.epoch.Load(), Epochs: l.opts.Epochs.All(), TruncateTo: wire.NoTruncate,
+	end := lg.Replicable()
+	hello := wire.ReplHello{Leader: l.opts.ID, Epoch: l.epoch, Epochs: l.opts.Epochs.All(), TruncateTo: wire.NoTruncate,
 		TimeoutMs: uint32(l.opts.Timeout.Milliseconds()), HeartbeatMs: uint32(l.opts.Heartbeat.Milliseconds())}
-	endOf, known := l.opts.Epochs.EndOf(start.LastEpoch, p.Dispatched)
+	endOf, known := l.opts.Epochs.EndOf(start.LastEpoch, end)
 	switch {
 	case start.SegmentSize != lg.SegmentSize():
 		return l.refuse(c, start, fmt.Errorf("segment size %d, the leader's is %d: configure the same on both", start.SegmentSize, lg.SegmentSize()))
@@ -215,7 +338,7 @@ func (l *Leader) Serve(ctx context.Context, addr string, start *wire.ReplStart, 
 	case start.End < p.Start:
 		return l.refuse(c, start, fmt.Errorf("the follower's log ends at %d, before the leader's starts (%d): re-seed it from an empty data directory", start.End, p.Start))
 	}
-	limit := min(endOf, p.Dispatched)
+	limit := min(endOf, end)
 	hello.From = min(start.End, limit)
 	if start.End > limit {
 		hello.TruncateTo = limit
@@ -240,12 +363,14 @@ func (l *Leader) Serve(ctx context.Context, addr string, start *wire.ReplStart, 
 	f.sessions++
 	f.addr = addr
 	f.mu.Unlock()
-	now := l.opts.Now().UnixNano()
+	now := l.opts.Now()
 	// What the follower has durable: never more than its log's end, which
 	// it reports written, not synced (a reconnect must not count as acks).
-	f.acked.Store(min(start.End, f.acked.Load()))
-	f.lastHeard.Store(now)
-	l.logger.Info("follower connected", "follower", start.Follower, "addr", addr, "from", hello.From, "leader_end", p.Dispatched)
+	l.mu.Lock()
+	l.tr.Connected(start.Follower, start.End, now)
+	l.mu.Unlock()
+	f.lastHeard.Store(now.UnixNano())
+	l.logger.Info("follower connected", "follower", start.Follower, "addr", addr, "from", hello.From, "leader_end", end)
 
 	readErr := make(chan error, 1)
 	go func() { readErr <- l.readAcks(s, read) }()
@@ -255,18 +380,24 @@ func (l *Leader) Serve(ctx context.Context, addr string, start *wire.ReplStart, 
 	by, why := s.by, s.why
 	s.mu.Unlock()
 	f.mu.Lock()
-	if f.session == s {
+	current := f.session == s
+	if current {
 		f.session = nil
 	}
 	f.lastClose, f.lastBy, f.lastCloseT = why, by, l.opts.Now()
 	f.mu.Unlock()
+	if current {
+		l.mu.Lock()
+		l.tr.Disconnected(f.id, l.opts.Now())
+		l.mu.Unlock()
+		l.poke()
+	}
 	if by == "leader" {
 		c.Close(why)
 		l.logger.Warn("replication: closed by the leader (this side)", "follower", f.id, "reason", why)
 	} else {
 		l.logger.Warn("replication: the follower closed the stream", "follower", f.id, "seen", why)
 	}
-	l.waiters.release(l.commitPos)
 	return err
 }
 
@@ -307,19 +438,22 @@ func (l *Leader) readAcks(s *session, read func() (wire.Header, []byte, error)) 
 			s.end("leader", err.Error())
 			return err
 		}
+		if a.Epoch != l.epoch {
+			why := fmt.Sprintf("an ack of epoch %d on a session of epoch %d", a.Epoch, l.epoch)
+			s.end("leader", why)
+			return errors.New(why)
+		}
 		l.acked(s, a)
 	}
 }
 
 // acked records an ack: what the follower has, when it was heard, and
-// whether it has caught up with what was sent.
+// whether it has caught up with what was sent; then settles what that
+// allows.
 func (l *Leader) acked(s *session, a wire.ReplAck) {
 	f := s.f
-	now := l.opts.Now().UnixNano()
-	f.lastHeard.Store(now)
-	if a.Durable > f.acked.Load() {
-		f.acked.Store(a.Durable)
-	}
+	now := l.opts.Now()
+	f.lastHeard.Store(now.UnixNano())
 	s.mu.Lock()
 	var caught int64
 	i := 0
@@ -327,14 +461,18 @@ func (l *Leader) acked(s *session, a wire.ReplAck) {
 		caught = s.marks[i].at
 	}
 	s.marks = s.marks[:copy(s.marks, s.marks[i:])]
-	if len(s.marks) == 0 && a.Durable >= l.opts.Log().Positions().Dispatched {
-		caught = now // it has everything: caught up now, not when the data went out
+	if len(s.marks) == 0 && a.Durable >= l.opts.Log().Replicable() {
+		caught = now.UnixNano() // it has everything: caught up now, not when the data went out
 	}
 	s.mu.Unlock()
-	if caught > f.caughtUpAt.Load() {
-		f.caughtUpAt.Store(caught)
+	l.mu.Lock()
+	l.tr.Acked(f.id, a.Durable)
+	if caught > 0 {
+		l.tr.CaughtUp(f.id, time.Unix(0, caught))
 	}
-	l.waiters.release(l.commitPos)
+	done, p := l.tr.Step(now)
+	l.mu.Unlock()
+	l.settle(done, p)
 }
 
 // send streams records from pos until the session ends.
@@ -345,7 +483,7 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 	defer hb.Stop()
 	watch := time.NewTicker(max(l.opts.Timeout/10, 10*time.Millisecond))
 	defer watch.Stop()
-	epoch := l.epoch.Load()
+	epoch := l.epoch
 	for {
 		select {
 		case <-s.done:
@@ -353,7 +491,7 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 		default:
 		}
 		lg := l.opts.Log()
-		asOf, visible := l.opts.Now().UnixNano(), lg.Positions().Dispatched
+		asOf, visible := l.opts.Now().UnixNano(), lg.Replicable()
 		var next int64
 		var err error
 		buf, next, err = lg.ReadChunk(pos, l.opts.ChunkBytes, buf)
@@ -367,10 +505,10 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 				return err
 			}
 			if next >= visible {
-				visible = lg.Positions().Dispatched
+				visible = lg.Replicable()
 			} else {
 				asOf = 0 // behind: this chunk does not bring it up to date
-				if !l.inSync(s.f, l.opts.Now().UnixNano()) && !l.pace(ctx, s, len(buf)) {
+				if !l.atTail(s.f.id) && !l.pace(ctx, s, len(buf)) {
 					return nil
 				}
 			}
@@ -392,7 +530,7 @@ func (l *Leader) send(ctx context.Context, s *session, pos int64, readErr chan e
 		select {
 		case <-s.wake:
 		case <-hb.C:
-			if err := l.sendData(s, epoch, pos, pos, lg.Positions().Dispatched, 0, nil); err != nil {
+			if err := l.sendData(s, epoch, pos, pos, lg.Replicable(), 0, nil); err != nil {
 				s.end("leader", "writing to the follower: "+err.Error())
 				return err
 			}
@@ -461,108 +599,80 @@ func (l *Leader) pace(ctx context.Context, s *session, n int) bool {
 	return false
 }
 
-// inSync reports whether f is in sync now.
-func (l *Leader) inSync(f *follower, now int64) bool {
-	f.mu.Lock()
-	live := f.session != nil
-	f.mu.Unlock()
-	return live && now-f.caughtUpAt.Load() <= int64(l.opts.InsyncLag)
-}
-
-// InSync is the number of followers in sync now.
-func (l *Leader) InSync() int {
-	now := l.opts.Now().UnixNano()
+// atTail reports whether the follower had everything the leader had
+// within the lag, or is in the in-sync set: its frames are never paced.
+func (l *Leader) atTail(id string) bool {
+	now := l.opts.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	n := 0
-	for _, f := range l.followers {
-		if l.inSync(f, now) {
-			n++
-		}
-	}
-	return n
+	f := l.tr.follower(id)
+	return slices.Contains(l.tr.isr, id) || (!f.caughtUp.IsZero() && now.Sub(f.caughtUp) <= l.opts.InsyncLag)
 }
 
-// commitPos is the highest position that k in-sync followers have durable.
-func (l *Leader) commitPos(k int) int64 {
-	now := l.opts.Now().UnixNano()
+// InSync is the number of followers in the committed in-sync set.
+func (l *Leader) InSync() int {
 	l.mu.Lock()
-	var acked []int64
-	for _, f := range l.followers {
-		if l.inSync(f, now) {
-			acked = append(acked, f.acked.Load())
-		}
-	}
-	l.mu.Unlock()
-	if k <= 0 {
-		return 1<<63 - 1
-	}
-	if len(acked) < k {
-		return -1
-	}
-	sort.Slice(acked, func(i, j int) bool { return acked[i] > acked[j] })
-	return acked[k-1]
+	defer l.mu.Unlock()
+	return len(l.tr.isr)
 }
 
-// ErrNotEnoughReplicas fails a send that fewer than min-insync followers
-// acknowledged in time.
-var ErrNotEnoughReplicas = errors.New("replica: not enough in-sync followers")
-
-// WaitAcks calls done once k in-sync followers have the log durable up to
-// end, or with ErrNotEnoughReplicas when that has not happened by
-// deadline. done runs on a goroutine of the leader and must not block.
-func (l *Leader) WaitAcks(end int64, k int, deadline time.Time, done func(error)) {
-	if l.commitPos(k) >= end {
-		done(nil)
+// WaitAcks calls done once every follower of the in-sync set (committed
+// and proposed) has the log durable up to end and the committed set holds
+// min-insync followers, or with ErrNotEnoughReplicas when that has not
+// happened by deadline, or ErrLeaderStopping once the leader stops. done
+// runs on a goroutine of the leader or the caller and must not block.
+func (l *Leader) WaitAcks(end int64, deadline time.Time, done func(error)) {
+	l.mu.Lock()
+	if err := l.closed; err != nil {
+		l.mu.Unlock()
+		done(err)
 		return
 	}
-	l.waiters.add(&waiter{end: end, k: k, deadline: deadline, done: done})
-	l.waiters.release(l.commitPos) // an ack may have come in between
-}
-
-// expireWaiters fails the waiters whose deadline passed.
-func (l *Leader) expireWaiters() {
-	defer l.wg.Done()
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			l.waiters.expire(l.opts.Now(), l.InSync)
-			l.waiters.release(l.commitPos)
-		case <-l.stop:
-			return
-		}
+	l.tr.Wait(end, deadline, done)
+	first := len(l.tr.waiters) == 1
+	w, p := l.tr.Step(l.opts.Now()) // the followers may have it already
+	l.mu.Unlock()
+	if first {
+		l.poke()
 	}
+	l.settle(w, p)
 }
 
 // Status is the leader's view of its followers.
 func (l *Leader) Status() []wire.ReplicaStatus {
 	now := l.opts.Now()
-	visible := l.opts.Log().Positions().Dispatched
+	visible := l.opts.Log().Replicable()
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]wire.ReplicaStatus, 0, len(l.followers))
-	for _, f := range l.followers {
-		f.mu.Lock()
-		st := wire.ReplicaStatus{ID: f.id, Addr: f.addr, Connected: f.session != nil, Acked: f.acked.Load(),
-			Sessions: f.sessions, Reconnects: max(f.sessions-1, 0), LastClose: f.lastClose, LastCloseBy: f.lastBy}
-		if !f.lastCloseT.IsZero() {
-			st.LastCloseAgo = now.Sub(f.lastCloseT).Milliseconds()
+	states := l.tr.Followers()
+	fs := make(map[string]*follower, len(l.followers))
+	for id, f := range l.followers {
+		fs[id] = f
+	}
+	l.mu.Unlock()
+	out := make([]wire.ReplicaStatus, 0, len(states))
+	for _, ts := range states {
+		st := wire.ReplicaStatus{ID: ts.ID, Acked: ts.Acked, InSync: ts.InISR, Proposed: ts.Proposed, Leaving: ts.Leaving}
+		if f := fs[ts.ID]; f != nil {
+			f.mu.Lock()
+			st.Addr, st.Connected, st.Sessions, st.Reconnects = f.addr, f.session != nil, f.sessions, max(f.sessions-1, 0)
+			st.LastClose, st.LastCloseBy = f.lastClose, f.lastBy
+			if !f.lastCloseT.IsZero() {
+				st.LastCloseAgo = now.Sub(f.lastCloseT).Milliseconds()
+			}
+			f.mu.Unlock()
+			if h := f.lastHeard.Load(); h > 0 {
+				st.LastAckMs = now.Sub(time.Unix(0, h)).Milliseconds()
+			}
 		}
-		f.mu.Unlock()
-		st.InSync = l.inSync(f, now.UnixNano())
 		st.LagBytes = max(visible-st.Acked, 0)
-		switch c := f.caughtUpAt.Load(); {
+		switch {
 		case st.LagBytes == 0:
-		case c == 0:
+		case ts.CaughtUp.IsZero():
 			st.LagMs = -1 // it never had everything the leader had
 		default:
-			st.LagMs = now.Sub(time.Unix(0, c)).Milliseconds()
+			st.LagMs = now.Sub(ts.CaughtUp).Milliseconds()
 		}
-		st.LastAckMs = now.Sub(time.Unix(0, f.lastHeard.Load())).Milliseconds()
 		out = append(out, st)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }

@@ -55,7 +55,7 @@ func (f *fakeFollower) End(b []byte, start int) error {
 		f.mu.Unlock()
 	}
 	if !f.silent {
-		f.acks <- wire.ReplAck{Durable: m.Next, Written: m.Next}
+		f.acks <- wire.ReplAck{Epoch: m.Epoch, Durable: m.Next, Written: m.Next}
 	}
 	return nil
 }
@@ -120,7 +120,7 @@ func serve(t *testing.T, l *Leader, f *fakeFollower) {
 // synced: the leader does not count it as acknowledged (a send waiting for
 // min-insync would be acked before the follower synced it).
 func TestReconnectIsNotAnAck(t *testing.T) {
-	l, lg := testLeader(t, 64<<10, LeaderOptions{Heartbeat: time.Hour})
+	l, lg := testLeader(t, 64<<10, LeaderOptions{Heartbeat: time.Hour, MinInsync: 1, ISR: []string{"f"}, ISRVersion: 1})
 	f := newFakeFollower()
 	f.silent = true
 	end := lg.Positions().Dispatched
@@ -144,11 +144,21 @@ func TestReconnectIsNotAnAck(t *testing.T) {
 		t.Fatalf("a follower that acknowledged nothing counts as having %d durable (its log end is %d)", st[0].Acked, end)
 	}
 	acked := make(chan error, 1)
-	l.WaitAcks(end, 1, time.Now().Add(time.Hour), func(err error) { acked <- err })
+	l.WaitAcks(end, time.Now().Add(time.Hour), func(err error) { acked <- err })
 	select {
 	case err := <-acked:
 		t.Fatalf("a send was acknowledged (err %v) by a follower that acknowledged nothing", err)
 	default:
+	}
+	// A leader that stops fails the sends waiting, and any later one at
+	// once: none is acknowledged without its followers, none hangs.
+	l.Close()
+	if err := <-acked; !errors.Is(err, ErrLeaderStopping) {
+		t.Fatalf("a waiting send when the leader stopped: %v", err)
+	}
+	l.WaitAcks(end, time.Now().Add(time.Hour), func(err error) { acked <- err })
+	if err := <-acked; !errors.Is(err, ErrLeaderStopping) {
+		t.Fatalf("a send after the leader stopped: %v", err)
 	}
 }
 

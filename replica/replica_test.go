@@ -4,9 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
@@ -72,55 +70,5 @@ func TestEpochHistory(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "epochs"), []byte("1 0 a\n2 x b\n"), 0o644)
 	if _, err := OpenEpochs(dir); !errors.Is(err, ErrEpochs) {
 		t.Fatalf("damaged history: %v", err)
-	}
-}
-
-// Waiting sends complete once k followers have their end, in order, or
-// fail with ErrNotEnoughReplicas at their deadline.
-func TestWaitQueue(t *testing.T) {
-	var q waitQueue
-	var mu sync.Mutex
-	done := map[int64]error{}
-	add := func(end int64, deadline time.Time) {
-		q.add(&waiter{end: end, k: 1, deadline: deadline, done: func(err error) {
-			mu.Lock()
-			done[end] = err
-			mu.Unlock()
-		}})
-	}
-	far := time.Now().Add(time.Hour)
-	add(100, far)
-	add(200, far)
-	add(300, time.Now().Add(-time.Millisecond))
-	commit := int64(150)
-	q.release(func(int) int64 { return commit })
-	if len(done) != 1 || done[100] != nil {
-		t.Fatalf("after the followers reached 150: %v", done)
-	}
-	commit = 250
-	q.release(func(int) int64 { return commit })
-	if len(done) != 2 {
-		t.Fatalf("after 250: %v", done)
-	}
-	q.expire(time.Now(), func() int { return 0 })
-	if err := done[300]; !errors.Is(err, ErrNotEnoughReplicas) {
-		t.Fatalf("a late waiter: %v", err)
-	}
-	// An append with async durability can complete before an earlier one:
-	// the earlier end is released first, not held behind the later one.
-	add(500, far)
-	add(400, far)
-	commit = 450
-	q.release(func(int) int64 { return commit })
-	if _, ok := done[400]; !ok || len(done) != 4 {
-		t.Fatalf("after 450, with 500 added before 400: %v", done)
-	}
-	// A leader that stopped fails its waiters, and any that come after, at
-	// once: none is acknowledged without the followers, none hangs.
-	stopped := errors.New("leader stopping")
-	q.failAll(stopped)
-	add(600, far)
-	if done[500] != stopped || done[600] != stopped {
-		t.Fatalf("after the leader stopped: %v", done)
 	}
 }

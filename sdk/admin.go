@@ -44,12 +44,16 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			call, err := a.cl.requestGroup(ctx, g, streamControl, wire.TypeCreate, req.Append)
+			err := retrying(ctx, func() error {
+				call, err := a.cl.requestGroup(ctx, g, streamControl, wire.TypeCreate, req.Append)
+				if err == nil {
+					call.release()
+				}
+				return err
+			})
 			if err != nil {
 				errs[i] = fmt.Errorf("broker group %s: %w", g, err)
-				return
 			}
-			call.release()
 		}()
 	}
 	wg.Wait()
@@ -71,6 +75,27 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 			return nil
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// retrying runs f until it succeeds, fails for good, or ctx ends: a
+// group that is electing a leader, or whose in-sync set is not complete
+// yet, answers with a retryable error for a moment.
+func retrying(ctx context.Context, f func() error) error {
+	wait := 20 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || !Retryable(err) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
 	}
 }
 
@@ -197,5 +222,30 @@ func (a *Admin) Promote(ctx context.Context, addr string) (EpochInfo, error) {
 	if err := wire.DecodeEpochInfo(call.resp, &info); err != nil {
 		return EpochInfo{}, err
 	}
+	return info, nil
+}
+
+// Elect asks the controller (through any broker) to elect a new leader of
+// group in a new epoch: broker when given and in the group's in-sync set,
+// else the in-sync member with the most data, never the current leader.
+// With unclean the controller may elect a member outside the in-sync set:
+// that can lose sends the set acknowledged, and is logged as such; it is
+// the last resort for a group whose in-sync members are all gone. Groups
+// run without a controller answer INVALID (use Promote).
+func (a *Admin) Elect(ctx context.Context, group, broker string, unclean bool) (EpochInfo, error) {
+	req := wire.Elect{Group: group, Broker: broker}
+	if unclean {
+		req.Flags |= wire.ElectUnclean
+	}
+	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeElect, req.Append)
+	if err != nil {
+		return EpochInfo{}, err
+	}
+	defer call.release()
+	var info EpochInfo
+	if err := wire.DecodeEpochInfo(call.resp, &info); err != nil {
+		return EpochInfo{}, err
+	}
+	a.cl.router.stale()
 	return info, nil
 }

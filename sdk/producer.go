@@ -81,7 +81,10 @@ type SendResult struct {
 	Count     int    // messages (1, or the batch size)
 	StoreTime time.Time
 	Broker    string
-	Attempts  int
+	// Epoch is the leader epoch of the group when it stored the message:
+	// it grows with every change of the group's leader.
+	Epoch    uint64
+	Attempts int
 	// Failed lists the attempts that failed before the one that
 	// succeeded (nil when the first one did), or all of them when the
 	// message was outboxed.
@@ -443,7 +446,7 @@ func (op *sendOp) answered(c *call) {
 		cl.router.stale() // a topic created by this send: learn its queues
 	}
 	op.res = SendResult{Topic: op.req.Topic, Group: op.group, Queue: ack.Queue, Offset: ack.Offset, Count: 1,
-		StoreTime: time.Unix(0, ack.StoreTime), Broker: op.cur.addr, Attempts: len(op.attempts) + 1}
+		StoreTime: time.Unix(0, ack.StoreTime), Broker: op.cur.addr, Epoch: ack.Epoch, Attempts: len(op.attempts) + 1}
 	if len(op.attempts) > 0 {
 		op.res.Failed = append([]Attempt(nil), op.attempts...)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/quivermq/quiver/daemon/store"
 	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/replica"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -282,6 +283,7 @@ func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *w
 		return nil, &wire.Error{Code: wire.CodeInternal, Message: "topic record applied but not found"}
 	}
 	b.logger.Info("topic created", "topic", name, "queues", queues)
+	b.topicCreated()
 	return t, nil
 }
 
@@ -314,10 +316,15 @@ func sortTopics(ts []wire.TopicInfo) {
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
 }
 
-// storageError maps a log error to the wire.
+// storageError maps a write's error to the wire.
 func storageError(err error) *wire.Error {
 	var be *qlog.BusyError
+	var werr *wire.Error
 	switch {
+	case errors.As(err, &werr):
+		return werr
+	case errors.Is(err, replica.ErrNotEnoughReplicas), errors.Is(err, replica.ErrLeaderStopping):
+		return &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: err.Error()}
 	case errors.As(err, &be):
 		return &wire.Error{Code: wire.CodeBusy, Message: "broker busy: " + strings.TrimPrefix(be.Error(), "log: busy: ")}
 	case errors.Is(err, qlog.ErrClosed):

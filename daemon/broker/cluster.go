@@ -62,8 +62,8 @@ func (b *Broker) startCluster() {
 	}
 	b.cluster.peers, b.cluster.self = map[string]*peerView{}, map[string]bool{}
 	b.cluster.ctx, b.cluster.cancel = context.WithCancel(context.Background())
-	if o.Ask == nil {
-		return
+	if o.Ask == nil || b.controlled() {
+		return // under a controller, its state describes the cluster
 	}
 	for _, a := range append(append([]string(nil), b.opts.Replication.Peers...), o.Seeds...) {
 		b.learn(a, true)
@@ -169,6 +169,11 @@ func (b *Broker) group() string {
 	if g := b.opts.Cluster.Group; g != "" {
 		return g
 	}
+	if st := b.repl.latest.Load(); st != nil {
+		if g := st.Groups[b.groupKey()]; g != nil && g.Name != "" {
+			return g.Name
+		}
+	}
 	if b.repl.epochs == nil {
 		return b.opts.ID
 	}
@@ -181,7 +186,9 @@ func (b *Broker) group() string {
 // self describes this broker as its peers and clients see it.
 func (b *Broker) self(withPeers bool) wire.RouteBroker {
 	r := wire.RouteBroker{ID: b.opts.ID, Group: b.group(), Addr: b.advertise(), Role: roleNames[b.repl.role.Load()]}
-	if b.repl.epochs != nil {
+	if b.controlled() {
+		r.Epoch = b.repl.epoch.Load() // the epoch of its role, as the controller gave it
+	} else if b.repl.epochs != nil {
 		r.Epoch = b.repl.epochs.Last().Epoch
 	}
 	switch b.repl.role.Load() {
@@ -220,7 +227,11 @@ func (b *Broker) Route(m wire.Route) wire.RouteResp {
 	if m.Flags&wire.RouteSelf != 0 {
 		return resp
 	}
-	resp.Brokers = append(resp.Brokers, b.clusterView()...)
+	if b.controlled() {
+		resp.Brokers = append(resp.Brokers, b.controlledRoute()...)
+	} else {
+		resp.Brokers = append(resp.Brokers, b.clusterView()...)
+	}
 	return resp
 }
 

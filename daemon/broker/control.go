@@ -50,30 +50,38 @@ func (c *control) kick() {
 	}
 }
 
-// topicRecord is a topic definition's body: queues u32.
-func (c *control) appendTopic(name string, queues uint32) error {
-	var body [4]byte
-	binary.LittleEndian.PutUint32(body[:], queues)
+// appendControl appends a control record and applies it. With
+// min-insync it obeys the sends' rule: refused while the in-sync set is
+// too small, and done only once the set has it durable, so that a topic
+// or a committed offset never goes back after a failover.
+func (c *control) appendControl(m *qlog.Message) error {
+	l, werr := c.b.replicaCheck()
+	if werr != nil {
+		return werr
+	}
+	m.Ack, m.Flags, m.ClientTime = qlog.AckSync, qlog.FlagControl, time.Now().UnixNano()
 	c.b.stMu.RLock()
-	_, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: topicsTopic, Flags: qlog.FlagControl,
-		Key: []byte(name), Body: body[:], ClientTime: time.Now().UnixNano()})
+	res, err := c.b.log.Append(m)
 	c.b.stMu.RUnlock()
+	if err == nil {
+		err = c.b.replicated(l, res.Pos+int64(res.Size))
+	}
 	if err != nil {
 		return err
 	}
 	return c.catchUp()
 }
 
+// appendTopic stores a topic definition; its body is queues u32.
+func (c *control) appendTopic(name string, queues uint32) error {
+	var body [4]byte
+	binary.LittleEndian.PutUint32(body[:], queues)
+	return c.appendControl(&qlog.Message{Topic: topicsTopic, Key: []byte(name), Body: body[:]})
+}
+
 // appendCommit stores a group's committed offsets (the Commit's encoding).
 func (c *control) appendCommit(cm *wire.Commit) error {
-	c.b.stMu.RLock()
-	_, err := c.b.log.Append(&qlog.Message{Ack: qlog.AckSync, Topic: offsetsTopic, Flags: qlog.FlagControl,
-		Key: []byte(cm.Group), Body: cm.Append(nil), ClientTime: time.Now().UnixNano()})
-	c.b.stMu.RUnlock()
-	if err != nil {
-		return err
-	}
-	return c.catchUp()
+	return c.appendControl(&qlog.Message{Topic: offsetsTopic, Key: []byte(cm.Group), Body: cm.Append(nil)})
 }
 
 // committed returns the group's committed offset of q, or wire.NoOffset.

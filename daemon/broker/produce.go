@@ -27,6 +27,7 @@ type ProduceCall struct {
 	onAppend     func(qlog.AppendResult, error) // bound once per pooled call
 	onReplicated func(error)
 	ack          wire.ProduceAck
+	epoch        uint64 // of the leadership that accepted it
 	start        time.Time
 	b            *Broker
 	leader       *replica.Leader // min-insync: the leader it was accepted by
@@ -79,6 +80,7 @@ func (b *Broker) Produce(c *ProduceCall) {
 	if werr == nil {
 		c.leader, werr = b.replicaCheck()
 	}
+	c.epoch = b.repl.epoch.Load()
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
@@ -119,12 +121,12 @@ func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
 		c.reply(wire.ProduceAck{}, werr)
 		return
 	}
-	ack := wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime}
+	ack := wire.ProduceAck{Queue: c.msg.QueueID, Offset: res.QueueOffset, StoreTime: res.StoreTime, Epoch: c.epoch}
 	if c.leader != nil {
 		// The leader that accepted the send, even if it has stopped leading
 		// since: a stopped one fails the wait (no ack without the followers).
 		c.ack = ack
-		c.leader.WaitAcks(res.Pos+int64(res.Size), b.opts.Replication.MinInsync, time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
+		c.leader.WaitAcks(res.Pos+int64(res.Size), time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
 		return
 	}
 	b.metrics.produced(c.msg.Count, time.Since(c.start))

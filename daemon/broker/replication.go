@@ -1,9 +1,7 @@
 package broker
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -13,31 +11,38 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/daemon/controller"
+	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/replica"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // ReplicationOptions configure the broker's place in its group.
 type ReplicationOptions struct {
-	// Role is "leader" (default) or "follower".
+	// Role is "leader" or "follower" for a group run by hand; "" takes it
+	// from the controller when there is one, else leads.
 	Role string
-	// LeaderAddr is, for a follower, the leader's QUIC address.
+	// LeaderAddr is, for a follower run by hand, the leader's QUIC address.
 	LeaderAddr string
 	// Advertise is this broker's QUIC address as peers and clients reach it.
 	Advertise string
-	// Peers are the other brokers' QUIC addresses (told of a promotion).
+	// Peers are the group's brokers' QUIC addresses.
 	Peers []string
-	// PeerTLS verifies peers; PeerToken is presented to them.
-	PeerTLS   *tls.Config
-	PeerToken []byte
-	// MinInsync followers must have a send durable before it is acknowledged.
+	// Dialer reaches the other brokers (peer connections); nil: this
+	// broker has no peer_ca and stands alone.
+	Dialer *peer.Dialer
+	// MinInsync followers of the in-sync set must have a send durable
+	// before it is acknowledged.
 	MinInsync int
-	// Heartbeat, Timeout and InsyncLag: see replica; AckTimeout bounds the
-	// wait for MinInsync acknowledgements (defaults 1s, 10s, 5s, 2s).
+	// Heartbeat, Timeout, InsyncLag: see replica; AckTimeout bounds the
+	// wait for MinInsync acknowledgements (replica.Default*).
 	Heartbeat, Timeout, InsyncLag, AckTimeout time.Duration
 	// CatchupRate bounds what is sent to followers catching up, in bytes
 	// per second (0: no limit).
 	CatchupRate int64
+	// Controller, when set, makes the controller quorum (its Voters) give
+	// this broker its role: ID, Addr, Dialer and Logger are set here.
+	Controller *controller.Options
 }
 
 // Roles.
@@ -45,40 +50,56 @@ const (
 	roleLeader   int32 = iota
 	roleFollower       // copies the leader's log; refuses writes
 	roleFenced         // a leader that learned of a newer epoch: refuses writes
+	roleWaiting        // no role from the controller yet (or no leader elected): refuses writes
 )
 
-var roleNames = [...]string{"leader", "follower", "fenced"}
+var roleNames = [...]string{"leader", "follower", "fenced", "waiting"}
 
+// replication is the broker's place in its group. One goroutine (roles)
+// owns every change of it: role changes are closures run there (do), and
+// the controller's states are taken there, newest first.
 type replication struct {
-	role   atomic.Int32
 	epochs *replica.Epochs
-	// change serializes role changes (Promote, EpochNotice, stopping): two
-	// at once could start two leaders, or one after the broker stopped.
-	change sync.Mutex
+	role   atomic.Int32
+	epoch  atomic.Uint64 // the epoch of the role held (leading or following)
+	// handingOff: a leader handing its group over stops taking writes.
+	handingOff atomic.Bool
+	stopping   atomic.Bool // reported to the controller: leave the in-sync set
 
+	events chan func()
+	quit   chan struct{}
+	done   chan struct{}
+
+	// Controller mode.
+	ctl       *controller.Client
+	ctlCancel context.CancelFunc
+	ctlDone   chan struct{}
+	svc       atomic.Pointer[controller.Service] // this broker's voter, for status
+	latest    atomic.Pointer[controller.State]   // the newest state, taken by roles
+	poke      chan struct{}
+	seenEpoch uint64 // the newest election of this group counted in metrics (roles)
+
+	// Read by the produce path and status; changed by roles only.
 	mu       sync.Mutex
 	leader   *replica.Leader
 	follower *replica.Follower
 	cancel   context.CancelFunc
-	done     chan struct{}
+	fdone    chan struct{}
 	note     string // why this broker does not take writes
 }
 
 func (o *ReplicationOptions) ensureDefaults() {
-	if o.Role == "" {
-		o.Role = "leader"
-	}
 	if o.Heartbeat == 0 {
-		o.Heartbeat = time.Second
+		o.Heartbeat = replica.DefaultHeartbeat
 	}
 	if o.Timeout == 0 {
-		o.Timeout = 10 * time.Second
+		o.Timeout = replica.DefaultTimeout
 	}
 	if o.InsyncLag == 0 {
-		o.InsyncLag = 5 * time.Second
+		o.InsyncLag = replica.DefaultInsyncLag
 	}
 	if o.AckTimeout == 0 {
-		o.AckTimeout = 2 * time.Second
+		o.AckTimeout = replica.DefaultAckTimeout
 	}
 }
 
@@ -90,9 +111,21 @@ func (b *Broker) SetAdvertise(addr string) {
 	b.repl.mu.Unlock()
 }
 
-// startReplication takes up the configured role, or the one the epoch
+func (b *Broker) advertise() string {
+	b.repl.mu.Lock()
+	defer b.repl.mu.Unlock()
+	return b.opts.Replication.Advertise
+}
+
+// controlled reports whether the controller gives this broker its role.
+func (b *Broker) controlled() bool { return b.opts.Replication.Controller != nil }
+
+// startReplication opens the epoch history and starts the role machine.
+// A group run by hand takes the configured role, or the one the epoch
 // history says this broker has (a promoted follower stays the leader
-// across restarts; a replaced leader does not lead again).
+// across restarts; a replaced leader does not lead again). Under a
+// controller the broker takes no writes until the controller gives it a
+// role (StartController).
 func (b *Broker) startReplication() error {
 	o := &b.opts.Replication
 	o.ensureDefaults()
@@ -100,71 +133,109 @@ func (b *Broker) startReplication() error {
 	if err != nil {
 		return err
 	}
-	b.repl.epochs = ep
-	last := ep.Last()
-	switch {
-	case last.Leader == b.opts.ID:
-		b.becomeLeader(false)
-		// A leader that was down may have been replaced meanwhile: ask.
-		go b.askPeers()
-	case o.Role == "follower":
-		if o.PeerTLS == nil {
-			return errors.New("broker: a follower needs the leader's certificate (peer_ca)")
-		}
-		b.becomeFollower(o.LeaderAddr)
-	case last.Epoch == 0:
-		// A leader with no history: its first epoch begins here.
-		if err := ep.Begin(wire.Epoch{Epoch: 1, Start: b.log.Positions().Written, Leader: b.opts.ID}); err != nil {
-			return err
-		}
-		b.becomeLeader(false)
-		go b.askPeers()
-	default:
-		b.repl.role.Store(roleFenced)
-		b.repl.note = fmt.Sprintf("this broker's log follows epoch %d led by %s: start it as a follower of that leader, or promote it", last.Epoch, last.Leader)
-		b.logger.Error("not taking writes: " + b.repl.note)
+	r := &b.repl
+	r.epochs = ep
+	r.events, r.quit, r.done, r.poke = make(chan func()), make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
+	go b.roles()
+	if b.controlled() {
+		r.role.Store(roleWaiting)
+		r.note = "waiting for the controller to give this broker a role"
+		return nil
 	}
-	return nil
+	var startErr error
+	b.do(func() { startErr = b.startByHand() })
+	return startErr
 }
 
-func (b *Broker) becomeLeader(announce bool) {
+// roles is the goroutine that owns the broker's role.
+func (b *Broker) roles() {
+	r := &b.repl
+	defer close(r.done)
+	for {
+		select {
+		case f := <-r.events:
+			f()
+		case <-r.poke:
+			if st := r.latest.Load(); st != nil {
+				b.takeState(st)
+			}
+		case <-r.quit:
+			b.stopFollowing()
+			b.stopLeading("the broker is stopping")
+			return
+		}
+	}
+}
+
+// do runs f on the role machine and waits for it; false when the machine
+// has stopped.
+func (b *Broker) do(f func()) bool {
+	ran := make(chan struct{})
+	select {
+	case b.repl.events <- func() { defer close(ran); f() }:
+		<-ran
+		return true
+	case <-b.repl.done:
+		return false
+	}
+}
+
+// becomeLeader starts leading the newest epoch of the history with the
+// committed in-sync set isr (followers) at version. (roles)
+func (b *Broker) becomeLeader(isr []string, version uint64) {
 	o := b.opts.Replication
-	l := replica.NewLeader(replica.LeaderOptions{ID: b.opts.ID, Epochs: b.repl.epochs, Log: b.Log, Timeout: o.Timeout,
-		Heartbeat: o.Heartbeat, InsyncLag: o.InsyncLag, CatchupRate: o.CatchupRate, Logger: b.opts.Logger})
+	last := b.repl.epochs.Last()
+	lo := replica.LeaderOptions{ID: b.opts.ID, Epochs: b.repl.epochs, Log: b.Log, MinInsync: o.MinInsync, ISR: isr, ISRVersion: version,
+		Timeout: o.Timeout, Heartbeat: o.Heartbeat, InsyncLag: o.InsyncLag, CatchupRate: o.CatchupRate, Logger: b.opts.Logger}
+	if b.controlled() {
+		lo.Propose = func(p *replica.Proposal) { b.proposeISR(last.Epoch, p) }
+	}
+	l := replica.NewLeader(lo)
 	b.repl.mu.Lock()
 	b.repl.leader = l
 	b.repl.note = ""
 	b.repl.mu.Unlock()
+	b.repl.epoch.Store(last.Epoch)
+	b.repl.handingOff.Store(false)
 	b.repl.role.Store(roleLeader)
-	b.logger.Info("leading", "epoch", l.Epoch(), "min_insync", o.MinInsync)
-	if announce {
-		go b.announce(l.Epoch())
-	}
+	b.logger.Info("leading", "epoch", l.Epoch(), "min_insync", o.MinInsync, "in_sync", isr)
 }
 
-func (b *Broker) becomeFollower(addr string) {
+// becomeFollower follows the leader at addr, accepting no leader older
+// than epoch. (roles)
+func (b *Broker) becomeFollower(addr string, epoch uint64) {
 	o := b.opts.Replication
-	f := replica.NewFollower(replica.FollowerOptions{ID: b.opts.ID, LeaderAddr: addr, TLS: o.PeerTLS, Token: o.PeerToken,
+	f := replica.NewFollower(replica.FollowerOptions{ID: b.opts.ID, LeaderAddr: addr, Dial: b.dialLeader, MinEpoch: epoch,
 		Log: b.Log, Epochs: b.repl.epochs, Truncate: b.truncate, Heartbeat: o.Heartbeat, Timeout: o.Timeout, Logger: b.opts.Logger})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	b.repl.mu.Lock()
-	b.repl.follower, b.repl.cancel, b.repl.done = f, cancel, done
+	b.repl.follower, b.repl.cancel, b.repl.fdone = f, cancel, done
 	b.repl.note = "this broker follows " + addr
 	b.repl.mu.Unlock()
+	b.repl.epoch.Store(epoch)
 	b.repl.role.Store(roleFollower)
 	go func() {
 		defer close(done)
 		f.Run(ctx)
 	}()
-	b.logger.Info("following", "leader", addr)
+	b.logger.Info("following", "leader", addr, "epoch", epoch)
 }
 
-// stopFollowing ends the follower's replication and waits for it.
+func (b *Broker) dialLeader(ctx context.Context, addr string) (*quic.Conn, error) {
+	d := b.opts.Replication.Dialer
+	if d == nil {
+		return nil, errors.New("broker: a follower needs the group's certificates (peer_ca)")
+	}
+	return d.Dial(ctx, addr)
+}
+
+// stopFollowing ends the follower's replication and waits for it (and
+// for the records it handed to the log). (roles)
 func (b *Broker) stopFollowing() {
 	b.repl.mu.Lock()
-	cancel, done := b.repl.cancel, b.repl.done
-	b.repl.follower, b.repl.cancel, b.repl.done = nil, nil, nil
+	cancel, done := b.repl.cancel, b.repl.fdone
+	b.repl.follower, b.repl.cancel, b.repl.fdone = nil, nil, nil
 	b.repl.mu.Unlock()
 	if cancel != nil {
 		cancel()
@@ -172,21 +243,41 @@ func (b *Broker) stopFollowing() {
 	}
 }
 
-func (b *Broker) stopLeading() {
+// stopLeading stops the leader; its waiting sends fail. (roles)
+func (b *Broker) stopLeading(why string) {
 	b.repl.mu.Lock()
 	l := b.repl.leader
 	b.repl.leader = nil
 	b.repl.mu.Unlock()
 	if l != nil {
 		l.Close()
+		b.logger.Info("stopped leading", "epoch", l.Epoch(), "reason", why)
 	}
 }
 
+// fence stops a leader taking writes: a newer epoch exists. (roles)
+func (b *Broker) fence(why string) {
+	if b.repl.role.Load() != roleLeader {
+		return
+	}
+	b.repl.role.Store(roleFenced)
+	b.repl.mu.Lock()
+	b.repl.note = "fenced: " + why
+	b.repl.mu.Unlock()
+	b.logger.Error("fenced: this broker takes no more writes", "reason", why)
+	b.stopLeading("fenced")
+}
+
 func (b *Broker) stopReplication() {
-	b.repl.change.Lock()
-	defer b.repl.change.Unlock()
-	b.stopFollowing()
-	b.stopLeading()
+	r := &b.repl
+	if r.ctlCancel != nil {
+		r.ctlCancel()
+		<-r.ctlDone
+	}
+	if r.quit != nil {
+		close(r.quit)
+		<-r.done
+	}
 }
 
 // truncate reopens the store with the log cut back to to: the follower's
@@ -214,9 +305,18 @@ func (b *Broker) notifyFollowers() {
 	}
 }
 
-// writable fails a write on a broker that does not lead.
+// writable fails a write on a broker that does not lead, or must not now:
+// it is handing its group over, or (min-insync 0 under a controller) its
+// lease lapsed, so that the controller may have elected another leader.
 func (b *Broker) writable() *wire.Error {
 	if b.repl.role.Load() == roleLeader {
+		switch {
+		case b.repl.handingOff.Load():
+			return &wire.Error{Code: wire.CodeNotLeader, Message: "this broker is handing its group's leadership over"}
+		case b.opts.Replication.MinInsync == 0 && b.repl.ctl != nil && !b.repl.ctl.LeaseValid():
+			return &wire.Error{Code: wire.CodeNotLeader, Message: fmt.Sprintf("no answer from the controller for %v: another broker may lead by now",
+				(b.ctlLease() - b.repl.ctl.LeaseLeft()).Round(time.Millisecond))}
+		}
 		return nil
 	}
 	b.repl.mu.Lock()
@@ -225,233 +325,102 @@ func (b *Broker) writable() *wire.Error {
 	return &wire.Error{Code: wire.CodeNotLeader, Message: note}
 }
 
-// replicaCheck fails a send at once when fewer followers than min-insync
-// are in sync (nothing is written: the client retries elsewhere).
-// It returns the leader that must then have the send acknowledged (nil
-// without min-insync).
+func (b *Broker) ctlLease() time.Duration { return b.opts.Replication.Controller.Lease() }
+
+// replicaCheck fails a write at once while the in-sync set has fewer
+// followers than min-insync (nothing is written: the client retries
+// elsewhere). It returns the leader that must then have the write
+// acknowledged (nil without min-insync).
 func (b *Broker) replicaCheck() (*replica.Leader, *wire.Error) {
-	k := b.opts.Replication.MinInsync
-	if k == 0 {
+	if b.opts.Replication.MinInsync == 0 {
 		return nil, nil
 	}
 	l := b.leader()
 	if l == nil {
 		return nil, &wire.Error{Code: wire.CodeNotLeader, Message: "not leading"}
 	}
-	if n := l.InSync(); n < k {
-		return nil, &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: fmt.Sprintf("min-insync is %d, %d follower(s) in sync", k, n)}
+	if err := l.Admit(); err != nil {
+		return nil, &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: err.Error()}
 	}
 	return l, nil
 }
 
-// ServeReplica serves a follower's replication stream (its first frame
-// was start) until it ends.
-func (b *Broker) ServeReplica(ctx context.Context, addr string, start *wire.ReplStart, br *bufio.Reader, c replica.Conn) error {
+// replicated waits until the in-sync set has the log durable up to end
+// (the write was admitted by l; nil: no min-insync).
+func (b *Broker) replicated(l *replica.Leader, end int64) error {
+	if l == nil {
+		return nil
+	}
+	done := make(chan error, 1)
+	l.WaitAcks(end, time.Now().Add(b.opts.Replication.AckTimeout), func(err error) { done <- err })
+	return <-done
+}
+
+// serveReplica serves a follower's replication stream (a peer stream
+// whose first frame is ReplStart) until it ends.
+func (b *Broker) serveReplica(s *peer.Stream, _ wire.Header, payload []byte) {
+	c := &replConn{s: s, w: wire.NewWriter(s.QS, 32<<20)}
+	go c.w.Run()
+	defer c.w.Close()
+	var start wire.ReplStart
+	if err := wire.DecodeReplStart(payload, &start); err != nil {
+		c.refuse(&wire.Error{Code: wire.CodeInvalid, Message: err.Error()})
+		return
+	}
 	l := b.leader()
 	if l == nil {
-		bf, st := c.Begin(wire.Header{Type: wire.TypeError})
-		c.End(wire.AppendError(bf, b.writable()), st)
-		c.Close("this broker does not lead")
-		return errors.New("not leading")
+		c.refuse(b.writable())
+		return
 	}
 	var buf []byte
 	read := func() (wire.Header, []byte, error) {
-		h, p, nb, err := wire.ReadFrame(br, buf)
+		h, p, nb, err := wire.ReadFrame(s.R, buf)
 		buf = nb
 		return h, p, err
 	}
-	err := l.Serve(ctx, addr, start, read, c)
+	err := l.Serve(s.QS.Context(), s.Remote(), &start, read, c)
 	if errors.Is(err, replica.ErrStale) {
-		b.fence(fmt.Sprintf("follower %s knows epoch %d, newer than this leader's", start.Follower, start.LastEpoch))
-	}
-	return err
-}
-
-// fence stops a leader taking writes: a newer epoch exists.
-func (b *Broker) fence(why string) {
-	if b.repl.role.CompareAndSwap(roleLeader, roleFenced) {
-		b.repl.mu.Lock()
-		b.repl.note = "fenced: " + why
-		b.repl.mu.Unlock()
-		b.logger.Error("fenced: this broker takes no more writes", "reason", why)
-		b.stopLeading()
-	}
-}
-
-// Promote makes this follower the leader of a new epoch, one past every
-// epoch it knows, starting at its log's end, and tells its peers.
-func (b *Broker) Promote() (wire.EpochInfo, *wire.Error) {
-	b.repl.change.Lock()
-	defer b.repl.change.Unlock()
-	if b.closed.Load() {
-		return wire.EpochInfo{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
-	}
-	if b.repl.role.Load() == roleLeader {
-		return b.epochInfo(), nil
-	}
-	b.stopFollowing()
-	last := b.repl.epochs.Last()
-	ep := wire.Epoch{Epoch: last.Epoch + 1, Start: b.Log().Positions().Written, Leader: b.opts.ID}
-	if err := b.repl.epochs.Begin(ep); err != nil {
-		return wire.EpochInfo{}, &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
-	}
-	b.logger.Warn("promoted to leader", "epoch", ep.Epoch, "start", ep.Start, "previous_leader", last.Leader)
-	b.becomeLeader(true)
-	return b.epochInfo(), nil
-}
-
-func (b *Broker) epochInfo() wire.EpochInfo {
-	last := b.repl.epochs.Last()
-	info := wire.EpochInfo{Epoch: last.Epoch, Leader: last.Leader}
-	if last.Leader == b.opts.ID {
-		info.LeaderAddr = b.advertise()
-	} else if b.repl.role.Load() == roleFollower {
-		b.repl.mu.Lock()
-		if f := b.repl.follower; f != nil {
-			info.LeaderAddr = f.LeaderAddr()
-		}
-		b.repl.mu.Unlock()
-	}
-	return info
-}
-
-// EpochNotice handles a peer's EpochInfo: a newer epoch led by another
-// broker. A leader stops taking writes and follows it; a follower follows
-// it.
-func (b *Broker) EpochNotice(info wire.EpochInfo) wire.EpochInfo {
-	b.repl.change.Lock()
-	defer b.repl.change.Unlock()
-	last := b.repl.epochs.Last()
-	if b.closed.Load() {
-		return b.epochInfo()
-	}
-	if info.Epoch <= last.Epoch || info.Leader == b.opts.ID || info.LeaderAddr == "" {
-		return b.epochInfo()
-	}
-	b.logger.Warn("a newer epoch leads the group", "epoch", info.Epoch, "leader", info.Leader, "addr", info.LeaderAddr,
-		"this_epoch", last.Epoch)
-	switch b.repl.role.Load() {
-	case roleLeader, roleFenced:
-		b.fence(fmt.Sprintf("epoch %d is led by %s at %s", info.Epoch, info.Leader, info.LeaderAddr))
-		if b.opts.Replication.PeerTLS != nil {
-			b.becomeFollower(info.LeaderAddr)
-		}
-	case roleFollower:
-		b.repl.mu.Lock()
-		f := b.repl.follower
-		b.repl.mu.Unlock()
-		if f != nil && f.LeaderAddr() != info.LeaderAddr {
-			b.stopFollowing()
-			b.becomeFollower(info.LeaderAddr)
-		}
-	}
-	return b.epochInfo()
-}
-
-// askPeers asks every peer for its epoch; a newer one led elsewhere
-// fences this broker (it then follows that leader).
-func (b *Broker) askPeers() {
-	o := b.opts.Replication
-	if o.PeerTLS == nil {
-		return
-	}
-	mine := b.epochInfo()
-	for _, p := range o.Peers {
-		if p == b.advertise() {
-			continue
-		}
-		theirs, err := sendEpochInfo(p, o.PeerTLS, o.PeerToken, b.opts.ID, mine)
-		if err != nil {
-			b.logger.Info("could not ask a peer for its epoch", "peer", p, "err", err)
-			continue
-		}
-		if theirs.Epoch > mine.Epoch {
-			b.EpochNotice(theirs)
-			return
-		}
-	}
-}
-
-func (b *Broker) advertise() string {
-	b.repl.mu.Lock()
-	defer b.repl.mu.Unlock()
-	return b.opts.Replication.Advertise
-}
-
-// announce tells every peer of this broker's epoch (best effort, a few
-// tries each): an old leader stops taking writes, followers follow here.
-func (b *Broker) announce(epoch uint64) {
-	o := b.opts.Replication
-	adv := b.advertise()
-	if o.PeerTLS == nil || adv == "" {
-		return
-	}
-	info := wire.EpochInfo{Epoch: epoch, Leader: b.opts.ID, LeaderAddr: adv}
-	var wg sync.WaitGroup
-	for _, p := range o.Peers {
-		if p == adv {
-			continue
-		}
-		wg.Add(1)
-		go func(addr string) {
-			defer wg.Done()
-			for try := 0; try < 5; try++ {
-				_, err := sendEpochInfo(addr, o.PeerTLS, o.PeerToken, b.opts.ID, info)
-				if err == nil {
-					b.logger.Info("told a peer of the new epoch", "peer", addr, "epoch", epoch)
-					return
-				}
-				b.logger.Warn("telling a peer of the new epoch failed", "peer", addr, "err", err, "try", try+1)
-				select {
-				case <-time.After(time.Duration(try+1) * 500 * time.Millisecond):
-				case <-b.stop:
-					return
-				}
+		b.do(func() {
+			if b.leader() == l {
+				b.fence(fmt.Sprintf("follower %s knows epoch %d, newer than this leader's", start.Follower, start.LastEpoch))
 			}
-		}(p)
+		})
 	}
-	wg.Wait()
 }
 
-// sendEpochInfo opens a session with a peer, sends one EpochInfo and
-// returns the peer's.
-func sendEpochInfo(addr string, tc *tls.Config, token []byte, id string, info wire.EpochInfo) (wire.EpochInfo, error) {
-	var theirs wire.EpochInfo
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	conf := tc.Clone()
-	conf.NextProtos = []string{wire.ALPN}
-	conf.MinVersion = tls.VersionTLS13
-	qc, err := quic.DialAddr(ctx, addr, conf, nil)
-	if err != nil {
-		return theirs, err
-	}
-	defer qc.CloseWithError(0, "done")
-	qs, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return theirs, err
-	}
-	qs.SetDeadline(time.Now().Add(3 * time.Second))
-	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: "peer:" + id, Credentials: token}
-	out := wire.AppendFrame(nil, wire.Header{Type: wire.TypeHello, RequestID: 1}, hello.Append(nil))
-	out = wire.AppendFrame(out, wire.Header{Type: wire.TypeEpochInfo, RequestID: 2}, info.Append(nil))
-	if _, err := qs.Write(out); err != nil {
-		return theirs, err
-	}
-	br := bufio.NewReader(qs)
-	for {
-		h, p, _, err := wire.ReadFrame(br, nil)
-		if err != nil {
-			return theirs, err
+// closeReplication is the QUIC code a leader closes a replication
+// connection with (the message says why).
+const closeReplication quic.ApplicationErrorCode = 4
+
+// replConn is a replication session's view of its peer stream; each
+// session has a connection of its own, which the leader closes with its
+// reason.
+type replConn struct {
+	s *peer.Stream
+	w *wire.Writer
+}
+
+func (c *replConn) Begin(h wire.Header) ([]byte, int)  { return c.w.Begin(h) }
+func (c *replConn) End(b []byte, start int) error      { return c.w.End(b, start) }
+func (c *replConn) WaitRoom(ctx context.Context) error { return c.w.WaitRoom(ctx) }
+func (c *replConn) Close(reason string) {
+	c.w.Close()
+	go func() {
+		// Give the follower a moment to read what was written.
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case <-c.s.Conn.Context().Done():
+		case <-t.C:
 		}
-		switch h.Type {
-		case wire.TypeError:
-			werr, _ := wire.DecodeError(p)
-			return theirs, werr
-		case wire.TypeEpochInfo:
-			return theirs, wire.DecodeEpochInfo(p, &theirs)
-		}
-	}
+		c.s.Conn.CloseWithError(closeReplication, reason)
+	}()
+}
+
+func (c *replConn) refuse(werr *wire.Error) {
+	b, st := c.w.Begin(wire.Header{Type: wire.TypeError})
+	c.w.End(wire.AppendError(b, werr), st)
+	c.Close(werr.Message)
 }
 
 // replicationStatus is the status document's replication section.
@@ -463,15 +432,27 @@ func (b *Broker) replicationStatus() *wire.Replication {
 	r := &wire.Replication{Role: roleNames[b.repl.role.Load()], Epoch: last.Epoch, Leader: last.Leader,
 		MinInsync: b.opts.Replication.MinInsync, Epochs: b.repl.epochs.All()}
 	b.repl.mu.Lock()
-	l, f := b.repl.leader, b.repl.follower
+	l, f, note := b.repl.leader, b.repl.follower, b.repl.note
 	b.repl.mu.Unlock()
+	if r.Role != "leader" {
+		r.Note = note
+	} else if err := b.writable(); err != nil {
+		r.Note = err.Message
+	}
 	if l != nil {
 		r.Followers = l.Status()
-		r.InSync = l.InSync()
+		isr, v, p := l.ISR()
+		r.InSync, r.ISR, r.ISRVersion = len(isr), isr, v
+		if p != nil {
+			r.Proposal = p.String()
+		}
 	}
 	if f != nil {
 		st := f.Status()
 		r.Following = &st
+	}
+	if b.controlled() {
+		r.Controller = b.controllerStatus()
 	}
 	return r
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quivermq/quiver/daemon/controller"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -181,6 +182,8 @@ type metrics struct {
 	fetches      prometheus.Counter
 	fetchedMsgs  prometheus.Counter
 	fetchedBytes prometheus.Counter
+	elections    *prometheus.CounterVec
+	leaderless   prometheus.Histogram
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -193,10 +196,30 @@ func newMetrics(b *Broker) *metrics {
 	m.fetches = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetch_requests_total", Help: "Fetch requests."})
 	m.fetchedMsgs = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_records_total", Help: "Records sent to consumers."})
 	m.fetchedBytes = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_fetched_bytes_total", Help: "Record bytes sent to consumers."})
+	m.elections = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quiver_group_elections_total",
+		Help: "Elections of this broker's group's leader seen since it started, by kind (failover, handoff, admin, unclean, first)."}, []string{"kind"})
+	m.leaderless = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quiver_group_leaderless_seconds",
+		Help:    "For each failover of this broker's group: from the old leader's last heartbeat to the controller's commit of the new one.",
+		Buckets: []float64{0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30}})
 	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.Log().Positions()) })
 	}
-	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes,
+	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes, m.elections, m.leaderless,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_in_sync_followers", Help: "Followers in the committed in-sync set (on a leader; 0 elsewhere)."},
+			func() float64 {
+				if l := b.leader(); l != nil {
+					return float64(l.InSync())
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_controller_lease_seconds",
+			Help: "How much longer the controller vouches for this broker's session (negative: lapsed; brokers under a controller only)."},
+			func() float64 {
+				if c := b.repl.ctl; c != nil {
+					return c.LeaseLeft().Seconds()
+				}
+				return 0
+			}),
 		pos("quiver_log_written_bytes", "Log position handed to the disk.", func(p qlog.Positions) float64 { return float64(p.Written) }),
 		pos("quiver_log_durable_bytes", "Log position synced.", func(p qlog.Positions) float64 { return float64(p.Durable) }),
 		pos("quiver_log_dispatched_bytes", "Log position visible to consumers.", func(p qlog.Positions) float64 { return float64(p.Dispatched) }),
@@ -222,6 +245,25 @@ func newMetrics(b *Broker) *metrics {
 func (m *metrics) produced(count uint32, took time.Duration) {
 	m.produced_.Add(float64(max(count, 1)))
 	m.produceLat.Observe(took.Seconds())
+}
+
+// elected counts an election of this broker's group.
+func (m *metrics) elected(e controller.Election) {
+	kind := "failover"
+	switch {
+	case e.Unclean:
+		kind = "unclean"
+	case e.From == "":
+		kind = "first"
+	case strings.HasPrefix(e.Reason, "handoff"):
+		kind = "handoff"
+	case strings.HasPrefix(e.Reason, "quiver admin"):
+		kind = "admin"
+	}
+	m.elections.WithLabelValues(kind).Inc()
+	if e.TookMs > 0 {
+		m.leaderless.Observe(float64(e.TookMs) / 1e3)
+	}
 }
 
 func (m *metrics) produceFailed(code wire.Code) { m.produceErr.WithLabelValues(code.String()).Inc() }

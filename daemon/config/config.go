@@ -16,6 +16,9 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
+
+	"github.com/quivermq/quiver/daemon/controller"
+	"github.com/quivermq/quiver/replica"
 )
 
 // Duration is a time.Duration written as "200ms", "5s", "24h".
@@ -62,10 +65,10 @@ type Config struct {
 
 	DebugFaults bool `toml:"debug_faults" help:"expose /debug/faults on the admin address to stall the disk (tests and drills only)"`
 
-	Role             string   `toml:"role" help:"leader or follower (of --leader)"`
+	Role             string   `toml:"role" help:"a group run by hand: leader, or follower (of --leader); empty: the controller's choice, or leader without a controller"`
 	Leader           string   `toml:"leader" help:"follower: the leader's QUIC address"`
 	Advertise        string   `toml:"advertise" help:"the address other brokers and clients reach this one at (default: listen)"`
-	Peers            []string `toml:"peers" help:"QUIC addresses of the other brokers of the group (told of a promotion)"`
+	Peers            []string `toml:"peers" help:"QUIC addresses of the group's brokers, this one included; three or more (and no role) make them the controller's voters"`
 	PeerCA           string   `toml:"peer_ca" help:"PEM file of the certificates (or CA) of the group's brokers (default: DATA/tls/cert.pem)"`
 	PeerToken        string   `toml:"peer_token" help:"credentials this broker presents to its peers"`
 	MinInsync        int      `toml:"min_insync" help:"leader: acknowledge a send only once this many followers have it durable (0: do not wait)"`
@@ -77,6 +80,23 @@ type Config struct {
 	Cluster          []string `toml:"cluster" help:"QUIC addresses of brokers of other groups (any of each is enough): the brokers tell each other and clients the rest"`
 	ClusterRefresh   Duration `toml:"cluster_refresh" help:"how often this broker asks the brokers it knows for their state"`
 	ReplicaCatchup   int64    `toml:"replica_catchup_mib" help:"leader: MiB per second sent, in all, to followers catching up from behind (0: no limit); followers at the tail are never held back"`
+
+	Controllers         []string `toml:"controllers" help:"QUIC addresses of the controller quorum's voters (1, 3 or 5 brokers), which elect every group's leader; default: the peers, when there are three or more and no role"`
+	ControllerHeartbeat Duration `toml:"controller_heartbeat" help:"how often a broker reports to the controller"`
+	ControllerSession   Duration `toml:"controller_session" help:"the controller replaces a group leader it has not heard from for this long (a leader with min_insync 0 stops taking writes a heartbeat earlier)"`
+}
+
+// Voters are the controller's voters this configuration asks for: the
+// controllers, or the peers when there are three or more and no role is
+// set; none: the groups are run by hand.
+func (c *Config) Voters() []string {
+	if len(c.Controllers) > 0 {
+		return c.Controllers
+	}
+	if len(c.Peers) >= 3 && c.Role == "" {
+		return c.Peers
+	}
+	return nil
 }
 
 // Default is the configuration of a broker started with nothing.
@@ -87,9 +107,10 @@ func Default() Config {
 		MaxQueueWait: Duration{200 * time.Millisecond}, QueueDepth: 8192, SegmentSize: 1 << 30,
 		AutoCreateTopics: true, DefaultQueues: 4,
 		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
-		Role: "leader", ReplicaHeartbeat: Duration{time.Second}, ReplicaTimeout: Duration{10 * time.Second},
-		ReplicaLag: Duration{5 * time.Second}, ReplicaAckWait: Duration{2 * time.Second}, ReplicaCatchup: 64,
-		ClusterRefresh: Duration{time.Second},
+		ReplicaHeartbeat: Duration{replica.DefaultHeartbeat}, ReplicaTimeout: Duration{replica.DefaultTimeout},
+		ReplicaLag: Duration{replica.DefaultInsyncLag}, ReplicaAckWait: Duration{replica.DefaultAckTimeout}, ReplicaCatchup: replica.DefaultCatchupMiB,
+		ClusterRefresh:      Duration{time.Second},
+		ControllerHeartbeat: Duration{controller.DefaultHeartbeat}, ControllerSession: Duration{controller.DefaultSession},
 	}
 }
 
@@ -123,9 +144,15 @@ func (c *Config) Validate() error {
 	case c.RetentionAge.Duration < 0 || c.RetentionSize < 0:
 		return errors.New("config: negative retention")
 	}
-	switch {
-	case c.Role != "leader" && c.Role != "follower":
-		return fmt.Errorf("config: role %q (leader or follower)", c.Role)
+	switch n := len(c.Voters()); {
+	case c.Role != "" && c.Role != "leader" && c.Role != "follower":
+		return fmt.Errorf("config: role %q (leader, follower, or empty for the controller's choice)", c.Role)
+	case len(c.Controllers) > 0 && c.Role != "":
+		return fmt.Errorf("config: role %q and controllers: the controller gives every broker its role", c.Role)
+	case n > 0 && n != 1 && n != 3 && n != 5:
+		return fmt.Errorf("config: %d controller voters (%v): 1, 3 or 5", n, c.Voters())
+	case n > 0 && (c.ControllerHeartbeat.Duration <= 0 || c.ControllerSession.Duration < 3*c.ControllerHeartbeat.Duration):
+		return fmt.Errorf("config: controller_session %v must be at least three times controller_heartbeat %v", c.ControllerSession, c.ControllerHeartbeat)
 	case c.ClusterRefresh.Duration < 100*time.Millisecond:
 		return fmt.Errorf("config: cluster_refresh %v (at least 100ms)", c.ClusterRefresh)
 	case c.ReplicaCatchup < 0:

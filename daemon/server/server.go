@@ -26,6 +26,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/quivermq/quiver/daemon/broker"
+	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -37,6 +38,11 @@ type Options struct {
 	TLS *tls.Config
 	// Broker serves the requests.
 	Broker *broker.Broker
+	// Peer, when set, lets other brokers connect on the peer protocol
+	// (wire.PeerALPN, with a certificate of Identity's bundle) and serves
+	// their connections with Peers.
+	Identity *peer.Identity
+	Peers    *peer.Mux
 	// Tokens are the accepted credentials of a Hello; empty: no authentication.
 	Tokens []string
 	// Status returns the status document for Status requests.
@@ -79,11 +85,10 @@ func (o *Options) ensureDefaults() {
 
 // QUIC application error codes the server closes connections with.
 const (
-	closeNormal      quic.ApplicationErrorCode = 0 // broker stopping
-	closeProtocol    quic.ApplicationErrorCode = 1 // a frame the protocol does not allow
-	closeRefused     quic.ApplicationErrorCode = 2 // the Hello was refused (version, credentials)
-	closeTimeout     quic.ApplicationErrorCode = 3 // no Hello in time
-	closeReplication quic.ApplicationErrorCode = 4 // the leader ended a replication session (the message says why)
+	closeNormal   quic.ApplicationErrorCode = 0 // broker stopping
+	closeProtocol quic.ApplicationErrorCode = 1 // a frame the protocol does not allow
+	closeRefused  quic.ApplicationErrorCode = 2 // the Hello was refused (version, credentials)
+	closeTimeout  quic.ApplicationErrorCode = 3 // no Hello in time
 )
 
 // Server is a QUIC listener serving one broker.
@@ -118,6 +123,9 @@ func Listen(o Options) (*Server, error) {
 	tlsConf := o.TLS.Clone()
 	tlsConf.MinVersion = tls.VersionTLS13
 	tlsConf.NextProtos = []string{wire.ALPN}
+	if o.Identity != nil && o.Peers != nil {
+		tlsConf = o.Identity.ServerTLS(tlsConf)
+	}
 	qconf := &quic.Config{
 		MaxIdleTimeout:                 o.IdleTimeout,
 		HandshakeIdleTimeout:           o.HelloTimeout,
@@ -151,6 +159,14 @@ func (s *Server) Serve() error {
 				return nil
 			}
 			return fmt.Errorf("server: accept: %w", err)
+		}
+		if qc.ConnectionState().TLS.NegotiatedProtocol == wire.PeerALPN {
+			if s.stopping.Load() || s.opts.Peers == nil {
+				qc.CloseWithError(closeNormal, "broker stopping")
+				continue
+			}
+			go s.opts.Peers.Serve(qc)
+			continue
 		}
 		c := newConn(s, qc)
 		s.conns.Lock()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -89,19 +90,8 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.inflight.Add(1)
 		s.b.Produce(call)
 		return true
-	case wire.TypeReplStart:
-		// This stream now carries replication until the session ends.
-		var m wire.ReplStart
-		err := wire.DecodeReplStart(payload, &m)
-		putBuf(bp)
-		if err != nil {
-			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeInvalid, Message: err.Error()})
-			return true
-		}
-		s.b.ServeReplica(st.c.qc.Context(), st.c.qc.RemoteAddr().String(), &m, st.br, replConn{st})
-		return false
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeEpochInfo, wire.TypeRoute:
+		wire.TypePromote, wire.TypeElect, wire.TypeRoute:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -243,13 +233,19 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		}
 		buf, start := st.w.Begin(wire.Header{Type: wire.TypeEpochInfo, RequestID: id})
 		st.w.End(info.Append(buf), start)
-	case wire.TypeEpochInfo:
-		var m wire.EpochInfo
-		if err := wire.DecodeEpochInfo(payload, &m); err != nil {
+	case wire.TypeElect:
+		var m wire.Elect
+		if err := wire.DecodeElect(payload, &m); err != nil {
 			bad(err)
 			return
 		}
-		info := b.EpochNotice(m)
+		ctx, cancel := context.WithTimeout(st.c.qc.Context(), 10*time.Second)
+		info, werr := b.Elect(ctx, &m)
+		cancel()
+		if werr != nil {
+			st.sendError(id, werr)
+			return
+		}
 		buf, start := st.w.Begin(wire.Header{Type: wire.TypeEpochInfo, RequestID: id})
 		st.w.End(info.Append(buf), start)
 	case wire.TypeRoute:
@@ -286,11 +282,3 @@ func (s *Server) status() wire.Status {
 	doc.Connections = s.Connections()
 	return doc
 }
-
-// replConn is a replication session's view of its stream.
-type replConn struct{ st *stream }
-
-func (c replConn) Begin(h wire.Header) ([]byte, int)  { return c.st.w.Begin(h) }
-func (c replConn) End(b []byte, start int) error      { return c.st.w.End(b, start) }
-func (c replConn) WaitRoom(ctx context.Context) error { return c.st.w.WaitRoom(ctx) }
-func (c replConn) Close(reason string)                { c.st.c.flushAndClose(closeReplication, reason) }

@@ -477,7 +477,7 @@ func startGroupsVia(t testing.TB, c *Cluster, groups, n int, addrs []string, lea
 			}
 			return append(args, "--broker-id", id)
 		}
-		g.Leader = StartIn(t, dirs[gi*per], append(common(0), leaderArgs...)...)
+		g.Leader = StartIn(t, dirs[gi*per], append(append(common(0), "--role", "leader"), leaderArgs...)...)
 		g.Leader.CAFile, g.Leader.Public = c.Bundle, g.Addrs[0]
 		for i := 1; i <= n; i++ {
 			args := append(common(i), "--role", "follower", "--leader", g.Addrs[0])
@@ -564,4 +564,157 @@ func HoleAddr(t testing.TB) string {
 	}
 	t.Cleanup(func() { pc.Close() })
 	return pc.LocalAddr().String()
+}
+
+// Controlled is a group of brokers started alike, with no role: their
+// peers are the controller quorum's voters, which elect the leader.
+type Controlled struct {
+	Brokers []*Broker
+	// Bundle is a PEM file with every broker's certificate.
+	Bundle string
+	// Addrs are the brokers' QUIC addresses (as the others reach them).
+	Addrs []string
+}
+
+// StartControlled starts n brokers b1..bn alike (--peers all of them, no
+// --role), each reached by the others and by clients at front(i, listen)
+// when front is given (a relay in front of it), and waits until the
+// controller has elected one leader.
+func StartControlled(t testing.TB, n int, args []string, front func(i int, listen string) string) *Controlled {
+	t.Helper()
+	c := &Controlled{}
+	dirs := make([]string, n)
+	listen := make([]string, n)
+	var bundle []byte
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		if _, _, err := certs.LoadOrCreate(filepath.Join(dirs[i], "tls"), nil); err != nil {
+			t.Fatal(err)
+		}
+		pem, err := os.ReadFile(filepath.Join(dirs[i], "tls", certs.CertFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle = append(bundle, pem...)
+		listen[i] = FreeUDPAddr(t)
+		pub := listen[i]
+		if front != nil {
+			pub = front(i, listen[i])
+		}
+		c.Addrs = append(c.Addrs, pub)
+	}
+	c.Bundle = filepath.Join(t.TempDir(), "group.pem")
+	if err := os.WriteFile(c.Bundle, bundle, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Started at once, as an operator starts a group: the first election
+	// waits for all of them.
+	var wg sync.WaitGroup
+	c.Brokers = make([]*Broker, n)
+	for i := range dirs {
+		a := []string{"--broker-id", fmt.Sprintf("b%d", i+1), "--listen", listen[i], "--peer-ca", c.Bundle,
+			"--peers", strings.Join(c.Addrs, ",")}
+		if c.Addrs[i] != listen[i] {
+			a = append(a, "--advertise", c.Addrs[i])
+		}
+		b := &Broker{t: t, Dir: dirs[i], Args: append(a, args...), Addr: listen[i], Admin: "127.0.0.1:0",
+			CAFile: c.Bundle, LogPath: filepath.Join(dirs[i], "quiverd.log"), Public: c.Addrs[i]}
+		c.Brokers[i] = b
+		t.Cleanup(func() { b.Kill() })
+		wg.Add(1)
+		go func() { defer wg.Done(); b.Restart() }()
+	}
+	wg.Wait()
+	c.Leader(t)
+	return c
+}
+
+// Role is the broker's replication role in its status ("" when it does
+// not answer).
+func (b *Broker) Role() (role string, epoch uint64) {
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + b.Admin + "/status")
+	if err != nil {
+		return "", 0
+	}
+	defer resp.Body.Close()
+	var s wire.Status
+	if json.NewDecoder(resp.Body).Decode(&s) != nil || s.Replication == nil {
+		return "", 0
+	}
+	return s.Replication.Role, s.Replication.Epoch
+}
+
+// Leader waits until exactly one running broker of the group says it
+// leads and every other running one follows (in the same epoch), and
+// returns the leader.
+func (c *Controlled) Leader(t testing.TB) *Broker {
+	t.Helper()
+	var leader *Broker
+	WaitFor(t, "one leader, the others following", func() bool {
+		leader = nil
+		var epoch uint64
+		for _, b := range c.Brokers {
+			if !b.Running() {
+				continue
+			}
+			role, _ := b.Role()
+			r := b.replication()
+			switch role {
+			case "leader":
+				if leader != nil {
+					return false
+				}
+				leader, epoch = b, r.Epoch
+			case "follower":
+			default:
+				return false
+			}
+		}
+		if leader == nil {
+			return false
+		}
+		for _, b := range c.Brokers {
+			if b.Running() && b != leader {
+				if r := b.replication(); r == nil || r.Following == nil || !r.Following.Connected || r.Epoch > epoch {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return leader
+}
+
+func (b *Broker) replication() *wire.Replication {
+	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + b.Admin + "/status")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var s wire.Status
+	if json.NewDecoder(resp.Body).Decode(&s) != nil {
+		return nil
+	}
+	return s.Replication
+}
+
+// Running reports whether the process runs (it was not killed or stopped
+// for good).
+func (b *Broker) Running() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cmd != nil
+}
+
+// Client returns an SDK client that knows every broker of the group,
+// closed at the end of the test.
+func (c *Controlled) Client(t testing.TB, opts ...sdk.Opt) *sdk.Client {
+	t.Helper()
+	cl, err := sdk.NewClient(append([]sdk.Opt{sdk.WithBrokers(c.Addrs...), sdk.WithCAFile(c.Bundle),
+		sdk.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond, time.Second)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }

@@ -36,14 +36,26 @@ const (
 	TypeEpochInfo  Type = 22 // a broker's epoch and leader; also sent to fence an old leader
 	TypeRoute      Type = 23 // the cluster as the broker knows it (or the broker itself)
 	TypeRouteResp  Type = 24 //
-	typeLimit           = 25
+	TypeElect      Type = 25 // admin: have the controller elect a group's leader (answered with EpochInfo)
+	// Peer streams (quiverd to quiverd only, on PeerALPN; docs/protocol.md,
+	// "Peers"). The first frame of a peer stream says what it carries.
+	TypeRaft       Type = 26 // the stream carries the controller quorum's raft traffic (hashicorp/raft's framing) from here on
+	TypeCtlSession Type = 27 // a broker's session with the controller: heartbeats and requests out, state and results back
+	TypeCtlMsg     Type = 28 // one message of a controller session (JSON, see daemon/controller)
+	typeLimit           = 29
 )
 
-// ProtocolVersion is the version this package speaks.
-const ProtocolVersion = 1
+// ProtocolVersion is the version this package speaks. 2: ProduceAck and
+// ReplAck carry the leader epoch; Elect.
+const ProtocolVersion = 2
 
 // ALPN is the application protocol Quiver negotiates over QUIC's TLS.
 const ALPN = "quiver/1"
+
+// PeerALPN is the protocol brokers speak to each other (replication, the
+// controller quorum, a controller's sessions): both sides present a
+// certificate of the group's bundle (peer_ca). Clients never offer it.
+const PeerALPN = "quiver-peer/1"
 
 // FrameNoReply, in a Produce frame's flags, asks the broker not to answer
 // (oneway sends: lossy by design, see the SDK).

@@ -136,17 +136,20 @@ func DecodeProduce(b []byte, m *Produce) error {
 	return nil
 }
 
-// ProduceAck acknowledges a Produce: where the record was stored.
+// ProduceAck acknowledges a Produce: where the record was stored, and the
+// epoch of the leadership that stored it.
 type ProduceAck struct {
 	Queue     uint32
 	Offset    uint64 // queue offset of the record's first message
 	StoreTime int64
+	Epoch     uint64
 }
 
 func (m *ProduceAck) Append(dst []byte) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, m.Queue)
 	dst = binary.LittleEndian.AppendUint64(dst, m.Offset)
-	return binary.LittleEndian.AppendUint64(dst, uint64(m.StoreTime))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.StoreTime))
+	return binary.LittleEndian.AppendUint64(dst, m.Epoch)
 }
 
 func DecodeProduceAck(b []byte, m *ProduceAck) error {
@@ -154,6 +157,7 @@ func DecodeProduceAck(b []byte, m *ProduceAck) error {
 	m.Queue = d.u32("queue")
 	m.Offset = d.u64("offset")
 	m.StoreTime = int64(d.u64("store time"))
+	m.Epoch = d.u64("epoch")
 	return d.end()
 }
 

@@ -66,7 +66,12 @@ func samples() map[Type]struct {
 			err := DecodeReplData(b, &m)
 			return m.Append(nil), err
 		}},
-		TypeReplAck: {(&ReplAck{Durable: 10, Written: 20}).Append(nil), func(b []byte) ([]byte, error) {
+		TypeElect: {(&Elect{Group: "g1", Broker: "b2", Flags: ElectUnclean}).Append(nil), func(b []byte) ([]byte, error) {
+			var m Elect
+			err := DecodeElect(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeReplAck: {(&ReplAck{Epoch: 3, Durable: 10, Written: 20}).Append(nil), func(b []byte) ([]byte, error) {
 			var m ReplAck
 			err := DecodeReplAck(b, &m)
 			return m.Append(nil), err

@@ -163,19 +163,23 @@ func DecodeReplData(b []byte, m *ReplData) error {
 	return nil
 }
 
-// ReplAck reports what the follower has: Durable (synced) and Written.
+// ReplAck reports what the follower has: Durable (synced) and Written,
+// as a follower of Epoch (the leader ignores acks of another epoch).
 type ReplAck struct {
+	Epoch   uint64
 	Durable int64
 	Written int64
 }
 
 func (m *ReplAck) Append(dst []byte) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, m.Epoch)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.Durable))
 	return binary.LittleEndian.AppendUint64(dst, uint64(m.Written))
 }
 
 func DecodeReplAck(b []byte, m *ReplAck) error {
 	d := decoder{b: b}
+	m.Epoch = d.u64("epoch")
 	m.Durable = int64(d.u64("durable"))
 	m.Written = int64(d.u64("written"))
 	if err := d.end(); err != nil {
@@ -208,4 +212,38 @@ func DecodeEpochInfo(b []byte, m *EpochInfo) error {
 	m.Leader = string(d.short("leader", MaxClientIDLen))
 	m.LeaderAddr = string(d.short("leader address", MaxClientIDLen))
 	return d.end()
+}
+
+// Elect asks for a new leader of a broker group (quiver admin elect): the
+// broker that receives it passes it to the controller, which elects an
+// in-sync member (Broker, when given and in sync; else the best one) in a
+// new epoch. With ElectUnclean it may elect a member outside the in-sync
+// set, which can lose acknowledged sends: an operator's last resort.
+type Elect struct {
+	Group  string
+	Broker string // "" : the controller's choice
+	Flags  uint8
+}
+
+// ElectUnclean: allow a member outside the in-sync set.
+const ElectUnclean = 1
+
+func (m *Elect) Append(dst []byte) []byte {
+	dst = appendShortString(dst, m.Group)
+	dst = appendShortString(dst, m.Broker)
+	return append(dst, m.Flags)
+}
+
+func DecodeElect(b []byte, m *Elect) error {
+	d := decoder{b: b}
+	m.Group = d.name("group", MaxGroupLen)
+	m.Broker = string(d.short("broker", MaxClientIDLen))
+	m.Flags = d.u8("flags")
+	if err := d.end(); err != nil {
+		return err
+	}
+	if m.Flags&^ElectUnclean != 0 {
+		return errorf("elect flags %#x", m.Flags)
+	}
+	return nil
 }

@@ -117,16 +117,93 @@ type HandshakeFail struct {
 
 // Replication is a broker's replication state in the status document.
 type Replication struct {
-	Role   string `json:"role"` // leader, follower, or fenced (a leader that learned of a newer epoch)
+	// Role: leader, follower, fenced (a leader that learned of a newer
+	// epoch) or waiting (under a controller: no role given yet, or the
+	// group has no leader).
+	Role   string `json:"role"`
 	Epoch  uint64 `json:"epoch"`
 	Leader string `json:"leader,omitempty"` // the leader's broker id
-	// MinInsync is how many followers must have a send durable before it is
-	// acknowledged (0: none).
-	MinInsync int             `json:"min_insync"`
-	InSync    int             `json:"in_sync"`
-	Followers []ReplicaStatus `json:"followers,omitempty"` // on a leader
-	Following *FollowerStatus `json:"following,omitempty"` // on a follower
-	Epochs    []Epoch         `json:"epochs"`
+	// Note says why the broker takes no writes now ("" when it does).
+	Note string `json:"note,omitempty"`
+	// MinInsync is how many followers of the in-sync set must have a send
+	// durable before it is acknowledged (0: none).
+	MinInsync int `json:"min_insync"`
+	// InSync is the size of the committed in-sync set (followers), ISR
+	// the set and ISRVersion its version; Proposal a change of it waiting
+	// for the controller (on a leader).
+	InSync     int             `json:"in_sync"`
+	ISR        []string        `json:"isr,omitempty"`
+	ISRVersion uint64          `json:"isr_version,omitempty"`
+	Proposal   string          `json:"proposal,omitempty"`
+	Followers  []ReplicaStatus `json:"followers,omitempty"` // on a leader
+	Following  *FollowerStatus `json:"following,omitempty"` // on a follower
+	Epochs     []Epoch         `json:"epochs"`
+	// Controller is the controller quorum and the groups it runs, as this
+	// broker knows them (brokers under a controller only).
+	Controller *ControllerStatus `json:"controller,omitempty"`
+}
+
+// ControllerStatus is the controller quorum, and every group it runs, as
+// a broker knows them.
+type ControllerStatus struct {
+	Voters []string `json:"voters"`
+	Leader string   `json:"leader"` // the quorum's leader (an address; "" while there is none)
+	Term   uint64   `json:"term"`
+	// Connected: this broker has a session with the quorum's leader.
+	Connected bool `json:"connected"`
+	// LeaseMs is how much longer the controller vouches for this broker's
+	// session (negative: lapsed; a leader with min-insync 0 then takes no
+	// writes).
+	LeaseMs int64 `json:"lease_ms"`
+	// Version is the index of the controller state this broker has.
+	Version uint64 `json:"version"`
+	// RaftState and LastContact: this broker's own raft member, when it is
+	// a voter (Leader, Follower or Candidate; a follower's last contact
+	// with the quorum's leader).
+	RaftState   string         `json:"raft_state,omitempty"`
+	LastContact string         `json:"last_contact,omitempty"`
+	Groups      []GroupControl `json:"groups"`
+}
+
+// GroupControl is one group as the controller runs it.
+type GroupControl struct {
+	Name       string `json:"name"`
+	Leader     string `json:"leader,omitempty"` // broker id
+	LeaderAddr string `json:"leader_addr,omitempty"`
+	Epoch      uint64 `json:"epoch"`
+	// ISR is the committed in-sync set, the leader included: only its
+	// members are elected automatically.
+	ISR        []string         `json:"isr"`
+	ISRVersion uint64           `json:"isr_version"`
+	Members    []MemberControl  `json:"members"`
+	Elections  []ElectionStatus `json:"elections,omitempty"` // the newest last
+	Waiting    string           `json:"waiting,omitempty"`   // why the group has no leader now
+	Topics     int              `json:"topics"`
+}
+
+// MemberControl is one broker of a group, as the controller sees it.
+type MemberControl struct {
+	ID     string `json:"id"`
+	Addr   string `json:"addr"`
+	Live   bool   `json:"live"`   // its controller session is live
+	AgeMs  int64  `json:"age_ms"` // since the controller last heard it (-1: not live)
+	InSync bool   `json:"in_sync"`
+	// Left says why it is not in the in-sync set, and LeftAgoMs when it left.
+	Left      string `json:"left,omitempty"`
+	LeftAgoMs int64  `json:"left_ago_ms,omitempty"`
+}
+
+// ElectionStatus is one election of a group's leader.
+type ElectionStatus struct {
+	Epoch   uint64 `json:"epoch"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to"`
+	Reason  string `json:"reason"`
+	Unclean bool   `json:"unclean,omitempty"`
+	At      string `json:"at"`
+	// LeaderlessMs is how long the group had no live leader before it
+	// (from the old leader's last heartbeat to the commit).
+	LeaderlessMs int64 `json:"leaderless_ms,omitempty"`
 }
 
 // ReplicaStatus is a leader's view of one follower.
@@ -134,7 +211,9 @@ type ReplicaStatus struct {
 	ID           string `json:"id"`
 	Addr         string `json:"addr"`
 	Connected    bool   `json:"connected"`
-	InSync       bool   `json:"in_sync"`
+	InSync       bool   `json:"in_sync"`            // in the committed in-sync set
+	Proposed     bool   `json:"proposed,omitempty"` // proposed for it, not committed yet (it counts for acknowledgements already)
+	Leaving      string `json:"leaving,omitempty"`  // proposed out of it, and why (it still counts until committed)
 	Acked        int64  `json:"acked"`
 	LagBytes     int64  `json:"lag_bytes"`
 	LagMs        int64  `json:"lag_ms"` // since the follower last had everything the leader had; -1: never

@@ -66,7 +66,7 @@ func TestRoundTrips(t *testing.T) {
 	if err := DecodeProduce(p.Append(nil), &p2); err != nil || !reflect.DeepEqual(p, p2) {
 		t.Fatalf("produce: %+v %v", p2, err)
 	}
-	a := ProduceAck{Queue: 2, Offset: 99, StoreTime: 5}
+	a := ProduceAck{Queue: 2, Offset: 99, StoreTime: 5, Epoch: 7}
 	var a2 ProduceAck
 	if err := DecodeProduceAck(a.Append(nil), &a2); err != nil || a != a2 {
 		t.Fatalf("ack: %+v %v", a2, err)
@@ -247,6 +247,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeRoute(b, &Route{})
 	case TypeRouteResp:
 		DecodeRouteResp(b, &RouteResp{})
+	case TypeElect:
+		DecodeElect(b, &Elect{})
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -22,7 +23,9 @@ import (
 	"github.com/quivermq/quiver/daemon/broker"
 	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/daemon/config"
+	"github.com/quivermq/quiver/daemon/controller"
 	"github.com/quivermq/quiver/daemon/logging"
+	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/daemon/server"
 	"github.com/quivermq/quiver/daemon/store"
 	"github.com/quivermq/quiver/ioengine"
@@ -98,20 +101,36 @@ func serve(c config.Config) error {
 		so.WrapEngine = func(e ioengine.Engine) ioengine.Engine { faults = ioengine.NewFaulty(e); return faults }
 	}
 	ro := broker.ReplicationOptions{Role: c.Role, LeaderAddr: c.Leader, Advertise: c.Advertise, Peers: c.Peers,
-		PeerToken: []byte(c.PeerToken), MinInsync: c.MinInsync, Heartbeat: c.ReplicaHeartbeat.Duration,
+		MinInsync: c.MinInsync, Heartbeat: c.ReplicaHeartbeat.Duration,
 		Timeout: c.ReplicaTimeout.Duration, InsyncLag: c.ReplicaLag.Duration, AckTimeout: c.ReplicaAckWait.Duration,
 		CatchupRate: c.ReplicaCatchup << 20}
 	peerCA := c.PeerCA
 	if peerCA == "" {
 		peerCA = filepath.Join(c.Data, "tls", certs.CertFile)
 	}
-	if ro.PeerTLS, err = peerTLS(peerCA); err != nil && (c.Role == "follower" || len(c.Peers) > 0) {
+	voters := c.Voters()
+	ptls, err := peerTLS(peerCA)
+	if err != nil && (c.Role == "follower" || len(c.Peers) > 0 || len(voters) > 0) {
 		return err
 	}
+	// Brokers reach each other on peer connections: both sides present a
+	// certificate of the bundle.
+	var id *peer.Identity
+	var mux *peer.Mux
+	if ptls != nil {
+		id = &peer.Identity{Cert: cert, Roots: ptls.RootCAs}
+		ro.Dialer = peer.NewDialer(id)
+		defer ro.Dialer.Close()
+		mux = peer.NewMux(logger)
+		defer mux.Close()
+	}
+	if len(voters) > 0 {
+		ro.Controller = &controller.Options{Voters: voters, Heartbeat: c.ControllerHeartbeat.Duration, Session: c.ControllerSession.Duration}
+	}
 	co := broker.ClusterOptions{Group: c.Group, Seeds: c.Cluster, Refresh: c.ClusterRefresh.Duration}
-	if seeds := append(append([]string(nil), c.Peers...), c.Cluster...); len(seeds) > 0 && ro.PeerTLS != nil {
+	if seeds := append(append([]string(nil), c.Peers...), c.Cluster...); len(seeds) > 0 && ptls != nil && ro.Controller == nil {
 		// The brokers ask each other over QUIC, with the SDK.
-		peers, err := sdk.NewClient(sdk.WithBrokers(seeds...), sdk.WithTLS(ro.PeerTLS), sdk.WithCredentials(ro.PeerToken),
+		peers, err := sdk.NewClient(sdk.WithBrokers(seeds...), sdk.WithTLS(ptls), sdk.WithCredentials([]byte(c.PeerToken)),
 			sdk.WithClientID("peer:"+c.BrokerID), sdk.WithLogger(logger.With("component", "cluster")),
 			sdk.WithDialTimeout(2*time.Second), sdk.WithReconnectBackoff(100*time.Millisecond, 5*time.Second, 5*time.Second))
 		if err != nil {
@@ -121,7 +140,7 @@ func serve(c config.Config) error {
 		co.Ask = func(ctx context.Context, addr string) (wire.RouteBroker, error) {
 			return peers.Admin().Describe(ctx, addr)
 		}
-	} else if len(c.Cluster) > 0 {
+	} else if len(c.Cluster) > 0 && ptls == nil {
 		return errors.New("cluster needs peer_ca: the certificates of the cluster's brokers")
 	}
 	b, err := broker.New(broker.Options{ID: c.BrokerID, Dir: c.Data, Store: so, NoAutoCreate: !c.AutoCreateTopics,
@@ -129,15 +148,35 @@ func serve(c config.Config) error {
 	if err != nil {
 		return err
 	}
+	if mux != nil {
+		b.ServePeers(mux)
+	}
 	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		Broker: b, Tokens: c.Tokens, Logger: logger})
+		Broker: b, Tokens: c.Tokens, Logger: logger, Identity: id, Peers: mux})
 	if err != nil {
 		b.Close()
 		return err
 	}
-	if c.Advertise == "" {
-		b.SetAdvertise(srv.Addr().String())
+	advertise := c.Advertise
+	if advertise == "" {
+		advertise = srv.Addr().String()
+		b.SetAdvertise(advertise)
 	}
+	// A voter of the controller quorum runs its raft member here, on the
+	// same listener (peer streams).
+	var svc *controller.Service
+	if ro.Controller != nil && slices.Contains(voters, advertise) {
+		svc, err = controller.Start(controller.Options{ID: c.BrokerID, Addr: advertise, Voters: voters, Dir: filepath.Join(c.Data, "controller"),
+			Dialer: ro.Dialer, Heartbeat: ro.Controller.Heartbeat, Session: ro.Controller.Session, Logger: logger}, mux)
+		if err != nil {
+			srv.Shutdown(context.Background())
+			b.Close()
+			return err
+		}
+	} else if ro.Controller != nil && mux != nil {
+		mux.Handle(wire.TypeCtlSession, notAVoter(voters))
+	}
+	b.StartController(svc)
 	status := func() wire.Status {
 		s := b.Status()
 		s.Broker.Listen, s.Broker.Admin = srv.Addr().String(), c.Admin
@@ -182,6 +221,17 @@ func serve(c config.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var errs []error
+	// Under a controller, a leader hands its group over first (sends go to
+	// the new leader, not to an error) and a follower leaves the in-sync
+	// set; a voter that leads the quorum hands that over too.
+	hctx, hcancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := b.HandOff(hctx); err != nil {
+		logger.Warn("stopping without a handoff", "err", err)
+	}
+	hcancel()
+	if svc != nil {
+		svc.Close()
+	}
 	if err := srv.Shutdown(ctx); err != nil {
 		errs = append(errs, err)
 	}
@@ -208,4 +258,16 @@ func peerTLS(path string) (*tls.Config, error) {
 		return nil, fmt.Errorf("peer_ca: %s holds no PEM certificate", path)
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+// notAVoter answers a controller session on a broker that is not one of
+// the voters (a misconfigured peer): with the voters to ask.
+func notAVoter(voters []string) peer.Handler {
+	return func(s *peer.Stream, h wire.Header, _ []byte) {
+		defer s.QS.Close()
+		msg := &controller.Msg{Kind: "state", Info: &controller.Info{Voters: voters}}
+		b, _ := controller.AppendMsg(nil, msg)
+		s.QS.SetWriteDeadline(time.Now().Add(time.Second))
+		s.QS.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeCtlMsg}, b))
+	}
 }
