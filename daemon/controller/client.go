@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,17 +54,25 @@ func NewClient(o Options, report func() Heartbeat, onState func(*State)) *Client
 		base: time.Now(), st: NewState(), pending: map[uint64]chan *Msg{}, changed: make(chan struct{})}
 }
 
-// Run keeps a session with the controller's leader until ctx ends.
+// answerTimeout is how long a session waits for the controller to answer
+// a heartbeat before it tries another voter: two heartbeats, never more
+// than the lease.
+func (o *Options) answerTimeout() time.Duration { return min(2*o.Heartbeat, o.Lease()) }
+
+// Run keeps a session with the controller's leader until ctx ends. It
+// asks the voters in turn, the one a voter names as the leader first; a
+// voter that failed is asked again only after the others.
 func (c *Client) Run(ctx context.Context) {
-	fails := 0
-	for i := 0; ctx.Err() == nil; i++ {
+	fails, next := 0, 0
+	for ctx.Err() == nil {
 		c.mu.Lock()
 		addr := c.target
 		if addr == "" {
-			addr = c.o.Voters[i%len(c.o.Voters)]
+			addr = c.o.Voters[next%len(c.o.Voters)]
 		}
 		c.target = ""
 		c.mu.Unlock()
+		next = slices.Index(c.o.Voters, addr) + 1
 		redirected, err := c.session(ctx, addr)
 		if ctx.Err() != nil {
 			return
@@ -105,10 +114,11 @@ func (c *Client) session(ctx context.Context, addr string) (redirected bool, err
 	hb := c.heartbeat()
 	sent := map[uint64]time.Time{hb.Seq: time.Now()}
 	first, _ := json.Marshal(hb)
-	dctx, dcancel := context.WithTimeout(sctx, c.o.Session)
+	dctx, dcancel := context.WithTimeout(sctx, c.o.answerTimeout())
 	qs, err := c.o.Dialer.Open(dctx, addr, wire.TypeCtlSession, first)
 	dcancel()
 	if err != nil {
+		c.o.Dialer.Forget(addr)
 		return false, err
 	}
 	defer qs.CancelRead(0)
@@ -199,9 +209,11 @@ func (c *Client) session(ctx context.Context, addr string) (redirected bool, err
 		case err := <-readErr:
 			return false, err
 		case <-t.C:
-			// No answer for the lease: the voter is gone or cut off; another
-			// may lead by now.
-			if time.Since(answered) > c.o.Lease() {
+			// No answer for two heartbeats: the voter is gone or cut off;
+			// another may lead by now. Its pooled connection may be dead
+			// without knowing it yet: the next session dials afresh.
+			if time.Since(answered) > c.o.answerTimeout() {
+				c.o.Dialer.Forget(addr)
 				return false, fmt.Errorf("no answer from %s for %v", addr, time.Since(answered).Round(time.Millisecond))
 			}
 			hb := c.heartbeat()

@@ -113,11 +113,12 @@ func Start(o Options, mux *peer.Mux) (*Service, error) {
 	conf.LocalID = raft.ServerID(o.Addr)
 	conf.Logger = hl
 	// Timing from the session: the quorum notices its leader gone within
-	// about half a session, so that a broker's session outlives a change
-	// of controller leader.
-	conf.HeartbeatTimeout = o.Session / 2
-	conf.ElectionTimeout = o.Session / 2
-	conf.LeaderLeaseTimeout = o.Session / 4
+	// a quarter to half a session (raft randomizes it), so that a new
+	// controller leader is there well before the brokers' sessions, which
+	// it gives a session's time, would expire.
+	conf.HeartbeatTimeout = o.Session / 4
+	conf.ElectionTimeout = o.Session / 4
+	conf.LeaderLeaseTimeout = o.Session / 8
 	conf.SnapshotThreshold = 1024
 	conf.TrailingLogs = 1024
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(o.Dir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second}})

@@ -19,7 +19,22 @@ type relay struct {
 	mu       sync.Mutex
 	conns    map[string]*net.UDPConn
 	clients  atomic.Int64 // distinct client sockets seen: connection attempts
+	blocked  sync.Map     // source IPs whose datagrams are dropped, both ways
 	wg       sync.WaitGroup
+}
+
+// block drops every datagram from and to ip (a host cut off from the
+// broker behind the relay); unblock lets them through again.
+func (r *relay) block(ip string)   { r.blocked.Store(ip, true) }
+func (r *relay) unblock(ip string) { r.blocked.Delete(ip) }
+
+func (r *relay) isBlocked(a net.Addr) bool {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return false
+	}
+	_, b := r.blocked.Load(ua.IP.String())
+	return b
 }
 
 func newRelay(t *testing.T, upstream string) *relay {
@@ -71,7 +86,7 @@ func (r *relay) run() {
 			go r.back(up, from)
 		}
 		r.mu.Unlock()
-		if !r.cut.Load() {
+		if !r.cut.Load() && !r.isBlocked(from) {
 			up.Write(buf[:n])
 		}
 	}
@@ -101,7 +116,7 @@ func (r *relay) back(up *net.UDPConn, client net.Addr) {
 		if err != nil {
 			return
 		}
-		if r.cut.Load() {
+		if r.cut.Load() || r.isBlocked(client) {
 			continue
 		}
 		if d := time.Duration(r.delay.Load()); d > 0 || len(q) > 0 {

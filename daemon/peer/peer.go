@@ -105,6 +105,7 @@ func quicConfig() *quic.Config {
 // Dialer opens peer connections and streams. It is safe for concurrent use.
 type Dialer struct {
 	tls    *tls.Config
+	local  net.IP // the address peer connections come from (nil: the system's choice)
 	mu     sync.Mutex
 	conns  map[string]*pooled // by address
 	closed bool
@@ -116,9 +117,46 @@ type pooled struct {
 	err   error
 }
 
-// NewDialer returns a Dialer presenting id.
-func NewDialer(id *Identity) *Dialer {
-	return &Dialer{tls: id.ClientTLS(), conns: map[string]*pooled{}}
+// NewDialer returns a Dialer presenting id, whose connections come from
+// local (the broker's listen address, so that firewalls and peers see one
+// address per broker; nil or unspecified: the system's choice).
+func NewDialer(id *Identity, local net.IP) *Dialer {
+	if local != nil && local.IsUnspecified() {
+		local = nil
+	}
+	return &Dialer{tls: id.ClientTLS(), local: local, conns: map[string]*pooled{}}
+}
+
+// dial opens one connection to addr, from d.local when it is set.
+func (d *Dialer) dial(ctx context.Context, addr string) (*quic.Conn, error) {
+	tc := d.tls.Clone()
+	if d.local == nil {
+		return quic.DialAddr(ctx, addr, tc, quicConfig())
+	}
+	ra, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if host, _, err := net.SplitHostPort(addr); err == nil && tc.ServerName == "" {
+		tc.ServerName = host
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: d.local})
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	qc, err := tr.Dial(ctx, ra, tc, quicConfig())
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, err
+	}
+	go func() {
+		<-qc.Context().Done()
+		tr.Close()
+		udp.Close()
+	}()
+	return qc, nil
 }
 
 // ErrClosed is returned once the Dialer is closed.
@@ -133,7 +171,7 @@ func (d *Dialer) Dial(ctx context.Context, addr string) (*quic.Conn, error) {
 	if closed {
 		return nil, ErrClosed
 	}
-	return quic.DialAddr(ctx, addr, d.tls.Clone(), quicConfig())
+	return d.dial(ctx, addr)
 }
 
 // Open opens a stream to addr on the pooled connection, dialling it when
@@ -191,7 +229,7 @@ func (d *Dialer) conn(ctx context.Context, addr string) (*quic.Conn, error) {
 			// the dial others wait for.
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			p.qc, p.err = quic.DialAddr(dctx, addr, d.tls.Clone(), quicConfig())
+			p.qc, p.err = d.dial(dctx, addr)
 			close(p.ready)
 			d.mu.Lock()
 			closed := d.closed
@@ -210,6 +248,24 @@ func (d *Dialer) conn(ctx context.Context, addr string) (*quic.Conn, error) {
 		return p.qc, p.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// Forget closes the pooled connection to addr, if any: its peer stopped
+// answering, and the connection may be dead without knowing it yet (the
+// next Open dials afresh).
+func (d *Dialer) Forget(addr string) {
+	d.mu.Lock()
+	p := d.conns[addr]
+	delete(d.conns, addr)
+	d.mu.Unlock()
+	if p != nil {
+		go func() {
+			<-p.ready
+			if p.err == nil {
+				p.qc.CloseWithError(0, "peer silent")
+			}
+		}()
 	}
 }
 

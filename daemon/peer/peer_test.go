@@ -98,7 +98,7 @@ func TestPeerConnectionsAreMutuallyAuthenticated(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	d := NewDialer(&Identity{Cert: cb, Roots: bundle})
+	d := NewDialer(&Identity{Cert: cb, Roots: bundle}, net.ParseIP("127.0.0.1"))
 	defer d.Close()
 	for i := 0; i < 3; i++ { // pooled: one connection, a stream each
 		qs, err := d.Open(ctx, addr, wire.TypeCtlSession, []byte("hello"))
@@ -115,7 +115,7 @@ func TestPeerConnectionsAreMutuallyAuthenticated(t *testing.T) {
 		t.Fatalf("%d pooled connections, want 1", n)
 	}
 
-	outsider := NewDialer(&Identity{Cert: cx, Roots: bundle})
+	outsider := NewDialer(&Identity{Cert: cx, Roots: bundle}, nil)
 	defer outsider.Close()
 	// TLS 1.3: the client's handshake is done before the server has
 	// checked its certificate, so the refusal comes as the connection's
@@ -156,7 +156,7 @@ func TestOpenRedialsADeadConnection(t *testing.T) {
 	addr := ln.Addr().String()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	d := NewDialer(id)
+	d := NewDialer(id, nil)
 	defer d.Close()
 	echo := func(what string) {
 		t.Helper()

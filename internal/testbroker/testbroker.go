@@ -569,6 +569,8 @@ func HoleAddr(t testing.TB) string {
 // Controlled is a group of brokers started alike, with no role: their
 // peers are the controller quorum's voters, which elect the leader.
 type Controlled struct {
+	// Prefix names the brokers: prefix1, prefix2...
+	Prefix  string
 	Brokers []*Broker
 	// Bundle is a PEM file with every broker's certificate.
 	Bundle string
@@ -582,66 +584,101 @@ type Controlled struct {
 // controller has elected one leader.
 func StartControlled(t testing.TB, n int, args []string, front func(i int, listen string) string) *Controlled {
 	t.Helper()
-	c := &Controlled{}
-	dirs := make([]string, n)
-	listen := make([]string, n)
-	var bundle []byte
-	for i := range dirs {
-		dirs[i] = t.TempDir()
-		if _, _, err := certs.LoadOrCreate(filepath.Join(dirs[i], "tls"), nil); err != nil {
-			t.Fatal(err)
-		}
-		pem, err := os.ReadFile(filepath.Join(dirs[i], "tls", certs.CertFile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundle = append(bundle, pem...)
-		listen[i] = FreeUDPAddr(t)
-		pub := listen[i]
-		if front != nil {
-			pub = front(i, listen[i])
-		}
-		c.Addrs = append(c.Addrs, pub)
-	}
-	c.Bundle = filepath.Join(t.TempDir(), "group.pem")
-	if err := os.WriteFile(c.Bundle, bundle, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// Started at once, as an operator starts a group: the first election
-	// waits for all of them.
-	var wg sync.WaitGroup
-	c.Brokers = make([]*Broker, n)
-	for i := range dirs {
-		a := []string{"--broker-id", fmt.Sprintf("b%d", i+1), "--listen", listen[i], "--peer-ca", c.Bundle,
-			"--peers", strings.Join(c.Addrs, ",")}
-		if c.Addrs[i] != listen[i] {
-			a = append(a, "--advertise", c.Addrs[i])
-		}
-		b := &Broker{t: t, Dir: dirs[i], Args: append(a, args...), Addr: listen[i], Admin: "127.0.0.1:0",
-			CAFile: c.Bundle, LogPath: filepath.Join(dirs[i], "quiverd.log"), Public: c.Addrs[i]}
-		c.Brokers[i] = b
-		t.Cleanup(func() { b.Kill() })
-		wg.Add(1)
-		go func() { defer wg.Done(); b.Restart() }()
-	}
-	wg.Wait()
-	c.Leader(t)
-	return c
+	return StartControlledGroups(t, Spec{Prefix: "b", N: n, Args: args, Front: front})[0]
 }
 
-// Role is the broker's replication role in its status ("" when it does
-// not answer).
-func (b *Broker) Role() (role string, epoch uint64) {
-	resp, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + b.Admin + "/status")
-	if err != nil {
-		return "", 0
+// Spec is one group of StartControlledGroups.
+type Spec struct {
+	Prefix string // brokers are named prefix1, prefix2...
+	N      int
+	Args   []string
+	Front  func(i int, listen string) string
+	// VotersOf names the group (by prefix) whose brokers are this one's
+	// controllers (--controllers); "": its own (--peers).
+	VotersOf string
+	// Hosts, when set, are the loopback addresses the brokers listen on
+	// (and their peer connections come from), one per broker: a relay can
+	// then tell their traffic apart.
+	Hosts []string
+}
+
+// StartControlledGroups starts groups as StartControlled does, one after
+// the other, with one bundle of certificates for them all.
+func StartControlledGroups(t testing.TB, specs ...Spec) []*Controlled {
+	t.Helper()
+	var bundle []byte
+	groups := make([]*Controlled, len(specs))
+	dirs := make([][]string, len(specs))
+	listen := make([][]string, len(specs))
+	for gi, sp := range specs {
+		c := &Controlled{Prefix: sp.Prefix}
+		groups[gi] = c
+		for i := 0; i < sp.N; i++ {
+			dir := t.TempDir()
+			host := "127.0.0.1"
+			if i < len(sp.Hosts) {
+				host = sp.Hosts[i]
+			}
+			if _, _, err := certs.LoadOrCreate(filepath.Join(dir, "tls"), []string{host}); err != nil {
+				t.Fatal(err)
+			}
+			pem, err := os.ReadFile(filepath.Join(dir, "tls", certs.CertFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bundle = append(bundle, pem...)
+			l := FreeUDPAddrOn(t, host)
+			pub := l
+			if sp.Front != nil {
+				pub = sp.Front(i, l)
+			}
+			dirs[gi], listen[gi] = append(dirs[gi], dir), append(listen[gi], l)
+			c.Addrs = append(c.Addrs, pub)
+		}
 	}
-	defer resp.Body.Close()
-	var s wire.Status
-	if json.NewDecoder(resp.Body).Decode(&s) != nil || s.Replication == nil {
-		return "", 0
+	path := filepath.Join(t.TempDir(), "group.pem")
+	if err := os.WriteFile(path, bundle, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	return s.Replication.Role, s.Replication.Epoch
+	for gi, sp := range specs {
+		c := groups[gi]
+		c.Bundle = path
+		// Started at once, as an operator starts a group: the first
+		// election waits for all of them.
+		var wg sync.WaitGroup
+		c.Brokers = make([]*Broker, sp.N)
+		for i := range dirs[gi] {
+			a := []string{"--broker-id", fmt.Sprintf("%s%d", sp.Prefix, i+1), "--listen", listen[gi][i], "--peer-ca", path,
+				"--peers", strings.Join(c.Addrs, ",")}
+			for _, v := range groups {
+				if sp.VotersOf != "" && v.Prefix == sp.VotersOf {
+					a = append(a, "--controllers", strings.Join(v.Addrs, ","))
+				}
+			}
+			if c.Addrs[i] != listen[gi][i] {
+				a = append(a, "--advertise", c.Addrs[i])
+			}
+			b := &Broker{t: t, Dir: dirs[gi][i], Args: append(a, sp.Args...), Addr: listen[gi][i], Admin: "127.0.0.1:0",
+				CAFile: path, LogPath: filepath.Join(dirs[gi][i], "quiverd.log"), Public: c.Addrs[i]}
+			c.Brokers[i] = b
+			t.Cleanup(func() { b.Kill() })
+			wg.Add(1)
+			go func() { defer wg.Done(); b.Restart() }()
+		}
+		wg.Wait()
+		c.Leader(t)
+	}
+	return groups
+}
+
+// ID is the broker id of b.
+func (c *Controlled) ID(b *Broker) string {
+	for i, x := range c.Brokers {
+		if x == b {
+			return fmt.Sprintf("%s%d", c.Prefix, i+1)
+		}
+	}
+	return ""
 }
 
 // Leader waits until exactly one running broker of the group says it
@@ -649,40 +686,57 @@ func (b *Broker) Role() (role string, epoch uint64) {
 // returns the leader.
 func (c *Controlled) Leader(t testing.TB) *Broker {
 	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		leader, seen := c.leader()
+		if leader != nil {
+			return leader
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for one leader, the others following; last seen: %s", seen)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// leader is the group's leader when exactly one running broker leads and
+// the others follow it; else nil, and what each said.
+func (c *Controlled) leader() (*Broker, string) {
 	var leader *Broker
-	WaitFor(t, "one leader, the others following", func() bool {
-		leader = nil
-		var epoch uint64
-		for _, b := range c.Brokers {
-			if !b.Running() {
-				continue
-			}
-			role, _ := b.Role()
-			r := b.replication()
-			switch role {
-			case "leader":
-				if leader != nil {
-					return false
-				}
-				leader, epoch = b, r.Epoch
-			case "follower":
-			default:
-				return false
-			}
+	var epoch uint64
+	var seen []string
+	rs := map[*Broker]*wire.Replication{}
+	for _, b := range c.Brokers {
+		if !b.Running() {
+			seen = append(seen, c.ID(b)+": not running")
+			continue
 		}
-		if leader == nil {
-			return false
+		r := b.replication()
+		rs[b] = r
+		if r == nil {
+			seen = append(seen, c.ID(b)+": no status")
+			continue
 		}
-		for _, b := range c.Brokers {
-			if b.Running() && b != leader {
-				if r := b.replication(); r == nil || r.Following == nil || !r.Following.Connected || r.Epoch > epoch {
-					return false
-				}
+		seen = append(seen, fmt.Sprintf("%s: %s epoch %d %s", c.ID(b), r.Role, r.Epoch, r.Note))
+		if r.Role == "leader" {
+			if leader != nil {
+				return nil, strings.Join(seen, "; ") + " (two leaders)"
 			}
+			leader, epoch = b, r.Epoch
 		}
-		return true
-	})
-	return leader
+	}
+	if leader == nil {
+		return nil, strings.Join(seen, "; ")
+	}
+	for b, r := range rs {
+		if b == leader {
+			continue
+		}
+		if r == nil || r.Role != "follower" || r.Following == nil || !r.Following.Connected || r.Epoch > epoch {
+			return nil, strings.Join(seen, "; ")
+		}
+	}
+	return leader, ""
 }
 
 func (b *Broker) replication() *wire.Replication {
@@ -717,4 +771,102 @@ func (c *Controlled) Client(t testing.TB, opts ...sdk.Opt) *sdk.Client {
 	}
 	t.Cleanup(func() { cl.Close() })
 	return cl
+}
+
+// Conn is one client session with one broker at one address, bypassing
+// the SDK's routing (a test that must keep talking to a broker the SDK
+// would leave: an old leader cut off from its group). Requests run one
+// at a time.
+type Conn struct {
+	qc  *quic.Conn
+	qs  *quic.Stream
+	br  *bufio.Reader
+	seq uint64
+}
+
+// DialAt opens a session with the broker listening at addr, trusting the
+// certificates in caFile.
+func DialAt(ctx context.Context, addr, caFile string) (*Conn, error) {
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	qc, err := quic.DialAddr(ctx, addr, &tls.Config{RootCAs: pool, NextProtos: []string{wire.ALPN}, MinVersion: tls.VersionTLS13},
+		&quic.Config{MaxIdleTimeout: 30 * time.Second, KeepAlivePeriod: time.Second})
+	if err != nil {
+		return nil, err
+	}
+	qs, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		qc.CloseWithError(0, "")
+		return nil, err
+	}
+	c := &Conn{qc: qc, qs: qs, br: bufio.NewReader(qs)}
+	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: "testbroker-conn"}
+	h, p, err := c.request(ctx, wire.TypeHello, hello.Append(nil))
+	if err == nil && h.Type != wire.TypeHelloOK {
+		err = fmt.Errorf("hello answered with type %d: %q", h.Type, p)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Conn) request(ctx context.Context, typ wire.Type, payload []byte) (wire.Header, []byte, error) {
+	c.seq++
+	if d, ok := ctx.Deadline(); ok {
+		c.qs.SetDeadline(d)
+		defer c.qs.SetDeadline(time.Time{})
+	}
+	if _, err := c.qs.Write(wire.AppendFrame(nil, wire.Header{Type: typ, RequestID: c.seq}, payload)); err != nil {
+		return wire.Header{}, nil, err
+	}
+	for {
+		h, p, _, err := wire.ReadFrame(c.br, nil)
+		if err != nil {
+			return h, nil, err
+		}
+		if h.RequestID == c.seq {
+			return h, p, nil
+		}
+	}
+}
+
+// Produce sends one message and returns its acknowledgement, or the
+// broker's error (a *wire.Error) or the network's.
+func (c *Conn) Produce(ctx context.Context, p wire.Produce) (wire.ProduceAck, error) {
+	if p.Count == 0 {
+		p.Count = 1
+	}
+	p.Queue = wire.AnyQueue
+	h, b, err := c.request(ctx, wire.TypeProduce, p.Append(nil))
+	if err != nil {
+		return wire.ProduceAck{}, err
+	}
+	if h.Type == wire.TypeError {
+		werr, derr := wire.DecodeError(b)
+		if derr != nil {
+			return wire.ProduceAck{}, derr
+		}
+		return wire.ProduceAck{}, werr
+	}
+	var ack wire.ProduceAck
+	return ack, wire.DecodeProduceAck(b, &ack)
+}
+
+// Close ends the session.
+func (c *Conn) Close() { c.qc.CloseWithError(0, "done") }
+
+// Role is the broker's replication role and epoch in its status ("" when
+// it does not answer).
+func (b *Broker) Role() (role string, epoch uint64) {
+	r := b.replication()
+	if r == nil {
+		return "", 0
+	}
+	return r.Role, r.Epoch
 }

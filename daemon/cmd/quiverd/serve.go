@@ -119,7 +119,8 @@ func serve(c config.Config) error {
 	var mux *peer.Mux
 	if ptls != nil {
 		id = &peer.Identity{Cert: cert, Roots: ptls.RootCAs}
-		ro.Dialer = peer.NewDialer(id)
+		host, _, _ := net.SplitHostPort(c.Listen)
+		ro.Dialer = peer.NewDialer(id, net.ParseIP(host))
 		defer ro.Dialer.Close()
 		mux = peer.NewMux(logger)
 		defer mux.Close()
