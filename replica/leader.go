@@ -230,6 +230,17 @@ func (l *Leader) SetISR(isr []string, version uint64) {
 	l.settle(done, p)
 }
 
+// Refused takes the controller's refusal of p: its followers stop
+// counting for acknowledgements (they were never committed).
+func (l *Leader) Refused(p *Proposal) {
+	l.mu.Lock()
+	l.tr.Refuse(p, l.opts.Now())
+	done, np := l.tr.Step(l.opts.Now())
+	l.mu.Unlock()
+	l.poke()
+	l.settle(done, np)
+}
+
 // ISR is the committed in-sync set and its version, and the proposal
 // waiting for the controller (nil: none).
 func (l *Leader) ISR() ([]string, uint64, *Proposal) {

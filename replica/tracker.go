@@ -53,6 +53,9 @@ type Tracker struct {
 	pending *Proposal
 	fs      map[string]*fstate
 	waiters []*waiter // in log order (by end)
+	// refused: followers whose joining the controller refused lately (it
+	// saw no live session), not proposed again for a retry's time.
+	refused map[string]time.Time
 }
 
 // fstate is what the tracker knows of one follower.
@@ -103,7 +106,7 @@ const ProposalRetry = time.Second
 // the log ending at floor, the controller's committed in-sync set isr
 // (followers only) at version, and min-insync k.
 func NewTracker(k int, lag time.Duration, isr []string, version uint64, floor int64, now time.Time) *Tracker {
-	t := &Tracker{k: k, lag: lag, retry: ProposalRetry, start: now, floor: floor, fs: map[string]*fstate{}}
+	t := &Tracker{k: k, lag: lag, retry: ProposalRetry, start: now, floor: floor, fs: map[string]*fstate{}, refused: map[string]time.Time{}}
 	t.setISR(isr, version)
 	return t
 }
@@ -166,6 +169,20 @@ func (t *Tracker) Commit(isr []string, version uint64) bool {
 		t.pending = nil
 	}
 	return true
+}
+
+// Refuse settles p as refused by the controller (not committed: a
+// refusal is an answer, unlike a lost request, whose proposal stays
+// pending). The followers it added stop counting for acknowledgements,
+// and are not proposed again for a retry's time.
+func (t *Tracker) Refuse(p *Proposal, now time.Time) {
+	if t.pending != p {
+		return
+	}
+	t.pending = nil
+	for _, id := range p.Added {
+		t.refused[id] = now
+	}
 }
 
 // ISR is the committed set and its version.
@@ -309,6 +326,9 @@ func (t *Tracker) propose(now time.Time) *Proposal {
 	if len(removed) == 0 {
 		for id, f := range t.fs {
 			if slices.Contains(t.isr, id) || !f.connected || f.caughtUp.IsZero() {
+				continue
+			}
+			if r, ok := t.refused[id]; ok && now.Sub(r) < t.retry {
 				continue
 			}
 			if now.Sub(f.caughtUp) <= t.lag && f.acked >= t.floor {

@@ -257,3 +257,37 @@ func TestWaitersInLogOrder(t *testing.T) {
 		t.Fatalf("after 450, with 500 added before 400: 400 %+v, 500 %+v", b, a)
 	}
 }
+
+// A proposal the controller refuses (a follower it sees no session of) is
+// withdrawn: the follower stops counting for acknowledgements at once,
+// and is not proposed again before ProposalRetry. (A stopping broker that
+// followed the new leader held every send of the group until the end of
+// the stop.)
+func TestRefusedExpansionIsWithdrawn(t *testing.T) {
+	c := newClock()
+	tr := NewTracker(1, 5*time.Second, []string{"f1"}, 1, 0, c.now)
+	caughtUp(tr, c.now, 0, "f1", "f2")
+	p := settle(tr, c.at(time.Millisecond))
+	if p == nil || !slices.Equal(p.Added, []string{"f2"}) {
+		t.Fatalf("proposal %+v", p)
+	}
+	var o outcome
+	tr.Wait(100, c.now.Add(time.Hour), o.fn)
+	tr.Acked("f1", 100)
+	settle(tr, c.at(time.Millisecond))
+	if o.done {
+		t.Fatal("acknowledged without the proposed f2")
+	}
+	tr.Refuse(p, c.now)
+	if q := settle(tr, c.at(time.Millisecond)); q != nil {
+		t.Fatalf("proposed again at once: %v", q)
+	}
+	if !o.done || o.err != nil {
+		t.Fatalf("not acknowledged once f2's joining was refused: %+v", o)
+	}
+	tr.Acked("f2", 100)
+	tr.CaughtUp("f2", c.now)
+	if q := settle(tr, c.at(ProposalRetry)); q == nil || !slices.Equal(q.Added, []string{"f2"}) {
+		t.Fatalf("not proposed again after ProposalRetry: %+v", q)
+	}
+}

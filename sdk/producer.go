@@ -474,11 +474,15 @@ func (op *sendOp) failed(err error, started time.Time) {
 		cl.faults.end(addr, errors.As(err, &be)) // a code is an answer: the broker is alive
 		op.sending = false
 	}
+	var routed <-chan struct{} // the next refresh of the routes, when the retry waits for it
 	switch {
 	case op.cur == nil:
 		cl.router.stale()
 	case isNotLeader(err):
+		// The group's leader moved (a failover, a handoff): retry once the
+		// routes say where, not on the broker that just said no.
 		cl.faults.release(addr, op.probe)
+		routed = cl.router.updated()
 		cl.router.stale()
 	case brokerFault(err):
 		cl.faults.sent(addr, lat, err, op.probe)
@@ -505,8 +509,27 @@ func (op *sendOp) failed(err error, started time.Time) {
 		op.finish(err)
 		return
 	}
+	if routed != nil {
+		// At most routeWait: the refresh may show the same leader (the
+		// broker asked has not heard of the change yet) or fail.
+		go func() {
+			t := time.NewTimer(max(wait, routeWait))
+			defer t.Stop()
+			select {
+			case <-routed:
+			case <-t.C:
+			case <-op.ctx.Done():
+			}
+			op.attempt()
+		}()
+		return
+	}
 	time.AfterFunc(wait, op.attempt)
 }
+
+// routeWait bounds how long a send that met NOT_LEADER waits for the
+// routes to be refreshed before it tries again.
+const routeWait = 250 * time.Millisecond
 
 func (op *sendOp) finish(err error) {
 	se := &SendError{Topic: op.req.Topic, Attempts: append([]Attempt(nil), op.attempts...), Err: err}

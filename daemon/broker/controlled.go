@@ -86,6 +86,8 @@ func (b *Broker) takeState(st *controller.State) {
 	}
 	b.countElections(g)
 	switch {
+	case g.Leader != b.opts.ID && b.repl.stopping.Load():
+		b.toWaiting("this broker is stopping") // it follows nobody: its leader would wait for it
 	case g.Leader == "":
 		b.toWaiting("the group has no leader elected yet")
 	case g.Leader == b.opts.ID:
@@ -186,7 +188,9 @@ func (b *Broker) countElections(g *controller.Group) {
 }
 
 // proposeISR hands the leader's proposal to the controller; the answer
-// comes back as a state (or, refused, the proposal is made again).
+// comes back as a state. A refusal withdraws it (a follower refused stops
+// counting for acknowledgements); a request lost with its session leaves
+// it pending, to be made again.
 func (b *Broker) proposeISR(epoch uint64, p *replica.Proposal) {
 	c := b.repl.ctl
 	if c == nil {
@@ -199,8 +203,16 @@ func (b *Broker) proposeISR(epoch uint64, p *replica.Proposal) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if err := c.Request(ctx, &controller.Msg{Req: controller.ReqISR, Command: cmd}); err != nil {
-			b.logger.Warn("the controller did not take the in-sync set", "change", p.String(), "err", err)
+		err := c.Request(ctx, &controller.Msg{Req: controller.ReqISR, Command: cmd})
+		if err == nil {
+			return
+		}
+		b.logger.Warn("the controller did not take the in-sync set", "change", p.String(), "err", err)
+		var refused *controller.RefusedError
+		if errors.As(err, &refused) {
+			if l := b.leader(); l != nil && l.Epoch() == epoch {
+				l.Refused(p)
+			}
 		}
 	}()
 }

@@ -106,6 +106,12 @@ func (c *Client) Run(ctx context.Context) {
 
 var errNoSession = errors.New("controller: no session with the controller's leader")
 
+// RefusedError is the controller's answer that a request was refused
+// (unlike a request lost with its session, whose outcome is unknown).
+type RefusedError struct{ Msg string }
+
+func (e *RefusedError) Error() string { return e.Msg }
+
 // session runs one session with the voter at addr. redirected: the voter
 // does not lead and named the one that does (c.target).
 func (c *Client) session(ctx context.Context, addr string) (redirected bool, err error) {
@@ -310,8 +316,11 @@ func (c *Client) Request(ctx context.Context, m *Msg) error {
 	}
 	select {
 	case r := <-ch:
-		if r.Error != "" {
-			return errors.New(r.Error)
+		switch {
+		case r.Error == errNoSession.Error():
+			return errNoSession
+		case r.Error != "":
+			return &RefusedError{Msg: r.Error}
 		}
 		return nil
 	case <-ctx.Done():

@@ -43,6 +43,9 @@ type ledger struct {
 func newLedger() *ledger { return &ledger{acks: map[string]ackedSend{}} }
 
 func (l *ledger) add(body string, r sdk.SendResult) {
+	if len(r.Failed) > 0 && os.Getenv("QUIVER_DEBUG_ATTEMPTS") != "" {
+		fmt.Printf("%s ok after %v: %v\n", time.Now().Format("15:04:05.000"), r.Failed, r.Broker)
+	}
 	l.mu.Lock()
 	l.acks[body] = ackedSend{queue: r.Queue, offset: r.Offset, epoch: r.Epoch, group: r.Group, at: time.Now()}
 	l.mu.Unlock()

@@ -152,6 +152,22 @@ func (c *conn) flushAndClose(code quic.ApplicationErrorCode, msg string) {
 	}()
 }
 
+// stopAndClose closes the connection of a stopping broker: its streams
+// keep answering (every new request with STOPPING, at once, so that the
+// client goes elsewhere instead of waiting for the close), until the
+// client closes the connection or a second has passed.
+func (c *conn) stopAndClose(code quic.ApplicationErrorCode, msg string) {
+	go func() {
+		t := time.NewTimer(time.Second)
+		defer t.Stop()
+		select {
+		case <-c.qc.Context().Done():
+		case <-t.C:
+		}
+		c.flushAndClose(code, msg)
+	}()
+}
+
 func (c *conn) newStream(qs *quic.Stream, br *bufio.Reader) *stream {
 	st := &stream{c: c, qs: qs, br: br, w: wire.NewWriter(qs, 8<<20)}
 	c.mu.Lock()

@@ -200,7 +200,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.conns.Lock()
 	for c := range s.conns.m {
-		c.flushAndClose(closeNormal, "broker stopping")
+		c.stopAndClose(closeNormal, "broker stopping")
 	}
 	s.conns.Unlock()
 	s.connWG.Wait()

@@ -131,8 +131,21 @@ func StartIn(t testing.TB, dir string, args ...string) *Broker {
 	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0",
 		CAFile: filepath.Join(dir, "tls", "cert.pem"), LogPath: filepath.Join(dir, "quiverd.log")}
 	b.Restart()
-	t.Cleanup(func() { b.Kill() })
+	t.Cleanup(func() { b.Kill(); b.keepLog() })
 	return b
+}
+
+// keepLog copies the broker's log to $QUIVER_KEEP_LOGS/<test>/<dir>.log
+// when that is set (the data directory goes with the test).
+func (b *Broker) keepLog() {
+	dir := os.Getenv("QUIVER_KEEP_LOGS")
+	if dir == "" {
+		return
+	}
+	dst := filepath.Join(dir, strings.ReplaceAll(b.t.Name(), "/", "_"))
+	if os.MkdirAll(dst, 0o755) == nil {
+		os.WriteFile(filepath.Join(dst, filepath.Base(b.Dir)+".log"), []byte(b.Log()), 0o644)
+	}
 }
 
 // Restart starts the process again (after Kill or Stop) on the same
@@ -661,7 +674,7 @@ func StartControlledGroups(t testing.TB, specs ...Spec) []*Controlled {
 			b := &Broker{t: t, Dir: dirs[gi][i], Args: append(a, sp.Args...), Addr: listen[gi][i], Admin: "127.0.0.1:0",
 				CAFile: path, LogPath: filepath.Join(dirs[gi][i], "quiverd.log"), Public: c.Addrs[i]}
 			c.Brokers[i] = b
-			t.Cleanup(func() { b.Kill() })
+			t.Cleanup(func() { b.Kill(); b.keepLog() })
 			wg.Add(1)
 			go func() { defer wg.Done(); b.Restart() }()
 		}
