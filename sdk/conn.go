@@ -408,6 +408,24 @@ func (st *cstream) expire(now int64, dst []*call) []*call {
 	return dst
 }
 
+// failPending fails the calls sent and not answered yet, keeping the
+// stream open (an answer that comes later finds no call and is dropped).
+func (st *cstream) failPending(err error) {
+	st.mu.Lock()
+	calls := make([]*call, 0, len(st.pending))
+	for id, c := range st.pending {
+		if c.sent.Load() {
+			delete(st.pending, id)
+			calls = append(calls, c)
+		}
+	}
+	st.mu.Unlock()
+	for _, c := range calls {
+		c.err = err
+		c.complete()
+	}
+}
+
 func (st *cstream) failAll(err error) {
 	st.mu.Lock()
 	st.closed = true

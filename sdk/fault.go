@@ -117,6 +117,21 @@ func (f *faultTracker) usable(addr string) bool {
 	return f.usableLocked(f.m[addr], f.now())
 }
 
+// troubled reports whether some broker is set aside or silent while
+// sends wait on it now (the routes are then refreshed more often: a
+// failover's new leader is learned within a fraction of a second).
+func (f *faultTracker) troubled() bool {
+	now := f.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, h := range f.m {
+		if !f.usableLocked(h, now) || f.stalledLocked(h, now) {
+			return true
+		}
+	}
+	return false
+}
+
 func (f *faultTracker) usableLocked(h *brokerHealth, now time.Time) bool {
 	return h == nil || (!now.Before(h.until) && !(h.suspect && h.probing) && !f.stalledLocked(h, now))
 }

@@ -474,19 +474,25 @@ func (op *sendOp) failed(err error, started time.Time) {
 		cl.faults.end(addr, errors.As(err, &be)) // a code is an answer: the broker is alive
 		op.sending = false
 	}
-	var routed <-chan struct{} // the next refresh of the routes, when the retry waits for it
+	// routed: the next refresh of the routes, asked for here; the retry
+	// goes as soon as it comes (a new leader may be in it) or after its
+	// backoff, whichever is first.
+	var routed <-chan struct{}
+	notLeader := false
 	switch {
 	case op.cur == nil:
+		routed = cl.router.updated()
 		cl.router.stale()
 	case isNotLeader(err):
 		// The group's leader moved (a failover, a handoff): retry once the
 		// routes say where, not on the broker that just said no.
 		cl.faults.release(addr, op.probe)
-		routed = cl.router.updated()
+		routed, notLeader = cl.router.updated(), true
 		cl.router.stale()
 	case brokerFault(err):
 		cl.faults.sent(addr, lat, err, op.probe)
 		if _, ok := err.(*NetError); ok {
+			routed = cl.router.updated()
 			cl.router.stale()
 		}
 	default:
@@ -500,20 +506,29 @@ func (op *sendOp) failed(err error, started time.Time) {
 	if !op.keyBound && op.group != "" {
 		op.tried = append(op.tried, op.group)
 	}
-	// Go elsewhere at once; back off a little when retrying again.
+	// Go elsewhere at once; back off a little when retrying again (but
+	// not after a failover: the new leader is known).
 	var wait time.Duration
-	if n := len(op.attempts); n > 1 {
+	if n := len(op.attempts); n > 1 && !errors.Is(err, errLeaderMoved) {
 		wait = op.p.cfg.retryBase << min(n-2, 5)
+	}
+	if errors.Is(err, errLeaderMoved) {
+		routed = nil
 	}
 	if time.Now().Add(wait).After(op.deadline) {
 		op.finish(err)
 		return
 	}
-	if routed != nil {
-		// At most routeWait: the refresh may show the same leader (the
-		// broker asked has not heard of the change yet) or fail.
+	if routed != nil && (wait > 0 || notLeader) {
+		// After NOT_LEADER, at least until the refresh (at most
+		// routeWait: it may show the same leader, the broker asked not
+		// having heard of the change yet, or fail).
+		limit := wait
+		if notLeader {
+			limit = max(wait, routeWait)
+		}
 		go func() {
-			t := time.NewTimer(max(wait, routeWait))
+			t := time.NewTimer(limit)
 			defer t.Stop()
 			select {
 			case <-routed:

@@ -233,9 +233,13 @@ func (r *router) stale() {
 	}
 }
 
+// troubledRefresh is how often the routes are refreshed while a broker is
+// set aside or silent (a leader may be being replaced).
+const troubledRefresh = 200 * time.Millisecond
+
 func (r *router) loop() {
 	every := r.cl.cfg.routeRefresh
-	t := time.NewTicker(every)
+	t := time.NewTimer(every)
 	defer t.Stop()
 	var last time.Time
 	for {
@@ -259,6 +263,17 @@ func (r *router) loop() {
 			r.cl.logger.Debug("route refresh failed", "err", err)
 		}
 		cancel()
+		next := every
+		if r.cl.faults.troubled() {
+			next = min(every, troubledRefresh)
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(next)
 	}
 }
 
@@ -454,10 +469,44 @@ func (r *router) mergeLate(got []wire.RouteBroker) {
 // publish makes t the current routes and wakes whoever waits for a change.
 func (r *router) publish(t *routeTable) {
 	r.curMu.Lock()
+	prev := r.cur
 	r.cur = t
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.curMu.Unlock()
+	r.cl.leadersMoved(prev, t)
+}
+
+// errLeaderMoved fails the sends still waiting on a group's old leader
+// once the routes name a new one (a failover): they are retried on the
+// new leader at once instead of waiting out their attempt on a broker
+// that is gone or no longer leads. (One the old leader did store is then
+// stored twice: delivery is at least once.)
+var errLeaderMoved = errors.New("the group has a new leader")
+
+// leadersMoved fails the sends in flight to the leaders that t replaced
+// (a newer epoch led by another broker).
+func (cl *Client) leadersMoved(prev, t *routeTable) {
+	if prev == nil {
+		return
+	}
+	for name, ng := range t.groups {
+		og := prev.groups[name]
+		if og == nil || og.leader == "" || ng.leader == og.leader || ng.epoch <= og.epoch {
+			continue
+		}
+		cl.connMu.RLock()
+		bc := cl.conns[og.leader]
+		cl.connMu.RUnlock()
+		if bc == nil {
+			continue
+		}
+		if s := bc.live(); s != nil {
+			if st := s.streams[streamProduce]; st != nil {
+				st.failPending(&NetError{Broker: og.leader, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, ng.leader, name, ng.epoch)})
+			}
+		}
+	}
 }
 
 // route sends one Route request to addr.

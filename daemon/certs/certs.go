@@ -73,6 +73,16 @@ func Load(certPath, keyPath string) (tls.Certificate, string, error) {
 	return c, Fingerprint(c.Certificate[0]), nil
 }
 
+// ResetKey derives the broker's QUIC stateless reset key from its private
+// key: the same across restarts, secret like the key itself.
+func ResetKey(c tls.Certificate) ([32]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("certs: reset key: %w", err)
+	}
+	return sha256.Sum256(append([]byte("quiver QUIC stateless reset key\x00"), der...)), nil
+}
+
 // Fingerprint is the SHA-256 of a DER certificate, as lowercase hex.
 func Fingerprint(der []byte) string {
 	sum := sha256.Sum256(der)

@@ -91,6 +91,9 @@ type Service struct {
 	live      map[string]bool // as last pushed
 	sessions  map[*session]struct{}
 	regs      map[string]bool // registrations being proposed
+	// lastTransfer: when this voter last handed its leadership over
+	// (decide's goroutine only).
+	lastTransfer time.Time
 
 	kick chan struct{}
 	stop chan struct{}
@@ -118,7 +121,7 @@ func Start(o Options, mux *peer.Mux) (*Service, error) {
 	// it gives a session's time, would expire.
 	conf.HeartbeatTimeout = o.Session / 4
 	conf.ElectionTimeout = o.Session / 4
-	conf.LeaderLeaseTimeout = o.Session / 8
+	conf.LeaderLeaseTimeout = o.Session / 4 // a leader steps down after this without a quorum: not less, or a busy machine makes it flap
 	conf.SnapshotThreshold = 1024
 	conf.TrailingLogs = 1024
 	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(o.Dir, "raft.db"), BoltOptions: &bbolt.Options{Timeout: 5 * time.Second}})
@@ -190,13 +193,20 @@ func (s *Service) Close() {
 // State is the newest State this voter applied.
 func (s *Service) State() *State { return s.fsm.state() }
 
-// Info is the quorum as this voter sees it.
+// Info is the quorum as this voter sees it. (Not raft's Stats: it waits
+// for raft's own goroutine, and Info answers every heartbeat.)
 func (s *Service) Info() *Info {
 	leader, _ := s.raft.LeaderWithID()
-	st := s.raft.Stats()
 	in := &Info{Voters: s.o.Voters, Leader: string(leader), Term: s.raft.CurrentTerm(), Self: s.o.Addr,
-		State: s.raft.State().String(), LastContact: st["last_contact"]}
-	fmt.Sscan(st["commit_index"], &in.CommitIndex)
+		State: s.raft.State().String(), CommitIndex: s.raft.AppliedIndex()}
+	switch last := s.raft.LastContact(); {
+	case in.State == "Leader":
+		in.LastContact = "0s"
+	case last.IsZero():
+		in.LastContact = "never"
+	default:
+		in.LastContact = time.Since(last).Round(time.Millisecond).String()
+	}
 	return in
 }
 
@@ -299,12 +309,52 @@ func (s *Service) decide(done chan struct{}) {
 				break // decide again from the new state
 			}
 		}
+		if s.spreadLeadership(s.fsm.state(), v) {
+			return // leading no more: the new leader decides
+		}
 		if next := nextDecision(s.fsm.state(), v); !next.IsZero() {
 			t.Reset(max(next.Sub(s.o.Now()), 0))
 		} else {
 			t.Reset(s.o.Session)
 		}
 	}
+}
+
+// spreadLeadership hands the quorum's leadership to another voter when
+// this voter's broker leads a group and a live voter leads none: one crash
+// then never takes both a group's leader and the controller's, whose new
+// leader would first give every session its time (a failover of about a
+// session and a raft election instead of a session). It reports whether
+// it handed over.
+func (s *Service) spreadLeadership(st *State, v *view) bool {
+	leads := func(id string) bool {
+		for _, g := range st.Groups {
+			if g.Leader == id {
+				return true
+			}
+		}
+		return false
+	}
+	if !leads(s.o.ID) || time.Since(s.lastTransfer) < 10*s.o.Session {
+		return false
+	}
+	for _, addr := range s.o.Voters {
+		if addr == s.o.Addr {
+			continue
+		}
+		for id, b := range st.Brokers {
+			if b.Addr == addr && v.reported(id) && !leads(id) {
+				s.lastTransfer = time.Now()
+				s.logger.Info("handing the controller's leadership to a voter that leads no group", "to", id, "addr", addr)
+				if err := s.raft.LeadershipTransferToServer(raft.ServerID(addr), raft.ServerAddress(addr)).Error(); err != nil {
+					s.logger.Warn("controller leadership transfer failed", "to", id, "err", err)
+					return false
+				}
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // apply commits c and logs what it changed.
@@ -485,6 +535,11 @@ func (s *Service) heartbeat(sess *session, hb *Heartbeat) bool {
 	}
 	prev, seen := s.reports[hb.Broker]
 	s.reports[hb.Broker] = Report{Heartbeat: *hb, Heard: now}
+	if gap := now.Sub(prev.Heard); seen && hb.Seq == prev.Seq+1 && gap > 3*s.o.Heartbeat/2 {
+		// Late heartbeats eat into the session: a broker whose
+		// heartbeats come this late is close to being replaced.
+		s.logger.Warn("a broker's heartbeat came late", "broker", hb.Broker, "gap", gap.Round(time.Millisecond), "heartbeat", s.o.Heartbeat)
+	}
 	register := !sameRegistration(st, hb) && !s.regs[hb.Broker]
 	if register {
 		s.regs[hb.Broker] = true

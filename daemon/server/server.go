@@ -59,7 +59,13 @@ type Options struct {
 	// IdleTimeout closes a connection that has been silent this long
 	// (default 30s; the SDK sends keep-alives).
 	IdleTimeout time.Duration
-	Logger      *slog.Logger
+	// ResetKey, when set, is the QUIC stateless reset key: the same one
+	// across restarts (certs.ResetKey derives it from the broker's key),
+	// so that a peer or client still holding a connection to the broker's
+	// previous process learns at its first packet that it is gone, instead
+	// of waiting out an idle timeout.
+	ResetKey *quic.StatelessResetKey
+	Logger   *slog.Logger
 }
 
 func (o *Options) ensureDefaults() {
@@ -96,6 +102,8 @@ type Server struct {
 	opts   Options
 	logger *slog.Logger
 	ln     *quic.Listener
+	tr     *quic.Transport
+	udp    *net.UDPConn
 	b      *broker.Broker
 
 	stopping atomic.Bool
@@ -136,11 +144,21 @@ func Listen(o Options) (*Server, error) {
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     64 << 20,
 	}
-	ln, err := quic.ListenAddr(o.Listen, tlsConf, qconf)
+	ua, err := net.ResolveUDPAddr("udp", o.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
 	}
-	s := &Server{opts: o, logger: o.Logger.With("component", "server"), ln: ln, b: o.Broker, served: make(chan struct{})}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: o.ResetKey}
+	ln, err := tr.Listen(tlsConf, qconf)
+	if err != nil {
+		udp.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
+	}
+	s := &Server{opts: o, logger: o.Logger.With("component", "server"), ln: ln, tr: tr, udp: udp, b: o.Broker, served: make(chan struct{})}
 	s.conns.m = map[*conn]struct{}{}
 	s.hs.init(s.logger)
 	return s, nil
@@ -206,6 +224,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.connWG.Wait()
 	<-s.served
 	return err
+}
+
+// Close closes the server's socket, and with it every connection left
+// (peer connections included): call it last, after Shutdown and after
+// the broker and its peers' streams are done.
+func (s *Server) Close() error {
+	s.ln.Close()
+	s.tr.Close()
+	return s.udp.Close()
 }
 
 // Connections is the connection part of the status document.

@@ -68,6 +68,7 @@ func start(t *testing.T, tokens ...string) *fixture {
 	t.Cleanup(func() {
 		s.Shutdown(context.Background())
 		b.Close()
+		s.Close()
 	})
 	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
 	pool := x509.NewCertPool()

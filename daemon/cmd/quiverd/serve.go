@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/spf13/cobra"
 
 	"github.com/quivermq/quiver/daemon/admin"
@@ -152,12 +153,18 @@ func serve(c config.Config) error {
 	if mux != nil {
 		b.ServePeers(mux)
 	}
-	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		Broker: b, Tokens: c.Tokens, Logger: logger, Identity: id, Peers: mux})
+	resetKey, err := certs.ResetKey(cert)
 	if err != nil {
 		b.Close()
 		return err
 	}
+	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+		Broker: b, Tokens: c.Tokens, Logger: logger, Identity: id, Peers: mux, ResetKey: (*quic.StatelessResetKey)(&resetKey)})
+	if err != nil {
+		b.Close()
+		return err
+	}
+	defer srv.Close()
 	advertise := c.Advertise
 	if advertise == "" {
 		advertise = srv.Addr().String()
