@@ -315,12 +315,16 @@ func (b *Broker) HandOff(ctx context.Context) error {
 // waitState waits until the controller's state of this broker's group
 // satisfies ok.
 func (b *Broker) waitState(ctx context.Context, ok func(*controller.Group) bool) error {
+	return b.waitGroup(ctx, b.groupKey(), ok)
+}
+
+// waitGroup waits until the state of the group named name (or keyed)
+// satisfies ok, or the group is not in the state.
+func (b *Broker) waitGroup(ctx context.Context, name string, ok func(*controller.Group) bool) error {
 	for {
 		ch := b.repl.ctl.Changed()
-		if st := b.repl.ctl.State(); st != nil {
-			if g := st.Groups[b.groupKey()]; g == nil || ok(g) {
-				return nil
-			}
+		if g := b.repl.ctl.State().GroupNamed(name); g == nil || ok(g) {
+			return nil
 		}
 		select {
 		case <-ch:
@@ -341,7 +345,16 @@ func (b *Broker) Elect(ctx context.Context, req *wire.Elect) (wire.EpochInfo, *w
 		b.logger.Error("UNCLEAN election asked for by an operator: a leader outside the in-sync set may lose acknowledged sends",
 			"group", req.Group, "broker", req.Broker)
 	}
+	var before uint64
+	if g := c.State().GroupNamed(req.Group); g != nil {
+		before = g.Epoch
+	}
 	err := c.Request(ctx, &controller.Msg{Req: controller.ReqElect, Group: req.Group, Target: req.Broker, Unclean: req.Flags&wire.ElectUnclean != 0})
+	if err == nil {
+		// Answer with the new epoch: this broker's copy of the state may
+		// not have it yet.
+		err = b.waitGroup(ctx, req.Group, func(g *controller.Group) bool { return g.Epoch > before })
+	}
 	if err != nil {
 		code := wire.CodeInvalid
 		if strings.Contains(err.Error(), "no session") || errors.Is(err, context.DeadlineExceeded) {

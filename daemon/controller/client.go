@@ -45,13 +45,14 @@ type Client struct {
 	lastErr  string
 	sessions int64
 	changed  chan struct{} // closed (and replaced) by every newer state
+	joined   chan struct{} // closed (and replaced) when a session starts
 }
 
 // NewClient returns a Client; Run starts it. report and onState as above.
 func NewClient(o Options, report func() Heartbeat, onState func(*State)) *Client {
 	o.ensureDefaults()
 	return &Client{o: o, logger: o.Logger.With("component", "controller-client"), report: report, onState: onState,
-		base: time.Now(), st: NewState(), pending: map[uint64]chan *Msg{}, changed: make(chan struct{})}
+		base: time.Now(), st: NewState(), pending: map[uint64]chan *Msg{}, changed: make(chan struct{}), joined: make(chan struct{})}
 }
 
 // answerTimeout is how long a session waits for the controller to answer
@@ -192,6 +193,8 @@ func (c *Client) session(ctx context.Context, addr string) (redirected bool, err
 					c.cur = w
 					c.sessions++
 					c.lastErr = ""
+					close(c.joined)
+					c.joined = make(chan struct{})
 					c.mu.Unlock()
 					c.logger.Info("session with the controller", "voter", addr)
 				}
@@ -295,17 +298,25 @@ func (c *Client) View() (info *Info, live map[string]int64, at time.Time, waitin
 	return c.info, c.live, c.liveAt, c.waiting, c.cur != nil
 }
 
-// Request sends a request on the current session and waits for its
-// result (an error when it failed or there is no session).
+// Request sends a request on the current session (waiting for one, while
+// ctx lasts: a new controller leader is being found) and waits for its
+// result: nil, a *RefusedError, or an error that leaves the outcome
+// unknown (the session ended first, or ctx did).
 func (c *Client) Request(ctx context.Context, m *Msg) error {
 	m.Kind, m.ID = "request", c.nextID.Add(1)
 	ch := make(chan *Msg, 1)
 	c.mu.Lock()
-	w := c.cur
-	if w == nil {
+	for c.cur == nil {
+		joined := c.joined
 		c.mu.Unlock()
-		return errNoSession
+		select {
+		case <-joined:
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%v)", errNoSession, ctx.Err())
+		}
+		c.mu.Lock()
 	}
+	w := c.cur
 	c.pending[m.ID] = ch
 	c.mu.Unlock()
 	if err := send(w, m); err != nil {

@@ -678,6 +678,15 @@ func (s *Service) request(sess *session, m *Msg) error {
 			reason = fmt.Sprintf("handoff: the leader %s is stopping", sess.id)
 		}
 		c, err := electFor(g, v, m.Target, m.Unclean && m.Req == ReqElect, reason)
+		// A controller that has just taken over has not heard every
+		// broker yet: give them a session's time to report.
+		for err != nil && errors.Is(err, ErrNotElectable) && s.o.Now().Sub(v.since) < s.o.Session {
+			time.Sleep(s.o.Heartbeat / 5)
+			s.mu.Lock()
+			v = s.viewLocked(s.o.Now())
+			s.mu.Unlock()
+			c, err = electFor(s.fsm.state().GroupNamed(m.Group), v, m.Target, m.Unclean && m.Req == ReqElect, reason)
+		}
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -31,6 +32,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"consume", "--topic", "t", "--group", "g", "--from", "middle"}, `--from "middle": want earliest or latest`},
 		{[]string{"consume", "--topic", "t", "--group", strings.Repeat("g", 256)}, "--group of 256 bytes"},
 		{[]string{"topic"}, "topic needs a command"},
+		{[]string{"admin"}, "admin needs a command: promote or elect"},
+		{[]string{"admin", "elect"}, "--group is required"},
+		{[]string{"admin", "elect", "--broker-id", "b2"}, "--group is required"},
 		{[]string{"topic", "drop", "t"}, `unknown command "drop"`},
 		{[]string{"topic", "create"}, "takes the topic name, got 0"},
 		{[]string{"topic", "create", "a", "b"}, "takes the topic name, got 2"},
@@ -231,4 +235,92 @@ func TestReplicationStatusAndPromote(t *testing.T) {
 		rr := l.Status().Replication
 		return rr != nil && rr.Role == "follower"
 	})
+}
+
+// Under a controller, status and cluster show the groups it runs with
+// their in-sync sets, and admin elect moves the leadership to the broker
+// it names; a group run by hand refuses elect and points to promote.
+func TestControllerStatusAndElect(t *testing.T) {
+	c := testbroker.StartControlled(t, 3, []string{"--min-insync", "1"}, nil)
+	l := c.Leader(t)
+	cli := func(addrs []string, args ...string) result {
+		return runCLI(t, noEnv, "", append([]string{"--broker", strings.Join(addrs, ","), "--ca", c.Bundle}, args...)...)
+	}
+
+	// The controller adds the followers to the in-sync set once they
+	// caught up with the leader.
+	var gc wire.GroupControl
+	testbroker.WaitFor(t, "both followers in the controller's in-sync set", func() bool {
+		r := l.Status().Replication
+		if r == nil || r.Controller == nil || len(r.Controller.Groups) != 1 {
+			return false
+		}
+		gc = r.Controller.Groups[0]
+		return len(gc.ISR) == 3 && len(r.ISR) == 2
+	})
+	isr := strings.Join(gc.ISR, ",")
+	r := must(t, cli([]string{l.Addr}, "status"))
+	for _, want := range []string{"replication  leader", "in-sync set", "CONTROLLER", "voters", "quorum", "session  connected",
+		"GROUP", "IN SYNC", "MEMBERS", gc.Name + " ", isr + " (version", c.ID(l) + " live"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("leader's status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	r = must(t, cli(c.Addrs, "cluster"))
+	for _, want := range []string{"BROKER", "IN SYNC", gc.Name + " ", isr + " (version"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("cluster lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	var out struct {
+		Controller *wire.ControllerStatus `json:"controller"`
+	}
+	if err := json.Unmarshal([]byte(must(t, cli(c.Addrs, "cluster", "--json")).stdout), &out); err != nil ||
+		out.Controller == nil || len(out.Controller.Groups) != 1 || out.Controller.Groups[0].Name != gc.Name {
+		t.Fatalf("cluster --json: %v, controller %+v", err, out.Controller)
+	}
+
+	var f *testbroker.Broker
+	for _, b := range c.Brokers {
+		if b != l {
+			f = b
+			break
+		}
+	}
+	r = must(t, cli(c.Addrs, "admin", "elect", "--group", gc.Name, "--broker-id", c.ID(f)))
+	// It answers with the election's outcome: the broker asked for, in a
+	// newer epoch.
+	if !regexp.MustCompile(`^` + c.ID(f) + ` leads group ` + regexp.QuoteMeta(gc.Name) + ` in epoch \d+ at ` + regexp.QuoteMeta(f.Addr) + `\n$`).MatchString(r.stdout) {
+		t.Fatalf("admin elect: %v", r)
+	}
+	testbroker.WaitFor(t, c.ID(f)+" to lead", func() bool {
+		role, epoch := f.Role()
+		return role == "leader" && epoch > gc.Epoch
+	})
+	if nl := c.Leader(t); nl != f {
+		t.Fatalf("%s leads after electing %s", c.ID(nl), c.ID(f))
+	}
+	r = must(t, cli([]string{f.Addr}, "status"))
+	if want := c.ID(l) + " -> " + c.ID(f); !strings.Contains(r.stdout, want) {
+		t.Fatalf("status lacks the election %q:\n%s", want, r.stdout)
+	}
+
+	// --unclean warns before it asks, whatever the controller elects.
+	r = must(t, cli(c.Addrs, "admin", "elect", "--group", gc.Name, "--unclean", "--json"))
+	var info struct {
+		Epoch      uint64 `json:"epoch"`
+		Leader     string `json:"leader"`
+		LeaderAddr string `json:"leader_addr"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &info); err != nil || info.Epoch == 0 || info.Leader == "" || info.LeaderAddr == "" ||
+		!strings.Contains(r.stderr, "WARNING") || !strings.Contains(r.stderr, "last resort") {
+		t.Fatalf("admin elect --unclean --json: %v (%v)", r, err)
+	}
+
+	g := testbroker.StartGroup(t, 1, nil, nil)
+	r = runCLI(t, noEnv, "", "--broker", g.Leader.Addr, "--ca", g.Bundle, "admin", "elect", "--group", "g0")
+	if r.code != 1 || !strings.Contains(r.stderr, "promote") {
+		t.Fatalf("admin elect on a group run by hand: %v", r)
+	}
 }

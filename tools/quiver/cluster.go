@@ -20,20 +20,35 @@ func clusterCmd(g *globals) *cobra.Command {
 answers): each group's leader and epoch, its followers and the topics it hosts
 with their queues there; then every broker with its role, how long ago the
 answering broker heard from it, and its last error. This is what clients route
-by. With --json it prints {"groups": [...], "brokers": [...]}.`,
+by. Under a controller it then shows the groups as the controller runs them:
+leader, in-sync set, members and last election. With --json it prints
+{"groups": [...], "brokers": [...], "controller": {...}} (controller null
+without one).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var groups []sdk.GroupInfo
 			var brokers []wire.RouteBroker
+			var ctl *wire.ControllerStatus
 			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
-				groups, brokers, err = a.Cluster(ctx)
-				return err
+				if groups, brokers, err = a.Cluster(ctx); err != nil {
+					return err
+				}
+				// The routes do not carry the controller's view (in-sync
+				// sets, elections): a broker's status document does.
+				st, err := a.Status(ctx)
+				if err != nil {
+					return fmt.Errorf("status, for the controller's groups: %w", err)
+				}
+				if st.Replication != nil {
+					ctl = st.Replication.Controller
+				}
+				return nil
 			})
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				return printJSON(cmd, map[string]any{"groups": groups, "brokers": brokers})
+				return printJSON(cmd, map[string]any{"groups": groups, "brokers": brokers, "controller": ctl})
 			}
 			t := newTable(cmd, "GROUP", "LEADER", "EPOCH", "FOLLOWERS", "TOPICS")
 			for _, gr := range groups {
@@ -47,7 +62,14 @@ by. With --json it prints {"groups": [...], "brokers": [...]}.`,
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout())
-			return brokerTable(cmd, "BROKER", brokers)
+			if err := brokerTable(cmd, "BROKER", brokers); err != nil {
+				return err
+			}
+			if ctl == nil {
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return controllerGroups(cmd, ctl.Groups)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the groups and brokers as JSON")

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 func statusCmd(g *globals) *cobra.Command {
@@ -20,9 +21,11 @@ func statusCmd(g *globals) *cobra.Command {
 		Short: "Show a broker's status: positions, lag, warnings, replication, topics, groups, connections",
 		Long: `status shows the status document of one broker (the first that answers):
 its log positions and how far durability and visibility lag behind writes,
-warnings, the send queue, every topic's queues, every consumer group's
-committed offsets and lag, and its connections, failed handshakes included.
-With --json it prints the document itself (sdk.Status, as /status serves it).`,
+warnings, the send queue, its replication (role, in-sync set, followers),
+under a controller the controller quorum and the groups it runs, every
+topic's queues, every consumer group's committed offsets and lag, and its
+connections, failed handshakes included. With --json it prints the document
+itself (sdk.Status, as /status serves it).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := fetchStatus(cmd, g)
@@ -63,6 +66,16 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 	if r := st.Replication; r != nil {
 		kv.row("replication", fmt.Sprintf("%s, epoch %d led by %s, min-insync %d, %d follower(s) in sync",
 			r.Role, r.Epoch, orDash(r.Leader), r.MinInsync, r.InSync))
+		if r.Note != "" {
+			kv.row("no writes", r.Note)
+		}
+		// Only a leader keeps an in-sync set.
+		if r.Role == "leader" || len(r.ISR) > 0 || r.Proposal != "" {
+			kv.row("in-sync set", fmt.Sprintf("%s (version %d)", orDash(strings.Join(r.ISR, ",")), r.ISRVersion))
+		}
+		if r.Proposal != "" {
+			kv.row("proposed", r.Proposal)
+		}
 		if f := r.Following; f != nil {
 			kv.row("following", fmt.Sprintf("%s  connected %v  durable %d  leader end %d  lag %d bytes  last heard %v ago  reconnects %d  truncations %d",
 				f.LeaderAddr, f.Connected, f.Durable, f.LeaderEnd, f.LagBytes, ms(f.LastDataMs), f.Reconnects, f.Truncations))
@@ -86,9 +99,24 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 			if f.LagMs < 0 {
 				lag = "never caught up"
 			}
-			tw.row(f.ID, f.Addr, f.Connected, f.InSync, f.Acked, f.LagBytes, lag, ms(f.LastAckMs).String()+" ago", f.Reconnects, last)
+			// A proposed change already counts for acknowledgements, so
+			// it shows next to the committed state.
+			inSync := fmt.Sprint(f.InSync)
+			if f.Proposed {
+				inSync += ", joining (proposed)"
+			}
+			if f.Leaving != "" {
+				inSync += ", leaving (proposed): " + f.Leaving
+			}
+			tw.row(f.ID, f.Addr, f.Connected, inSync, f.Acked, f.LagBytes, lag, ms(f.LastAckMs).String()+" ago", f.Reconnects, last)
 		}
 		if err := tw.flush(); err != nil {
+			return err
+		}
+	}
+	if r := st.Replication; r != nil && r.Controller != nil {
+		fmt.Fprintln(w)
+		if err := printController(cmd, r.Controller); err != nil {
 			return err
 		}
 	}
@@ -151,6 +179,105 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 		return tw.flush()
 	}
 	return nil
+}
+
+// printController prints the controller quorum as the broker knows it,
+// then the groups it runs.
+func printController(cmd *cobra.Command, c *wire.ControllerStatus) error {
+	fmt.Fprintln(cmd.OutOrStdout(), "CONTROLLER")
+	kv := newTable(cmd)
+	kv.row("voters", orDash(strings.Join(c.Voters, ",")))
+	if c.Leader == "" {
+		kv.row("quorum", fmt.Sprintf("no leader (term %d)", c.Term))
+	} else {
+		kv.row("quorum", fmt.Sprintf("led by %s in term %d", c.Leader, c.Term))
+	}
+	session := "no session"
+	if c.Connected {
+		session = "connected"
+	}
+	lease := fmt.Sprintf("lease %v left", ms(c.LeaseMs))
+	if c.LeaseMs < 0 {
+		lease = fmt.Sprintf("LEASE LAPSED %v ago", ms(-c.LeaseMs))
+	}
+	kv.row("session", fmt.Sprintf("%s, %s, state version %d", session, lease, c.Version))
+	if c.RaftState != "" {
+		kv.row("raft", fmt.Sprintf("%s, last contact %s", c.RaftState, orDash(c.LastContact)))
+	}
+	if err := kv.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout())
+	return controllerGroups(cmd, c.Groups)
+}
+
+// controllerGroups prints the groups a controller runs: leader, in-sync
+// set and members, why a group has no leader, and each group's last
+// election. status and cluster share it.
+func controllerGroups(cmd *cobra.Command, groups []wire.GroupControl) error {
+	if len(groups) == 0 {
+		fmt.Fprintln(cmd.OutOrStdout(), "the controller runs no groups yet")
+		return nil
+	}
+	t := newTable(cmd, "GROUP", "LEADER", "EPOCH", "IN SYNC", "MEMBERS")
+	var waiting []string
+	for _, gr := range groups {
+		leader := orDash(gr.Leader)
+		if gr.LeaderAddr != "" {
+			leader += " at " + gr.LeaderAddr
+		}
+		members := make([]string, 0, len(gr.Members))
+		for _, m := range gr.Members {
+			s := m.ID + " live"
+			if !m.Live {
+				s = m.ID + " not live"
+			}
+			switch {
+			case m.InSync:
+			case m.Left != "":
+				s += fmt.Sprintf(" (left the set %v ago: %s)", ms(m.LeftAgoMs), m.Left)
+			default:
+				s += " (not in the set)"
+			}
+			members = append(members, s)
+		}
+		t.row(gr.Name, leader, gr.Epoch, fmt.Sprintf("%s (version %d)", orDash(strings.Join(gr.ISR, ",")), gr.ISRVersion), orDash(strings.Join(members, ", ")))
+		if gr.Waiting != "" {
+			waiting = append(waiting, gr.Name+": "+gr.Waiting)
+		}
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, wt := range waiting {
+		fmt.Fprintln(cmd.OutOrStdout(), "WAITING", wt)
+	}
+
+	elected := false
+	for _, gr := range groups {
+		elected = elected || len(gr.Elections) > 0
+	}
+	if !elected {
+		return nil
+	}
+	fmt.Fprintln(cmd.OutOrStdout())
+	t = newTable(cmd, "GROUP", "LAST ELECTION", "FROM -> TO", "REASON", "LEADERLESS", "AT")
+	for _, gr := range groups {
+		if len(gr.Elections) == 0 {
+			continue
+		}
+		e := gr.Elections[len(gr.Elections)-1]
+		to := fmt.Sprintf("%s -> %s", orDash(e.From), e.To)
+		if e.Unclean {
+			to += " UNCLEAN"
+		}
+		leaderless := "-" // none measured (a first election)
+		if e.LeaderlessMs > 0 {
+			leaderless = ms(e.LeaderlessMs).String()
+		}
+		t.row(gr.Name, fmt.Sprintf("epoch %d", e.Epoch), to, orDash(e.Reason), leaderless, orDash(e.At))
+	}
+	return t.flush()
 }
 
 func ms(n int64) time.Duration { return time.Duration(n) * time.Millisecond }
