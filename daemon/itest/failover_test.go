@@ -2,6 +2,7 @@ package itest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -712,4 +713,105 @@ func TestCutOffLeaderStopsBeforeTheNewOneBegins(t *testing.T) {
 	if tr := old.Status().Replication.Following.Truncations; tr < 1 {
 		t.Logf("the old leader had nothing of its own to truncate")
 	}
+}
+
+// A consumer group across a failover: the running consumer keeps its
+// group (it joins the new leader's coordinator) and goes on where its
+// commits say; commits made before the kill are on the new leader (they
+// are replicated like sends), so nothing below them comes again.
+func TestConsumerGroupSurvivesFailover(t *testing.T) {
+	c := testbroker.StartControlled(t, 3, []string{"--min-insync", "1"}, nil)
+	cl := c.Client(t)
+	ctx := ctxT(t, 2*time.Minute)
+	fill(t, ctx, cl, "feed", 2, 300)
+	cons, err := cl.NewConsumer("billing", []string{"feed"}, sdk.WithAutoCommit(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	type qo struct {
+		q uint32
+		o uint64
+	}
+	var got []qo
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- cons.Run(rctx, func(_ context.Context, m *sdk.Message) error {
+			mu.Lock()
+			seen[string(m.Body)]++
+			got = append(got, qo{m.Queue, m.Offset})
+			mu.Unlock()
+			return nil
+		})
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }
+	testbroker.WaitFor(t, "the consumer half way", func() bool { return count() >= 150 })
+	leader := c.Leader(t)
+	// What the group committed, as the leader has it: acknowledged, so in
+	// the in-sync set.
+	var before map[uint32]uint64
+	testbroker.WaitFor(t, "commits on the leader", func() bool {
+		before = map[uint32]uint64{}
+		for _, g := range leader.Status().Groups {
+			if g.Name == "billing" {
+				for _, o := range g.Offsets {
+					before[o.Queue] = o.Committed
+				}
+			}
+		}
+		return len(before) == 2
+	})
+	leader.Kill()
+	p, err := cl.NewProducer(sdk.WithSendTimeout(15 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 300; i < 600; i++ {
+		if _, err := p.Send(ctx, &sdk.Message{Topic: "feed", Body: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	testbroker.WaitFor(t, "every message consumed across the failover", func() bool { return count() >= 600 })
+	next := c.Leader(t)
+	var after map[uint32]uint64
+	testbroker.WaitFor(t, "the group to commit everything on the new leader", func() bool {
+		after = map[uint32]uint64{}
+		var sum uint64
+		for _, g := range next.Status().Groups {
+			if g.Name == "billing" {
+				for _, o := range g.Offsets {
+					after[o.Queue] = o.Committed
+					sum += o.Committed
+				}
+			}
+		}
+		return sum == 600
+	})
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("the consumer stopped: %v", err)
+	}
+	cons.Close()
+	for q, o := range before {
+		if after[q] < o {
+			t.Fatalf("queue %d: committed offset went back from %d to %d across the failover", q, o, after[q])
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	dups := 0
+	delivered := map[qo]int{}
+	for _, x := range got {
+		delivered[x]++
+		if delivered[x] == 2 {
+			dups++
+			if x.o < before[x.q] {
+				t.Fatalf("queue %d offset %d delivered again, below the offset %d committed before the failover", x.q, x.o, before[x.q])
+			}
+		}
+	}
+	t.Logf("commits before the kill %v, after %v; %d of %d messages delivered twice (uncommitted when the leader died)", before, after, dups, len(seen))
 }
