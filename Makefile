@@ -50,18 +50,27 @@ crash:
 soak:
 	QUIVER_SOAK=$${SOAK:-5m} $(GO) test $(LDFLAGS) -count=1 -timeout 30m -run 'TestVisibleLagUnderSustainedLoad' -v ./daemon/itest/
 
-# The fault-injection suite (issue 6): three broker groups under steady
+# The fault-injection suite: three broker groups run by hand under steady
 # load, one fault at a time on one broker (SIGKILL, SIGSTOP, 300 ms delay
 # through a UDP relay in front of it, stalled send queue), each with fault
-# avoidance adaptive, table and off; then incident 004 replayed for a
-# minute. Needs no root and no tc. About 8 minutes. CHAOS_FAULTS,
-# CHAOS_MODES, CHAOS_RATE, CHAOS_FAULT narrow or change it; results go to
-# CHAOS_OUT (chaos.json, chaos.md) and the whole log to chaos.txt.
+# avoidance adaptive, table and off; then automatic failover: one group of
+# three under a controller with its leader killed, stopped and cut off
+# (TestChaosFailover), and 20 rounds of kill -9 of the leader under
+# min-insync sends (failover times in CHAOS_OUT/failover-rounds.txt);
+# then incident 004 replayed for a minute. Needs no root and no tc. About
+# 15 minutes. CHAOS_FAULTS, CHAOS_MODES, CHAOS_FAILOVER_FAULTS,
+# CHAOS_FAILOVER_MODES, CHAOS_RATE, CHAOS_FAULT, FAILOVER_ROUNDS narrow or
+# change it; results go to CHAOS_OUT (chaos.*, failover.*) and the whole
+# log to chaos.txt.
 CHAOS_OUT ?= benchmarks/results/chaos
+FAILOVER_ROUNDS ?= 20
 chaos: SHELL := /bin/bash
 chaos: build
-	set -o pipefail; CHAOS_OUT=$(abspath $(CHAOS_OUT)) $(GO) test $(LDFLAGS) -tags chaos -count=1 -timeout 60m \
-		-run 'TestChaos' -v ./daemon/itest/ 2>&1 | tee chaos.txt | grep --line-buffered -E '^(\||chaos:|incident|=== RUN|--- |ok|FAIL|PASS)'
+	mkdir -p $(CHAOS_OUT)
+	set -o pipefail; CHAOS_OUT=$(abspath $(CHAOS_OUT)) QUIVER_FAILOVER_ROUNDS=$(FAILOVER_ROUNDS) \
+		QUIVER_FAILOVER_OUT=$(abspath $(CHAOS_OUT))/failover-rounds.txt $(GO) test $(LDFLAGS) -tags chaos -count=1 -timeout 80m \
+		-run 'TestChaos|TestLeaderKilledLosesNoAcknowledgedSend' -v ./daemon/itest/ 2>&1 | tee chaos.txt | \
+		grep --line-buffered -E '^(\||chaos:|incident|=== RUN|--- |ok|FAIL|PASS|    failover_test.go:[0-9]+: failover)'
 
 # Fuzz every decoder for FUZZTIME each (default 30s).
 fuzz:
@@ -69,6 +78,8 @@ fuzz:
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeCheckpoint -fuzztime $${FUZZTIME:-30s} ./log/
 	for f in FuzzReadFrame FuzzDecodeProduce FuzzDecodeFetchResp FuzzDecodeHello FuzzDecodeAny FuzzDecodeBatch; do \
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./sdk/wire/ || exit 1; done
+	for f in FuzzDecodeMsg FuzzDecodeCommand; do \
+		$(GO) test $(LDFLAGS) -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./daemon/controller/ || exit 1; done
 
 # 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by
 # side. -count runs every configuration COUNT times, interleaved, and

@@ -12,6 +12,12 @@ package itest
 // queue waits past max-queue-wait. Each fault runs with every fault
 // avoidance mode. Environment: CHAOS_RATE (msgs/s, default 1000),
 // CHAOS_FAULTS, CHAOS_MODES (comma lists), CHAOS_OUT (results directory).
+//
+// TestChaosFailover is the automatic failover row: one group of three
+// brokers under a controller, each behind a relay on its own loopback
+// address, the same load, and a fault on its leader: SIGKILL, SIGSTOP, or
+// a partition (nothing in or out); CHAOS_FAILOVER_FAULTS and
+// CHAOS_FAILOVER_MODES narrow it.
 
 import (
 	"context"
@@ -21,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,24 +42,30 @@ import (
 type chaosFault struct {
 	name, what   string
 	inject, heal func(t *testing.T, bad *testbroker.Broker, front *relay)
+	// partition: inject and heal are the environment's (cut the bad broker
+	// off from everyone, in and out; heal it).
+	partition bool
 }
 
 var chaosFaults = []chaosFault{
 	{"kill", "SIGKILL of g1's leader, restarted after the fault",
 		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Kill() },
-		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Restart() }},
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Restart() }, false},
 	{"stop", "SIGSTOP of g1's leader, SIGCONT after the fault",
 		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Pause() },
-		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Resume() }},
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Resume() }, false},
 	{"slow", "300 ms added to every datagram g1's leader sends (a relay in front of it)",
 		func(t *testing.T, _ *testbroker.Broker, r *relay) { r.delay.Store(int64(300 * time.Millisecond)) },
-		func(t *testing.T, _ *testbroker.Broker, r *relay) { r.delay.Store(0) }},
+		func(t *testing.T, _ *testbroker.Broker, r *relay) { r.delay.Store(0) }, false},
 	{"stall", "g1's leader's disk stalled: its send queue waits past max-queue-wait (200 ms)",
 		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Post("/debug/faults/stall") },
-		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Post("/debug/faults/resume") }},
+		func(t *testing.T, b *testbroker.Broker, _ *relay) { b.Post("/debug/faults/resume") }, false},
+	{"partition", "the leader cut off from clients and brokers both ways (relays), healed after the fault",
+		nil, nil, true},
 }
 
 type chaosResult struct {
+	Layout              string // "groups" (3 groups run by hand) or "controlled" (one group of 3 under a controller)
 	Fault, Mode         string
 	Rate                int
 	Sent, Acked, Errors int
@@ -63,7 +76,10 @@ type chaosResult struct {
 	TouchedPct          float64 // sends due during the fault that tried the bad broker
 	BeforePct           float64 // sends due before the fault that went to the bad broker
 	AvoidedAfterMs      int64   // -1: never
-	FirstError          string  `json:",omitempty"`
+	// FailoverMs: from the fault to the first send acknowledged in a newer
+	// epoch (controlled layout; -1: none during the fault).
+	FailoverMs int64
+	FirstError string `json:",omitempty"`
 	// Diagnostics: duplicates of sends due before, during and after the
 	// fault; touched sends per 250 ms window of the fault; how often the
 	// producer's client set each broker aside (by role).
@@ -76,6 +92,7 @@ type chaosResult struct {
 type chaosSend struct {
 	due, acked time.Time
 	err        error
+	epoch      uint64
 	touched    bool // an attempt went to the bad broker
 }
 
@@ -99,6 +116,9 @@ func TestChaos(t *testing.T) {
 	modes := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
 	var results []chaosResult
 	for _, fname := range envList("CHAOS_FAULTS", "kill,stop,slow,stall") {
+		if fname == "partition" {
+			continue // the controlled layout's alone (TestChaosFailover)
+		}
 		var f *chaosFault
 		for i := range chaosFaults {
 			if chaosFaults[i].name == fname {
@@ -114,16 +134,72 @@ func TestChaos(t *testing.T) {
 				t.Fatalf("unknown mode %q", mname)
 			}
 			t.Run(fname+"/"+mname, func(t *testing.T) {
-				r := runChaos(t, f, mode, rate, fault)
+				r := runChaos(t, f, mode, rate, fault, groupsEnv)
 				results = append(results, r)
 				t.Logf("%+v", r)
 			})
 		}
 	}
-	printChaos(t, results, rate, fault)
+	printChaos(t, results, rate, fault, "chaos")
 }
 
-func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, faultFor time.Duration) chaosResult {
+// TestChaosFailover is the automatic failover row: one group of three
+// brokers under a controller (min-insync 1), the same load, and a fault
+// on whichever broker leads when it begins: SIGKILL, SIGSTOP, a
+// partition. Adaptive avoidance (CHAOS_MODES to change it).
+func TestChaosFailover(t *testing.T) {
+	rate := 1000
+	if v, err := strconv.Atoi(os.Getenv("CHAOS_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	fault := 10 * time.Second
+	if d, err := time.ParseDuration(os.Getenv("CHAOS_FAULT")); err == nil {
+		fault = d
+	}
+	modes := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
+	var results []chaosResult
+	for _, fname := range envList("CHAOS_FAILOVER_FAULTS", "kill,stop,partition") {
+		var f *chaosFault
+		for i := range chaosFaults {
+			if chaosFaults[i].name == fname {
+				f = &chaosFaults[i]
+			}
+		}
+		if f == nil {
+			t.Fatalf("unknown fault %q", fname)
+		}
+		for _, mname := range envList("CHAOS_FAILOVER_MODES", "adaptive") {
+			mode, ok := modes[mname]
+			if !ok {
+				t.Fatalf("unknown mode %q", mname)
+			}
+			t.Run(fname+"/"+mname, func(t *testing.T) {
+				r := runChaos(t, f, mode, rate, fault, controlledEnv)
+				results = append(results, r)
+				t.Logf("%+v", r)
+			})
+		}
+	}
+	printChaos(t, results, rate, fault, "failover")
+}
+
+// chaosEnv is a cluster ready for a chaos run.
+type chaosEnv struct {
+	layout   string
+	pcl, ccl *sdk.Client
+	brokers  []*testbroker.Broker
+	// bad picks the broker to fault when the fault begins, with the
+	// relay in front of it.
+	bad func(t *testing.T) (*testbroker.Broker, *relay)
+	// partition cuts b off (true) or heals it (false).
+	partition func(b *testbroker.Broker, cut bool)
+	// epoch is the epoch of the group the fault hits, when it begins.
+	epoch func(t *testing.T, b *testbroker.Broker) uint64
+}
+
+// groupsEnv: three groups of a leader and a follower run by hand, a relay
+// in front of g1's leader.
+func groupsEnv(t *testing.T, mode sdk.FaultAvoidance) *chaosEnv {
 	var front *relay // in front of g1's leader (broker 2), in every run
 	c := testbroker.StartClusterVia(t, 3, 1, []string{"--min-insync", "1", "--debug-faults", "--max-queue-wait", "200ms"}, nil,
 		func(i int, listen string) string {
@@ -134,7 +210,7 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 			return front.addr()
 		})
 	bad := c.Groups[1].Leader
-	ctx := ctxT(t, 10*time.Minute)
+	ctx := ctxT(t, time.Minute)
 	pcl := c.Client(sdk.WithFaultAvoidance(mode))
 	ccl := c.Client(sdk.WithFaultAvoidance(mode))
 	testbroker.WaitFor(t, "the clients to see every group", func() bool {
@@ -142,6 +218,52 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 		g2, _, err2 := ccl.Admin().Cluster(ctx)
 		return err1 == nil && err2 == nil && len(g1) == 3 && len(g2) == 3
 	})
+	return &chaosEnv{layout: "groups", pcl: pcl, ccl: ccl, brokers: c.Brokers(),
+		bad: func(*testing.T) (*testbroker.Broker, *relay) { return bad, front }}
+}
+
+// controlledEnv: one group of three under a controller, each broker on
+// its own loopback address behind a relay (so that a partition cuts it
+// off both ways).
+func controlledEnv(t *testing.T, mode sdk.FaultAvoidance) *chaosEnv {
+	hosts := []string{"127.0.0.21", "127.0.0.22", "127.0.0.23"}
+	relays := map[int]*relay{}
+	c := testbroker.StartControlledGroups(t, testbroker.Spec{Prefix: "b", N: 3, Hosts: hosts,
+		Args: []string{"--min-insync", "1", "--debug-faults", "--max-queue-wait", "200ms"},
+		Front: func(i int, listen string) string {
+			relays[i] = newRelay(t, listen)
+			return relays[i].addr()
+		}})[0]
+	pcl := c.Client(t, sdk.WithFaultAvoidance(mode))
+	ccl := c.Client(t, sdk.WithFaultAvoidance(mode))
+	index := func(b *testbroker.Broker) int { return slices.Index(c.Brokers, b) }
+	return &chaosEnv{layout: "controlled", pcl: pcl, ccl: ccl, brokers: c.Brokers,
+		bad: func(t *testing.T) (*testbroker.Broker, *relay) {
+			l := c.Leader(t)
+			return l, relays[index(l)]
+		},
+		partition: func(b *testbroker.Broker, cut bool) {
+			i := index(b)
+			relays[i].cut.Store(cut)
+			for j, r := range relays {
+				if j == i {
+					continue
+				}
+				if cut {
+					r.block(hosts[i])
+				} else {
+					r.unblock(hosts[i])
+				}
+			}
+		},
+		epoch: func(t *testing.T, b *testbroker.Broker) uint64 { _, e := b.Role(); return e },
+	}
+}
+
+func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, faultFor time.Duration, build func(*testing.T, sdk.FaultAvoidance) *chaosEnv) chaosResult {
+	env := build(t, mode)
+	pcl, ccl := env.pcl, env.ccl
+	ctx := ctxT(t, 10*time.Minute)
 	if err := pcl.Admin().CreateTopic(ctx, "chaos", 4); err != nil {
 		t.Fatal(err)
 	}
@@ -191,11 +313,26 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	sends := make([]chaosSend, n)
 	start := time.Now().Add(100 * time.Millisecond)
 	faultAt, healAt := start.Add(warm+before), start.Add(warm+before+faultFor)
+	// The broker to fault is picked before the load starts (a controlled
+	// group's leader), and the fault goes on it however roles change.
+	bad, front := env.bad(t)
+	var faultEpoch uint64
+	if env.epoch != nil {
+		faultEpoch = env.epoch(t, bad)
+	}
 	go func() {
 		time.Sleep(time.Until(faultAt))
-		f.inject(t, bad, front)
+		if f.partition {
+			env.partition(bad, true)
+		} else {
+			f.inject(t, bad, front)
+		}
 		time.Sleep(time.Until(healAt))
-		f.heal(t, bad, front)
+		if f.partition {
+			env.partition(bad, false)
+		} else {
+			f.heal(t, bad, front)
+		}
 	}()
 	interval := time.Second / time.Duration(rate)
 	for i := 0; i < n; i++ {
@@ -207,7 +344,7 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 		s := &sends[i]
 		s.due = due
 		err := p.SendAsync(ctx, &sdk.Message{Topic: "chaos", Body: body}, func(res sdk.SendResult, err error) {
-			s.acked, s.err = time.Now(), err
+			s.acked, s.err, s.epoch = time.Now(), err, res.Epoch
 			touched := res.Broker == bad.Public
 			for _, a := range res.Failed {
 				touched = touched || a.Broker == bad.Public
@@ -227,7 +364,16 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	p.Close() // waits for every callback
 
 	// Wait for the consumers to have every acknowledged message.
-	r := chaosResult{Fault: f.name, Mode: mode.String(), Rate: rate, Sent: n, AvoidedAfterMs: -1}
+	r := chaosResult{Layout: env.layout, Fault: f.name, Mode: mode.String(), Rate: rate, Sent: n, AvoidedAfterMs: -1, FailoverMs: -1}
+	if env.epoch != nil {
+		for i := range sends {
+			if s := &sends[i]; s.err == nil && s.epoch > faultEpoch && s.acked.After(faultAt) && s.acked.Before(healAt) {
+				if ms := s.acked.Sub(faultAt).Milliseconds(); r.FailoverMs < 0 || ms < r.FailoverMs {
+					r.FailoverMs = ms
+				}
+			}
+		}
+	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		missing := 0
@@ -315,7 +461,7 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	r.Isolations = map[string]int64{}
 	for _, h := range pcl.BrokerHealth() {
 		name := h.Addr
-		for _, b := range c.Brokers() {
+		for _, b := range env.brokers {
 			if b.Public == h.Addr {
 				for j := 0; j+1 < len(b.Args); j++ {
 					if b.Args[j] == "--broker-id" {
@@ -377,18 +523,26 @@ func pct(sorted []float64, p float64) float64 {
 	return sorted[i]
 }
 
-func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration) {
+func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration, name string) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nchaos: 3 groups x (leader + follower), min-insync 1, %d msgs/s open loop, 256 B, fault %v on g1's leader\n\n", rate, fault)
-	b.WriteString("| fault | avoidance | acked | lost | corrupt | app errors | duplicates | p50 ms | p99 ms | max ms | e2e p99 ms | sends to the bad broker | avoided after |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	if name == "failover" {
+		fmt.Fprintf(&b, "\nchaos: one group of 3 under a controller, min-insync 1, %d msgs/s open loop, 256 B, fault %v on its leader\n\n", rate, fault)
+	} else {
+		fmt.Fprintf(&b, "\nchaos: 3 groups x (leader + follower), min-insync 1, %d msgs/s open loop, 256 B, fault %v on g1's leader\n\n", rate, fault)
+	}
+	b.WriteString("| fault | avoidance | acked | lost | corrupt | app errors | duplicates | p50 ms | p99 ms | max ms | e2e p99 ms | sends to the bad broker | avoided after | failover |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
 		avoided := "never"
 		if r.AvoidedAfterMs >= 0 {
 			avoided = fmt.Sprintf("%.2f s", float64(r.AvoidedAfterMs)/1000)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d / %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f %% | %s |\n",
-			r.Fault, r.Mode, r.Acked, r.Sent, r.Lost, r.Corrupt, r.Errors, r.Duplicates, r.P50Ms, r.P99Ms, r.MaxMs, r.E2EP99Ms, r.TouchedPct, avoided)
+		failover := "-"
+		if r.FailoverMs >= 0 {
+			failover = fmt.Sprintf("%.2f s", float64(r.FailoverMs)/1000)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d / %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f %% | %s | %s |\n",
+			r.Fault, r.Mode, r.Acked, r.Sent, r.Lost, r.Corrupt, r.Errors, r.Duplicates, r.P50Ms, r.P99Ms, r.MaxMs, r.E2EP99Ms, r.TouchedPct, avoided, failover)
 	}
 	fmt.Print(b.String())
 	out := os.Getenv("CHAOS_OUT")
@@ -399,8 +553,8 @@ func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration) {
 		t.Fatal(err)
 	}
 	js, _ := json.MarshalIndent(rs, "", "  ")
-	os.WriteFile(filepath.Join(out, "chaos.json"), js, 0o644)
-	os.WriteFile(filepath.Join(out, "chaos.md"), []byte(b.String()), 0o644)
+	os.WriteFile(filepath.Join(out, name+".json"), js, 0o644)
+	os.WriteFile(filepath.Join(out, name+".md"), []byte(b.String()), 0o644)
 }
 
 // Incident 004 for a whole minute: a client whose every Hello is refused
