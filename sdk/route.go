@@ -477,11 +477,11 @@ func (r *router) publish(t *routeTable) {
 	r.cl.leadersMoved(prev, t)
 }
 
-// errLeaderMoved fails the sends still waiting on a group's old leader
-// once the routes name a new one (a failover): they are retried on the
-// new leader at once instead of waiting out their attempt on a broker
-// that is gone or no longer leads. (One the old leader did store is then
-// stored twice: delivery is at least once.)
+// errLeaderMoved fails the sends and fetches still waiting on a group's
+// old leader once the routes name a new one (a failover): they are retried
+// on the new leader at once instead of waiting out their time on a broker
+// that is gone or no longer leads. (A send the old leader did store is
+// then stored twice: delivery is at least once.)
 var errLeaderMoved = errors.New("the group has a new leader")
 
 // leadersMoved fails the sends in flight to the leaders that t replaced
@@ -502,8 +502,12 @@ func (cl *Client) leadersMoved(prev, t *routeTable) {
 			continue
 		}
 		if s := bc.live(); s != nil {
-			if st := s.streams[streamProduce]; st != nil {
-				st.failPending(&NetError{Broker: og.leader, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, ng.leader, name, ng.epoch)})
+			// Sends, and fetches (long polls that would wait out their
+			// time on a dead broker; they go on to the new leader).
+			for _, role := range []int{streamProduce, streamFetch} {
+				if st := s.streams[role]; st != nil {
+					st.failPending(&NetError{Broker: og.leader, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, ng.leader, name, ng.epoch)})
+				}
 			}
 		}
 	}
