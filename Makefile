@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication clean
+.PHONY: all build test test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller clean
 
 all: build
 
@@ -132,5 +132,12 @@ bench-compare: build
 bench-replication: build
 	BIN=$(BIN) BENCH_DURATION=$(BENCH_DURATION) ./benchmarks/replication.sh
 
+# What automatic failover costs the send path: sync sends to a single
+# broker, to three brokers run by hand and to the same three under the
+# controller (min-insync 1), interleaved ROUNDS times; BASE_BIN adds the
+# first two with binaries of an older commit (benchmarks/controller.sh).
+bench-controller: build
+	BIN=$(BIN) BENCH_DURATION=$(BENCH_DURATION) ./benchmarks/controller.sh | tee bench-controller.txt
+
 clean:
-	rm -rf $(BIN) bench-storage.txt bench-e2e.txt bench.txt bench.tmp chaos.txt
+	rm -rf $(BIN) bench-storage.txt bench-e2e.txt bench.txt bench.tmp chaos.txt bench-controller.txt

@@ -90,6 +90,7 @@ func samples() map[Type]struct {
 			{ID: "b1", Group: "g1", Addr: "10.0.0.1:7420", Role: "leader", Epoch: 2, Leader: "10.0.0.1:7420",
 				Topics: []TopicInfo{{"orders", 4}}, Peers: []string{"10.0.0.2:7420"}},
 			{ID: "b2", Addr: "10.0.0.2:7420", AgeMs: 900, Err: "no answer"},
+			{ID: "b3", Group: "g1", Addr: "10.0.0.3:7420", Role: "waiting", Epoch: 2},
 		}}).Append(nil), func(b []byte) ([]byte, error) {
 			var m RouteResp
 			err := DecodeRouteResp(b, &m)

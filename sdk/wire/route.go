@@ -106,7 +106,7 @@ func (d *decoder) routeBroker(m *RouteBroker) {
 		m.Peers = append(m.Peers, d.name("peer", MaxAddrLen))
 	}
 	switch m.Role {
-	case "", "leader", "follower", "fenced":
+	case "", "leader", "follower", "fenced", "waiting": // waiting: no role from the controller yet
 	default:
 		d.fail("role %q", m.Role)
 	}
