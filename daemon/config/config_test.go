@@ -50,6 +50,13 @@ func TestBadInputIsRefused(t *testing.T) {
 		"lone cert":      `tls_cert = "c.pem"`,
 		"tiny segments":  `segment_size = 4096`,
 		"negative rate":  `replica_catchup_mib = -1`,
+		"two voters":     `controllers = ["a:1", "b:1"]`,
+		"four peers":     `peers = ["a:1", "b:1", "c:1", "d:1"]`,
+		"role and controllers": `role = "leader"
+controllers = ["a:1"]`,
+		"short session": `peers = ["a:1", "b:1", "c:1"]
+controller_session = "1s"`,
+		"unknown role": `role = "boss"`,
 	}
 	for name, body := range cases {
 		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".toml")
@@ -60,5 +67,31 @@ func TestBadInputIsRefused(t *testing.T) {
 	}
 	if _, err := Load("", func(k string) (string, bool) { return "x", k == "QUIVER_DEFAULT_QUEUES" }, nil); err == nil {
 		t.Error("a non-numeric QUIVER_DEFAULT_QUEUES was accepted")
+	}
+}
+
+// Who elects the leaders: the controllers when given; else the peers when
+// there are three or more and no role (brokers started alike); else
+// nobody (a group run by hand).
+func TestVoters(t *testing.T) {
+	for _, tc := range []struct {
+		peers, controllers []string
+		role               string
+		want               string
+	}{
+		{peers: []string{"a:1", "b:1", "c:1"}, want: "a:1,b:1,c:1"},
+		{peers: []string{"a:1", "b:1", "c:1"}, role: "leader", want: ""},
+		{peers: []string{"a:1", "b:1"}, want: ""},
+		{peers: []string{"a:1", "b:1"}, controllers: []string{"x:1", "y:1", "z:1"}, want: "x:1,y:1,z:1"},
+		{want: ""},
+	} {
+		c := Default()
+		c.Peers, c.Controllers, c.Role = tc.peers, tc.controllers, tc.role
+		if got := strings.Join(c.Voters(), ","); got != tc.want {
+			t.Errorf("peers %v, controllers %v, role %q: voters %q, want %q", tc.peers, tc.controllers, tc.role, got, tc.want)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("peers %v, controllers %v, role %q: %v", tc.peers, tc.controllers, tc.role, err)
+		}
 	}
 }
