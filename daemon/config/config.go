@@ -70,14 +70,14 @@ type Config struct {
 	Advertise        string   `toml:"advertise" help:"the address other brokers and clients reach this one at (default: listen)"`
 	Peers            []string `toml:"peers" help:"QUIC addresses of the group's brokers, this one included; three or more (and no role) make them the controller's voters"`
 	PeerCA           string   `toml:"peer_ca" help:"PEM file of the certificates (or CA) of the group's brokers (default: DATA/tls/cert.pem)"`
-	PeerToken        string   `toml:"peer_token" help:"credentials this broker presents to its peers"`
-	MinInsync        int      `toml:"min_insync" help:"leader: acknowledge a send only once this many followers have it durable (0: do not wait)"`
+	PeerToken        string   `toml:"peer_token" help:"groups run by hand with cluster: credentials this broker presents when it asks other brokers for their state (peer connections authenticate with peer_ca's certificates)"`
+	MinInsync        int      `toml:"min_insync" help:"leader: refuse sends while the in-sync set has fewer followers than this, and acknowledge one only once every follower of the set has it durable (0: do not wait)"`
 	ReplicaHeartbeat Duration `toml:"replica_heartbeat" help:"how often a follower acks, and a quiet leader sends a heartbeat"`
 	ReplicaTimeout   Duration `toml:"replica_timeout" help:"drop the replication peer after this long without hearing from it"`
-	ReplicaLag       Duration `toml:"replica_insync_lag" help:"a follower is in sync while it had everything the leader had this recently"`
+	ReplicaLag       Duration `toml:"replica_insync_lag" help:"a follower leaves the in-sync set after this long without having everything the leader had"`
 	ReplicaAckWait   Duration `toml:"replica_ack_timeout" help:"min_insync: fail a send (retryable) when the followers did not acknowledge it within this"`
 	Group            string   `toml:"group" help:"this broker's group (default: the id of the broker that led the group first)"`
-	Cluster          []string `toml:"cluster" help:"QUIC addresses of brokers of other groups (any of each is enough): the brokers tell each other and clients the rest"`
+	Cluster          []string `toml:"cluster" help:"groups run by hand: QUIC addresses of brokers of other groups (any of each is enough): the brokers tell each other and clients the rest (under a controller, its state describes the cluster)"`
 	ClusterRefresh   Duration `toml:"cluster_refresh" help:"how often this broker asks the brokers it knows for their state"`
 	ReplicaCatchup   int64    `toml:"replica_catchup_mib" help:"leader: MiB per second sent, in all, to followers catching up from behind (0: no limit); followers at the tail are never held back"`
 

@@ -164,7 +164,8 @@ func DecodeReplData(b []byte, m *ReplData) error {
 }
 
 // ReplAck reports what the follower has: Durable (synced) and Written,
-// as a follower of Epoch (the leader ignores acks of another epoch).
+// as a follower of Epoch (a leader ends a session whose acks carry
+// another epoch).
 type ReplAck struct {
 	Epoch   uint64
 	Durable int64

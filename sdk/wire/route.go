@@ -47,7 +47,7 @@ type RouteBroker struct {
 	ID    string `json:"id"`    // "" when never heard from
 	Group string `json:"group"` // its broker group ("" until a new follower learns it)
 	Addr  string `json:"addr"`  // where clients and peers reach it
-	Role  string `json:"role"`  // leader, follower or fenced; "" when never heard from
+	Role  string `json:"role"`  // leader, follower, fenced or waiting (no role from the controller yet); "" when never heard from
 	Epoch uint64 `json:"epoch"`
 	// Leader is the address of its group's leader as it knows it.
 	Leader string `json:"leader,omitempty"`
