@@ -118,6 +118,24 @@ type Client struct {
 	mu     sync.Mutex
 	users  map[closer]struct{} // producers and consumers, closed with the client
 	closed atomic.Bool
+
+	// moved is closed (and replaced) when the routes name a new leader of
+	// some group: consumers then report to its coordinator at once.
+	moved struct {
+		sync.Mutex
+		ch chan struct{}
+	}
+}
+
+// leaderMoved returns a channel closed at the next change of some group's
+// leader in the routes.
+func (cl *Client) leaderMoved() <-chan struct{} {
+	cl.moved.Lock()
+	defer cl.moved.Unlock()
+	if cl.moved.ch == nil {
+		cl.moved.ch = make(chan struct{})
+	}
+	return cl.moved.ch
 }
 
 type closer interface{ Close() error }

@@ -442,6 +442,10 @@ func (m *membership) loop() {
 	}
 	failures, commitFailures := 0, 0
 	for {
+		// A new leader of a group in the routes: its coordinator has no
+		// memberships yet and waits briefly for members to report what
+		// they hold; report at once.
+		moved := c.cl.leaderMoved()
 		a, err := m.sync(c.ctx, false)
 		wait := c.cfg.heartbeat
 		if err != nil {
@@ -466,6 +470,9 @@ func (m *membership) loop() {
 		for {
 			select {
 			case <-t.C:
+				break waiting
+			case <-moved:
+				t.Stop()
 				break waiting
 			case <-commitTick:
 				if err := m.commit(c.ctx, m.held()); err != nil && c.ctx.Err() == nil {

@@ -477,9 +477,9 @@ func (r *router) publish(t *routeTable) {
 	r.cl.leadersMoved(prev, t)
 }
 
-// errLeaderMoved fails the sends and fetches still waiting on a group's
-// old leader once the routes name a new one (a failover): they are retried
-// on the new leader at once instead of waiting out their time on a broker
+// errLeaderMoved fails the requests still waiting on a group's old
+// leader once the routes name a new one (a failover): they are retried on
+// the new leader at once instead of waiting out their time on a broker
 // that is gone or no longer leads. (A send the old leader did store is
 // then stored twice: delivery is at least once.)
 var errLeaderMoved = errors.New("the group has a new leader")
@@ -490,11 +490,23 @@ func (cl *Client) leadersMoved(prev, t *routeTable) {
 	if prev == nil {
 		return
 	}
+	moved := false
+	defer func() {
+		if moved {
+			cl.moved.Lock()
+			if cl.moved.ch != nil {
+				close(cl.moved.ch)
+				cl.moved.ch = nil
+			}
+			cl.moved.Unlock()
+		}
+	}()
 	for name, ng := range t.groups {
 		og := prev.groups[name]
 		if og == nil || og.leader == "" || ng.leader == og.leader || ng.epoch <= og.epoch {
 			continue
 		}
+		moved = true
 		cl.connMu.RLock()
 		bc := cl.conns[og.leader]
 		cl.connMu.RUnlock()
@@ -502,9 +514,10 @@ func (cl *Client) leadersMoved(prev, t *routeTable) {
 			continue
 		}
 		if s := bc.live(); s != nil {
-			// Sends, and fetches (long polls that would wait out their
-			// time on a dead broker; they go on to the new leader).
-			for _, role := range []int{streamProduce, streamFetch} {
+			// Sends, fetches (long polls that would wait out their time on
+			// a dead broker) and group requests: they go on to the new
+			// leader.
+			for _, role := range []int{streamProduce, streamFetch, streamControl} {
 				if st := s.streams[role]; st != nil {
 					st.failPending(&NetError{Broker: og.leader, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, ng.leader, name, ng.epoch)})
 				}

@@ -52,7 +52,7 @@ func (b *Broker) groupKey() string {
 // atomics and short locks only).
 func (b *Broker) report() controller.Heartbeat {
 	hb := controller.Heartbeat{Group: b.groupKey(), Peers: b.opts.Replication.Peers, Role: roleNames[b.repl.role.Load()],
-		Epoch: b.repl.epoch.Load(), Stopping: b.repl.stopping.Load()}
+		Epoch: b.repl.epoch.Load(), Stopping: b.repl.stopping.Load(), MinInsync: b.opts.Replication.MinInsync}
 	if es := b.repl.epochs.All(); len(es) > 0 {
 		hb.LastEpoch = es[len(es)-1].Epoch
 		hb.GroupName = es[0].Leader
@@ -397,7 +397,7 @@ func (b *Broker) controllerStatus() *wire.ControllerStatus {
 	now := time.Now()
 	for _, key := range slices.Sorted(maps.Keys(st.Groups)) {
 		g := st.Groups[key]
-		gc := wire.GroupControl{Name: g.Name, Leader: g.Leader, Epoch: g.Epoch, ISR: g.ISR, ISRVersion: g.ISRVersion,
+		gc := wire.GroupControl{Name: g.Name, Leader: g.Leader, Epoch: g.Epoch, ISR: g.ISR, ISRVersion: g.ISRVersion, Eligible: g.ELR,
 			Waiting: waiting[key], Topics: len(g.Topics), Members: []wire.MemberControl{}}
 		if gc.Name == "" {
 			gc.Name = g.Key

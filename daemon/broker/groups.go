@@ -130,8 +130,15 @@ func (c *coordinator) sync(req *wire.GroupSync) wire.Assignment {
 		if t != m.id {
 			continue
 		}
-		switch g.owner[q] {
-		case "", m.id:
+		switch o := g.owner[q]; {
+		case o == "" && now.Before(c.b.graceUntil()):
+			// A leader that took over from another has no memberships yet:
+			// the members still consuming (from followers, while there was no
+			// leader) report what they hold within a heartbeat; until then a
+			// queue nobody reported is not handed to another member, which
+			// would read again what the holder read meanwhile.
+			a.Pending = true
+		case o == "" || o == m.id:
 			g.owner[q] = m.id
 			a.Queues = append(a.Queues, wire.Assigned{QueueRef: q, Committed: c.b.ctl.committed(g.name, q)})
 		default:

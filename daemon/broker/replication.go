@@ -69,6 +69,9 @@ type replication struct {
 	events chan func()
 	quit   chan struct{}
 	done   chan struct{}
+	// grace: until then (unix ns) the group coordinator hands no unowned
+	// queue to a member (a leadership that took over: groups.go).
+	grace atomic.Int64
 
 	// Controller mode.
 	ctl       *controller.Client
@@ -197,9 +200,22 @@ func (b *Broker) becomeLeader(isr []string, version uint64) {
 	b.repl.mu.Unlock()
 	b.repl.epoch.Store(last.Epoch)
 	b.repl.handingOff.Store(false)
+	if last.Epoch > 1 {
+		b.repl.grace.Store(b.opts.Now().Add(coordinatorGrace).UnixNano())
+	}
 	b.repl.role.Store(roleLeader)
 	b.logger.Info("leading", "epoch", l.Epoch(), "min_insync", o.MinInsync, "in_sync", isr)
 }
+
+// coordinatorGrace is how long a leadership that took over from another
+// waits for consumers to report the queues they hold before it hands out
+// the others: a consumer reports as soon as its routes name the new
+// leader (within its route refresh) or at its next heartbeat (1 s by
+// default), whichever is first.
+const coordinatorGrace = 3 * time.Second
+
+// graceUntil is when the current leadership's grace ends.
+func (b *Broker) graceUntil() time.Time { return time.Unix(0, b.repl.grace.Load()) }
 
 // becomeFollower follows the leader at addr, accepting no leader older
 // than epoch. (roles)

@@ -31,6 +31,7 @@ type Heartbeat struct {
 	Epoch     uint64   `json:"epoch"`      // of the role it acts in
 	Version   uint64   `json:"version"`    // the newest state index it has
 	Stopping  bool     `json:"stopping,omitempty"`
+	MinInsync int      `json:"min_insync"` // its configured min_insync
 }
 
 // Info is the controller quorum as one voter sees it.
@@ -181,7 +182,7 @@ func (m *Msg) check() error {
 // heartbeat says of the broker.
 func sameRegistration(s *State, h *Heartbeat) bool {
 	b := s.Brokers[h.Broker]
-	if b == nil || b.Addr != h.Addr || b.Group != h.Group {
+	if b == nil || b.Addr != h.Addr || b.Group != h.Group || b.MinInsync != h.MinInsync {
 		return false
 	}
 	g := s.Groups[h.Group]

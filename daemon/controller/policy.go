@@ -26,6 +26,10 @@ type view struct {
 	// initialWait and a majority).
 	firstSeen   map[string]time.Time
 	initialWait time.Duration
+	// self is the broker of the voter that decides: among equal
+	// candidates another is elected, so that one crash does not take both
+	// a group's leader and the controller's.
+	self string
 }
 
 // lastHeard is when the broker was last heard of: its last heartbeat, or
@@ -56,7 +60,8 @@ func (v *view) reported(id string) bool {
 }
 
 // best orders candidates: the newest epoch in its log, then the longest
-// durable log, then the id (for determinism).
+// durable log, then not the deciding voter's broker, then the id (for
+// determinism).
 func (v *view) best(ids []string) string {
 	c := slices.Clone(ids)
 	sort.Slice(c, func(i, j int) bool {
@@ -66,6 +71,9 @@ func (v *view) best(ids []string) string {
 		}
 		if a.Durable != b.Durable {
 			return a.Durable > b.Durable
+		}
+		if (c[i] == v.self) != (c[j] == v.self) {
+			return c[j] == v.self
 		}
 		return c[i] < c[j]
 	})
@@ -129,17 +137,29 @@ func decide(s *State, v *view) (cmds []*Command, waiting map[string]string) {
 					isr = append(isr, id)
 				}
 			}
+			for _, id := range g.ELR {
+				if v.reported(id) {
+					cands = append(cands, id) // eligible: it has every acknowledged send
+				}
+			}
 			gone := v.now.Sub(v.lastHeard(g.Leader))
 			why := fmt.Sprintf("the leader %s's session expired (no heartbeat for %v)", g.Leader, gone.Round(time.Millisecond))
 			if r, ok := v.reports[g.Leader]; ok && r.Stopping {
 				why = fmt.Sprintf("the leader %s is stopping", g.Leader)
 			}
 			if len(cands) == 0 {
-				waiting[key] = why + "; no live member of the in-sync set " + fmt.Sprint(g.ISR) +
+				elig := ""
+				if len(g.ELR) > 0 {
+					elig = " (nor of the eligible " + fmt.Sprint(g.ELR) + ")"
+				}
+				waiting[key] = why + "; no live member of the in-sync set " + fmt.Sprint(g.ISR) + elig +
 					" to elect: the group waits for one to come back (quiver admin elect --unclean elects outside it, losing what only the set had)"
 				continue
 			}
 			l := v.best(cands)
+			if !slices.Contains(isr, l) {
+				isr = append(isr, l)
+			}
 			cmds = append(cmds, &Command{Op: OpElect, AtMs: at, Group: key, Epoch: g.Epoch, Floor: v.floor(g), Leader: l,
 				ISR: isr, Reason: why, TookMs: gone.Milliseconds()})
 		default:
@@ -200,6 +220,12 @@ func electFor(g *Group, v *view, target string, unclean bool, reason string) (*C
 			isr = append(isr, id)
 		}
 	}
+	eligible := slices.Clone(isr)
+	for _, id := range g.ELR {
+		if v.reported(id) && id != g.Leader {
+			eligible = append(eligible, id)
+		}
+	}
 	if unclean {
 		for _, id := range g.Members {
 			if v.reported(id) && id != g.Leader {
@@ -207,11 +233,11 @@ func electFor(g *Group, v *view, target string, unclean bool, reason string) (*C
 			}
 		}
 	} else {
-		cands = isr
+		cands = eligible
 	}
 	if target != "" {
 		if !slices.Contains(cands, target) {
-			what := "a live member of the in-sync set " + fmt.Sprint(g.ISR)
+			what := "a live member of the in-sync set " + fmt.Sprint(g.ISR) + " or eligible " + fmt.Sprint(g.ELR)
 			if unclean {
 				what = "a live member of the group " + fmt.Sprint(g.Members)
 			}
@@ -227,5 +253,5 @@ func electFor(g *Group, v *view, target string, unclean bool, reason string) (*C
 		isr = append(isr, target)
 	}
 	return &Command{Op: OpElect, AtMs: v.now.UnixMilli(), Group: g.Key, Epoch: g.Epoch, Floor: v.floor(g), Leader: target,
-		ISR: isr, Reason: reason, Unclean: unclean && !slices.Contains(g.ISR, target)}, nil
+		ISR: isr, Reason: reason, Unclean: unclean && !slices.Contains(g.ISR, target) && !slices.Contains(g.ELR, target)}, nil
 }

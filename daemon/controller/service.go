@@ -271,7 +271,7 @@ func (s *Service) poke() {
 // view is the policy's input, now (under mu).
 func (s *Service) viewLocked(now time.Time) *view {
 	return &view{now: now, session: s.o.Session, since: s.since, reports: maps.Clone(s.reports),
-		firstSeen: maps.Clone(s.firstSeen), initialWait: s.o.InitialWait}
+		firstSeen: maps.Clone(s.firstSeen), initialWait: s.o.InitialWait, self: s.o.ID}
 }
 
 // decide runs while this voter leads: it proposes what the policy asks,
@@ -335,7 +335,7 @@ func (s *Service) spreadLeadership(st *State, v *view) bool {
 		}
 		return false
 	}
-	if !leads(s.o.ID) || time.Since(s.lastTransfer) < 10*s.o.Session {
+	if !leads(s.o.ID) || time.Since(s.lastTransfer) < 2*s.o.Session {
 		return false
 	}
 	for _, addr := range s.o.Voters {
@@ -554,7 +554,7 @@ func (s *Service) heartbeat(sess *session, hb *Heartbeat) bool {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			c := &Command{Op: OpRegister, AtMs: now.UnixMilli(), Broker: &Broker{ID: hb.Broker, Addr: hb.Addr, Group: hb.Group},
+			c := &Command{Op: OpRegister, AtMs: now.UnixMilli(), Broker: &Broker{ID: hb.Broker, Addr: hb.Addr, Group: hb.Group, MinInsync: hb.MinInsync},
 				GroupName: hb.GroupName, Peers: hb.Peers}
 			if err := raftApply(s.raft, c, applyTimeout); err != nil {
 				s.logger.Warn("controller: could not register a broker", "broker", hb.Broker, "err", err)

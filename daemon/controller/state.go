@@ -30,6 +30,9 @@ type Broker struct {
 	ID    string `json:"id"`
 	Addr  string `json:"addr"`  // where peers and clients reach it
 	Group string `json:"group"` // its group's key
+	// MinInsync is its configured min_insync (a group's members should
+	// agree; the group counts the smallest, see Group.eligible).
+	MinInsync int `json:"min_insync,omitempty"`
 }
 
 // Group is one broker group.
@@ -53,6 +56,15 @@ type Group struct {
 	// its members may be elected without --unclean.
 	ISR        []string `json:"isr"`
 	ISRVersion uint64   `json:"isr_version"`
+	// ELR are the eligible members outside the set (Kafka's KIP-966): a
+	// follower that left the set while that left it with fewer followers
+	// than min-insync. No send can be acknowledged then (the leader needs
+	// min-insync followers in the committed set), so it still has every
+	// acknowledged send and may be elected, until the set holds min-insync
+	// followers again. It keeps a group electable when its leader and a
+	// follower die together and the follower's departure was committed
+	// first.
+	ELR []string `json:"elr,omitempty"`
 	// Left says why members are not in the set (and when they left).
 	Left      map[string]Left   `json:"left,omitempty"`
 	Elections []Election        `json:"elections,omitempty"` // the newest last, at most keepElections
@@ -156,7 +168,7 @@ func (s *State) register(c *Command) error {
 			g.Members = slices.DeleteFunc(g.Members, func(id string) bool { return id == b.ID })
 		}
 	}
-	s.Brokers[b.ID] = &Broker{ID: b.ID, Addr: b.Addr, Group: b.Group}
+	s.Brokers[b.ID] = &Broker{ID: b.ID, Addr: b.Addr, Group: b.Group, MinInsync: b.MinInsync}
 	g := s.Groups[b.Group]
 	if g == nil {
 		g = &Group{Key: b.Group, Topics: map[string]uint32{}}
@@ -186,8 +198,8 @@ func (s *State) elect(c *Command) error {
 	if !slices.Contains(g.Members, c.Leader) {
 		return fmt.Errorf("%w: %s is not a member of group %s", ErrNotElectable, c.Leader, g.displayName())
 	}
-	if !c.Unclean && g.Leader != "" && !slices.Contains(g.ISR, c.Leader) {
-		return fmt.Errorf("%w: %s is not in group %s's in-sync set %v", ErrNotElectable, c.Leader, g.displayName(), g.ISR)
+	if !c.Unclean && g.Leader != "" && !slices.Contains(g.ISR, c.Leader) && !slices.Contains(g.ELR, c.Leader) {
+		return fmt.Errorf("%w: %s is not in group %s's in-sync set %v (nor eligible: %v)", ErrNotElectable, c.Leader, g.displayName(), g.ISR, g.ELR)
 	}
 	if !slices.Contains(c.ISR, c.Leader) {
 		return fmt.Errorf("%w: the new in-sync set %v lacks its leader %s", ErrBadCommand, c.ISR, c.Leader)
@@ -204,11 +216,15 @@ func (s *State) elect(c *Command) error {
 	if len(g.Elections) > keepElections {
 		g.Elections = slices.Delete(g.Elections, 0, len(g.Elections)-keepElections)
 	}
+	oldLeader := g.Leader
 	g.Leader, g.Epoch = c.Leader, epoch
 	if g.Name == "" {
 		g.Name = c.Leader
 	}
-	g.setISR(old, c.ISR, c.AtMs, func(id string) string {
+	if c.Unclean {
+		g.ELR = nil // the new leader's log is the truth: nobody else is sure to have it
+	}
+	g.setISR(s, old, c.ISR, c.AtMs, oldLeader, func(id string) string {
 		if id == g.Elections[len(g.Elections)-1].From {
 			return "was the leader: " + c.Reason
 		}
@@ -235,7 +251,7 @@ func (s *State) alterISR(c *Command) error {
 			return fmt.Errorf("%w: %s is not a member of group %s", ErrBadCommand, id, g.displayName())
 		}
 	}
-	g.setISR(g.ISR, c.ISR, c.AtMs, func(id string) string {
+	g.setISR(s, g.ISR, c.ISR, c.AtMs, "", func(id string) string {
 		if r := c.Reasons[id]; r != "" {
 			return r
 		}
@@ -244,22 +260,49 @@ func (s *State) alterISR(c *Command) error {
 	return nil
 }
 
-// setISR replaces the set, bumping its version, and records why members
-// left it.
-func (g *Group) setISR(old, isr []string, atMs int64, why func(string) string) {
+// setISR replaces the set, bumping its version, records why members left
+// it, and keeps the eligible members (ELR): followers that left it while
+// it fell below min-insync stay electable until it holds min-insync
+// followers again. exLeader, a leader replaced by an election, is never
+// eligible: with async durability its own log may lack a send its
+// followers acknowledged.
+func (g *Group) setISR(s *State, old, isr []string, atMs int64, exLeader string, why func(string) string) {
 	g.ISR = slices.Compact(slices.Sorted(slices.Values(isr)))
 	g.ISRVersion++
 	if g.Left == nil {
 		g.Left = map[string]Left{}
 	}
+	k := g.minInsync(s)
+	below := k > 0 && len(g.Followers()) < k
 	for _, id := range old {
-		if !slices.Contains(g.ISR, id) {
-			g.Left[id] = Left{Reason: why(id), AtMs: atMs}
+		if slices.Contains(g.ISR, id) {
+			continue
+		}
+		g.Left[id] = Left{Reason: why(id), AtMs: atMs}
+		if below && id != exLeader && !slices.Contains(g.ELR, id) {
+			g.ELR = append(g.ELR, id)
 		}
 	}
+	if !below {
+		g.ELR = nil // sends may be acknowledged without them from now on
+	}
+	g.ELR = slices.DeleteFunc(g.ELR, func(id string) bool { return slices.Contains(g.ISR, id) })
+	sort.Strings(g.ELR)
 	for _, id := range g.ISR {
 		delete(g.Left, id)
 	}
+}
+
+// minInsync is the smallest min_insync of the group's members: ELR's rule
+// holds only if no send is acknowledged with fewer followers than that.
+func (g *Group) minInsync(s *State) int {
+	k := -1
+	for _, id := range g.Members {
+		if b := s.Brokers[id]; b != nil && (k < 0 || b.MinInsync < k) {
+			k = b.MinInsync
+		}
+	}
+	return max(k, 0)
 }
 
 func (s *State) topics(c *Command) error {
@@ -299,7 +342,7 @@ func (s *State) Clone() *State {
 	}
 	for k, g := range s.Groups {
 		gg := *g
-		gg.Peers, gg.Members, gg.ISR = slices.Clone(g.Peers), slices.Clone(g.Members), slices.Clone(g.ISR)
+		gg.Peers, gg.Members, gg.ISR, gg.ELR = slices.Clone(g.Peers), slices.Clone(g.Members), slices.Clone(g.ISR), slices.Clone(g.ELR)
 		gg.Left, gg.Topics = maps.Clone(g.Left), maps.Clone(g.Topics)
 		gg.Elections = slices.Clone(g.Elections)
 		c.Groups[k] = &gg

@@ -162,6 +162,9 @@ func TestDecide(t *testing.T) {
 		{"the leader's session expired: the in-sync member with the longest log", threeBrokers,
 			map[string]Report{"b1": report(1, 100, stale), "b2": report(1, 90, fresh), "b3": report(1, 100, fresh)}, t0,
 			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 1, Leader: "b3", ISR: []string{"b2", "b3"}}, ""},
+		{"among equals, not the deciding voter's own broker", threeBrokers,
+			map[string]Report{"b1": report(1, 100, stale), "b2": report(1, 100, fresh), "b3": report(1, 100, fresh)}, t0,
+			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 1, Leader: "b3", ISR: []string{"b2", "b3"}}, ""},
 		{"the newest epoch wins over the longest log", threeBrokers,
 			map[string]Report{"b1": report(1, 100, stale), "b2": report(2, 50, fresh), "b3": report(1, 100, fresh)}, t0,
 			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 2, Leader: "b2", ISR: []string{"b2", "b3"}}, ""},
@@ -174,9 +177,9 @@ func TestDecide(t *testing.T) {
 			map[string]Report{"b2": report(1, 100, fresh), "b3": report(1, 100, fresh)}, now.Add(-time.Second), nil, ""},
 		{"... and elects once that time is up", threeBrokers,
 			map[string]Report{"b2": report(1, 100, fresh), "b3": report(1, 100, fresh)}, now.Add(-2100 * time.Millisecond),
-			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 1, Leader: "b2", ISR: []string{"b2", "b3"}}, ""},
+			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 1, Leader: "b3", ISR: []string{"b2", "b3"}}, ""},
 		{"a stopping leader is replaced", threeBrokers,
-			map[string]Report{"b1": {Heartbeat: Heartbeat{LastEpoch: 1, Durable: 100, Stopping: true}, Heard: fresh}, "b2": report(1, 100, fresh), "b3": report(1, 100, fresh)}, t0,
+			map[string]Report{"b1": {Heartbeat: Heartbeat{LastEpoch: 1, Durable: 100, Stopping: true}, Heard: fresh}, "b2": report(1, 100, fresh), "b3": report(1, 99, fresh)}, t0,
 			&Command{Op: OpElect, Group: key, Epoch: 1, Floor: 1, Leader: "b2", ISR: []string{"b2", "b3"}}, ""},
 		{"a follower whose session expired leaves the set", threeBrokers,
 			map[string]Report{"b1": report(1, 100, fresh), "b2": report(1, 100, fresh), "b3": report(1, 100, stale)}, t0,
@@ -198,7 +201,8 @@ func TestDecide(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.state(t)
-			v := &view{now: now, session: 2 * time.Second, since: tc.since, reports: tc.reports, firstSeen: map[string]time.Time{key: now}, initialWait: 10 * time.Second}
+			v := &view{now: now, session: 2 * time.Second, since: tc.since, reports: tc.reports, firstSeen: map[string]time.Time{key: now},
+				initialWait: 10 * time.Second, self: "b2"}
 			cmds, waiting := decide(s, v)
 			if tc.want == nil {
 				if len(cmds) != 0 {
@@ -294,4 +298,59 @@ func FuzzDecodeCommand(f *testing.F) {
 		s := NewState()
 		s.Apply(1, c) // must not panic, whatever it says
 	})
+}
+
+// Eligible members (ELR): a follower that leaves the set while it falls
+// below min-insync stays electable, since no send is acknowledged without
+// it until the set holds min-insync followers again; the old leader never
+// is; an unclean election forgets them.
+func TestEligibleMembers(t *testing.T) {
+	s := NewState()
+	for i, c := range []*Command{
+		{Op: OpRegister, Broker: &Broker{ID: "b1", Addr: "a", Group: key, MinInsync: 1}, Peers: []string{"a", "b", "c"}},
+		{Op: OpRegister, Broker: &Broker{ID: "b2", Addr: "b", Group: key, MinInsync: 1}},
+		{Op: OpRegister, Broker: &Broker{ID: "b3", Addr: "c", Group: key, MinInsync: 1}},
+		{Op: OpElect, Group: key, Epoch: 0, Leader: "b1", ISR: []string{"b1"}},
+		{Op: OpISR, Group: key, Epoch: 1, ISRVersion: 1, ISR: []string{"b1", "b2", "b3"}},
+		{Op: OpISR, Group: key, Epoch: 1, ISRVersion: 2, ISR: []string{"b1", "b2"}}, // b3 leaves: b2 still makes min-insync
+		{Op: OpISR, Group: key, Epoch: 1, ISRVersion: 3, ISR: []string{"b1"}},       // b2 leaves: below min-insync
+	} {
+		if err := s.Apply(uint64(i+1), c); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	g := s.Groups[key]
+	if !slices.Equal(g.ELR, []string{"b2"}) {
+		t.Fatalf("eligible %v, want [b2] (b3 left while b2 still made min-insync)", g.ELR)
+	}
+	// The leader dies: the eligible b2, back, is elected; b3 is not.
+	now := time.Unix(3000, 0)
+	v := &view{now: now, session: 2 * time.Second, since: now.Add(-time.Minute), reports: map[string]Report{
+		"b1": report(1, 100, now.Add(-3*time.Second)), "b2": report(1, 100, now), "b3": report(1, 100, now)}}
+	cmds, _ := decide(s, v)
+	if len(cmds) != 1 || cmds[0].Leader != "b2" || !slices.Equal(cmds[0].ISR, []string{"b2"}) {
+		t.Fatalf("proposed %+v", cmds)
+	}
+	if err := s.Apply(10, cmds[0]); err != nil {
+		t.Fatal(err)
+	}
+	if g := s.Groups[key]; g.Leader != "b2" || slices.Contains(g.ELR, "b1") {
+		t.Fatalf("after electing the eligible b2: %+v (the old leader is never eligible)", g)
+	}
+	// The set grows back to min-insync: nobody outside it is eligible.
+	s.Apply(11, &Command{Op: OpISR, Group: key, Epoch: 2, ISRVersion: 5, ISR: []string{"b2", "b3"}})
+	if g := s.Groups[key]; len(g.ELR) != 0 {
+		t.Fatalf("eligible %v after the set holds min-insync followers again", g.ELR)
+	}
+	// An unclean election forgets the eligible.
+	s.Apply(12, &Command{Op: OpISR, Group: key, Epoch: 2, ISRVersion: 6, ISR: []string{"b2"}})
+	if g := s.Groups[key]; !slices.Equal(g.ELR, []string{"b3"}) {
+		t.Fatalf("eligible %v, want [b3]", g.ELR)
+	}
+	if err := s.Apply(13, &Command{Op: OpElect, Group: key, Epoch: 2, Leader: "b1", ISR: []string{"b1"}, Unclean: true}); err != nil {
+		t.Fatal(err)
+	}
+	if g := s.Groups[key]; len(g.ELR) != 0 {
+		t.Fatalf("eligible %v after an unclean election", g.ELR)
+	}
 }

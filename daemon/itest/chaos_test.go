@@ -84,6 +84,7 @@ type chaosResult struct {
 	// fault; touched sends per 250 ms window of the fault; how often the
 	// producer's client set each broker aside (by role).
 	DupsByPhase [3]int
+	DupExamples []string `json:",omitempty"` // where the first duplicates were delivered
 	Windows     []int
 	Isolations  map[string]int64
 }
@@ -271,6 +272,7 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	// Consumers: what arrived, how often, and when.
 	var rmu sync.Mutex
 	received := map[uint64]int{}
+	where := map[uint64][]string{} // id -> group/queue@offset of each delivery (duplicates' diagnosis)
 	corrupt := 0
 	recvAt := map[uint64]time.Time{}
 	cctx, cstop := context.WithCancel(ctx)
@@ -295,6 +297,9 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 				received[id]++
 				if received[id] == 1 {
 					recvAt[id] = time.Now()
+				}
+				if len(where[id]) < 3 {
+					where[id] = append(where[id], fmt.Sprintf("%s/%d@%d", m.Group, m.Queue, m.Offset))
 				}
 				rmu.Unlock()
 				return nil
@@ -409,6 +414,10 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 		}
 		rmu.Lock()
 		if k := received[uint64(i)]; k > 1 {
+			if r.Duplicates < 5 {
+				r.DupExamples = append(r.DupExamples, fmt.Sprintf("send %d due %v after the fault began: %v",
+					i, s.due.Sub(faultAt).Round(time.Millisecond), where[uint64(i)]))
+			}
 			r.Duplicates += k - 1
 			switch {
 			case s.due.Before(faultAt):

@@ -164,7 +164,9 @@ func verifyLedger(t *testing.T, cl *sdk.Client, leaders []*testbroker.Broker, to
 	ctx := ctxT(t, 2*time.Minute)
 	got := consumeN(t, ctx, cl, fmt.Sprintf("audit-%d", time.Now().UnixNano()), topic, total)
 	at := map[gq]map[uint64]string{}
+	stored := map[string]int{}
 	for _, m := range got {
+		stored[string(m.Body)]++
 		k := gq{m.Group, m.Queue}
 		if at[k] == nil {
 			at[k] = map[uint64]string{}
@@ -194,7 +196,14 @@ func verifyLedger(t *testing.T, cl *sdk.Client, leaders []*testbroker.Broker, to
 	if lost > 0 {
 		t.Fatalf("%d of %d acknowledged sends lost or moved, e.g. %s", lost, len(l.acks), example)
 	}
-	t.Logf("verified: %d acknowledged sends, %d records in %d queues, dense", len(l.acks), total, len(maxOf))
+	twice := 0
+	for _, n := range stored {
+		if n > 1 {
+			twice++
+		}
+	}
+	t.Logf("verified: %d acknowledged sends, %d records in %d queues, dense; %d sends stored more than once (retried after a failure the broker had stored)",
+		len(l.acks), total, len(maxOf), twice)
 }
 
 func idOf(c *testbroker.Controlled, b *testbroker.Broker) string { return c.ID(b) }

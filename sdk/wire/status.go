@@ -172,13 +172,17 @@ type GroupControl struct {
 	LeaderAddr string `json:"leader_addr,omitempty"`
 	Epoch      uint64 `json:"epoch"`
 	// ISR is the committed in-sync set, the leader included: only its
-	// members are elected automatically.
-	ISR        []string         `json:"isr"`
-	ISRVersion uint64           `json:"isr_version"`
-	Members    []MemberControl  `json:"members"`
-	Elections  []ElectionStatus `json:"elections,omitempty"` // the newest last
-	Waiting    string           `json:"waiting,omitempty"`   // why the group has no leader now
-	Topics     int              `json:"topics"`
+	// members, and the eligible ones, are elected automatically.
+	ISR        []string `json:"isr"`
+	ISRVersion uint64   `json:"isr_version"`
+	// Eligible are members outside the set that may still be elected: they
+	// left it while it fell below min-insync, so no send was acknowledged
+	// without them since.
+	Eligible  []string         `json:"eligible,omitempty"`
+	Members   []MemberControl  `json:"members"`
+	Elections []ElectionStatus `json:"elections,omitempty"` // the newest last
+	Waiting   string           `json:"waiting,omitempty"`   // why the group has no leader now
+	Topics    int              `json:"topics"`
 }
 
 // MemberControl is one broker of a group, as the controller sees it.

@@ -241,7 +241,11 @@ func controllerGroups(cmd *cobra.Command, groups []wire.GroupControl) error {
 			}
 			members = append(members, s)
 		}
-		t.row(gr.Name, leader, gr.Epoch, fmt.Sprintf("%s (version %d)", orDash(strings.Join(gr.ISR, ",")), gr.ISRVersion), orDash(strings.Join(members, ", ")))
+		isr := fmt.Sprintf("%s (version %d)", orDash(strings.Join(gr.ISR, ",")), gr.ISRVersion)
+		if len(gr.Eligible) > 0 {
+			isr += "; eligible " + strings.Join(gr.Eligible, ",")
+		}
+		t.row(gr.Name, leader, gr.Epoch, isr, orDash(strings.Join(members, ", ")))
 		if gr.Waiting != "" {
 			waiting = append(waiting, gr.Name+": "+gr.Waiting)
 		}
