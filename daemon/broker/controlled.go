@@ -276,34 +276,33 @@ func (b *Broker) HandOff(ctx context.Context) error {
 		return b.waitState(ctx, func(g *controller.Group) bool { return !slices.Contains(g.ISR, b.opts.ID) })
 	}
 	// The writes already accepted finish (they cannot be refused any
-	// more); wait until a follower of the set has all of them durable.
-	target := ""
+	// more); wait until the in-sync followers have all of them durable,
+	// then hand over to the one with the most.
 	for {
 		end := b.Log().Positions().Written
-		for {
-			target = ""
-			var best int64 = -1
-			for _, f := range l.Status() {
-				if f.InSync && f.Connected && f.Acked > best {
-					target, best = f.ID, f.Acked
-				}
-			}
-			if target == "" {
-				b.logger.Warn("handing over: no in-sync follower to hand the group to; it waits for the controller to elect one")
-				return nil
-			}
-			if best >= end {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("handing over: %s did not catch up: %w", target, ctx.Err())
-			case <-time.After(5 * time.Millisecond):
-			}
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			deadline = time.Now().Add(b.opts.Replication.AckTimeout)
+		}
+		done := make(chan error, 1)
+		l.WaitAcks(end, deadline, func(err error) { done <- err })
+		if err := <-done; err != nil {
+			return fmt.Errorf("handing over: the in-sync followers did not catch up: %w", err)
 		}
 		if b.Log().Positions().Written == end {
 			break
 		}
+	}
+	target := ""
+	var best int64 = -1
+	for _, f := range l.Status() {
+		if f.InSync && f.Connected && f.Acked > best {
+			target, best = f.ID, f.Acked
+		}
+	}
+	if target == "" {
+		b.logger.Warn("handing over: no in-sync follower to hand the group to; it waits for the controller to elect one")
+		return nil
 	}
 	b.logger.Info("handing the group over", "to", target, "end", b.Log().Positions().Written)
 	if err := c.Request(ctx, &controller.Msg{Req: controller.ReqHandoff, Group: b.groupKey(), Target: target}); err != nil {
