@@ -133,23 +133,22 @@ func (c *conn) refuse(st *stream, reqID uint64, code quic.ApplicationErrorCode, 
 // flushAndClose closes the connection after the buffered responses of its
 // streams are written, giving the client a moment to read them.
 func (c *conn) flushAndClose(code quic.ApplicationErrorCode, msg string) {
-	c.mu.Lock()
-	streams := c.streams
-	c.mu.Unlock()
-	for _, st := range streams {
-		st.w.Close()
+	c.closeWriters()
+	// The client closes the connection itself once it has read the answer;
+	// past a second, close it from here.
+	go c.whenClosedOr(time.Second, func() { c.qc.CloseWithError(code, msg) })
+}
+
+// whenClosedOr runs f once the client closed the connection or d has
+// passed.
+func (c *conn) whenClosedOr(d time.Duration, f func()) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.qc.Context().Done():
+	case <-t.C:
 	}
-	go func() {
-		// The client closes the connection itself once it has read the
-		// answer; past a second, close it from here.
-		t := time.NewTimer(time.Second)
-		defer t.Stop()
-		select {
-		case <-c.qc.Context().Done():
-		case <-t.C:
-		}
-		c.qc.CloseWithError(code, msg)
-	}()
+	f()
 }
 
 // stopAndClose closes the connection of a stopping broker: its streams
@@ -157,15 +156,20 @@ func (c *conn) flushAndClose(code quic.ApplicationErrorCode, msg string) {
 // client goes elsewhere instead of waiting for the close), until the
 // client closes the connection or a second has passed.
 func (c *conn) stopAndClose(code quic.ApplicationErrorCode, msg string) {
-	go func() {
-		t := time.NewTimer(time.Second)
-		defer t.Stop()
-		select {
-		case <-c.qc.Context().Done():
-		case <-t.C:
-		}
-		c.flushAndClose(code, msg)
-	}()
+	go c.whenClosedOr(time.Second, func() {
+		c.closeWriters()
+		c.whenClosedOr(100*time.Millisecond, func() { c.qc.CloseWithError(code, msg) })
+	})
+}
+
+// closeWriters stops the streams' writers once they wrote what they hold.
+func (c *conn) closeWriters() {
+	c.mu.Lock()
+	streams := c.streams
+	c.mu.Unlock()
+	for _, st := range streams {
+		st.w.Close()
+	}
 }
 
 func (c *conn) newStream(qs *quic.Stream, br *bufio.Reader) *stream {
