@@ -335,7 +335,7 @@ func (s *Service) spreadLeadership(st *State, v *view) bool {
 		}
 		return false
 	}
-	if !leads(s.o.ID) || time.Since(s.lastTransfer) < 2*s.o.Session {
+	if !leads(s.o.ID) || time.Since(s.lastTransfer) < s.o.Session/2 {
 		return false
 	}
 	for _, addr := range s.o.Voters {
