@@ -213,7 +213,11 @@ type EpochInfo = wire.EpochInfo
 // brokers, so that an old leader stops taking writes. Promoting a leader
 // does nothing. It returns the broker's epoch and leader afterwards.
 func (a *Admin) Promote(ctx context.Context, addr string) (EpochInfo, error) {
-	call, err := a.cl.request(ctx, a.cl.conn(addr), streamControl, wire.TypePromote, func(b []byte) []byte { return b })
+	return epochInfoOf(a.cl.request(ctx, a.cl.conn(addr), streamControl, wire.TypePromote, func(b []byte) []byte { return b }))
+}
+
+// epochInfoOf decodes the EpochInfo a call was answered with.
+func epochInfoOf(call *call, err error) (EpochInfo, error) {
 	if err != nil {
 		return EpochInfo{}, err
 	}
@@ -237,15 +241,9 @@ func (a *Admin) Elect(ctx context.Context, group, broker string, unclean bool) (
 	if unclean {
 		req.Flags |= wire.ElectUnclean
 	}
-	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeElect, req.Append)
-	if err != nil {
-		return EpochInfo{}, err
+	info, err := epochInfoOf(a.cl.requestAny(ctx, streamControl, wire.TypeElect, req.Append))
+	if err == nil {
+		a.cl.router.stale()
 	}
-	defer call.release()
-	var info EpochInfo
-	if err := wire.DecodeEpochInfo(call.resp, &info); err != nil {
-		return EpochInfo{}, err
-	}
-	a.cl.router.stale()
-	return info, nil
+	return info, err
 }

@@ -428,21 +428,9 @@ func (st *cstream) failPending(err error) {
 
 func (st *cstream) failAll(err error) {
 	st.mu.Lock()
-	st.closed = true
-	calls := make([]*call, 0, len(st.pending))
-	for id, c := range st.pending {
-		// A call not yet sent is failed by its sender (see end): its
-		// payload may still be being built.
-		if c.sent.Load() {
-			delete(st.pending, id)
-			calls = append(calls, c)
-		}
-	}
+	st.closed = true // begin registers no call from here on
 	st.mu.Unlock()
-	for _, c := range calls {
-		c.err = err
-		c.complete()
-	}
+	st.failPending(err)
 }
 
 // read delivers responses to their calls until the stream fails.
