@@ -106,49 +106,21 @@ func envList(name, def string) []string {
 }
 
 func TestChaos(t *testing.T) {
-	rate := 1000
-	if v, err := strconv.Atoi(os.Getenv("CHAOS_RATE")); err == nil && v > 0 {
-		rate = v
-	}
-	fault := 10 * time.Second
-	if d, err := time.ParseDuration(os.Getenv("CHAOS_FAULT")); err == nil {
-		fault = d
-	}
-	modes := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
-	var results []chaosResult
-	for _, fname := range envList("CHAOS_FAULTS", "kill,stop,slow,stall") {
-		if fname == "partition" {
-			continue // the controlled layout's alone (TestChaosFailover)
-		}
-		var f *chaosFault
-		for i := range chaosFaults {
-			if chaosFaults[i].name == fname {
-				f = &chaosFaults[i]
-			}
-		}
-		if f == nil {
-			t.Fatalf("unknown fault %q", fname)
-		}
-		for _, mname := range envList("CHAOS_MODES", "adaptive,table,off") {
-			mode, ok := modes[mname]
-			if !ok {
-				t.Fatalf("unknown mode %q", mname)
-			}
-			t.Run(fname+"/"+mname, func(t *testing.T) {
-				r := runChaos(t, f, mode, rate, fault, groupsEnv)
-				results = append(results, r)
-				t.Logf("%+v", r)
-			})
-		}
-	}
-	printChaos(t, results, rate, fault, "chaos")
+	chaosMatrix(t, "chaos", "CHAOS_FAULTS", "kill,stop,slow,stall", "CHAOS_MODES", "adaptive,table,off", groupsEnv)
 }
 
 // TestChaosFailover is the automatic failover row: one group of three
 // brokers under a controller (min-insync 1), the same load, and a fault
 // on whichever broker leads when it begins: SIGKILL, SIGSTOP, a
-// partition. Adaptive avoidance (CHAOS_MODES to change it).
+// partition. Adaptive avoidance (CHAOS_FAILOVER_MODES to change it).
 func TestChaosFailover(t *testing.T) {
+	chaosMatrix(t, "failover", "CHAOS_FAILOVER_FAULTS", "kill,stop,partition", "CHAOS_FAILOVER_MODES", "adaptive", controlledEnv)
+}
+
+// chaosMatrix runs every fault of faultsVar (default faults) with every
+// avoidance mode of modesVar on the clusters build makes, and prints and
+// saves the table as name.
+func chaosMatrix(t *testing.T, name, faultsVar, faults, modesVar, modes string, build func(*testing.T, sdk.FaultAvoidance) *chaosEnv) {
 	rate := 1000
 	if v, err := strconv.Atoi(os.Getenv("CHAOS_RATE")); err == nil && v > 0 {
 		rate = v
@@ -157,9 +129,9 @@ func TestChaosFailover(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("CHAOS_FAULT")); err == nil {
 		fault = d
 	}
-	modes := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
+	byName := map[string]sdk.FaultAvoidance{"adaptive": sdk.AvoidAdaptive, "table": sdk.AvoidTable, "off": sdk.AvoidOff}
 	var results []chaosResult
-	for _, fname := range envList("CHAOS_FAILOVER_FAULTS", "kill,stop,partition") {
+	for _, fname := range envList(faultsVar, faults) {
 		var f *chaosFault
 		for i := range chaosFaults {
 			if chaosFaults[i].name == fname {
@@ -169,19 +141,22 @@ func TestChaosFailover(t *testing.T) {
 		if f == nil {
 			t.Fatalf("unknown fault %q", fname)
 		}
-		for _, mname := range envList("CHAOS_FAILOVER_MODES", "adaptive") {
-			mode, ok := modes[mname]
+		if f.partition && name != "failover" {
+			t.Fatalf("fault %q needs the controlled layout (TestChaosFailover)", fname)
+		}
+		for _, mname := range envList(modesVar, modes) {
+			mode, ok := byName[mname]
 			if !ok {
 				t.Fatalf("unknown mode %q", mname)
 			}
 			t.Run(fname+"/"+mname, func(t *testing.T) {
-				r := runChaos(t, f, mode, rate, fault, controlledEnv)
+				r := runChaos(t, f, mode, rate, fault, build)
 				results = append(results, r)
 				t.Logf("%+v", r)
 			})
 		}
 	}
-	printChaos(t, results, rate, fault, "failover")
+	printChaos(t, results, rate, fault, name)
 }
 
 // chaosEnv is a cluster ready for a chaos run.

@@ -434,6 +434,20 @@ func groupOf(t *testing.T, c *testbroker.Controlled) string {
 	return ""
 }
 
+// followersOf returns the two brokers of c other than leader.
+func followersOf(c *testbroker.Controlled, leader *testbroker.Broker) (f1, f2 *testbroker.Broker) {
+	for _, b := range c.Brokers {
+		switch {
+		case b == leader:
+		case f1 == nil:
+			f1 = b
+		default:
+			f2 = b
+		}
+	}
+	return f1, f2
+}
+
 // acksIn counts the acknowledged sends stored on group.
 func (l *ledger) acksIn(group string) int {
 	l.mu.Lock()
@@ -462,16 +476,7 @@ func TestLaggingFollowerIsNeverElected(t *testing.T) {
 	leader := c.Leader(t)
 	group := groupOf(t, c)
 	testbroker.WaitFor(t, "both followers in sync", func() bool { return len(leader.Status().Replication.ISR) == 2 })
-	var f1, f2 *testbroker.Broker
-	for _, b := range c.Brokers {
-		if b != leader {
-			if f1 == nil {
-				f1 = b
-			} else {
-				f2 = b
-			}
-		}
-	}
+	f1, f2 := followersOf(c, leader)
 	l := newLedger()
 	stop := sendLoad(t, cl, "pay", "s", 2, l, sdk.WithSendTimeout(10*time.Second))
 	waitAcks(t, l, 100)
@@ -527,16 +532,7 @@ func TestAckWaitsForEveryInSyncFollower(t *testing.T) {
 	if err := cl.Admin().CreateTopic(ctx, "pay", 2); err != nil {
 		t.Fatal(err)
 	}
-	var f1, f2 *testbroker.Broker
-	for _, b := range c.Brokers {
-		if b != leader {
-			if f1 == nil {
-				f1 = b
-			} else {
-				f2 = b
-			}
-		}
-	}
+	f1, f2 := followersOf(c, leader)
 	l := newLedger()
 	stop := sendLoad(t, cl, "pay", "k", 2, l, sdk.WithSendTimeout(30*time.Second))
 	testbroker.WaitFor(t, "sends on the data group", func() bool { return l.acksIn(group) >= 100 })
