@@ -144,13 +144,23 @@ func New(o Options) (*Broker, error) {
 	if err := b.openStore(false, 0); err != nil {
 		return nil, err
 	}
+	if b.ctl.hasGroups() {
+		// Restarted with consumer groups: their members, still running,
+		// report the queues they hold at their next heartbeat; until then
+		// none is handed to another member (coordinatorGrace).
+		b.repl.grace.Store(o.Now().Add(coordinatorGrace).UnixNano())
+	}
 	if err := b.startReplication(); err != nil {
 		b.st.Close()
 		return nil, err
 	}
 	b.startCluster()
-	b.bg.Add(1)
+	b.bg.Add(2)
 	go b.ctl.snapshotLoop()
+	go func() {
+		defer b.bg.Done()
+		b.groups.watchStalls(b.stop)
+	}()
 	return b, nil
 }
 

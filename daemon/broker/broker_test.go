@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -287,6 +288,95 @@ func TestGroupRebalanceIsCooperative(t *testing.T) {
 	}
 	if a := gsync(b, "m3"); len(a.Queues) != 4 {
 		t.Fatalf("after m1 left: %+v", a)
+	}
+}
+
+// A coordinator whose process stalled (SIGSTOP, a paused VM) longer than
+// its members' sessions does not expire them for its own silence: the
+// first member to report after the stall would otherwise take the other's
+// queues and re-read what that member processed since its last commit
+// (163 redeliveries per 10 s leader freeze in the chaos matrix).
+func TestGroupMembersOutliveTheCoordinatorsStall(t *testing.T) {
+	o := testOpts(t.TempDir())
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	o.Now = clock.now
+	b := open(t, o)
+	defer b.Close()
+	b.CreateTopic("t", 4)
+	a1 := gsync(b, "m1")
+	gsync(b, "m2")
+	a1 = gsync(b, "m1", refs(a1)...)
+	a1 = gsync(b, "m1", refs(a1)...)
+	a2 := gsync(b, "m2")
+	if len(a1.Queues) != 2 || len(a2.Queues) != 2 {
+		t.Fatalf("balanced: %+v %+v", a1, a2)
+	}
+	gen := a2.Generation
+
+	// The process stalls for 11 s, longer than the 10 s sessions.
+	stall := func() {
+		b.groups.mu.Lock()
+		b.groups.running = time.Now().Add(-11 * time.Second)
+		b.groups.mu.Unlock()
+		clock.add(11 * time.Second)
+	}
+	stall()
+	if a := gsync(b, "m1", refs(a1)...); a.Generation != gen || !slices.Equal(refs(a), refs(a1)) {
+		t.Fatalf("first report after the stall: %+v, want generation %d and %v", a, gen, refs(a1))
+	}
+	if a := gsync(b, "m2", refs(a2)...); a.Generation != gen || !slices.Equal(refs(a), refs(a2)) {
+		t.Fatalf("second member after the stall: %+v, want generation %d and %v", a, gen, refs(a2))
+	}
+
+	// A member that is silent while the process runs still expires.
+	clock.add(11 * time.Second)
+	if a := gsync(b, "m1", refs(a1)...); len(a.Queues) != 4 {
+		t.Fatalf("after m2 went silent: %+v", a)
+	}
+}
+
+// A broker restarted with consumer groups has lost their memberships,
+// not their members: for coordinatorGrace it hands no queue nobody
+// reported to a member, so the member that still reads it (kill -9 of a
+// group's leader in the chaos matrix: 160-320 redeliveries) keeps it.
+func TestRestartedCoordinatorWaitsForHolders(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts(dir)
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	o.Now = clock.now
+	b := open(t, o)
+	b.CreateTopic("t", 4)
+	a1 := gsync(b, "m1")
+	gsync(b, "m2")
+	a1 = gsync(b, "m1", refs(a1)...)
+	a1 = gsync(b, "m1", refs(a1)...)
+	a2 := gsync(b, "m2")
+	if werr := b.Commit(&wire.Commit{Group: "g", Member: "m2", Offsets: []wire.OffsetCommit{{QueueRef: a2.Queues[0].QueueRef, Offset: 3}}}); werr != nil {
+		t.Fatal(werr)
+	}
+	b.Close()
+
+	b = open(t, o)
+	// m1 reports first: it keeps its queues and is not handed m2's.
+	if a := gsync(b, "m1", refs(a1)...); !slices.Equal(refs(a), refs(a1)) || !a.Pending {
+		t.Fatalf("first member after the restart: %+v, want %v and pending", a, refs(a1))
+	}
+	if a := gsync(b, "m2", refs(a2)...); !slices.Equal(refs(a), refs(a2)) {
+		t.Fatalf("second member after the restart: %+v, want %v", a, refs(a2))
+	}
+	b.Close()
+
+	// m2 did not survive the restart (a new process, holding nothing):
+	// its queues wait out the grace, then resume from the commit.
+	b = open(t, o)
+	defer b.Close()
+	gsync(b, "m1", refs(a1)...)
+	if a := gsync(b, "m2"); len(a.Queues) != 0 || !a.Pending {
+		t.Fatalf("a member holding nothing within the grace: %+v", a)
+	}
+	clock.add(coordinatorGrace)
+	if a := gsync(b, "m2"); !slices.Equal(refs(a), refs(a2)) || a.Queues[0].Committed != 3 {
+		t.Fatalf("after the grace: %+v, want %v from offset 3", a, refs(a2))
 	}
 }
 

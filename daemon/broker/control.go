@@ -94,6 +94,13 @@ func (c *control) committed(group string, q wire.QueueRef) int64 {
 	return wire.NoOffset
 }
 
+// hasGroups reports whether some consumer group committed an offset.
+func (c *control) hasGroups() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.offs) > 0
+}
+
 // groupOffsets returns a copy of a group's committed offsets.
 func (c *control) groupOffsets() map[string]map[wire.QueueRef]uint64 {
 	c.mu.RLock()

@@ -23,7 +23,18 @@ type coordinator struct {
 	topicsGen atomic.Uint64 // bumped when a topic is added: assignments are recomputed
 	mu        sync.Mutex
 	groups    map[string]*group
+	// running is when the coordinator last saw its process run (the real
+	// clock, whatever Options.Now says; see noteRunning).
+	running time.Time
 }
+
+// A broker notes every stallTick that it runs; a gap of more than
+// stallMin between two notes is a stall of the whole process (SIGSTOP, a
+// paused VM, a swap storm), which must not count as its members' silence.
+const (
+	stallTick = 100 * time.Millisecond
+	stallMin  = time.Second
+)
 
 type group struct {
 	name       string
@@ -45,7 +56,48 @@ type member struct {
 }
 
 func newCoordinator(b *Broker) *coordinator {
-	return &coordinator{b: b, groups: map[string]*group{}}
+	return &coordinator{b: b, groups: map[string]*group{}, running: time.Now()}
+}
+
+// watchStalls notes that the process runs until stop is closed.
+func (c *coordinator) watchStalls(stop <-chan struct{}) {
+	t := time.NewTicker(stallTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			c.mu.Lock()
+			c.noteRunning(time.Now())
+			c.mu.Unlock()
+		}
+	}
+}
+
+// noteRunning records that the process runs at real time now. After a
+// stall it moves every member's last heartbeat forward by the stall: a
+// frozen coordinator heard nobody, and expiring its members for that
+// would hand their queues to whichever member reported first, and the
+// records they processed since their last commit would be read again.
+// (c.mu held)
+func (c *coordinator) noteRunning(now time.Time) {
+	gap := now.Sub(c.running)
+	c.running = now
+	if gap <= stallMin {
+		return
+	}
+	stalled := gap - stallTick
+	n := 0
+	for _, g := range c.groups {
+		for _, m := range g.members {
+			m.lastSeen = m.lastSeen.Add(stalled)
+			n++
+		}
+	}
+	if n > 0 {
+		c.b.logger.Warn("the broker stalled: consumer group sessions extended by the stall", "stalled", stalled.Round(time.Millisecond), "members", n)
+	}
 }
 
 func (c *coordinator) topicsChanged() { c.topicsGen.Add(1) }
@@ -71,6 +123,7 @@ func (c *coordinator) sync(req *wire.GroupSync) wire.Assignment {
 	now := c.b.opts.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.noteRunning(time.Now())
 	g := c.groups[req.Group]
 	if g == nil {
 		g = &group{name: req.Group, members: map[string]*member{}, owner: map[wire.QueueRef]string{}, target: map[wire.QueueRef]string{}}

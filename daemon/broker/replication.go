@@ -207,11 +207,11 @@ func (b *Broker) becomeLeader(isr []string, version uint64) {
 	b.logger.Info("leading", "epoch", l.Epoch(), "min_insync", o.MinInsync, "in_sync", isr)
 }
 
-// coordinatorGrace is how long a leadership that took over from another
-// waits for consumers to report the queues they hold before it hands out
-// the others: a consumer reports as soon as its routes name the new
-// leader (within its route refresh) or at its next heartbeat (1 s by
-// default), whichever is first.
+// coordinatorGrace is how long a leadership that took over from another,
+// or a broker restarted with consumer groups, waits for consumers to
+// report the queues they hold before it hands out the others: a consumer
+// reports as soon as its routes name the new leader (within its route
+// refresh) or at its next heartbeat (1 s by default), whichever is first.
 const coordinatorGrace = 3 * time.Second
 
 // graceUntil is when the current leadership's grace ends.
