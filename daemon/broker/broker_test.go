@@ -230,6 +230,29 @@ func refs(a wire.Assignment) []wire.QueueRef {
 	return out
 }
 
+// clocked sets o's clock to a fake one.
+func clocked(o Options) (Options, *fakeClock) {
+	clock := &fakeClock{t: time.Unix(1000, 0)}
+	o.Now = clock.now
+	return o, clock
+}
+
+// twoMembers creates topic t (4 queues) and balances group g over m1 and
+// m2, returning their assignments.
+func twoMembers(t *testing.T, b *Broker) (a1, a2 wire.Assignment) {
+	t.Helper()
+	b.CreateTopic("t", 4)
+	a1 = gsync(b, "m1")
+	gsync(b, "m2")
+	a1 = gsync(b, "m1", refs(a1)...) // releases m2's half
+	a1 = gsync(b, "m1", refs(a1)...)
+	a2 = gsync(b, "m2")
+	if len(a1.Queues) != 2 || len(a2.Queues) != 2 {
+		t.Fatalf("balanced: %+v %+v", a1, a2)
+	}
+	return a1, a2
+}
+
 // Queues move between members only after their old member released them.
 func TestGroupRebalanceIsCooperative(t *testing.T) {
 	o := testOpts(t.TempDir())
@@ -297,20 +320,10 @@ func TestGroupRebalanceIsCooperative(t *testing.T) {
 // queues and re-read what that member processed since its last commit
 // (163 redeliveries per 10 s leader freeze in the chaos matrix).
 func TestGroupMembersOutliveTheCoordinatorsStall(t *testing.T) {
-	o := testOpts(t.TempDir())
-	clock := &fakeClock{t: time.Unix(1000, 0)}
-	o.Now = clock.now
+	o, clock := clocked(testOpts(t.TempDir()))
 	b := open(t, o)
 	defer b.Close()
-	b.CreateTopic("t", 4)
-	a1 := gsync(b, "m1")
-	gsync(b, "m2")
-	a1 = gsync(b, "m1", refs(a1)...)
-	a1 = gsync(b, "m1", refs(a1)...)
-	a2 := gsync(b, "m2")
-	if len(a1.Queues) != 2 || len(a2.Queues) != 2 {
-		t.Fatalf("balanced: %+v %+v", a1, a2)
-	}
+	a1, a2 := twoMembers(t, b)
 	gen := a2.Generation
 
 	// The process stalls for 11 s, longer than the 10 s sessions.
@@ -340,17 +353,9 @@ func TestGroupMembersOutliveTheCoordinatorsStall(t *testing.T) {
 // reported to a member, so the member that still reads it (kill -9 of a
 // group's leader in the chaos matrix: 160-320 redeliveries) keeps it.
 func TestRestartedCoordinatorWaitsForHolders(t *testing.T) {
-	dir := t.TempDir()
-	o := testOpts(dir)
-	clock := &fakeClock{t: time.Unix(1000, 0)}
-	o.Now = clock.now
+	o, clock := clocked(testOpts(t.TempDir()))
 	b := open(t, o)
-	b.CreateTopic("t", 4)
-	a1 := gsync(b, "m1")
-	gsync(b, "m2")
-	a1 = gsync(b, "m1", refs(a1)...)
-	a1 = gsync(b, "m1", refs(a1)...)
-	a2 := gsync(b, "m2")
+	a1, a2 := twoMembers(t, b)
 	if werr := b.Commit(&wire.Commit{Group: "g", Member: "m2", Offsets: []wire.OffsetCommit{{QueueRef: a2.Queues[0].QueueRef, Offset: 3}}}); werr != nil {
 		t.Fatal(werr)
 	}
