@@ -50,17 +50,24 @@ func TestAckNeedsEveryInSyncFollower(t *testing.T) {
 	c := newClock()
 	tr := NewTracker(1, 5*time.Second, []string{"f1", "f2"}, 3, 0, c.now)
 	caughtUp(tr, c.now, 0, "f1", "f2")
+	needsBoth(t, tr, c, 100)
+}
+
+// needsBoth checks that a send ending at end is acknowledged once f2 has
+// it too, not when f1 alone has it.
+func needsBoth(t *testing.T, tr *Tracker, c *clock, end int64) {
+	t.Helper()
 	var o outcome
-	tr.Wait(100, c.now.Add(2*time.Second), o.fn)
-	tr.Acked("f1", 100)
+	tr.Wait(end, c.now.Add(2*time.Second), o.fn)
+	tr.Acked("f1", end)
 	settle(tr, c.at(time.Millisecond))
 	if o.done {
-		t.Fatal("acknowledged with f1 alone while f2 is in the in-sync set")
+		t.Fatalf("send to %d acknowledged with f1 alone while f2 is in the in-sync set", end)
 	}
-	tr.Acked("f2", 100)
+	tr.Acked("f2", end)
 	settle(tr, c.at(time.Millisecond))
 	if !o.done || o.err != nil {
-		t.Fatalf("not acknowledged once both have it: %+v", o)
+		t.Fatalf("send to %d not acknowledged once both have it: %+v", end, o)
 	}
 }
 
@@ -128,18 +135,7 @@ func TestExpansionCountsAtOnce(t *testing.T) {
 	if p == nil || !slices.Equal(p.ISR, []string{"f1", "f2"}) || !slices.Equal(p.Added, []string{"f2"}) {
 		t.Fatalf("proposal: %+v", p)
 	}
-	var o2 outcome
-	tr.Wait(700, c.now.Add(2*time.Second), o2.fn)
-	tr.Acked("f1", 700)
-	settle(tr, c.at(time.Millisecond))
-	if o2.done {
-		t.Fatal("acknowledged without the proposed member")
-	}
-	tr.Acked("f2", 700)
-	settle(tr, c.at(time.Millisecond))
-	if !o2.done || o2.err != nil {
-		t.Fatalf("second send: %+v", o2)
-	}
+	needsBoth(t, tr, c, 700) // the proposed member counts at once
 }
 
 // Admission and lateness: fewer committed followers than min-insync
