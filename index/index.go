@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
 )
 
@@ -476,28 +477,7 @@ func writeIndexCheckpoint(dir string, pos int64) error {
 	b := append([]byte("QIX1"), make([]byte, 12)...)
 	binary.LittleEndian.PutUint64(b[4:], uint64(pos))
 	binary.LittleEndian.PutUint32(b[12:], crc32.Checksum(b[:12], crcTable))
-	tmp := filepath.Join(dir, checkpointName+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("index: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, checkpointName))
-	}
-	if err == nil {
-		var d *os.File
-		if d, err = os.Open(dir); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
-	}
+	err := fsutil.WriteAtomic(filepath.Join(dir, checkpointName), b, 0o644, nil)
 	if err != nil {
 		return fmt.Errorf("index: checkpoint: %w", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
 // The checkpoint records a durable position and the next queue offset of
@@ -87,26 +89,7 @@ func decodeCheckpoint(b []byte) (checkpoint, error) {
 
 // writeCheckpoint replaces dir's checkpoint atomically and durably.
 func writeCheckpoint(dir string, cp checkpoint) error {
-	tmp := filepath.Join(dir, checkpointFile+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(encodeCheckpoint(cp)); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, checkpointFile)); err != nil {
-		return err
-	}
-	return syncDir(dir)
+	return fsutil.WriteAtomic(filepath.Join(dir, checkpointFile), encodeCheckpoint(cp), 0o644, nil)
 }
 
 // readCheckpoint returns the checkpoint, or ok=false when there is none or it
@@ -126,11 +109,4 @@ func readCheckpoint(dir string) (checkpoint, bool, error) {
 	return cp, true, nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
+func syncDir(dir string) error { return fsutil.SyncDir(dir) }

@@ -1,5 +1,7 @@
 // Package fsutil holds the file-system steps that durability depends on,
-// written once: the broker, its certificates and the SDK's outbox share them.
+// written once: the broker, its log and indexes, its certificates and the
+// SDK's outbox share them. (Allocate, for memory-mapped files, is in
+// allocate_*.go.)
 package fsutil
 
 import (
@@ -35,7 +37,14 @@ func WriteAtomic(path string, data []byte, mode os.FileMode, sync func(*os.File)
 		os.Remove(tmp)
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
+	return syncDir(filepath.Dir(path), sync)
+}
+
+// SyncDir makes the names created, renamed or removed in dir durable.
+func SyncDir(dir string) error { return syncDir(dir, (*os.File).Sync) }
+
+func syncDir(dir string, sync func(*os.File) error) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
