@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
 )
 
@@ -43,6 +44,42 @@ type keyFile struct {
 	slots uint32
 	cap   uint32
 	count uint32
+	alloc int64 // bytes from the start given disk blocks (see ensureAlloc)
+}
+
+// A key file is as long as its capacity from the start, but only the
+// header, the slots and the entries written so far (plus up to
+// kiAllocChunk) have disk blocks: writing through the mapping into a hole
+// on a full file system would kill the process with SIGBUS, so the blocks
+// are allocated (fsutil.Allocate, which fails with ENOSPC) before the
+// mapping is written there.
+const kiAllocChunk = 1 << 20
+
+// need is the bytes from the start that n entries use.
+func (k *keyFile) need(n uint32) int64 {
+	return int64(kiHeader + 4*int(k.slots) + kiEntry*int(n))
+}
+
+// ensureAlloc gives disk blocks to the file's first end bytes (rounded
+// up to a chunk, within the file), opening f when it is nil.
+func (k *keyFile) ensureAlloc(f *os.File, end int64) error {
+	if end <= k.alloc {
+		return nil
+	}
+	size := int64(len(k.data))
+	to := min((end+kiAllocChunk-1)/kiAllocChunk*kiAllocChunk, size)
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(k.path, os.O_RDWR, 0); err != nil {
+			return fmt.Errorf("index: %w", err)
+		}
+		defer f.Close()
+	}
+	if err := fsutil.Allocate(f, k.alloc, to-k.alloc); err != nil {
+		return fmt.Errorf("index: key index: %w", err)
+	}
+	k.alloc = to
+	return nil
 }
 
 func (k *keyFile) slotAt(i uint32) []byte { return k.data[kiHeader+4*i:] }
@@ -120,12 +157,23 @@ func mapKeyFile(path string, slots, capacity uint32) (*keyFile, error) {
 	if fi.Size() < kiHeader {
 		return nil, fmt.Errorf("%w: key index %s too short", ErrCorrupt, path)
 	}
+	le := binary.LittleEndian
+	kf := &keyFile{path: path}
+	if slots != 0 {
+		// The header and the slots get their blocks before anything is
+		// written through the mapping.
+		kf.slots = slots
+		kf.data = make([]byte, fi.Size()) // ensureAlloc's bound only
+		if err := kf.ensureAlloc(f, kf.need(0)); err != nil {
+			os.Remove(path)
+			return nil, err
+		}
+	}
 	data, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("index: mmap %s: %w", path, err)
 	}
-	le := binary.LittleEndian
-	kf := &keyFile{path: path, data: data}
+	kf.data = data
 	if slots != 0 {
 		copy(data, kiMagic)
 		le.PutUint32(data[4:], slots)
@@ -136,6 +184,13 @@ func mapKeyFile(path string, slots, capacity uint32) (*keyFile, error) {
 		int64(kiHeader+4*int(kf.slots)+kiEntry*int(kf.cap)) != fi.Size() || kf.count > kf.cap {
 		unix.Munmap(data)
 		return nil, fmt.Errorf("%w: key index %s has a bad header", ErrCorrupt, path)
+	}
+	// An existing file: what it holds has its blocks (a no-op for files
+	// written this way; a file from before gets them now, or fails here
+	// rather than with SIGBUS when its slots are rebuilt).
+	if err := kf.ensureAlloc(f, kf.need(kf.count)); err != nil {
+		unix.Munmap(data)
+		return nil, err
 	}
 	return kf, nil
 }
@@ -153,6 +208,9 @@ func (ki *keyIndex) addLocked(ri *qlog.RecordInfo) error {
 		}
 		ki.nextSeq++
 		ki.files = append(ki.files, kf)
+	}
+	if err := kf.ensureAlloc(nil, kf.need(kf.count+1)); err != nil {
+		return err
 	}
 	le := binary.LittleEndian
 	h := keyHash(ri.Topic, ri.Key)
