@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
 // SectorSize is the unit a torn write keeps: a disk writes whole sectors, so
@@ -35,6 +36,7 @@ const SectorSize = 512
 type Faulty struct {
 	inner   Engine
 	crashed atomic.Bool
+	full    atomic.Bool // Allocate fails with ENOSPC (Full)
 
 	// gate, when set, holds every Flush until it is closed (Stall/Resume).
 	gate    atomic.Pointer[chan struct{}]
@@ -66,6 +68,10 @@ var _ Engine = (*Faulty)(nil)
 
 // NewFaulty wraps inner. Closing the Faulty closes inner.
 func NewFaulty(inner Engine) *Faulty { return &Faulty{inner: inner} }
+
+// Full makes every Allocate fail with ENOSPC while on: a file system with
+// no room for another segment.
+func (f *Faulty) Full(on bool) { f.full.Store(on) }
 
 // FailWrite makes the write after the next `after` successful ones fail
 // with err (ErrInjected if nil) without writing anything.
@@ -372,6 +378,9 @@ func (ff *faultyFile) ReadAt(p []byte, off int64) (int, error) {
 func (ff *faultyFile) Allocate(size int64) error {
 	if ff.f.crashed.Load() {
 		return ff.f.crashErr("allocate", ff.Name())
+	}
+	if ff.f.full.Load() {
+		return &os.PathError{Op: "fallocate", Path: ff.Name(), Err: syscall.ENOSPC}
 	}
 	return ff.inner.Allocate(size)
 }

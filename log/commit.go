@@ -1,8 +1,11 @@
 package log
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/quivermq/quiver/ioengine"
@@ -201,9 +204,16 @@ func (l *Log) commit(reqs []*request) {
 		return
 	}
 	if err := l.layout(reqs, b); err != nil {
-		l.fail(err)
 		b.reset()
 		l.free <- b
+		if errors.Is(err, syscall.ENOSPC) {
+			// The roll found no room: nothing of the batch was written
+			// (layout rolls before touching the tail), so refusing it is
+			// clean. Fail-stop is for errors that may have lost data.
+			l.finishAll(reqs, fmt.Errorf("%w: %w", ErrNoSpace, err))
+			return
+		}
+		l.fail(err)
 		l.finishAll(reqs, fmt.Errorf("%w: %w", ErrFailed, err))
 		return
 	}
@@ -645,13 +655,24 @@ func (l *Log) roll(base int64) error {
 }
 
 func (l *Log) createSegment(base int64) (*segment, error) {
+	// The flusher and the zeroer may create the same segment: one at a
+	// time, so that a failed one removes only a file nobody else holds.
+	l.createMu.Lock()
+	defer l.createMu.Unlock()
 	name := segmentName(l.opts.Dir, base)
+	_, serr := os.Stat(name)
+	existed := serr == nil // made by the other creator: never removed here
 	f, err := l.eng.Open(name)
 	if err != nil {
 		return nil, fmt.Errorf("log: create segment: %w", err)
 	}
 	if err := f.Allocate(l.opts.SegmentSize); err != nil {
+		// No room (ENOSPC): remove the file, so that no short segment is
+		// left for recovery to find.
 		f.Close()
+		if !existed && os.Remove(name) == nil {
+			syncDir(l.opts.Dir)
+		}
 		return nil, fmt.Errorf("log: preallocate %s: %w", name, err)
 	}
 	// The new name must survive a crash along with the data written to it.

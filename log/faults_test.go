@@ -68,3 +68,63 @@ func TestFaultsFailStop(t *testing.T) {
 		}
 	})
 }
+
+// A full file system is not a failure: an append that needs a segment
+// there is no room for is refused with ErrNoSpace and nothing of it is
+// written; the log stays healthy, takes appends again once there is room,
+// and everything acknowledged before, during and after reads back, also
+// after a reopen.
+func TestNoSpaceRefusesCleanly(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		faulty := ioengine.NewFaulty(newEngine(t, backend))
+		o := smallOpts(dir, faulty)
+		l := openLog(t, o)
+		faulty.Full(true)
+		var acked []AppendResult
+		var msgs []int
+		refused := 0
+		for i := 0; refused < 5 && i < 10000; i++ {
+			res, err := l.Append(testMessage(i))
+			switch {
+			case err == nil:
+				acked, msgs = append(acked, res), append(msgs, i)
+			case errors.Is(err, ErrNoSpace):
+				refused++
+			default:
+				t.Fatalf("append %d on a full disk: %v", i, err)
+			}
+		}
+		if refused == 0 {
+			t.Fatal("no append was refused: the first segment never filled")
+		}
+		if err := l.Err(); err != nil {
+			t.Fatalf("the log failed on a full disk: %v", err)
+		}
+		if end := acked[len(acked)-1]; end.Pos+int64(end.Size) > o.SegmentSize {
+			t.Fatalf("an acknowledged record beyond the first segment: %+v", end)
+		}
+		faulty.Full(false)
+		for i := 20000; i < 20200; i++ {
+			res, err := l.Append(testMessage(i))
+			if err != nil {
+				t.Fatalf("append %d once there is room: %v", i, err)
+			}
+			acked, msgs = append(acked, res), append(msgs, i)
+		}
+		if acked[len(acked)-1].Pos < o.SegmentSize {
+			t.Fatal("the appends after the disk had room did not roll")
+		}
+		for j, res := range acked {
+			checkRecord(t, l, res, testMessage(msgs[j]))
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		l = openLog(t, smallOpts(dir, newEngine(t, backend)))
+		defer l.Close()
+		for j, res := range acked {
+			checkRecord(t, l, res, testMessage(msgs[j]))
+		}
+	})
+}

@@ -21,6 +21,11 @@ var (
 	// The log does not write again after a failure: it must be closed and
 	// reopened, so that recovery decides what is on disk (fail-stop).
 	ErrFailed = errors.New("log: failed after an I/O error; reopen to recover")
+	// ErrNoSpace is returned by an append that needed a new segment the file
+	// system had no room for. Nothing of it was written and the log goes
+	// on: appends that fit in the segments it has succeed, and a later one
+	// succeeds once there is room (not a failure: a full disk loses nothing).
+	ErrNoSpace = errors.New("log: no space left for a new segment")
 	// ErrOutOfRange is returned for a read outside [Start, readable end).
 	ErrOutOfRange = errors.New("log: position out of range")
 )
@@ -80,6 +85,8 @@ type Log struct {
 	// lastSyncNanos is the duration of the syncer's last sync (for the linger).
 	lastSyncNanos atomic.Int64
 
+	createMu sync.Mutex // serialises createSegment
+
 	segMu struct {
 		sync.RWMutex
 		segs []*segment // by base; the last one is active
@@ -87,9 +94,13 @@ type Log struct {
 	}
 
 	zero struct {
-		mu   sync.Mutex
-		to   atomic.Int64 // end of the region zeroed or claimed by the flusher
-		kick chan struct{}
+		mu sync.Mutex
+		// failedAt and loggedAt: the last failure to create the next segment
+		// ahead of time (retried after a second) and its last log line (at
+		// most one a minute: a full disk fails it on every commit).
+		failedAt, loggedAt time.Time
+		to                 atomic.Int64 // end of the region zeroed or claimed by the flusher
+		kick               chan struct{}
 	}
 
 	// ring holds the most recent TailBytes of log bytes at index pos%TailBytes:

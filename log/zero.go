@@ -127,9 +127,16 @@ func (l *Log) segmentForZeroing(base int64) *segment {
 		return active
 	case base == active.base+l.opts.SegmentSize:
 		if next == nil {
+			if time.Since(l.zero.failedAt) < time.Second {
+				return nil
+			}
 			s, err := l.createSegment(base)
 			if err != nil {
-				l.logger.Warn("creating the next segment ahead of time failed", "err", err)
+				l.zero.failedAt = time.Now()
+				if time.Since(l.zero.loggedAt) >= time.Minute {
+					l.zero.loggedAt = l.zero.failedAt
+					l.logger.Warn("creating the next segment ahead of time failed; the flusher creates it when it rolls", "err", err)
+				}
 				return nil
 			}
 			l.segMu.Lock()
