@@ -255,7 +255,7 @@ func brokerFault(err error) bool {
 	}
 	if errors.As(err, &be) {
 		switch be.Code {
-		case wire.CodeBusy, wire.CodeTimeout, wire.CodeStopping, wire.CodeStorageFailed, wire.CodeNotEnoughReplicas:
+		case wire.CodeBusy, wire.CodeTimeout, wire.CodeStopping, wire.CodeStorageFailed, wire.CodeDiskFull, wire.CodeNotEnoughReplicas:
 			return true
 		}
 		return false

@@ -44,6 +44,8 @@ type Options struct {
 	Replication ReplicationOptions
 	// Cluster says how the broker learns the other groups (cluster.go).
 	Cluster ClusterOptions
+	// Disk sets the free-space watermark (disk.go).
+	Disk DiskOptions
 }
 
 func (o *Options) ensureDefaults() {
@@ -99,6 +101,7 @@ type Broker struct {
 	stMu  sync.RWMutex
 	st    *store.Store
 	log   *qlog.Log
+	disk  *diskWatch
 	start time.Time
 
 	topics struct {
@@ -144,6 +147,9 @@ func New(o Options) (*Broker, error) {
 	if err := b.openStore(false, 0); err != nil {
 		return nil, err
 	}
+	b.opts.Disk.ensureDefaults(o.Dir, b.log.SegmentSize())
+	b.disk = newDiskWatch(b.opts.Disk)
+	b.disk.measure(b) // a broker restarted on a full disk refuses sends from the start
 	if b.ctl.hasGroups() {
 		// Restarted with consumer groups: their members, still running,
 		// report the queues they hold at their next heartbeat; until then
@@ -155,11 +161,15 @@ func New(o Options) (*Broker, error) {
 		return nil, err
 	}
 	b.startCluster()
-	b.bg.Add(2)
+	b.bg.Add(3)
 	go b.ctl.snapshotLoop()
 	go func() {
 		defer b.bg.Done()
 		b.groups.watchStalls(b.stop)
+	}()
+	go func() {
+		defer b.bg.Done()
+		b.disk.watch(b, b.stop)
 	}()
 	return b, nil
 }
@@ -286,7 +296,7 @@ func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *w
 		return b.ensureTopic(name, queues, exact)
 	}
 	if err := b.ctl.appendTopic(name, queues); err != nil {
-		return nil, storageError(err)
+		return nil, b.storageErr(err)
 	}
 	t := b.topic(name)
 	if t == nil {
@@ -326,6 +336,16 @@ func sortTopics(ts []wire.TopicInfo) {
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
 }
 
+// storageErr maps a write's error to the wire; a write that found no room
+// makes the disk watch refuse sends at once.
+func (b *Broker) storageErr(err error) *wire.Error {
+	werr := storageError(err)
+	if werr.Code == wire.CodeDiskFull {
+		b.disk.noSpace()
+	}
+	return werr
+}
+
 // storageError maps a write's error to the wire.
 func storageError(err error) *wire.Error {
 	var be *qlog.BusyError
@@ -337,6 +357,8 @@ func storageError(err error) *wire.Error {
 		return &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: err.Error()}
 	case errors.As(err, &be):
 		return &wire.Error{Code: wire.CodeBusy, Message: "broker busy: " + strings.TrimPrefix(be.Error(), "log: busy: ")}
+	case isNoSpace(err):
+		return &wire.Error{Code: wire.CodeDiskFull, Message: "disk full: " + err.Error()}
 	case errors.Is(err, qlog.ErrClosed):
 		return &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
 	case errors.Is(err, qlog.ErrFailed):

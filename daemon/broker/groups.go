@@ -286,7 +286,7 @@ func (b *Broker) Commit(req *wire.Commit) *wire.Error {
 		return werr
 	}
 	if err := b.ctl.appendCommit(req); err != nil {
-		return storageError(err)
+		return b.storageErr(err)
 	}
 	return nil
 }

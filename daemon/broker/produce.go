@@ -78,6 +78,9 @@ func (b *Broker) Produce(c *ProduceCall) {
 		werr = checkProduce(p, t)
 	}
 	if werr == nil {
+		werr = b.disk.refusal()
+	}
+	if werr == nil {
 		c.leader, werr = b.replicaCheck()
 	}
 	c.epoch = b.repl.epoch.Load()
@@ -106,7 +109,7 @@ func (b *Broker) Produce(c *ProduceCall) {
 	err := b.log.AppendAsync(&c.msg, c.onAppend)
 	b.stMu.RUnlock()
 	if err != nil {
-		werr := storageError(err)
+		werr := b.storageErr(err)
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
 	}
@@ -116,7 +119,7 @@ func (b *Broker) Produce(c *ProduceCall) {
 func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
 	b := c.b
 	if err != nil {
-		werr := storageError(err)
+		werr := b.storageErr(err)
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
 		return

@@ -59,6 +59,10 @@ func (b *Broker) Status() wire.Status {
 	if err := b.log.Err(); err != nil {
 		s.Warnings = append(s.Warnings, "the log failed and refuses appends until restart: "+err.Error())
 	}
+	s.Disk = wire.Disk{FreeBytes: b.disk.free.Load(), TotalBytes: b.disk.total.Load(), ReserveBytes: b.disk.o.Reserve, Full: b.disk.full.Load()}
+	if werr := b.disk.refusal(); werr != nil {
+		s.Warnings = append(s.Warnings, werr.Message)
+	}
 
 	maxOf := map[wire.QueueRef]uint64{}
 	var cur *wire.TopicStatus
@@ -228,6 +232,17 @@ func newMetrics(b *Broker) *metrics {
 		pos("quiver_log_not_visible_seconds", "How long the oldest not-yet-visible byte has waited (incident 003).", func(p qlog.Positions) float64 {
 			return float64(lagOf(p, time.Now()).NotVisibleMs) / 1e3
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_disk_free_bytes", Help: "Free space on the data directory's file system (measured every second)."},
+			func() float64 { return float64(b.disk.free.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_disk_reserve_bytes", Help: "Below this much free space sends are refused with DISK_FULL (disk_reserve)."},
+			func() float64 { return float64(b.disk.o.Reserve) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_disk_full", Help: "1 while sends are refused for lack of disk space."},
+			func() float64 {
+				if b.disk.full.Load() {
+					return 1
+				}
+				return 0
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_send_queue_depth", Help: "Produces waiting for the log's next commit."},
 			func() float64 { return float64(b.Log().Stats().Queued) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_send_queue_busy_total", Help: "Produces failed with BUSY (waited past max-queue-wait, or the queue was full)."},

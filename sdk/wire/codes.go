@@ -14,6 +14,7 @@ const (
 	CodeNotEnoughReplicas  Code = 4  // fewer in-sync followers than min-insync
 	CodeStopping           Code = 5  // the broker is shutting down
 	CodeStorageFailed      Code = 6  // the broker's log failed; another broker may take it
+	CodeDiskFull           Code = 7  // the broker's disk is below its free-space reserve; sends resume when it has room
 	CodeTooLarge           Code = 20 // message or field over its limit
 	CodeInvalid            Code = 21 // malformed request
 	CodeUnauthorized       Code = 22 // credentials refused
@@ -36,6 +37,7 @@ var codeInfo = [codeLimit]struct {
 	CodeNotEnoughReplicas:  {"NOT_ENOUGH_REPLICAS", true},
 	CodeStopping:           {"STOPPING", true},
 	CodeStorageFailed:      {"STORAGE_FAILED", true},
+	CodeDiskFull:           {"DISK_FULL", true},
 	CodeTooLarge:           {"TOO_LARGE", false},
 	CodeInvalid:            {"INVALID", false},
 	CodeUnauthorized:       {"UNAUTHORIZED", false},

@@ -10,12 +10,22 @@ type Status struct {
 	Positions   Positions     `json:"positions"`
 	Lag         Lag           `json:"lag"`
 	SendQueue   SendQueue     `json:"send_queue"`
+	Disk        Disk          `json:"disk"`
 	Warnings    []string      `json:"warnings"`
 	Topics      []TopicStatus `json:"topics"`
 	Groups      []GroupStatus `json:"groups"`
 	Replication *Replication  `json:"replication,omitempty"`
 	Cluster     []RouteBroker `json:"cluster,omitempty"` // the other brokers this one knows of
 	Connections *Connections  `json:"connections,omitempty"`
+}
+
+// Disk is the data file system's free space against the broker's reserve:
+// below it (full) sends are refused with DISK_FULL.
+type Disk struct {
+	FreeBytes    int64 `json:"free_bytes"`
+	TotalBytes   int64 `json:"total_bytes"`
+	ReserveBytes int64 `json:"reserve_bytes"`
+	Full         bool  `json:"full"`
 }
 
 type BrokerInfo struct {

@@ -146,7 +146,7 @@ func serve(c config.Config) error {
 		return errors.New("cluster needs peer_ca: the certificates of the cluster's brokers")
 	}
 	b, err := broker.New(broker.Options{ID: c.BrokerID, Dir: c.Data, Store: so, NoAutoCreate: !c.AutoCreateTopics,
-		DefaultQueues: c.DefaultQueues, Logger: logger, Replication: ro, Cluster: co})
+		DefaultQueues: c.DefaultQueues, Logger: logger, Replication: ro, Cluster: co, Disk: broker.DiskOptions{Reserve: c.DiskReserve}})
 	if err != nil {
 		return err
 	}
