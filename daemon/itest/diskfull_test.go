@@ -1,0 +1,189 @@
+package itest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/internal/testbroker"
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// loopFS mounts a fresh ext4 file system of mib MiB on a loop device and
+// returns its mount point; it is unmounted when the test ends. It needs
+// root, mkfs.ext4 and loop devices, and skips the test (saying which is
+// missing) without them.
+func loopFS(t *testing.T, mib int) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to loop-mount a small ext4 file system")
+	}
+	mkfs, err := exec.LookPath("mkfs.ext4")
+	if err != nil {
+		t.Skip("needs mkfs.ext4 (e2fsprogs) to make a small file system")
+	}
+	dir := t.TempDir()
+	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, int64(mib)<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot loop-mount a file system here: %v: %s", err, bytes.TrimSpace(out))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// diskBody is a send's body: its id, then bytes that are a function of it.
+func diskBody(id uint64, n int) []byte {
+	b := make([]byte, n)
+	binary.LittleEndian.PutUint64(b, id)
+	for i := 8; i < n; i++ {
+		b[i] = byte(id*31 + uint64(i))
+	}
+	return b
+}
+
+func diskStatus(t *testing.T, b *testbroker.Broker) wire.Status {
+	t.Helper()
+	var st wire.Status
+	if err := json.Unmarshal(b.Get("/status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// The operator's experiment of issue 12, replayed: a broker with default
+// settings but 16 MiB segments on a small ext4, fed until the disk is
+// full. Sends are then refused with DISK_FULL (before: the first ENOSPC
+// fail-stopped the log, commits failed too); every acknowledged send stays
+// readable and consumer commits go on; the broker stops and restarts on
+// the full disk and serves reads (before: SIGBUS in the key index); once a
+// file on that file system is deleted, sends succeed again within 20 s with
+// no restart.
+func TestDiskFullRefusesSendsAndRecovers(t *testing.T) {
+	mnt := loopFS(t, 96)
+	// A file the operator can delete to make room.
+	ballast := filepath.Join(mnt, "ballast")
+	if err := os.WriteFile(ballast, bytes.Repeat([]byte{1}, 24<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(mnt, "data")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := testbroker.StartIn(t, data, "--segment-size", "16777216")
+	cl := b.Client()
+	ctx := ctxT(t, 3*time.Minute)
+	if err := cl.Admin().CreateTopic(ctx, "fill", 4); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.NewProducer(sdk.WithSendTimeout(2 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	// Fill it: 32 KiB sends, every fourth keyed (the key index is a
+	// memory-mapped file), until one is refused.
+	const size = 32 << 10
+	acked := map[uint64]bool{}
+	var refusal error
+	for id := uint64(0); id < 10000 && refusal == nil; id++ {
+		m := &sdk.Message{Topic: "fill", Body: diskBody(id, size)}
+		if id%4 == 0 {
+			m.Key = []byte(fmt.Sprintf("k%d", id))
+		}
+		if _, err := p.Send(ctx, m); err != nil {
+			refusal = err
+			break
+		}
+		acked[id] = true
+	}
+	var we *wire.Error
+	if refusal == nil || !errors.As(refusal, &we) || we.Code != wire.CodeDiskFull {
+		t.Fatalf("after %d acknowledged sends: %v, want a DISK_FULL refusal", len(acked), refusal)
+	}
+	t.Logf("%d sends of %d KiB acknowledged, then: %v", len(acked), size>>10, refusal)
+	st := diskStatus(t, b)
+	if !st.Disk.Full || st.Disk.FreeBytes >= st.Disk.ReserveBytes || !strings.Contains(strings.Join(st.Warnings, "\n"), "disk full") {
+		t.Fatalf("status while full: disk %+v, warnings %q", st.Disk, st.Warnings)
+	}
+	for _, w := range st.Warnings {
+		if strings.Contains(w, "log failed") {
+			t.Fatalf("the log fail-stopped on a full disk: %s", w)
+		}
+	}
+
+	// Every acknowledged send reads back, and the group's commits work.
+	checkAll := func(group string) {
+		t.Helper()
+		got := consumeN(t, ctx, cl, group, "fill", len(acked))
+		seen := map[uint64]bool{}
+		for _, m := range got {
+			id := binary.LittleEndian.Uint64(m.Body)
+			if !bytes.Equal(m.Body, diskBody(id, size)) {
+				t.Fatalf("message %d at %d/%d is corrupt", id, m.Queue, m.Offset)
+			}
+			seen[id] = true
+		}
+		for id := range acked {
+			if !seen[id] {
+				t.Fatalf("acknowledged send %d not read back (group %s)", id, group)
+			}
+		}
+	}
+	checkAll("readers")
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "fill", Body: diskBody(1<<40, size)}); err == nil {
+		t.Fatal("a send succeeded while the disk is full")
+	}
+
+	// SIGTERM and restart on the full disk: it comes up, refuses sends,
+	// serves reads.
+	if err := b.Stop(); err != nil {
+		t.Fatalf("stop on a full disk: %v\n%s", err, b.Log())
+	}
+	b.Restart()
+	if st := diskStatus(t, b); !st.Disk.Full {
+		t.Fatalf("restarted on a full disk, status says it is not: %+v", st.Disk)
+	}
+	checkAll("readers-after-restart")
+
+	// Make room: sends resume by themselves within 20 s.
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	removed := time.Now()
+	var last error
+	for time.Since(removed) < 20*time.Second {
+		if _, last = p.Send(ctx, &sdk.Message{Topic: "fill", Body: diskBody(1<<41, size)}); last == nil {
+			break
+		}
+	}
+	if last != nil {
+		t.Fatalf("no send succeeded within 20 s of freeing space: %v\n%s", last, b.Log())
+	}
+	t.Logf("first send acknowledged %v after the ballast was deleted", time.Since(removed).Round(time.Millisecond))
+}
