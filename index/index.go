@@ -203,13 +203,24 @@ func (idx *Index) truncateFrom(end int64) error {
 // Dispatch implements log.Dispatcher: it indexes recs, which are in log order.
 // A record already indexed at the same position is skipped, so replays are
 // harmless.
-func (idx *Index) Dispatch(recs []qlog.RecordInfo) error {
+func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 	if idx.closed.Load() {
 		return ErrClosed
 	}
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
 	touched := idx.touched[:0]
+	defer func() {
+		if err != nil {
+			// Nothing staged survives a failed call: the log dispatches
+			// the same records again (after an ENOSPC, once there is
+			// room), and they must find each queue as it was published.
+			for _, q := range touched {
+				q.buf = q.buf[:0]
+			}
+			idx.touched = touched[:0]
+		}
+	}()
 	var scratch [entrySize]byte
 	for i := range recs {
 		ri := &recs[i]

@@ -98,6 +98,20 @@ type keyIndex struct {
 	nextSeq int
 }
 
+// end is the log position after the newest entry's record: a record below
+// it is already indexed (a failed dispatch is retried, and must not index
+// a record twice). (mu held)
+func (ki *keyIndex) end() int64 {
+	le := binary.LittleEndian
+	for i := len(ki.files) - 1; i >= 0; i-- {
+		if kf := ki.files[i]; kf.count > 0 {
+			e := kf.entryAt(kf.count - 1)
+			return int64(le.Uint64(e[8:])) + int64(le.Uint32(e[16:]))
+		}
+	}
+	return -1
+}
+
 func keyHash(topic, key []byte) uint64 {
 	h := uint64(14695981039346656037)
 	for _, c := range topic {
@@ -197,6 +211,9 @@ func mapKeyFile(path string, slots, capacity uint32) (*keyFile, error) {
 
 // add indexes one record (caller holds mu).
 func (ki *keyIndex) addLocked(ri *qlog.RecordInfo) error {
+	if ri.Pos < ki.end() {
+		return nil // indexed by an earlier try of this dispatch
+	}
 	var kf *keyFile
 	if n := len(ki.files); n > 0 && ki.files[n-1].count < ki.files[n-1].cap {
 		kf = ki.files[n-1]

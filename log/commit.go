@@ -290,6 +290,9 @@ func (l *Log) syncer() {
 			if len(s.unsynced) > 0 && time.Since(s.lastSync) >= l.opts.AsyncInterval/2 {
 				l.syncSegments(&s)
 			}
+			if l.dstall >= 0 && l.failure.Load() == nil && time.Since(l.dstallTried) >= dstallRetry {
+				l.retryDispatch(l.visible.Load())
+			}
 		}
 	}
 }
@@ -345,12 +348,20 @@ func (l *Log) complete(s *syncState, bs []*batch) {
 	}
 	if err == nil {
 		l.visible.Store(s.end)
-		if d := l.opts.Dispatcher; d != nil {
+		if d := l.opts.Dispatcher; d != nil && l.dstall >= 0 {
+			if time.Since(l.dstallTried) >= dstallRetry {
+				err = l.retryDispatch(s.end)
+			}
+		} else if d != nil {
 			for _, b := range bs {
 				if len(b.infos) == 0 {
 					continue
 				}
 				if derr := d.Dispatch(b.infos); derr != nil {
+					if isNoSpace(derr) {
+						l.stallDispatch(b.infos[0].Pos, derr)
+						break
+					}
 					derr = fmt.Errorf("log: dispatch: %w", derr)
 					l.fail(derr)
 					err = fmt.Errorf("%w: %w", ErrFailed, derr)
@@ -359,7 +370,7 @@ func (l *Log) complete(s *syncState, bs []*batch) {
 			}
 		}
 	}
-	if err == nil {
+	if err == nil && l.dstall < 0 {
 		l.dispatched.Store(s.end)
 		l.dispatchedAt.Store(nowNanos())
 	}
@@ -376,6 +387,41 @@ func (l *Log) complete(s *syncState, bs []*batch) {
 		}
 	}
 }
+
+// A dispatch that found no room (ENOSPC in the indexes) is not a failure:
+// the records are durable in the log, so their appends are acknowledged,
+// and they become visible once the indexes can take them. Until then
+// nothing after them is dispatched (consumers see the log in order), and
+// the syncer retries every dstallRetry, re-reading them from the segments.
+const dstallRetry = time.Second
+
+// stallDispatch stops dispatching at pos. (syncer)
+func (l *Log) stallDispatch(pos int64, err error) {
+	l.dstall, l.dstallTried = pos, time.Now()
+	l.dispatched.Store(pos)
+	l.logger.Warn("no room to index new records: they are stored, and become visible to consumers once the disk has room", "from", pos, "err", err)
+}
+
+// retryDispatch dispatches the stalled records up to end. (syncer)
+func (l *Log) retryDispatch(end int64) error {
+	l.dstallTried = time.Now()
+	err := l.redispatch(l.dstall, end)
+	switch {
+	case err == nil:
+		l.logger.Info("indexing resumed: the stored records are visible again", "from", l.dstall, "to", end)
+		l.dstall = -1
+		l.dispatched.Store(end)
+		l.dispatchedAt.Store(nowNanos())
+		return nil
+	case isNoSpace(err):
+		return nil
+	}
+	err = fmt.Errorf("log: dispatch: %w", err)
+	l.fail(err)
+	return fmt.Errorf("%w: %w", ErrFailed, err)
+}
+
+func isNoSpace(err error) bool { return errors.Is(err, syscall.ENOSPC) }
 
 // syncSegments makes every completed batch durable.
 func (l *Log) syncSegments(s *syncState) {

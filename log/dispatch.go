@@ -7,7 +7,9 @@ package log
 //
 // recs and every slice inside it belong to the log and are valid only during
 // the call. Dispatch must not block on I/O for long: it runs on the commit
-// path. An error fails the log (fail-stop), like an I/O error.
+// path. An error fails the log (fail-stop), like an I/O error, except ENOSPC:
+// then the records wait, and are dispatched again (from the segments) once
+// there is room, so Dispatch must take records it has already taken.
 type Dispatcher interface {
 	Dispatch(recs []RecordInfo) error
 }

@@ -44,6 +44,13 @@
 // fsync may have dropped dirty pages, so retrying it would risk acknowledging
 // data that is not on disk.
 //
+// Running out of space is not such an error. A roll that finds no room for
+// the next segment refuses its batch with ErrNoSpace before anything of it is
+// written, and the log goes on. A dispatch that finds no room (ENOSPC from
+// the indexes) acknowledges the durable appends and stops dispatching there;
+// the syncer retries every second, re-reading the records from the segments,
+// and consumers see them once the indexes have room.
+//
 // # Recovery
 //
 // Open verifies records from the checkpoint on, truncates the torn tail of

@@ -2,7 +2,11 @@ package log
 
 import (
 	"errors"
+	"os"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/quivermq/quiver/ioengine"
 )
@@ -125,6 +129,90 @@ func TestNoSpaceRefusesCleanly(t *testing.T) {
 		defer l.Close()
 		for j, res := range acked {
 			checkRecord(t, l, res, testMessage(msgs[j]))
+		}
+	})
+}
+
+// fullIndex is a Dispatcher whose disk fills: while full it refuses with
+// ENOSPC; it records, in order, the positions it took (a record taken
+// once is not taken again, as the real index does).
+type fullIndex struct {
+	mu    sync.Mutex
+	full  bool
+	order []int64
+	next  int64 // every record below was taken
+}
+
+func (f *fullIndex) Dispatch(recs []RecordInfo) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.full {
+		return &os.PathError{Op: "write", Path: "cq", Err: syscall.ENOSPC}
+	}
+	for _, ri := range recs {
+		if ri.Pos < f.next {
+			continue
+		}
+		f.order = append(f.order, ri.Pos)
+		f.next = ri.Pos + int64(ri.Size)
+	}
+	return nil
+}
+
+func (f *fullIndex) set(full bool) { f.mu.Lock(); f.full = full; f.mu.Unlock() }
+
+// An index with no room (ENOSPC on dispatch) is not a failure either: the
+// appends are durable, so they are acknowledged; they become visible
+// (dispatched, in log order, none skipped) once the index has room again,
+// with no new append to carry them.
+func TestDispatchNoSpaceStallsThenCatchesUp(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		idx := &fullIndex{}
+		o := smallOpts(t.TempDir(), newEngine(t, backend))
+		o.Dispatcher = idx
+		l := openLog(t, o)
+		defer l.Close()
+		var acked []AppendResult
+		for i := 0; i < 10; i++ {
+			res, err := l.Append(testMessage(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			acked = append(acked, res)
+		}
+		idx.set(true)
+		stalledAt := l.Positions().Dispatched
+		for i := 10; i < 30; i++ {
+			res, err := l.Append(testMessage(i))
+			if err != nil {
+				t.Fatalf("append %d while the index is full: %v", i, err)
+			}
+			acked = append(acked, res)
+		}
+		if err := l.Err(); err != nil {
+			t.Fatalf("the log failed: %v", err)
+		}
+		if p := l.Positions(); p.Dispatched != stalledAt || p.Durable <= stalledAt {
+			t.Fatalf("positions while the index is full: %+v (stalled at %d)", p, stalledAt)
+		}
+		idx.set(false)
+		end := l.Positions().Written
+		deadline := time.Now().Add(10 * time.Second)
+		for l.Positions().Dispatched != end {
+			if time.Now().After(deadline) {
+				t.Fatalf("not dispatched 10 s after the index had room: %+v", l.Positions())
+			}
+			time.Sleep(10 * time.Millisecond) // polling the syncer's retry
+		}
+		idx.mu.Lock()
+		defer idx.mu.Unlock()
+		if len(idx.order) != len(acked) {
+			t.Fatalf("dispatched %d records, want %d", len(idx.order), len(acked))
+		}
+		for i, res := range acked {
+			if idx.order[i] != res.Pos {
+				t.Fatalf("record %d dispatched at %d, want %d", i, idx.order[i], res.Pos)
+			}
 		}
 	})
 }

@@ -87,6 +87,12 @@ type Log struct {
 
 	createMu sync.Mutex // serialises createSegment
 
+	// dstall is where dispatching stopped for lack of room (-1: it did
+	// not), dstallTried when it was last tried; owned by the syncer (and
+	// Open, before it starts). See retryDispatch.
+	dstall      int64
+	dstallTried time.Time
+
 	segMu struct {
 		sync.RWMutex
 		segs []*segment // by base; the last one is active
@@ -135,6 +141,7 @@ func Open(opts Options) (*Log, error) {
 		return nil, fmt.Errorf("log: %w", err)
 	}
 	l := &Log{
+		dstall:  -1,
 		opts:    opts,
 		eng:     opts.Engine,
 		logger:  opts.Logger.With("component", "log"),

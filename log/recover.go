@@ -327,7 +327,11 @@ func (l *Log) finishRecovery(end int64, dirty bool) error {
 		return err
 	}
 	l.visible.Store(end)
-	l.dispatched.Store(end)
+	if l.dstall >= 0 {
+		l.dispatched.Store(l.dstall)
+	} else {
+		l.dispatched.Store(end)
+	}
 	l.dispatchedAt.Store(now)
 	if l.start.Load() < segs[0].base {
 		l.start.Store(segs[0].base)
@@ -391,6 +395,20 @@ func (l *Log) resumeDispatcher(end int64) error {
 	if from > end {
 		from = end
 	}
+	err := l.redispatch(from, end)
+	if isNoSpace(err) {
+		// Not a failure: the records are in the log; they are indexed once
+		// the disk has room (see retryDispatch). Reads serve what is.
+		l.logger.Warn("no room to index the recovered log: its newest records become visible once the disk has room", "from", from, "to", end, "err", err)
+		l.dstall = max(from, l.start.Load())
+		return nil
+	}
+	return err
+}
+
+// redispatch dispatches the records of [from, end) again, read from the
+// segment files (the dispatcher takes what it has seen already).
+func (l *Log) redispatch(from, end int64) error {
 	infos := make([]RecordInfo, 0, 256)
 	flush := func() error {
 		if len(infos) == 0 {
