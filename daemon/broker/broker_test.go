@@ -30,7 +30,7 @@ func testOpts(dir string) Options {
 		Log: qlog.Options{SegmentSize: 4 << 20, TailBytes: 1 << 20, MaxBatchBytes: 128 << 10, MaxQueueWait: 200 * time.Millisecond}}}
 }
 
-func open(t *testing.T, o Options) *Broker {
+func open(t testing.TB, o Options) *Broker {
 	t.Helper()
 	b, err := New(o)
 	if err != nil {

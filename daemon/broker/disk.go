@@ -28,9 +28,12 @@ type DiskOptions struct {
 	// Free reports the bytes free to the broker and the file system's size
 	// (default: statfs of the data directory). For tests.
 	Free func() (free, total int64, err error)
+
+	segment int64 // the log's segment size
 }
 
 func (o *DiskOptions) ensureDefaults(dir string, segmentSize int64) {
+	o.segment = segmentSize
 	if o.Reserve == 0 {
 		o.Reserve = segmentSize + segmentSize/8
 	}
@@ -62,10 +65,15 @@ type diskWatch struct {
 	total atomic.Int64
 	kick  chan struct{}
 
-	mu       sync.Mutex // the log line's state
+	mu       sync.Mutex // the state below
 	since    time.Time  // when the disk became full
 	loggedAt time.Time
 	lastErr  string
+	// floor: after a write found no room, sends stay refused until free
+	// space is above this (what was free then, plus a segment), however
+	// small the reserve: otherwise they would resume at the next
+	// measurement and meet ENOSPC again.
+	floor int64
 }
 
 func newDiskWatch(o DiskOptions) *diskWatch {
@@ -77,14 +85,27 @@ func (d *diskWatch) refusal() *wire.Error {
 	if !d.full.Load() {
 		return nil
 	}
+	d.mu.Lock()
+	need := max(d.o.Reserve, d.floor)
+	d.mu.Unlock()
+	why := "reserved (disk_reserve)"
+	if need > d.o.Reserve {
+		why = "needed since a write found no room"
+	}
 	return &wire.Error{Code: wire.CodeDiskFull, Message: fmt.Sprintf(
-		"disk full: %d bytes free on the data file system, below the %d reserved (disk_reserve); sends resume by themselves once there is room",
-		d.free.Load(), d.o.Reserve)}
+		"disk full: %d bytes free on the data file system, below the %d %s; sends resume by themselves once there is room",
+		d.free.Load(), need, why)}
 }
 
 // noSpace records that a write found no room (the log's ENOSPC): sends are
 // refused at once, and free space is measured again.
 func (d *diskWatch) noSpace() {
+	free, _, err := d.o.Free()
+	d.mu.Lock()
+	if err == nil {
+		d.floor = free + d.o.segment
+	}
+	d.mu.Unlock()
 	d.full.Store(true)
 	select {
 	case d.kick <- struct{}{}:
@@ -109,7 +130,10 @@ func (d *diskWatch) measure(b *Broker) {
 	d.free.Store(free)
 	d.total.Store(total)
 	now := time.Now()
-	full := free < d.o.Reserve
+	full := free < max(d.o.Reserve, d.floor)
+	if !full {
+		d.floor = 0
+	}
 	switch was := d.full.Load(); {
 	case full && (!was || d.since.IsZero()):
 		d.since, d.loggedAt = now, now

@@ -72,13 +72,50 @@ func TestNoSpaceRefusesAtOnce(t *testing.T) {
 	if werr := b.disk.refusal(); werr != nil {
 		t.Fatal(werr)
 	}
-	free.Store(0)
+	free.Store(b.disk.o.Reserve) // statfs saw room; the write did not
 	if werr := b.storageErr(errNoSpaceForTest); werr.Code != wire.CodeDiskFull {
 		t.Fatalf("ENOSPC maps to %v", werr)
 	}
 	if werr := b.disk.refusal(); werr == nil || werr.Code != wire.CodeDiskFull {
 		t.Fatalf("after ENOSPC: %v", werr)
 	}
+	// Above the reserve but not a segment above what was free when the
+	// write failed: still refused (else sends would meet ENOSPC again).
+	free.Store(b.disk.o.Reserve + 1)
+	b.disk.measure(b)
+	if werr := b.disk.refusal(); werr == nil || !strings.Contains(werr.Message, "needed since a write found no room") {
+		t.Fatalf("just above the reserve after ENOSPC: %v", werr)
+	}
+	free.Store(b.disk.o.Reserve + b.log.SegmentSize())
+	b.disk.measure(b)
+	if werr := b.disk.refusal(); werr != nil {
+		t.Fatalf("a segment free after ENOSPC: %v", werr)
+	}
 }
 
 var errNoSpaceForTest = fmt.Errorf("log: roll: %w", syscall.ENOSPC)
+
+// The free-space check on the send path (an atomic load; statfs runs on its
+// own goroutine once a second), next to a whole in-process async send.
+// go test -ldflags=-checklinkname=0 -run '^$' -bench 'DiskCheck|ProduceAsync' ./daemon/broker/
+func BenchmarkDiskCheck(bb *testing.B) {
+	b := open(bb, testOpts(bb.TempDir()))
+	defer b.Close()
+	for bb.Loop() {
+		if b.disk.refusal() != nil {
+			bb.Fatal("refused")
+		}
+	}
+}
+
+func BenchmarkProduceAsync(bb *testing.B) {
+	b := open(bb, testOpts(bb.TempDir()))
+	defer b.Close()
+	b.CreateTopic("t", 4)
+	p := wire.Produce{Topic: "t", Queue: wire.AnyQueue, Durability: wire.DurabilityAsync, Body: make([]byte, 1024)}
+	for bb.Loop() {
+		if _, werr := produce(b, p); werr != nil {
+			bb.Fatal(werr)
+		}
+	}
+}
