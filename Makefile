@@ -41,9 +41,11 @@ fmt-check:
 run: build
 	BIN=$(BIN) ./tools/demo.sh
 
-# Long crash soak: many SIGKILL rounds per backend.
+# Long crash soak: many SIGKILL rounds per backend, and POWERCUTS simulated
+# power cuts of the log (unsynced writes kept, dropped or torn).
 crash:
-	QUIVER_CRASH_ROUNDS=$${ROUNDS:-200} $(GO) test $(LDFLAGS) -count=1 -timeout 80m -run 'Crash' -v ./log/ ./index/ ./daemon/...
+	QUIVER_CRASH_ROUNDS=$${ROUNDS:-200} QUIVER_POWERCUT_ROUNDS=$${POWERCUTS:-2000} $(GO) test $(LDFLAGS) -count=1 -timeout 80m \
+		-run 'Crash|PowerCut' -v ./log/ ./index/ ./daemon/...
 
 # Incident 003's replay for minutes instead of seconds: sustained sync load
 # with a consumer group; the consume-visible lag must stay bounded.

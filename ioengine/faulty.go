@@ -4,6 +4,8 @@ package ioengine
 
 import (
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -48,6 +50,122 @@ type Faulty struct {
 	stats   Stats
 	scratch []WriteOp    // ops rewritten onto the inner files
 	files   []syncTarget // distinct inner files of a synced Flush
+
+	// unsynced holds, per file, the writes since its last sync, with the
+	// bytes they replaced, once Crashable is called (see PowerCut).
+	unsynced map[string][]pendingWrite
+}
+
+// pendingWrite is a write not yet synced: what it wrote at off, and what
+// was there before.
+type pendingWrite struct {
+	off      int64
+	old, new []byte
+}
+
+// Crashable makes the Faulty remember every write until its file is
+// synced, so that PowerCut can lose them the way a power failure does.
+// Reading the old bytes costs a read per write: for tests only.
+func (f *Faulty) Crashable() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.unsynced == nil {
+		f.unsynced = map[string][]pendingWrite{}
+	}
+}
+
+// PowerCutStats says what a power cut did to the writes not yet synced.
+type PowerCutStats struct {
+	Kept, Dropped, Torn int
+}
+
+// PowerCut simulates a power failure, like Crash but harsher: every write
+// since its file's last sync is kept, dropped or torn at a random sector
+// boundary (each independently, so a later write may survive an earlier
+// one, as a disk's cache may reorder them); synced data survives. Every
+// later operation fails with ErrInjected. Needs Crashable.
+func (f *Faulty) PowerCut(rng *rand.Rand) (PowerCutStats, error) {
+	f.crashed.Store(true)
+	f.mu.Lock() // waits for a Flush in progress: it happened before the cut
+	defer f.mu.Unlock()
+	var st PowerCutStats
+	if f.unsynced == nil {
+		return st, fmt.Errorf("ioengine: PowerCut without Crashable")
+	}
+	for name, ws := range f.unsynced {
+		w, err := os.OpenFile(name, os.O_WRONLY, 0)
+		if err != nil {
+			return st, err
+		}
+		// Back to the last synced state, then the surviving writes in order.
+		for i := len(ws) - 1; i >= 0; i-- {
+			if _, err := w.WriteAt(ws[i].old, ws[i].off); err != nil {
+				w.Close()
+				return st, err
+			}
+		}
+		for _, pw := range ws {
+			keep := 0
+			switch rng.IntN(3) {
+			case 0:
+				keep, st.Kept = len(pw.new), st.Kept+1
+			case 1:
+				st.Dropped++
+			default:
+				keep, st.Torn = rng.IntN(len(pw.new)/SectorSize+1)*SectorSize, st.Torn+1
+			}
+			if _, err := w.WriteAt(pw.new[:keep], pw.off); err != nil {
+				w.Close()
+				return st, err
+			}
+		}
+		err = w.Sync()
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return st, err
+		}
+	}
+	f.unsynced = map[string][]pendingWrite{}
+	return st, nil
+}
+
+// remember records a write about to be made, with the bytes it replaces.
+// (f.mu held)
+func (f *Faulty) remember(name string, p []byte, off int64) error {
+	if f.unsynced == nil || len(p) == 0 {
+		return nil
+	}
+	old := make([]byte, len(p))
+	r, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	_, err = r.ReadAt(old, off) // past the end reads as zeros
+	r.Close()
+	if err != nil && err != io.EOF {
+		return err
+	}
+	f.unsynced[name] = append(f.unsynced[name], pendingWrite{off: off, old: old, new: append([]byte(nil), p...)})
+	return nil
+}
+
+// rememberOps records a Flush's writes. (f.mu held)
+func (f *Faulty) rememberOps(ops []WriteOp) error {
+	for _, op := range ops {
+		if err := f.remember(op.File.Name(), op.Buf, op.Off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// synced forgets the writes of a file that was synced. (f.mu held)
+func (f *Faulty) synced(name string) {
+	if f.unsynced != nil {
+		delete(f.unsynced, name)
+	}
 }
 
 // Stats are Faulty's counters.
@@ -193,7 +311,16 @@ func (f *Faulty) Flush(ops []WriteOp, sync bool) error {
 			f.stats.Faults++
 			f.stats.Writes += int64(k + 1)
 			if k > 0 {
+				if err := f.rememberOps(in[:k]); err != nil {
+					return err
+				}
 				if err := f.inner.Flush(in[:k], false); err != nil {
+					return err
+				}
+			}
+			if w.keep > 0 {
+				keep := min(w.keep, len(in[k].Buf)) / SectorSize * SectorSize
+				if err := f.remember(in[k].File.Name(), in[k].Buf[:keep], in[k].Off); err != nil {
 					return err
 				}
 			}
@@ -202,6 +329,9 @@ func (f *Faulty) Flush(ops []WriteOp, sync bool) error {
 		w.after -= len(in)
 	}
 	f.stats.Writes += int64(len(in))
+	if err := f.rememberOps(in); err != nil {
+		return err
+	}
 	if !sync {
 		return f.inner.Flush(in, false)
 	}
@@ -222,13 +352,20 @@ func (f *Faulty) Flush(ops []WriteOp, sync bool) error {
 				if err := t.file.Sync(); err != nil {
 					return err
 				}
+				f.synced(t.file.Name())
 			}
 			return fmt.Errorf("ioengine: fdatasync %s: %w", f.files[j].file.Name(), s.err)
 		}
 		s.after -= len(f.files)
 	}
 	f.stats.Syncs += int64(len(f.files))
-	return f.inner.Flush(in, true)
+	if err := f.inner.Flush(in, true); err != nil {
+		return err
+	}
+	for _, t := range f.files {
+		f.synced(t.file.Name())
+	}
+	return nil
 }
 
 // unwrap copies ops onto the inner files, into a reused scratch slice.
@@ -349,8 +486,14 @@ func (ff *faultyFile) WriteAt(p []byte, off int64) (int, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.crashed.Load() { // the cut came while this write waited
+		return 0, f.crashErr("write", ff.Name())
+	}
 	if w := f.writeFault(); w != nil {
 		return 0, applyWriteFault(ff.inner, p, off, w)
+	}
+	if err := f.remember(ff.Name(), p, off); err != nil {
+		return 0, err
 	}
 	return ff.inner.WriteAt(p, off)
 }
@@ -362,10 +505,17 @@ func (ff *faultyFile) Sync() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.crashed.Load() { // the cut came while this sync waited
+		return f.crashErr("fdatasync", ff.Name())
+	}
 	if s := f.syncFault(); s != nil {
 		return fmt.Errorf("ioengine: fdatasync %s: %w", ff.Name(), s.err)
 	}
-	return ff.inner.Sync()
+	if err := ff.inner.Sync(); err != nil {
+		return err
+	}
+	f.synced(ff.Name())
+	return nil
 }
 
 func (ff *faultyFile) ReadAt(p []byte, off int64) (int, error) {

@@ -16,10 +16,20 @@ import (
 // every queue at that position. Recovery trusts the records before it and
 // verifies those after it. Format, little endian:
 //
-//	"QCP1" | pos i64 | n u32 | n × (topicLen u16 | topic | queue u32 | next u64) | crc32c u32
+//	"QCP2" | pos i64 | flags u8 | n u32 | n × (topicLen u16 | topic | queue u32 | next u64) | crc32c u32
+//
+// Flag 1 (async): the log was being written in async mode, where any
+// number of commits after pos may be written and not synced (recovery's
+// torn-tail rule then cannot bound them). "QCP1" files, without flags, are
+// read too.
 const checkpointFile = "checkpoint"
 
-var checkpointMagic = [4]byte{'Q', 'C', 'P', '1'}
+var (
+	checkpointMagic   = [4]byte{'Q', 'C', 'P', '2'}
+	checkpointMagicV1 = [4]byte{'Q', 'C', 'P', '1'}
+)
+
+const checkpointAsync = 1
 
 type queueKey struct {
 	topic string
@@ -28,6 +38,7 @@ type queueKey struct {
 
 type checkpoint struct {
 	pos    int64
+	async  bool // written in async mode (flag 1)
 	queues map[queueKey]uint64
 }
 
@@ -45,6 +56,11 @@ func encodeCheckpoint(cp checkpoint) []byte {
 	})
 	b := append([]byte(nil), checkpointMagic[:]...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(cp.pos))
+	var flags byte
+	if cp.async {
+		flags |= checkpointAsync
+	}
+	b = append(b, flags)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(keys)))
 	for _, k := range keys {
 		b = binary.LittleEndian.AppendUint16(b, uint16(len(k.topic)))
@@ -59,15 +75,24 @@ var errBadCheckpoint = errors.New("log: bad checkpoint")
 
 func decodeCheckpoint(b []byte) (checkpoint, error) {
 	le := binary.LittleEndian
-	if len(b) < 20 || [4]byte(b[:4]) != checkpointMagic {
+	if len(b) < 20 || [4]byte(b[:4]) != checkpointMagic && [4]byte(b[:4]) != checkpointMagicV1 {
 		return checkpoint{}, fmt.Errorf("%w: header", errBadCheckpoint)
 	}
 	if crc32.Checksum(b[:len(b)-4], crcTable) != le.Uint32(b[len(b)-4:]) {
 		return checkpoint{}, fmt.Errorf("%w: crc", errBadCheckpoint)
 	}
 	cp := checkpoint{pos: int64(le.Uint64(b[4:])), queues: map[queueKey]uint64{}}
-	n := int(le.Uint32(b[12:]))
-	p, end := 16, len(b)-4
+	p := 12
+	if [4]byte(b[:4]) == checkpointMagic {
+		if len(b) < 21 || b[12]&^checkpointAsync != 0 {
+			return checkpoint{}, fmt.Errorf("%w: flags", errBadCheckpoint)
+		}
+		cp.async = b[12]&checkpointAsync != 0
+		p++
+	}
+	n := int(le.Uint32(b[p:]))
+	p += 4
+	end := len(b) - 4
 	for i := 0; i < n; i++ {
 		if p+2 > end {
 			return checkpoint{}, fmt.Errorf("%w: truncated", errBadCheckpoint)

@@ -103,6 +103,7 @@ type flusherState struct {
 	pos       int64 // end of the laid-out records (== Written after a commit)
 	flushedTo int64 // end of what has been handed to the engine
 	lastCp    time.Time
+	async     bool                // a commit of this run was not synced (see checkpoint)
 	queues    map[queueKey]uint64 // next queue offset per queue
 	batch     []*request
 	ops       []ioengine.WriteOp
@@ -116,7 +117,7 @@ func (f *flusherState) snapshot(pos int64) checkpoint {
 	for k, v := range f.queues {
 		q[k] = v
 	}
-	return checkpoint{pos: pos, queues: q}
+	return checkpoint{pos: pos, async: f.async, queues: q}
 }
 
 func (l *Log) run() {
@@ -241,6 +242,13 @@ func (l *Log) commit(reqs []*request) {
 	}
 	b.reqs = append(b.reqs, reqs...)
 	b.end = end
+	if !b.sync && !l.fl.async {
+		// From now on this run may leave any number of commits written and
+		// not synced (not just maxUnsynced): the checkpoints say so, the
+		// next one at once, for recovery's torn-tail rule.
+		l.fl.async = true
+		l.fl.lastCp = time.Time{}
+	}
 	if time.Since(l.fl.lastCp) >= l.opts.CheckpointInterval {
 		cp := l.fl.snapshot(end)
 		b.cp = &cp

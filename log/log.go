@@ -87,6 +87,9 @@ type Log struct {
 
 	createMu sync.Mutex // serialises createSegment
 
+	// unbounded: recovery found the log written in async mode (see endAt).
+	unbounded bool
+
 	// dstall is where dispatching stopped for lack of room (-1: it did
 	// not), dstallTried when it was last tried; owned by the syncer (and
 	// Open, before it starts). See retryDispatch.

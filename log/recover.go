@@ -27,6 +27,12 @@ import (
 //   - the valid records after it belong to at most maxUnsynced-1 group
 //     commits (see commitsAfter).
 //
+// Those bounds hold only while every commit is synced before the next two:
+// once a run commits a batch without syncing it (async mode or async
+// appends) its checkpoints say so, and then any damage at or after the
+// checkpoint is an unsynced tail, whatever follows it (a power cut keeps,
+// drops or tears each unsynced write independently).
+//
 // Repair (Options.Repair) truncates at the first bad record whatever lies
 // after it; it is the operator's explicit choice, named in the refusal.
 
@@ -39,6 +45,7 @@ func (l *Log) recover() error {
 		return fmt.Errorf("log: %w", err)
 	}
 	l.fl.queues = map[queueKey]uint64{}
+	l.fl.async = l.opts.Durability == Async
 	if len(bases) == 0 {
 		s, err := l.createSegment(0)
 		if err != nil {
@@ -73,6 +80,10 @@ func (l *Log) recover() error {
 		l.logger.Warn("checkpoint unreadable; verifying the whole log", "err", err)
 	}
 	from, trusted := segs[0].base, int64(-1)
+	// Written in async mode (by this configuration or, says the checkpoint,
+	// by the run that crashed): any number of commits after the checkpoint
+	// may have been unsynced, so the torn tail is not bounded.
+	l.unbounded = l.opts.Durability == Async || ok && cp.async
 	if ok {
 		for k, v := range cp.queues {
 			l.fl.queues[k] = v
@@ -178,14 +189,24 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 		if bad != nil && pos < trusted {
 			return refuse(fmt.Sprintf("it lies before the checkpoint at %d, which was synced", trusted))
 		}
-		if later := len(segs) - 1 - i; later > 1 {
+		if l.unbounded {
+			// Whatever follows lies after the synced checkpoint and may all
+			// have been unsynced: a power cut can leave holes anywhere in
+			// it. (Damage to data that was synced there cannot be told
+			// apart: in async mode it is truncated too, and said loudly.)
+			if later := len(segs) - 1 - i; later > 0 || bad != nil {
+				l.logger.Warn("log: async mode: truncating at the first bad record after the checkpoint; what follows was not synced, or is lost",
+					"file", seg.file.Name(), "offset", pos-seg.base, "pos", pos, "later_segments", later, "reason", bad)
+			}
+		} else if later := len(segs) - 1 - i; later > 1 {
 			return refuse(fmt.Sprintf("%d segments follow it", later))
 		}
 		far, err := l.hasData(seg, pos+window)
 		if err != nil {
 			return 0, false, err
 		}
-		if !far && i+1 < len(segs) {
+		far = far && !l.unbounded
+		if !far && !l.unbounded && i+1 < len(segs) {
 			far, err = l.hasData(segs[i+1], segs[i+1].base+window)
 			if err != nil {
 				return 0, false, err
@@ -194,7 +215,9 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 		if far {
 			return refuse(fmt.Sprintf("data lies more than %d group commits beyond it", maxUnsynced))
 		}
-		if n, err := l.commitsAfter(i, pos, window); err != nil {
+		if l.unbounded {
+			// no bound on the commits after it
+		} else if n, err := l.commitsAfter(i, pos, window); err != nil {
 			return 0, false, err
 		} else if n > maxUnsynced-1 {
 			return refuse(fmt.Sprintf("valid records of %d later group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced))
