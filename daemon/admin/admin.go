@@ -5,6 +5,7 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/pprof"
 
@@ -57,9 +58,18 @@ func Handler(o Options) http.Handler {
 			f.Resume()
 			w.Write([]byte("resumed\n"))
 		})
+		// POST /debug/faults/fail-sync fails the disk's next fsync: the
+		// drill for a failing disk (the log fails, the broker fences
+		// itself).
+		mux.HandleFunc("POST /debug/faults/fail-sync", func(w http.ResponseWriter, r *http.Request) {
+			f.FailSync(0, errDrill)
+			w.Write([]byte("the next fsync fails\n"))
+		})
 		mux.HandleFunc("GET /debug/faults", func(w http.ResponseWriter, r *http.Request) {
 			json.NewEncoder(w).Encode(map[string]int{"stalled_flushes": f.Stalled()})
 		})
 	}
 	return mux
 }
+
+var errDrill = errors.New("fsync failed (drill: POST /debug/faults/fail-sync)")

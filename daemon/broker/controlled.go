@@ -61,6 +61,16 @@ func (b *Broker) report() controller.Heartbeat {
 		hb.GroupName = n
 	}
 	hb.Durable = b.Log().Positions().Durable
+	if err := b.Log().Err(); err != nil {
+		// Fail-stop: a failed write or fsync may have lost acknowledged
+		// pages, so this broker must not lead or count as in sync until a
+		// restart's recovery has decided what is on disk. The controller
+		// elects another leader and drops it from the in-sync set.
+		hb.Failed = err.Error()
+		if b.repl.fenced.CompareAndSwap(false, true) {
+			b.logger.Error("the log failed: this broker fences itself, giving up its group's leadership and its place in the in-sync set; restart it to recover", "err", err)
+		}
+	}
 	return hb
 }
 

@@ -64,6 +64,7 @@ type replication struct {
 	epoch  atomic.Uint64 // the epoch of the role held (leading or following)
 	// handingOff: a leader handing its group over stops taking writes.
 	handingOff atomic.Bool
+	fenced     atomic.Bool // the log failed and the controller was told (report)
 	stopping   atomic.Bool // reported to the controller: leave the in-sync set
 
 	events chan func()

@@ -31,6 +31,7 @@ type Heartbeat struct {
 	Epoch     uint64   `json:"epoch"`      // of the role it acts in
 	Version   uint64   `json:"version"`    // the newest state index it has
 	Stopping  bool     `json:"stopping,omitempty"`
+	Failed    string   `json:"failed,omitempty"` // its log failed (fail-stop) and why: it may lead or stay in sync no longer
 	MinInsync int      `json:"min_insync"` // its configured min_insync
 }
 

@@ -44,9 +44,9 @@ func (v *view) lastHeard(id string) time.Time {
 }
 
 // alive reports whether the broker's session is live and it is not
-// stopping.
+// stopping, nor fenced by a failed log.
 func (v *view) alive(id string) bool {
-	if r, ok := v.reports[id]; ok && r.Stopping && v.now.Sub(r.Heard) <= v.session {
+	if r, ok := v.reports[id]; ok && (r.Stopping || r.Failed != "") && v.now.Sub(r.Heard) <= v.session {
 		return false
 	}
 	return v.now.Sub(v.lastHeard(id)) <= v.session
@@ -144,7 +144,9 @@ func decide(s *State, v *view) (cmds []*Command, waiting map[string]string) {
 			}
 			gone := v.now.Sub(v.lastHeard(g.Leader))
 			why := fmt.Sprintf("the leader %s's session expired (no heartbeat for %v)", g.Leader, gone.Round(time.Millisecond))
-			if r, ok := v.reports[g.Leader]; ok && r.Stopping {
+			if r, ok := v.reports[g.Leader]; ok && r.Failed != "" {
+				why = fmt.Sprintf("the leader %s's log failed (%s)", g.Leader, r.Failed)
+			} else if ok && r.Stopping {
 				why = fmt.Sprintf("the leader %s is stopping", g.Leader)
 			}
 			if len(cands) == 0 {
@@ -170,7 +172,9 @@ func decide(s *State, v *view) (cmds []*Command, waiting map[string]string) {
 					keep = append(keep, id)
 					continue
 				}
-				if r, ok := v.reports[id]; ok && r.Stopping {
+				if r, ok := v.reports[id]; ok && r.Failed != "" {
+					reasons[id] = "its log failed: " + r.Failed
+				} else if ok && r.Stopping {
 					reasons[id] = "stopping"
 				} else {
 					reasons[id] = fmt.Sprintf("controller session expired (no heartbeat for %v)", v.now.Sub(v.lastHeard(id)).Round(time.Millisecond))

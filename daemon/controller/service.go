@@ -547,7 +547,7 @@ func (s *Service) heartbeat(sess *session, hb *Heartbeat) bool {
 	live := s.liveLocked(st, now)
 	waiting := maps.Clone(s.waiting)
 	s.mu.Unlock()
-	if !seen || prev.Stopping != hb.Stopping || prev.Heard.Before(now.Add(-s.o.Session)) {
+	if !seen || prev.Stopping != hb.Stopping || prev.Failed != hb.Failed || prev.Heard.Before(now.Add(-s.o.Session)) {
 		s.poke()
 	}
 	if register {

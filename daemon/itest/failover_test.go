@@ -820,3 +820,53 @@ func TestConsumerGroupSurvivesFailover(t *testing.T) {
 	}
 	t.Logf("commits before the kill %v, after %v; %d of %d messages delivered twice (uncommitted when the leader died)", before, after, dups, len(seen))
 }
+
+// A leader whose disk fails an fsync fails its log (fail-stop: the failed
+// fsync may have dropped acknowledged pages, so it is never retried) and
+// fences itself: it tells the controller, which elects another leader at
+// once, with no session to wait out, and never again counts it in sync
+// until a restart. No acknowledged send is lost, and the senders see no
+// error.
+func TestFailedFsyncFencesTheLeader(t *testing.T) {
+	c := testbroker.StartControlled(t, 3, []string{"--min-insync", "1", "--debug-faults"}, nil)
+	cl := c.Client(t)
+	ctx := ctxT(t, 2*time.Minute)
+	if err := cl.Admin().CreateTopic(ctx, "pay", 4); err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger()
+	stop := sendLoad(t, cl, "pay", "f", 4, l)
+	leader := c.Leader(t)
+	_, epoch := leader.Role()
+	waitAcks(t, l, 300)
+	failed := time.Now()
+	leader.Post("/debug/faults/fail-sync")
+	var first time.Time
+	testbroker.WaitFor(t, "a send acknowledged by the new leader", func() bool {
+		first = l.firstAckAfter(failed, epoch)
+		return !first.IsZero()
+	})
+	waitAcks(t, l, 300)
+	stop()
+	if _, errs := l.count(); errs > 0 {
+		t.Fatalf("%d sends failed, e.g. %v", errs, l.errs[0])
+	}
+	next := c.Leader(t)
+	if next == leader {
+		t.Fatal("the broker whose log failed still leads")
+	}
+	g := next.Status().Replication.Controller.Groups[0]
+	if e := g.Elections[len(g.Elections)-1]; !strings.Contains(e.Reason, "log failed") || e.From != idOf(c, leader) {
+		t.Fatalf("last election %+v, want one because %s's log failed", e, idOf(c, leader))
+	}
+	if slices.Contains(g.ISR, idOf(c, leader)) {
+		t.Fatalf("the failed broker is still in the in-sync set %v", g.ISR)
+	}
+	if !strings.Contains(leader.Log(), "fences itself") {
+		t.Fatalf("the failed broker did not say it fenced itself:\n%s", leader.Log())
+	}
+	t.Logf("failed fsync: first send acknowledged by %s %v later", idOf(c, next), first.Sub(failed).Round(time.Millisecond))
+	leader.Kill()
+	leader.Restart()
+	verifyLedger(t, cl, []*testbroker.Broker{c.Leader(t)}, "pay", l)
+}
