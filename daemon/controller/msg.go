@@ -32,7 +32,7 @@ type Heartbeat struct {
 	Version   uint64   `json:"version"`    // the newest state index it has
 	Stopping  bool     `json:"stopping,omitempty"`
 	Failed    string   `json:"failed,omitempty"` // its log failed (fail-stop) and why: it may lead or stay in sync no longer
-	MinInsync int      `json:"min_insync"` // its configured min_insync
+	MinInsync int      `json:"min_insync"`       // its configured min_insync
 }
 
 // Info is the controller quorum as one voter sees it.
