@@ -96,6 +96,10 @@ func (b *Broker) takeState(st *controller.State) {
 	}
 	b.countElections(g)
 	switch {
+	case b.Log().Err() != nil:
+		// Fenced (see report): it neither leads nor follows, which would
+		// reopen the log in-process, until a restart recovers it.
+		b.toWaiting("this broker's log failed (" + b.Log().Err().Error() + "): it is fenced until a restart")
 	case g.Leader != b.opts.ID && b.repl.stopping.Load():
 		b.toWaiting("this broker is stopping") // it follows nobody: its leader would wait for it
 	case g.Leader == "":

@@ -824,9 +824,9 @@ func TestConsumerGroupSurvivesFailover(t *testing.T) {
 // A leader whose disk fails an fsync fails its log (fail-stop: the failed
 // fsync may have dropped acknowledged pages, so it is never retried) and
 // fences itself: it tells the controller, which elects another leader at
-// once, with no session to wait out, and never again counts it in sync
-// until a restart. No acknowledged send is lost, and the senders see no
-// error.
+// once, with no session to wait out; it neither leads nor follows (which
+// would reopen its log in-process) until a restart. No acknowledged send is
+// lost, and the senders see no error.
 func TestFailedFsyncFencesTheLeader(t *testing.T) {
 	c := testbroker.StartControlled(t, 3, []string{"--min-insync", "1", "--debug-faults"}, nil)
 	cl := c.Client(t)
@@ -851,9 +851,20 @@ func TestFailedFsyncFencesTheLeader(t *testing.T) {
 	if _, errs := l.count(); errs > 0 {
 		t.Fatalf("%d sends failed, e.g. %v", errs, l.errs[0])
 	}
-	next := c.Leader(t)
-	if next == leader {
-		t.Fatal("the broker whose log failed still leads")
+	// The fenced broker neither leads nor follows: it waits for a restart.
+	var next *testbroker.Broker
+	testbroker.WaitFor(t, "a new leader, the failed broker fenced", func() bool {
+		next = nil
+		for _, b := range c.Brokers {
+			if role, e := b.Role(); role == "leader" && e > epoch && b != leader {
+				next = b
+			}
+		}
+		role, _ := leader.Role()
+		return next != nil && role == "waiting"
+	})
+	if st := leader.Status(); !strings.Contains(st.Replication.Note, "fenced until a restart") {
+		t.Fatalf("the failed broker's status does not say it is fenced: %+v", st.Replication)
 	}
 	g := next.Status().Replication.Controller.Groups[0]
 	if e := g.Elections[len(g.Elections)-1]; !strings.Contains(e.Reason, "log failed") || e.From != idOf(c, leader) {
