@@ -144,7 +144,7 @@ func TestTopicAndStatus(t *testing.T) {
 		t.Fatalf("status --json: %+v", st)
 	}
 	r = must(t, cli("status"))
-	for _, want := range []string{"broker ", "engine ", "durability ", "positions ", "send queue ", "warnings ", "connections ",
+	for _, want := range []string{"broker ", "engine ", "durability ", "positions ", "send queue ", "disk ", " free of ", "warnings ", "connections ",
 		"TOPIC  QUEUE", "\nst ", "no consumer groups"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("status lacks %q:\n%s", want, r.stdout)

@@ -21,7 +21,7 @@ func statusCmd(g *globals) *cobra.Command {
 		Short: "Show a broker's status: positions, lag, warnings, replication, topics, groups, connections",
 		Long: `status shows the status document of one broker (the first that answers):
 its log positions and how far durability and visibility lag behind writes,
-warnings, the send queue, its replication (role, in-sync set, followers),
+warnings, the send queue, the disk's free space against its reserve, its replication (role, in-sync set, followers),
 under a controller the controller quorum and the groups it runs, every
 topic's queues, every consumer group's committed offsets and lag, and its
 connections, failed handshakes included. With --json it prints the document
@@ -53,6 +53,11 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 	kv.row("not durable", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotDurable, ms(l.NotDurableMs)))
 	kv.row("not visible", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotVisible, ms(l.NotVisibleMs)))
 	kv.row("send queue", fmt.Sprintf("depth %d  busy %d  max wait %v", st.SendQueue.Depth, st.SendQueue.BusyTotal, ms(st.SendQueue.MaxWaitMs)))
+	disk := fmt.Sprintf("%s free of %s, sends refused below %s", mib(st.Disk.FreeBytes), mib(st.Disk.TotalBytes), mib(st.Disk.ReserveBytes))
+	if st.Disk.Full {
+		disk = "FULL: " + disk
+	}
+	kv.row("disk", disk)
 	if len(st.Warnings) == 0 {
 		kv.row("warnings", "none")
 	}
@@ -321,4 +326,12 @@ func printJSON(cmd *cobra.Command, v any) error {
 	enc := json.NewEncoder(cmd.OutOrStdout())
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// mib formats a byte count in MiB (GiB from 10 GiB on).
+func mib(n int64) string {
+	if n >= 10<<30 {
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }
