@@ -344,25 +344,11 @@ func TestGracefulStopHandsOver(t *testing.T) {
 	if err := cl.Admin().CreateTopic(ctx, "pay", 4); err != nil {
 		t.Fatal(err)
 	}
-	l := newLedger()
-	stop := sendLoad(t, cl, "pay", "h", 4, l) // the SDK's defaults: 3 s per send
-	leader := c.Leader(t)
-	_, epoch := leader.Role()
-	waitAcks(t, l, 300)
-	stopped := time.Now()
-	if err := leader.Stop(); err != nil {
-		t.Fatalf("graceful stop: %v\n%s", err, leader.Log())
-	}
-	var first time.Time
-	testbroker.WaitFor(t, "a send acknowledged by the new leader", func() bool {
-		first = l.firstAckAfter(stopped, epoch)
-		return !first.IsZero()
+	leader, _, l, took := leaderFaultUnderLoad(t, c, cl, "pay", "h", "the handoff", func(leader *testbroker.Broker) {
+		if err := leader.Stop(); err != nil {
+			t.Fatalf("graceful stop: %v\n%s", err, leader.Log())
+		}
 	})
-	waitAcks(t, l, 300)
-	stop()
-	if _, errs := l.count(); errs > 0 {
-		t.Fatalf("%d sends failed during the handoff, e.g. %v", errs, l.errs[0])
-	}
 	if !strings.Contains(leader.Log(), "handing the group over") {
 		t.Fatalf("the leader did not hand over:\n%s", leader.Log())
 	}
@@ -371,7 +357,7 @@ func TestGracefulStopHandsOver(t *testing.T) {
 	if e := g.Elections[len(g.Elections)-1]; !strings.HasPrefix(e.Reason, "handoff") || e.From != idOf(c, leader) {
 		t.Fatalf("last election %+v, want a handoff from %s", e, idOf(c, leader))
 	}
-	t.Logf("handoff: first send acknowledged by %s %v after SIGTERM", idOf(c, next), first.Sub(stopped).Round(time.Millisecond))
+	t.Logf("handoff: first send acknowledged by %s %v after SIGTERM", idOf(c, next), took.Round(time.Millisecond))
 	leader.Restart()
 	verifyLedger(t, cl, []*testbroker.Broker{c.Leader(t)}, "pay", l)
 }
@@ -834,23 +820,9 @@ func TestFailedFsyncFencesTheLeader(t *testing.T) {
 	if err := cl.Admin().CreateTopic(ctx, "pay", 4); err != nil {
 		t.Fatal(err)
 	}
-	l := newLedger()
-	stop := sendLoad(t, cl, "pay", "f", 4, l)
-	leader := c.Leader(t)
-	_, epoch := leader.Role()
-	waitAcks(t, l, 300)
-	failed := time.Now()
-	leader.Post("/debug/faults/fail-sync")
-	var first time.Time
-	testbroker.WaitFor(t, "a send acknowledged by the new leader", func() bool {
-		first = l.firstAckAfter(failed, epoch)
-		return !first.IsZero()
+	leader, epoch, l, took := leaderFaultUnderLoad(t, c, cl, "pay", "f", "the failed fsync", func(leader *testbroker.Broker) {
+		leader.Post("/debug/faults/fail-sync")
 	})
-	waitAcks(t, l, 300)
-	stop()
-	if _, errs := l.count(); errs > 0 {
-		t.Fatalf("%d sends failed, e.g. %v", errs, l.errs[0])
-	}
 	// The fenced broker neither leads nor follows: it waits for a restart.
 	var next *testbroker.Broker
 	testbroker.WaitFor(t, "a new leader, the failed broker fenced", func() bool {
@@ -876,8 +848,37 @@ func TestFailedFsyncFencesTheLeader(t *testing.T) {
 	if !strings.Contains(leader.Log(), "fences itself") {
 		t.Fatalf("the failed broker did not say it fenced itself:\n%s", leader.Log())
 	}
-	t.Logf("failed fsync: first send acknowledged by %s %v later", idOf(c, next), first.Sub(failed).Round(time.Millisecond))
+	t.Logf("failed fsync: first send acknowledged by %s %v later", idOf(c, next), took.Round(time.Millisecond))
 	leader.Kill()
 	leader.Restart()
 	verifyLedger(t, cl, []*testbroker.Broker{c.Leader(t)}, "pay", l)
+}
+
+// leaderFaultUnderLoad sends to topic with four producers (the SDK's
+// defaults: 3 s per send), applies fault to the group's leader once 300
+// sends are acknowledged, waits for the first send acknowledged in a newer
+// epoch and 300 more, and fails the test if any send failed during what.
+// It returns the faulted leader and its epoch, the ledger of sends, and
+// how long after the fault the new leader acknowledged its first send.
+func leaderFaultUnderLoad(t *testing.T, c *testbroker.Controlled, cl *sdk.Client, topic, tag, what string,
+	fault func(leader *testbroker.Broker)) (*testbroker.Broker, uint64, *ledger, time.Duration) {
+	t.Helper()
+	l := newLedger()
+	stop := sendLoad(t, cl, topic, tag, 4, l)
+	leader := c.Leader(t)
+	_, epoch := leader.Role()
+	waitAcks(t, l, 300)
+	at := time.Now()
+	fault(leader)
+	var first time.Time
+	testbroker.WaitFor(t, "a send acknowledged by the new leader", func() bool {
+		first = l.firstAckAfter(at, epoch)
+		return !first.IsZero()
+	})
+	waitAcks(t, l, 300)
+	stop()
+	if _, errs := l.count(); errs > 0 {
+		t.Fatalf("%d sends failed during %s, e.g. %v", errs, what, l.errs[0])
+	}
+	return leader, epoch, l, first.Sub(at)
 }
