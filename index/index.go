@@ -58,6 +58,11 @@ type Index struct {
 
 	keys   *keyIndex
 	closed atomic.Bool
+	// failed is the first failed fsync of Checkpoint: after it no
+	// checkpoint is written again (the failed pages may be lost while the
+	// kernel calls them clean, so a later fsync proves nothing); the next
+	// open replays from the last good one.
+	failed atomic.Pointer[error]
 }
 
 const checkpointName = "checkpoint"
@@ -430,6 +435,9 @@ func (idx *Index) DropBefore(pos int64) {
 // Checkpoint makes the index durable up to the last dispatched record and
 // records that position, so that the next open replays only what follows.
 func (idx *Index) Checkpoint() error {
+	if err := idx.failed.Load(); err != nil {
+		return *err
+	}
 	idx.mu.Lock()
 	pos := idx.pos
 	files := make([]*os.File, 0, len(idx.dirty))
@@ -439,14 +447,31 @@ func (idx *Index) Checkpoint() error {
 	}
 	idx.mu.Unlock()
 	for _, f := range files {
-		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
-			return fmt.Errorf("index: sync %s: %w", f.Name(), err)
+		if err := idx.opts.Sync(f); err != nil && !errors.Is(err, os.ErrClosed) {
+			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f.Name(), err))
 		}
 	}
 	if err := idx.keys.sync(); err != nil {
-		return err
+		return idx.syncFailed(err)
 	}
 	return writeIndexCheckpoint(idx.opts.Dir, pos)
+}
+
+// syncFailed stops checkpoints for good (see failed) and returns err.
+func (idx *Index) syncFailed(err error) error {
+	err = fmt.Errorf("%w (index checkpoints stop until a restart, which replays the log from the last one)", err)
+	if idx.failed.CompareAndSwap(nil, &err) {
+		idx.logger.Error("index fsync failed: no index checkpoint is written again by this process; the next start rebuilds what follows the last one from the log", "err", err)
+	}
+	return *idx.failed.Load()
+}
+
+// CheckpointErr is the failed fsync that stopped checkpoints, or nil.
+func (idx *Index) CheckpointErr() error {
+	if err := idx.failed.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // Close checkpoints and closes every file.

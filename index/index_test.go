@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -431,4 +432,47 @@ func BenchmarkDispatch(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "records/s")
+}
+
+// A failed fsync of a queue file stops index checkpoints for good: the
+// kernel may have dropped the failed pages while calling them clean, so a
+// later fsync that succeeds proves nothing, and a checkpoint past them
+// would make the next open skip their replay (the fsync-gate lesson of
+// PostgreSQL). The next open replays from the last good checkpoint.
+func TestFailedSyncStopsCheckpoints(t *testing.T) {
+	dir := t.TempDir()
+	f := newFakeLog()
+	var failing atomic.Bool
+	o := testOpts(dir, f)
+	o.Sync = func(file *os.File) error {
+		if failing.Load() {
+			return errors.New("EIO")
+		}
+		return file.Sync()
+	}
+	idx := mustOpen(t, o)
+	fill(t, idx, f, 20)
+	if err := idx.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := readIndexCheckpoint(filepath.Join(dir, checkpointName))
+	fill(t, idx, f, 20)
+	failing.Store(true)
+	if err := idx.Checkpoint(); err == nil {
+		t.Fatal("a checkpoint over a failed fsync succeeded")
+	}
+	failing.Store(false)
+	fill(t, idx, f, 20)
+	if err := idx.Checkpoint(); err == nil || idx.CheckpointErr() == nil {
+		t.Fatal("a checkpoint after a failed fsync was written")
+	}
+	if pos, _ := readIndexCheckpoint(filepath.Join(dir, checkpointName)); pos != good {
+		t.Fatalf("checkpoint at %d after the failed fsync, want it left at %d", pos, good)
+	}
+	idx.Close()
+	idx = mustOpen(t, testOpts(dir, f))
+	defer idx.Close()
+	if from := idx.ResumeFrom(); from != good {
+		t.Fatalf("the next open resumes from %d, want the last good checkpoint %d", from, good)
+	}
 }

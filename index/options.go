@@ -3,6 +3,7 @@ package index
 import (
 	"errors"
 	"log/slog"
+	"os"
 )
 
 // RecordReader reads record bytes from the log, for verifying key hits.
@@ -23,10 +24,16 @@ type Options struct {
 	// Reader reads records from the log to verify key hits.
 	Reader RecordReader
 	Logger *slog.Logger
+	// Sync makes a queue file durable (default (*os.File).Sync; tests make
+	// it fail).
+	Sync func(*os.File) error
 }
 
 // EnsureDefaults fills zero fields.
 func (o *Options) EnsureDefaults() *Options {
+	if o.Sync == nil {
+		o.Sync = (*os.File).Sync
+	}
 	if o.EntriesPerFile == 0 {
 		o.EntriesPerFile = 1 << 20
 	}

@@ -59,6 +59,9 @@ func (b *Broker) Status() wire.Status {
 	if err := b.log.Err(); err != nil {
 		s.Warnings = append(s.Warnings, "the log failed and refuses appends until restart: "+err.Error())
 	}
+	if err := b.st.Index.CheckpointErr(); err != nil {
+		s.Warnings = append(s.Warnings, err.Error())
+	}
 	s.Disk = wire.Disk{FreeBytes: b.disk.free.Load(), TotalBytes: b.disk.total.Load(), ReserveBytes: b.disk.o.Reserve, Full: b.disk.full.Load()}
 	if werr := b.disk.refusal(); werr != nil {
 		s.Warnings = append(s.Warnings, werr.Message)

@@ -121,11 +121,16 @@ func (s *Store) checkpointLoop(every time.Duration, logger *slog.Logger) {
 	defer s.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var logged time.Time
 	for {
 		select {
 		case <-t.C:
-			if err := s.Index.Checkpoint(); err != nil {
-				logger.Warn("index checkpoint failed", "err", err)
+			// A failed fsync stops checkpoints for good and the index said
+			// so once; others (a full disk) are retried, and logged at
+			// most once a minute.
+			if err := s.Index.Checkpoint(); err != nil && s.Index.CheckpointErr() == nil && time.Since(logged) >= time.Minute {
+				logged = time.Now()
+				logger.Warn("index checkpoint failed; retried every interval", "err", err)
 			}
 		case <-s.stop:
 			return
