@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -210,6 +211,55 @@ func diskFull(t *testing.T, noReserve bool) {
 	for _, w := range diskStatus(t, b).Warnings {
 		if strings.Contains(w, "log failed") {
 			t.Fatalf("the log fail-stopped: %s", w)
+		}
+	}
+}
+
+// A producer with an outbox keeps what a full disk refused: DISK_FULL is
+// retryable, so once the send's deadline is spent the send goes to the
+// outbox instead of failing, and is delivered once the broker takes sends
+// again. (No small file system needed: the reserve is set above the disk.)
+func TestDiskFullSendsWaitInTheOutbox(t *testing.T) {
+	b := testbroker.Start(t, "--disk-reserve", strconv.FormatInt(1<<60, 10))
+	cl := b.Client()
+	ctx := ctxT(t, time.Minute)
+	if err := cl.Admin().CreateTopic(ctx, "orders", 2); err != nil {
+		t.Fatalf("creating a topic on a full disk: %v", err)
+	}
+	dir := t.TempDir()
+	p, err := cl.NewProducer(sdk.WithOutbox(dir), sdk.WithSendTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		res, err := p.Send(ctx, &sdk.Message{Topic: "orders", Body: []byte(fmt.Sprintf("o%d", i))})
+		if err != nil || !res.Outboxed {
+			t.Fatalf("send %d on a full disk: %+v %v, want it kept in the outbox", i, res, err)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The disk has room again (here: a restart with the default reserve).
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	b.Args = nil
+	b.Restart()
+	p, err = cl.NewProducer(sdk.WithOutbox(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	testbroker.WaitFor(t, "the outbox to drain", func() bool { return p.Outbox().Pending == 0 })
+	got := map[string]bool{}
+	for _, m := range consumeN(t, ctx, cl, "g", "orders", 10) {
+		got[string(m.Body)] = true
+	}
+	for i := range 10 {
+		if !got[fmt.Sprintf("o%d", i)] {
+			t.Fatalf("o%d was not delivered from the outbox (got %v)", i, got)
 		}
 	}
 }
