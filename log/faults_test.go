@@ -216,3 +216,61 @@ func TestDispatchNoSpaceStallsThenCatchesUp(t *testing.T) {
 		}
 	})
 }
+
+// Retention deletes the oldest segments, each once no reader holds it, so
+// a later one can be removed before an earlier one; a crash may then keep
+// the later removal and not the earlier (before the removal's directory
+// sync). Recovery finishes the deletion: the segments before the gap lie
+// before the checkpoint. A gap after the checkpoint is still corruption.
+func TestRecoveryFinishesARetentionTheCrashUndid(t *testing.T) {
+	dir := t.TempDir()
+	o := smallOpts(dir, newEngine(t, "portable"))
+	l := openLog(t, o)
+	var acked []AppendResult
+	for i := 0; i < 3000; i++ {
+		res, err := l.Append(testMessage(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, res)
+	}
+	if err := l.Close(); err != nil { // checkpoints at the end
+		t.Fatal(err)
+	}
+	bases, _ := listSegments(dir)
+	if len(bases) < 4 {
+		t.Fatalf("%d segments, want at least 4", len(bases))
+	}
+	// Segment 1 gone, segment 0 back.
+	if err := os.Remove(segmentName(dir, bases[1])); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, smallOpts(dir, newEngine(t, "portable")))
+	if got := l.Positions().Start; got != bases[2] {
+		t.Fatalf("log starts at %d, want %d (after the gap)", got, bases[2])
+	}
+	if _, err := os.Stat(segmentName(dir, bases[0])); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the segment before the gap is still there: %v", err)
+	}
+	for i, res := range acked {
+		if res.Pos >= bases[2] {
+			checkRecord(t, l, res, testMessage(i))
+		}
+	}
+	l.Close()
+
+	// A segment missing after the checkpoint: refused.
+	bases, _ = listSegments(dir)
+	if err := writeCheckpoint(dir, checkpoint{pos: bases[0], queues: map[queueKey]uint64{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(segmentName(dir, bases[1])); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := Open(smallOpts(dir, newEngine(t, "portable"))); !errors.Is(err, ErrCorrupt) {
+		if err == nil {
+			l.Close()
+		}
+		t.Fatalf("a segment missing after the checkpoint: %v, want ErrCorrupt", err)
+	}
+}

@@ -66,19 +66,34 @@ func (l *Log) recover() error {
 		s.refs.Store(1)
 		l.segMu.segs = append(l.segMu.segs, s)
 	}
-	segs := l.segMu.segs
-	for i := 1; i < len(segs); i++ {
-		if segs[i].base != segs[i-1].base+segSize {
-			return fmt.Errorf("%w: segment %s is missing (the log jumps from %s to %s)", ErrCorrupt,
-				segmentName(dir, segs[i-1].base+segSize), segs[i-1].file.Name(), segs[i].file.Name())
-		}
-	}
-	l.start.Store(segs[0].base)
-
 	cp, ok, err := readCheckpoint(dir)
 	if err != nil {
 		l.logger.Warn("checkpoint unreadable; verifying the whole log", "err", err)
 	}
+	segs := l.segMu.segs
+	for i := 1; i < len(segs); i++ {
+		if segs[i].base == segs[i-1].base+segSize {
+			continue
+		}
+		if !ok || cp.pos < segs[i].base {
+			return fmt.Errorf("%w: segment %s is missing (the log jumps from %s to %s)", ErrCorrupt,
+				segmentName(dir, segs[i-1].base+segSize), segs[i-1].file.Name(), segs[i].file.Name())
+		}
+		// The checkpoint lies after the gap: the segments before it were
+		// being deleted by retention, and a crash kept the removal of a
+		// later one but not theirs (a reader held them longer). Finish it.
+		for _, s := range segs[:i] {
+			l.logger.Warn("log: removing a segment retention had deleted, which the crash brought back (a later one is gone)",
+				"file", s.file.Name(), "missing", segmentName(dir, segs[i-1].base+segSize))
+			s.deleted.Store(true)
+			s.release()
+		}
+		segs = segs[i:]
+		l.segMu.segs = segs
+		i = 0
+	}
+	l.start.Store(segs[0].base)
+
 	from, trusted := segs[0].base, int64(-1)
 	// Written in async mode (by this configuration or, says the checkpoint,
 	// by the run that crashed): any number of commits after the checkpoint

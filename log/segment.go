@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/ioengine"
 )
 
@@ -33,8 +34,11 @@ func (s *segment) acquire() { s.refs.Add(1) }
 func (s *segment) release() {
 	if s.refs.Add(-1) == 0 {
 		s.file.Close()
-		if s.deleted.Load() {
-			os.Remove(s.file.Name())
+		if s.deleted.Load() && os.Remove(s.file.Name()) == nil {
+			// Durable, so that a crash cannot bring back a segment whose
+			// successor's removal it kept (recovery copes, but a gap is
+			// otherwise corruption).
+			fsutil.SyncDir(filepath.Dir(s.file.Name()))
 		}
 	}
 }
