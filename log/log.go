@@ -306,6 +306,22 @@ func (l *Log) Durability() Durability { return l.opts.Durability }
 // SegmentSize is the size of the log's segments (replicas must match it).
 func (l *Log) SegmentSize() int64 { return l.opts.SegmentSize }
 
+// Room is the unused part of the log's preallocated segments: what the
+// active segment has left after the written position, plus the next
+// segment when it was made ahead of time. Appends that fit there need no
+// new disk space.
+func (l *Log) Room() int64 {
+	segSize := l.opts.SegmentSize
+	l.segMu.RLock()
+	defer l.segMu.RUnlock()
+	active := l.segMu.segs[len(l.segMu.segs)-1]
+	room := max(0, active.base+segSize-l.written.Load())
+	if n := l.segMu.next; n != nil && n.base == active.base+segSize {
+		room += segSize
+	}
+	return room
+}
+
 // EngineName is the I/O backend in use.
 func (l *Log) EngineName() string { return l.eng.Name() }
 

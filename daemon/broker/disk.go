@@ -17,12 +17,16 @@ import (
 // DiskOptions set the free-space watermark of the data directory's file
 // system.
 type DiskOptions struct {
-	// Reserve: while the file system has less free space than this, sends
-	// are refused with DISK_FULL (retryable); fetches, consumer groups,
-	// commits and topic changes go on in the room kept. Default: a segment
-	// and an eighth, so that the log can still roll for its control records
-	// and the indexes can grow.
+	// Reserve: while the file system's free space plus the unused room of
+	// the log's preallocated segments is below this, sends are refused with
+	// DISK_FULL (retryable); fetches, consumer groups, commits and topic
+	// changes go on in the room kept. Default: a segment and an eighth, so
+	// that the log can still roll for its control records.
 	Reserve int64
+	// MinFree: sends are also refused while the free space alone is below
+	// this, which the indexes grow into (default: a sixteenth of a
+	// segment, at least 1 MiB, at most Reserve).
+	MinFree int64
 	// Every is how often free space is measured (default 1s).
 	Every time.Duration
 	// Free reports the bytes free to the broker and the file system's size
@@ -36,6 +40,9 @@ func (o *DiskOptions) ensureDefaults(dir string, segmentSize int64) {
 	o.segment = segmentSize
 	if o.Reserve == 0 {
 		o.Reserve = segmentSize + segmentSize/8
+	}
+	if o.MinFree == 0 {
+		o.MinFree = min(max(1<<20, segmentSize/16), o.Reserve)
 	}
 	if o.Every == 0 {
 		o.Every = time.Second
@@ -62,6 +69,7 @@ type diskWatch struct {
 	o     DiskOptions
 	full  atomic.Bool
 	free  atomic.Int64
+	room  atomic.Int64 // the log's preallocated room (Log.Room)
 	total atomic.Int64
 	kick  chan struct{}
 
@@ -85,16 +93,21 @@ func (d *diskWatch) refusal() *wire.Error {
 	if !d.full.Load() {
 		return nil
 	}
+	free, room := d.free.Load(), d.room.Load()
 	d.mu.Lock()
-	need := max(d.o.Reserve, d.floor)
+	floor := d.floor
 	d.mu.Unlock()
-	why := "reserved (disk_reserve)"
-	if need > d.o.Reserve {
-		why = "needed since a write found no room"
+	var why string
+	switch {
+	case free < floor:
+		why = fmt.Sprintf("%d bytes free on the data file system, below the %d needed since a write found no room", free, floor)
+	case free < d.o.MinFree:
+		why = fmt.Sprintf("%d bytes free on the data file system, below the %d the indexes need", free, d.o.MinFree)
+	default:
+		why = fmt.Sprintf("%d bytes free on the data file system and %d left in the log's preallocated segments, below the %d reserved (disk_reserve)",
+			free, room, d.o.Reserve)
 	}
-	return &wire.Error{Code: wire.CodeDiskFull, Message: fmt.Sprintf(
-		"disk full: %d bytes free on the data file system, below the %d %s; sends resume by themselves once there is room",
-		d.free.Load(), need, why)}
+	return &wire.Error{Code: wire.CodeDiskFull, Message: "disk full: " + why + "; sends resume by themselves once there is room"}
 }
 
 // noSpace records that a write found no room (the log's ENOSPC): sends are
@@ -127,10 +140,12 @@ func (d *diskWatch) measure(b *Broker) {
 		return
 	}
 	d.lastErr = ""
+	room := b.Log().Room()
 	d.free.Store(free)
+	d.room.Store(room)
 	d.total.Store(total)
 	now := time.Now()
-	full := free < max(d.o.Reserve, d.floor)
+	full := free < d.floor || free < d.o.MinFree || free+room < d.o.Reserve
 	if !full {
 		d.floor = 0
 	}
@@ -138,7 +153,7 @@ func (d *diskWatch) measure(b *Broker) {
 	case full && (!was || d.since.IsZero()):
 		d.since, d.loggedAt = now, now
 		b.logger.Warn("disk full: sends are refused with DISK_FULL until the data file system has room again; reads, consumer groups and commits go on",
-			"free_bytes", free, "reserve_bytes", d.o.Reserve, "total_bytes", total)
+			"free_bytes", free, "log_room_bytes", room, "reserve_bytes", d.o.Reserve, "total_bytes", total)
 	case full && now.Sub(d.loggedAt) >= time.Minute:
 		d.loggedAt = now
 		b.logger.Warn("disk still full: sends are refused with DISK_FULL",

@@ -10,18 +10,20 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Below the reserve, sends are refused with DISK_FULL naming the free and
-// reserved bytes, while commits (control records) go on; above it, sends
-// resume with no restart. The default reserve is a segment and an eighth.
+// Below the reserve (free space plus the log's preallocated room), or below
+// the indexes' minimum of free space, sends are refused with DISK_FULL
+// naming the numbers, while commits (control records) go on; with room
+// again, sends resume with no restart.
 func TestDiskReserveRefusesSendsOnly(t *testing.T) {
 	o := testOpts(t.TempDir())
 	var free atomic.Int64
 	free.Store(100 << 20)
 	o.Disk.Free = func() (int64, int64, error) { return free.Load(), 1 << 30, nil }
+	o.Disk.Reserve = 64 << 20
 	b := open(t, o)
 	defer b.Close()
-	if want := int64(4<<20 + 4<<20/8); b.disk.o.Reserve != want {
-		t.Fatalf("default reserve %d, want %d", b.disk.o.Reserve, want)
+	if want := int64(1 << 20); b.disk.o.MinFree != want {
+		t.Fatalf("default minimum free %d, want %d (4 MiB segments)", b.disk.o.MinFree, want)
 	}
 	b.CreateTopic("t", 2)
 	send := func() *wire.Error {
@@ -33,22 +35,33 @@ func TestDiskReserveRefusesSendsOnly(t *testing.T) {
 	}
 	gsync(b, "m1")
 
-	free.Store(b.disk.o.Reserve - 1)
-	b.disk.measure(b)
-	werr := send()
-	if werr == nil || werr.Code != wire.CodeDiskFull || !werr.Retryable() ||
-		!strings.Contains(werr.Message, "4718591 bytes free") || !strings.Contains(werr.Message, "4718592 reserved") {
-		t.Fatalf("send below the reserve: %v", werr)
+	room := b.log.Room()
+	if room <= 0 || room > 2*b.log.SegmentSize() {
+		t.Fatalf("log room %d", room)
 	}
-	if werr := b.Commit(&wire.Commit{Group: "g", Member: "m1", Offsets: []wire.OffsetCommit{{QueueRef: wire.QueueRef{Topic: "t", Queue: 0}, Offset: 1}}}); werr != nil {
-		t.Fatalf("commit below the reserve: %v", werr)
-	}
-	st := b.Status()
-	if !st.Disk.Full || len(st.Warnings) == 0 || !strings.Contains(st.Warnings[len(st.Warnings)-1], "disk full") {
-		t.Fatalf("status below the reserve: %+v %q", st.Disk, st.Warnings)
+	for _, c := range []struct {
+		free int64
+		want string
+	}{
+		{b.disk.o.Reserve - room - 1, fmt.Sprintf("bytes free on the data file system and %d left in the log's preallocated segments, below the %d reserved", room, b.disk.o.Reserve)},
+		{b.disk.o.MinFree - 1, fmt.Sprintf("%d bytes free on the data file system, below the %d the indexes need", b.disk.o.MinFree-1, b.disk.o.MinFree)},
+	} {
+		free.Store(c.free)
+		b.disk.measure(b)
+		werr := send()
+		if werr == nil || werr.Code != wire.CodeDiskFull || !werr.Retryable() || !strings.Contains(werr.Message, c.want) {
+			t.Fatalf("send with %d free: %v, want DISK_FULL with %q", c.free, werr, c.want)
+		}
+		if werr := b.Commit(&wire.Commit{Group: "g", Member: "m1", Offsets: []wire.OffsetCommit{{QueueRef: wire.QueueRef{Topic: "t", Queue: 0}, Offset: 1}}}); werr != nil {
+			t.Fatalf("commit with %d free: %v", c.free, werr)
+		}
+		st := b.Status()
+		if !st.Disk.Full || st.Disk.LogRoomBytes > room || st.Disk.LogRoomBytes == 0 || len(st.Warnings) == 0 || !strings.Contains(st.Warnings[len(st.Warnings)-1], "disk full") {
+			t.Fatalf("status with %d free: %+v %q", c.free, st.Disk, st.Warnings)
+		}
 	}
 
-	free.Store(b.disk.o.Reserve)
+	free.Store(b.disk.o.Reserve - b.log.Room()) // with the room that is left
 	b.disk.measure(b)
 	if werr := send(); werr != nil {
 		t.Fatalf("send once there is room: %v", werr)

@@ -62,7 +62,7 @@ func (b *Broker) Status() wire.Status {
 	if err := b.st.Index.CheckpointErr(); err != nil {
 		s.Warnings = append(s.Warnings, err.Error())
 	}
-	s.Disk = wire.Disk{FreeBytes: b.disk.free.Load(), TotalBytes: b.disk.total.Load(), ReserveBytes: b.disk.o.Reserve, Full: b.disk.full.Load()}
+	s.Disk = wire.Disk{FreeBytes: b.disk.free.Load(), LogRoomBytes: b.disk.room.Load(), TotalBytes: b.disk.total.Load(), ReserveBytes: b.disk.o.Reserve, Full: b.disk.full.Load()}
 	if werr := b.disk.refusal(); werr != nil {
 		s.Warnings = append(s.Warnings, werr.Message)
 	}

@@ -50,7 +50,7 @@ type Config struct {
 	SegmentSize   int64    `toml:"segment_size" help:"bytes per log segment (fixed once the log exists)"`
 	RetentionAge  Duration `toml:"retention_age" help:"delete log segments older than this (0: keep)"`
 	RetentionSize int64    `toml:"retention_bytes" help:"delete the oldest segments while the log is larger (0: no limit)"`
-	DiskReserve   int64    `toml:"disk_reserve" help:"refuse sends (DISK_FULL, retryable) while the data file system has fewer free bytes than this; reads, commits and topic changes go on (0: a segment and an eighth)"`
+	DiskReserve   int64    `toml:"disk_reserve" help:"refuse sends (DISK_FULL, retryable) while the data file system's free bytes plus the unused room of the log's preallocated segments are fewer than this; reads, commits and topic changes go on (0: a segment and an eighth)"`
 
 	AutoCreateTopics bool `toml:"auto_create_topics" help:"create a topic on its first send"`
 	DefaultQueues    int  `toml:"default_queues" help:"queues of an auto-created topic"`

@@ -19,10 +19,12 @@ type Status struct {
 	Connections *Connections  `json:"connections,omitempty"`
 }
 
-// Disk is the data file system's free space against the broker's reserve:
-// below it (full) sends are refused with DISK_FULL.
+// Disk is the data file system's free space, with the unused room of the
+// log's preallocated segments, against the broker's reserve: below it
+// (full) sends are refused with DISK_FULL.
 type Disk struct {
 	FreeBytes    int64 `json:"free_bytes"`
+	LogRoomBytes int64 `json:"log_room_bytes"` // unused in the log's preallocated segments
 	TotalBytes   int64 `json:"total_bytes"`
 	ReserveBytes int64 `json:"reserve_bytes"`
 	Full         bool  `json:"full"`
