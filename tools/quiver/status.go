@@ -53,7 +53,8 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 	kv.row("not durable", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotDurable, ms(l.NotDurableMs)))
 	kv.row("not visible", fmt.Sprintf("%d bytes, oldest %v", l.WrittenNotVisible, ms(l.NotVisibleMs)))
 	kv.row("send queue", fmt.Sprintf("depth %d  busy %d  max wait %v", st.SendQueue.Depth, st.SendQueue.BusyTotal, ms(st.SendQueue.MaxWaitMs)))
-	disk := fmt.Sprintf("%s free of %s, sends refused below %s", mib(st.Disk.FreeBytes), mib(st.Disk.TotalBytes), mib(st.Disk.ReserveBytes))
+	disk := fmt.Sprintf("%s free of %s (+%s preallocated for the log), sends refused below %s",
+		mib(st.Disk.FreeBytes), mib(st.Disk.TotalBytes), mib(st.Disk.LogRoomBytes), mib(st.Disk.ReserveBytes))
 	if st.Disk.Full {
 		disk = "FULL: " + disk
 	}
