@@ -188,8 +188,14 @@ func TestFollowerBehindIsNotInSync(t *testing.T) {
 	if !sawBehind {
 		t.Fatal("never saw the follower behind: the test proves nothing")
 	}
-	if l.InSync() != 1 {
-		t.Fatalf("caught up, yet %d followers in sync", l.InSync())
+	// The ack that catches it up and the set's change are two steps of the
+	// role's goroutine: the status may show the first before the second.
+	deadline := time.Now().Add(5 * time.Second)
+	for l.InSync() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("caught up 5 s ago, yet %d followers in sync", l.InSync())
+		}
+		time.Sleep(time.Millisecond) // polling the leader's state
 	}
 }
 
