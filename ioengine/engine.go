@@ -2,6 +2,9 @@ package ioengine
 
 import (
 	"errors"
+	"os"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
 // Alignment is the unit of direct I/O: buffer addresses, lengths and file
@@ -49,7 +52,16 @@ type Engine interface {
 	// Close releases the engine (the ring). Files stay usable for reads
 	// until they are closed themselves.
 	Close() error
+	// Remove removes the file at path; SyncDir makes the names created and
+	// removed in dir durable. (Through the engine so that a crash test can
+	// lose a name the way a power cut does: see Faulty.PowerCut.)
+	Remove(path string) error
+	SyncDir(dir string) error
 }
+
+// removeFile and syncDir are the backends' Remove and SyncDir.
+func removeFile(path string) error { return os.Remove(path) }
+func syncDir(dir string) error     { return fsutil.SyncDir(dir) }
 
 // File is one open file. ReadAt and Size may be called from any goroutine;
 // writes, Allocate, Truncate and Sync only by the engine's owner.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -54,6 +55,10 @@ type Faulty struct {
 	// unsynced holds, per file, the writes since its last sync, with the
 	// bytes they replaced, once Crashable is called (see PowerCut).
 	unsynced map[string][]pendingWrite
+	// created and removed: names made or removed since their directory's
+	// last SyncDir (removed keeps the file's content), once Crashable.
+	created map[string]bool
+	removed map[string][]byte
 }
 
 // pendingWrite is a write not yet synced: what it wrote at off, and what
@@ -71,19 +76,23 @@ func (f *Faulty) Crashable() {
 	defer f.mu.Unlock()
 	if f.unsynced == nil {
 		f.unsynced = map[string][]pendingWrite{}
+		f.created, f.removed = map[string]bool{}, map[string][]byte{}
 	}
 }
 
 // PowerCutStats says what a power cut did to the writes not yet synced.
 type PowerCutStats struct {
 	Kept, Dropped, Torn int
+	NamesLost           int // creations and removals undone
 }
 
 // PowerCut simulates a power failure, like Crash but harsher: every write
 // since its file's last sync is kept, dropped or torn at a random sector
 // boundary (each independently, so a later write may survive an earlier
-// one, as a disk's cache may reorder them); synced data survives. Every
-// later operation fails with ErrInjected. Needs Crashable.
+// one, as a disk's cache may reorder them); synced data survives. A name
+// created or removed since its directory's last SyncDir is lost or kept
+// (a removed file comes back whole). Every later operation fails with
+// ErrInjected. Needs Crashable.
 func (f *Faulty) PowerCut(rng *rand.Rand) (PowerCutStats, error) {
 	f.crashed.Store(true)
 	f.mu.Lock() // waits for a Flush in progress: it happened before the cut
@@ -128,7 +137,70 @@ func (f *Faulty) PowerCut(rng *rand.Rand) (PowerCutStats, error) {
 		}
 	}
 	f.unsynced = map[string][]pendingWrite{}
+	for path := range f.created {
+		if rng.IntN(2) == 0 {
+			st.NamesLost++
+			if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+				return st, err
+			}
+		}
+	}
+	for path, data := range f.removed {
+		if rng.IntN(2) == 0 {
+			st.NamesLost++
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				return st, err
+			}
+		}
+	}
+	f.created, f.removed = map[string]bool{}, map[string][]byte{}
 	return st, nil
+}
+
+// Remove removes the file (its name comes back in a PowerCut before the
+// directory's next SyncDir).
+func (f *Faulty) Remove(path string) error {
+	if f.crashed.Load() {
+		return f.crashErr("remove", path)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.removed != nil {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if f.created[path] {
+			delete(f.created, path) // never durable: nothing to bring back
+		} else {
+			f.removed[path] = data
+		}
+		delete(f.unsynced, path)
+	}
+	return f.inner.Remove(path)
+}
+
+// SyncDir makes the names created and removed in dir durable.
+func (f *Faulty) SyncDir(dir string) error {
+	if f.crashed.Load() {
+		return f.crashErr("sync directory", dir)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.inner.SyncDir(dir); err != nil {
+		return err
+	}
+	for path := range f.created {
+		if filepath.Dir(path) == dir {
+			delete(f.created, path)
+		}
+	}
+	for path := range f.removed {
+		if filepath.Dir(path) == dir {
+			delete(f.removed, path)
+		}
+	}
+	return nil
 }
 
 // remember records a write about to be made, with the bytes it replaces.
@@ -265,9 +337,15 @@ func (f *Faulty) Open(path string) (File, error) {
 	if f.crashed.Load() {
 		return nil, f.crashErr("open", path)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, serr := os.Stat(path)
 	in, err := f.inner.Open(path)
 	if err != nil {
 		return nil, err
+	}
+	if f.created != nil && os.IsNotExist(serr) {
+		f.created[path] = true
 	}
 	return &faultyFile{inner: in, f: f}, nil
 }

@@ -78,6 +78,9 @@ func (e *portableEngine) clearSyncs() {
 }
 
 // Close marks the engine closed; files it opened stay usable until closed.
+func (e *portableEngine) Remove(path string) error { return removeFile(path) }
+func (e *portableEngine) SyncDir(dir string) error { return syncDir(dir) }
+
 func (e *portableEngine) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

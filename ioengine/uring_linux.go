@@ -365,6 +365,9 @@ func (e *uringEngine) recheckSyncs() {
 }
 
 // Close releases the ring. Files opened by the engine stay usable.
+func (e *uringEngine) Remove(path string) error { return removeFile(path) }
+func (e *uringEngine) SyncDir(dir string) error { return syncDir(dir) }
+
 func (e *uringEngine) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -133,5 +133,3 @@ func readCheckpoint(dir string) (checkpoint, bool, error) {
 	}
 	return cp, true, nil
 }
-
-func syncDir(dir string) error { return fsutil.SyncDir(dir) }

@@ -724,17 +724,17 @@ func (l *Log) createSegment(base int64) (*segment, error) {
 		// No room (ENOSPC): remove the file, so that no short segment is
 		// left for recovery to find.
 		f.Close()
-		if !existed && os.Remove(name) == nil {
-			syncDir(l.opts.Dir)
+		if !existed && l.eng.Remove(name) == nil {
+			l.eng.SyncDir(l.opts.Dir)
 		}
 		return nil, fmt.Errorf("log: preallocate %s: %w", name, err)
 	}
 	// The new name must survive a crash along with the data written to it.
-	if err := syncDir(l.opts.Dir); err != nil {
+	if err := l.eng.SyncDir(l.opts.Dir); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("log: sync dir: %w", err)
 	}
-	s := &segment{base: base, file: f}
+	s := &segment{base: base, file: f, eng: l.eng}
 	s.refs.Store(1)
 	return s, nil
 }

@@ -62,7 +62,7 @@ func (l *Log) recover() error {
 		if err != nil {
 			return fmt.Errorf("log: open segment: %w", err)
 		}
-		s := &segment{base: b, file: f}
+		s := &segment{base: b, file: f, eng: l.eng}
 		s.refs.Store(1)
 		l.segMu.segs = append(l.segMu.segs, s)
 	}
@@ -404,7 +404,7 @@ func (l *Log) clearAfter(seg *segment, end int64) error {
 	if err := seg.file.Sync(); err != nil {
 		return fmt.Errorf("log: sync %s: %w", seg.file.Name(), err)
 	}
-	return syncDir(l.opts.Dir)
+	return l.eng.SyncDir(l.opts.Dir)
 }
 
 func (l *Log) writeZeros(seg *segment, from, n int64) error {

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 
-	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/ioengine"
 )
 
@@ -21,7 +20,8 @@ const segmentExt = ".seg"
 type segment struct {
 	base    int64
 	file    ioengine.File
-	refs    atomic.Int64 // 1 for the log's own reference
+	eng     ioengine.Engine // removes it
+	refs    atomic.Int64    // 1 for the log's own reference
 	deleted atomic.Bool
 }
 
@@ -34,11 +34,11 @@ func (s *segment) acquire() { s.refs.Add(1) }
 func (s *segment) release() {
 	if s.refs.Add(-1) == 0 {
 		s.file.Close()
-		if s.deleted.Load() && os.Remove(s.file.Name()) == nil {
+		if s.deleted.Load() && s.eng.Remove(s.file.Name()) == nil {
 			// Durable, so that a crash cannot bring back a segment whose
 			// successor's removal it kept (recovery copes, but a gap is
 			// otherwise corruption).
-			fsutil.SyncDir(filepath.Dir(s.file.Name()))
+			s.eng.SyncDir(filepath.Dir(s.file.Name()))
 		}
 	}
 }
