@@ -339,12 +339,16 @@ func (f *Faulty) Open(path string) (File, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, serr := os.Stat(path)
+	isNew := false
+	if f.created != nil { // Crashable: a new name may be lost (PowerCut)
+		_, serr := os.Stat(path)
+		isNew = os.IsNotExist(serr)
+	}
 	in, err := f.inner.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	if f.created != nil && os.IsNotExist(serr) {
+	if isNew {
 		f.created[path] = true
 	}
 	return &faultyFile{inner: in, f: f}, nil

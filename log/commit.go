@@ -207,7 +207,7 @@ func (l *Log) commit(reqs []*request) {
 	if err := l.layout(reqs, b); err != nil {
 		b.reset()
 		l.free <- b
-		if errors.Is(err, syscall.ENOSPC) {
+		if IsNoSpace(err) {
 			// The roll found no room: nothing of the batch was written
 			// (layout rolls before touching the tail), so refusing it is
 			// clean. Fail-stop is for errors that may have lost data.
@@ -366,7 +366,7 @@ func (l *Log) complete(s *syncState, bs []*batch) {
 					continue
 				}
 				if derr := d.Dispatch(b.infos); derr != nil {
-					if isNoSpace(derr) {
+					if IsNoSpace(derr) {
 						l.stallDispatch(b.infos[0].Pos, derr)
 						break
 					}
@@ -421,7 +421,7 @@ func (l *Log) retryDispatch(end int64) error {
 		l.dispatched.Store(end)
 		l.dispatchedAt.Store(nowNanos())
 		return nil
-	case isNoSpace(err):
+	case IsNoSpace(err):
 		return nil
 	}
 	err = fmt.Errorf("log: dispatch: %w", err)
@@ -429,7 +429,9 @@ func (l *Log) retryDispatch(end int64) error {
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
 
-func isNoSpace(err error) bool { return errors.Is(err, syscall.ENOSPC) }
+// IsNoSpace reports whether err is a write that found no room (ENOSPC,
+// ErrNoSpace included): not a failure of the disk.
+func IsNoSpace(err error) bool { return errors.Is(err, ErrNoSpace) || errors.Is(err, syscall.ENOSPC) }
 
 // syncSegments makes every completed batch durable.
 func (l *Log) syncSegments(s *syncState) {

@@ -187,9 +187,6 @@ func (l *Log) findEnd(from, trusted int64) (end int64, dirty bool, err error) {
 func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 	segs := l.segMu.segs
 	seg := segs[i]
-	// The syncer may have had maxUnsynced commits written and not synced
-	// when the process died; their pages can land in any order.
-	window := maxUnsynced*int64(l.opts.MaxBatchBytes) + 2*ioengine.Alignment
 	refuse := func(why string) (int64, bool, error) {
 		what := "unexpected end of data"
 		if bad != nil {
@@ -213,29 +210,10 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 				l.logger.Warn("log: async mode: truncating at the first bad record after the checkpoint; what follows was not synced, or is lost",
 					"file", seg.file.Name(), "offset", pos-seg.base, "pos", pos, "later_segments", later, "reason", bad)
 			}
-		} else if later := len(segs) - 1 - i; later > 1 {
-			return refuse(fmt.Sprintf("%d segments follow it", later))
-		}
-		far, err := l.hasData(seg, pos+window)
-		if err != nil {
+		} else if why, err := l.beyondTornTail(i, pos); err != nil {
 			return 0, false, err
-		}
-		far = far && !l.unbounded
-		if !far && !l.unbounded && i+1 < len(segs) {
-			far, err = l.hasData(segs[i+1], segs[i+1].base+window)
-			if err != nil {
-				return 0, false, err
-			}
-		}
-		if far {
-			return refuse(fmt.Sprintf("data lies more than %d group commits beyond it", maxUnsynced))
-		}
-		if l.unbounded {
-			// no bound on the commits after it
-		} else if n, err := l.commitsAfter(i, pos, window); err != nil {
-			return 0, false, err
-		} else if n > maxUnsynced-1 {
-			return refuse(fmt.Sprintf("valid records of %d later group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced))
+		} else if why != "" {
+			return refuse(why)
 		}
 	}
 	dirty := bad != nil
@@ -258,6 +236,38 @@ func (l *Log) endAt(i int, pos, trusted int64, bad error) (int64, bool, error) {
 		dirty = d
 	}
 	return pos, dirty, nil
+}
+
+// beyondTornTail says why damage at pos in segment i cannot be the torn
+// tail of a log whose commits were all synced before the next two ("" if
+// it can be): what lies after it reaches past the commits that may have
+// been written and not synced.
+func (l *Log) beyondTornTail(i int, pos int64) (string, error) {
+	segs := l.segMu.segs
+	if later := len(segs) - 1 - i; later > 1 {
+		return fmt.Sprintf("%d segments follow it", later), nil
+	}
+	// The syncer may have had maxUnsynced commits written and not synced
+	// when the process died; their pages can land in any order.
+	window := maxUnsynced*int64(l.opts.MaxBatchBytes) + 2*ioengine.Alignment
+	far, err := l.hasData(segs[i], pos+window)
+	if err == nil && !far && i+1 < len(segs) {
+		far, err = l.hasData(segs[i+1], segs[i+1].base+window)
+	}
+	if err != nil {
+		return "", err
+	}
+	if far {
+		return fmt.Sprintf("data lies more than %d group commits beyond it", maxUnsynced), nil
+	}
+	n, err := l.commitsAfter(i, pos, window)
+	if err != nil {
+		return "", err
+	}
+	if n > maxUnsynced-1 {
+		return fmt.Sprintf("valid records of %d later group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced), nil
+	}
+	return "", nil
 }
 
 // commitsAfter counts the distinct group commits among the valid records
@@ -434,7 +444,7 @@ func (l *Log) resumeDispatcher(end int64) error {
 		from = end
 	}
 	err := l.redispatch(from, end)
-	if isNoSpace(err) {
+	if IsNoSpace(err) {
 		// Not a failure: the records are in the log; they are indexed once
 		// the disk has room (see retryDispatch). Reads serve what is.
 		l.logger.Warn("no room to index the recovered log: its newest records become visible once the disk has room", "from", from, "to", end, "err", err)

@@ -336,6 +336,22 @@ func sortTopics(ts []wire.TopicInfo) {
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
 }
 
+// every runs f every d, and at once whenever kick fires (a nil kick never
+// does), until stop is closed.
+func every(stop <-chan struct{}, d time.Duration, kick <-chan struct{}, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		case <-kick:
+		}
+		f()
+	}
+}
+
 // storageErr maps a write's error to the wire; a write that found no room
 // makes the disk watch refuse sends at once.
 func (b *Broker) storageErr(err error) *wire.Error {
@@ -357,7 +373,7 @@ func storageError(err error) *wire.Error {
 		return &wire.Error{Code: wire.CodeNotEnoughReplicas, Message: err.Error()}
 	case errors.As(err, &be):
 		return &wire.Error{Code: wire.CodeBusy, Message: "broker busy: " + strings.TrimPrefix(be.Error(), "log: busy: ")}
-	case isNoSpace(err):
+	case qlog.IsNoSpace(err):
 		return &wire.Error{Code: wire.CodeDiskFull, Message: "disk full: " + err.Error()}
 	case errors.Is(err, qlog.ErrClosed):
 		return &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}

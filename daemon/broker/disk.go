@@ -1,16 +1,13 @@
 package broker
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -112,13 +109,17 @@ func (d *diskWatch) refusal() *wire.Error {
 
 // noSpace records that a write found no room (the log's ENOSPC): sends are
 // refused at once, and free space is measured again.
+// Every request of a refused batch reports it: the floor is taken once
+// (until the disk has room again), with one statfs.
 func (d *diskWatch) noSpace() {
-	free, _, err := d.o.Free()
 	d.mu.Lock()
-	if err == nil {
+	defer d.mu.Unlock()
+	if d.floor > 0 {
+		return
+	}
+	if free, _, err := d.o.Free(); err == nil {
 		d.floor = free + d.o.segment
 	}
-	d.mu.Unlock()
 	d.full.Store(true)
 	select {
 	case d.kick <- struct{}{}:
@@ -169,20 +170,5 @@ func (d *diskWatch) measure(b *Broker) {
 // watch measures free space every Every, and at once when kicked, until
 // stop is closed.
 func (d *diskWatch) watch(b *Broker, stop <-chan struct{}) {
-	t := time.NewTicker(d.o.Every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		case <-d.kick:
-		}
-		d.measure(b)
-	}
-}
-
-// isNoSpace reports whether err is a write that found no room.
-func isNoSpace(err error) bool {
-	return errors.Is(err, qlog.ErrNoSpace) || errors.Is(err, syscall.ENOSPC)
+	every(stop, d.o.Every, d.kick, func() { d.measure(b) })
 }

@@ -61,18 +61,11 @@ func newCoordinator(b *Broker) *coordinator {
 
 // watchStalls notes that the process runs until stop is closed.
 func (c *coordinator) watchStalls(stop <-chan struct{}) {
-	t := time.NewTicker(stallTick)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			c.mu.Lock()
-			c.noteRunning(time.Now())
-			c.mu.Unlock()
-		}
-	}
+	every(stop, stallTick, nil, func() {
+		c.mu.Lock()
+		c.noteRunning(time.Now())
+		c.mu.Unlock()
+	})
 }
 
 // noteRunning records that the process runs at real time now. After a
