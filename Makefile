@@ -42,7 +42,8 @@ run: build
 	BIN=$(BIN) ./tools/demo.sh
 
 # Long crash soak: many SIGKILL rounds per backend, and POWERCUTS simulated
-# power cuts of the log (unsynced writes kept, dropped or torn).
+# power cuts (unsynced writes kept, dropped or torn; unsynced names lost) of
+# the log alone and of the whole store (log, checkpoints, indexes).
 crash:
 	QUIVER_CRASH_ROUNDS=$${ROUNDS:-200} QUIVER_POWERCUT_ROUNDS=$${POWERCUTS:-2000} $(GO) test $(LDFLAGS) -count=1 -timeout 80m \
 		-run 'Crash|PowerCut' -v ./log/ ./index/ ./daemon/...

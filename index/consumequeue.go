@@ -2,7 +2,9 @@ package index
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -10,9 +12,18 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
 const entrySize = 32
+
+// entryBuf is a read buffer of 64 entries. Reads go through an interface
+// (fsutil.File), so a buffer on the stack would escape: they take one
+// from entryBufs instead, and allocate nothing.
+type entryBuf [64 * entrySize]byte
+
+var entryBufs = sync.Pool{New: func() any { return new(entryBuf) }}
 
 // Entry is one consume-queue entry: where the message at a queue offset is.
 type Entry struct {
@@ -47,8 +58,9 @@ type cqueue struct {
 	id    uint32
 	per   uint64 // entries per file
 
+	fs    fsutil.FS
 	mu    sync.RWMutex
-	files map[uint64]*os.File // by first offset
+	files map[uint64]fsutil.File // by first offset
 
 	min, max  atomic.Uint64 // readable offsets are [min, max)
 	lastStore atomic.Int64
@@ -66,8 +78,10 @@ func (q *cqueue) fileName(first uint64) string {
 	return filepath.Join(q.dir, fmt.Sprintf("%020d.cq", first))
 }
 
-// file returns the file holding offset off, opening or creating it.
-func (q *cqueue) file(off uint64, create bool) (*os.File, error) {
+// file returns the file holding offset off, opening or creating it; the
+// directories whose names a creation changed go in dirs (for the next
+// checkpoint to sync).
+func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (fsutil.File, error) {
 	first := off / q.per * q.per
 	q.mu.RLock()
 	f := q.files[first]
@@ -78,13 +92,20 @@ func (q *cqueue) file(off uint64, create bool) (*os.File, error) {
 		}
 		return f, nil
 	}
-	if err := os.MkdirAll(q.dir, 0o755); err != nil {
+	for d := q.dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		dirs[filepath.Dir(d)] = struct{}{} // a directory the next checkpoint syncs
+	}
+	if err := q.fs.MkdirAll(q.dir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(q.fileName(first), os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := q.fs.OpenFile(q.fileName(first), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
+	dirs[q.dir] = struct{}{}
 	q.mu.Lock()
 	q.files[first] = f
 	q.mu.Unlock()
@@ -92,8 +113,11 @@ func (q *cqueue) file(off uint64, create bool) (*os.File, error) {
 }
 
 // readEntry reads the entry at off (which must be below max).
-func (q *cqueue) readEntry(off uint64, b []byte) (Entry, error) {
-	f, err := q.file(off, false)
+func (q *cqueue) readEntry(off uint64) (Entry, error) {
+	bp := entryBufs.Get().(*entryBuf)
+	defer entryBufs.Put(bp)
+	b := bp[:entrySize]
+	f, err := q.file(off, false, nil)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -115,10 +139,10 @@ func (q *cqueue) stage(off uint64, e Entry) {
 
 // flush writes the staged entries and publishes them; it returns the files
 // it wrote, for the next checkpoint's fsync.
-func (q *cqueue) flush(dirty map[*os.File]struct{}) error {
+func (q *cqueue) flush(dirty map[fsutil.File]struct{}, dirs map[string]struct{}) error {
 	b, off := q.buf, q.bufFrom
 	for len(b) > 0 {
-		f, err := q.file(off, true)
+		f, err := q.file(off, true, dirs)
 		if err != nil {
 			return fmt.Errorf("index: %w", err)
 		}
@@ -143,11 +167,16 @@ func (q *cqueue) flush(dirty map[*os.File]struct{}) error {
 // truncateFrom drops entries whose record lies at or after end (the tail of
 // the queue, since positions grow with offsets) and entries that were never
 // completely written (size 0).
-func (q *cqueue) truncateFrom(end int64, dirty map[*os.File]struct{}) error {
-	var b [entrySize]byte
+func (q *cqueue) truncateFrom(end int64, dirty map[fsutil.File]struct{}, dirs map[string]struct{}) error {
 	max := q.max.Load()
 	for max > q.min.Load() {
-		e, err := q.readEntry(max-1, b[:])
+		e, err := q.readEntry(max - 1)
+		if errors.Is(err, io.EOF) || errors.Is(err, ErrNotFound) {
+			// Past the end of a file that is not the last, or a file that
+			// is gone: a power cut took back the entries there (after the
+			// checkpoint, which synced everything before it).
+			e, err = Entry{}, nil
+		}
 		if err != nil {
 			return err
 		}
@@ -167,9 +196,10 @@ func (q *cqueue) truncateFrom(end int64, dirty map[*os.File]struct{}) error {
 		switch {
 		case first >= max && !(first == max/q.per*q.per):
 			f.Close()
-			os.Remove(f.Name())
+			q.fs.Remove(f.Name())
 			delete(q.files, first)
 			delete(dirty, f)
+			dirs[q.dir] = struct{}{}
 		case first == max/q.per*q.per:
 			if err := f.Truncate(int64(max-first) * entrySize); err != nil {
 				return fmt.Errorf("index: truncate %s: %w", f.Name(), err)
@@ -177,7 +207,7 @@ func (q *cqueue) truncateFrom(end int64, dirty map[*os.File]struct{}) error {
 		}
 	}
 	if max > q.min.Load() {
-		e, err := q.readEntryLocked(max-1, b[:])
+		e, err := q.readEntryLocked(max - 1)
 		if err == nil {
 			q.lastStore.Store(e.StoreTime)
 		}
@@ -185,7 +215,10 @@ func (q *cqueue) truncateFrom(end int64, dirty map[*os.File]struct{}) error {
 	return nil
 }
 
-func (q *cqueue) readEntryLocked(off uint64, b []byte) (Entry, error) {
+func (q *cqueue) readEntryLocked(off uint64) (Entry, error) {
+	bp := entryBufs.Get().(*entryBuf)
+	defer entryBufs.Put(bp)
+	b := bp[:entrySize]
 	f := q.files[off/q.per*q.per]
 	if f == nil {
 		return Entry{}, ErrNotFound
@@ -197,9 +230,9 @@ func (q *cqueue) readEntryLocked(off uint64, b []byte) (Entry, error) {
 }
 
 // load opens an existing queue directory.
-func loadQueue(dir, topic string, id uint32, per uint64) (*cqueue, error) {
-	q := &cqueue{dir: dir, topic: topic, id: id, per: per, files: map[uint64]*os.File{}}
-	ents, err := os.ReadDir(dir)
+func loadQueue(fs fsutil.FS, dir, topic string, id uint32, per uint64) (*cqueue, error) {
+	q := &cqueue{dir: dir, topic: topic, id: id, per: per, files: map[uint64]fsutil.File{}, fs: fs}
+	ents, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -217,7 +250,7 @@ func loadQueue(dir, topic string, id uint32, per uint64) (*cqueue, error) {
 	}
 	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
 	for _, first := range firsts {
-		f, err := os.OpenFile(q.fileName(first), os.O_RDWR, 0)
+		f, err := fs.OpenFile(q.fileName(first), os.O_RDWR, 0)
 		if err != nil {
 			q.close()
 			return nil, err
@@ -236,8 +269,7 @@ func loadQueue(dir, topic string, id uint32, per uint64) (*cqueue, error) {
 	q.min.Store(firsts[0])
 	q.max.Store(firsts[len(firsts)-1] + uint64(fi.Size())/entrySize)
 	if max := q.max.Load(); max > firsts[0] {
-		var b [entrySize]byte
-		if e, err := q.readEntry(max-1, b[:]); err == nil {
+		if e, err := q.readEntry(max - 1); err == nil {
 			q.lastStore.Store(e.StoreTime)
 		}
 	}

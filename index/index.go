@@ -48,7 +48,8 @@ type Index struct {
 	// mu serialises the writers: Dispatch (the log's flusher), Truncated,
 	// DropBefore and the bookkeeping part of Checkpoint.
 	mu      sync.Mutex
-	dirty   map[*os.File]struct{}
+	dirty   map[fsutil.File]struct{}
+	dirs    map[string]struct{} // directories whose names changed since the last checkpoint
 	touched []*cqueue
 	pos     int64 // end of the last dispatched record
 	resume  int64 // checkpointed position at open, -1 if none
@@ -75,17 +76,20 @@ func Open(opts Options) (*Index, error) {
 		return nil, err
 	}
 	idx := &Index{opts: opts, logger: opts.Logger.With("component", "index"),
-		dirty: map[*os.File]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		dirty: map[fsutil.File]struct{}{}, dirs: map[string]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1}
+	if err := fsutil.MkdirAll(opts.FS, opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("index: %w", err)
 	}
-	pos, ok := readIndexCheckpoint(filepath.Join(opts.Dir, checkpointName))
+	pos, ok := readIndexCheckpoint(opts.FS, filepath.Join(opts.Dir, checkpointName))
 	if !ok {
 		// Nothing durable to trust: rebuild everything from the log.
 		for _, d := range []string{"cq", "keys"} {
-			if err := os.RemoveAll(filepath.Join(opts.Dir, d)); err != nil {
+			if err := opts.FS.RemoveAll(filepath.Join(opts.Dir, d)); err != nil {
 				return nil, fmt.Errorf("index: %w", err)
 			}
+		}
+		if err := opts.FS.SyncDir(opts.Dir); err != nil {
+			return nil, fmt.Errorf("index: %w", err)
 		}
 	} else {
 		idx.resume = pos
@@ -94,7 +98,7 @@ func Open(opts Options) (*Index, error) {
 		idx.closeFiles()
 		return nil, err
 	}
-	keys, err := openKeyIndex(filepath.Join(opts.Dir, "keys"), opts.KeySlots, opts.KeyEntries, opts.Reader)
+	keys, err := openKeyIndex(opts.FS, filepath.Join(opts.Dir, "keys"), opts.KeySlots, opts.KeyEntries, opts.Reader)
 	if err != nil {
 		idx.closeFiles()
 		return nil, fmt.Errorf("index: %w", err)
@@ -113,7 +117,7 @@ func Open(opts Options) (*Index, error) {
 
 func (idx *Index) loadQueues() error {
 	root := filepath.Join(idx.opts.Dir, "cq")
-	topics, err := os.ReadDir(root)
+	topics, err := idx.opts.FS.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -125,7 +129,7 @@ func (idx *Index) loadQueues() error {
 		if _, err := fmt.Sscanf(t.Name(), "%x", &topic); err != nil {
 			return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, filepath.Join(root, t.Name()))
 		}
-		qs, err := os.ReadDir(filepath.Join(root, t.Name()))
+		qs, err := idx.opts.FS.ReadDir(filepath.Join(root, t.Name()))
 		if err != nil {
 			return fmt.Errorf("index: %w", err)
 		}
@@ -134,7 +138,7 @@ func (idx *Index) loadQueues() error {
 			if err != nil {
 				return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, qd.Name())
 			}
-			q, err := loadQueue(filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
+			q, err := loadQueue(idx.opts.FS, filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
 			if err != nil {
 				return fmt.Errorf("index: %w", err)
 			}
@@ -194,11 +198,13 @@ func (idx *Index) truncateFrom(end int64) error {
 	defer idx.mu.Unlock()
 	qs := idx.allQueues()
 	for _, q := range qs {
-		if err := q.truncateFrom(end, idx.dirty); err != nil {
+		if err := q.truncateFrom(end, idx.dirty, idx.dirs); err != nil {
 			return err
 		}
 	}
-	idx.keys.truncateFrom(end)
+	if err := idx.keys.truncateFrom(end); err != nil {
+		return err
+	}
 	if idx.pos > end {
 		idx.pos = end
 	}
@@ -217,6 +223,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 	touched := idx.touched[:0]
 	defer func() {
 		if err != nil {
+			idx.keys.dropStaged()
 			// Nothing staged survives a failed call: the log dispatches
 			// the same records again (after an ENOSPC, once there is
 			// room), and they must find each queue as it was published.
@@ -226,14 +233,13 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 			idx.touched = touched[:0]
 		}
 	}()
-	var scratch [entrySize]byte
 	for i := range recs {
 		ri := &recs[i]
 		q := idx.queueBytes(ri.Topic, ri.QueueID)
 		if q == nil {
 			topic := string(ri.Topic)
 			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
-				per: uint64(idx.opts.EntriesPerFile), files: map[uint64]*os.File{}}
+				per: uint64(idx.opts.EntriesPerFile), files: map[uint64]fsutil.File{}, fs: idx.opts.FS}
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
 			idx.addQueue(q)
@@ -246,7 +252,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 			if ri.QueueOffset < q.min.Load() || ri.QueueOffset >= q.max.Load() {
 				return fmt.Errorf("%w: %s/%d offset %d overlaps staged entries", ErrCorrupt, ri.Topic, ri.QueueID, ri.QueueOffset)
 			}
-			e, err := q.readEntry(ri.QueueOffset, scratch[:])
+			e, err := q.readEntry(ri.QueueOffset)
 			if err != nil {
 				return err
 			}
@@ -270,16 +276,14 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 			q.stage(ri.QueueOffset+uint64(inner), Entry{Pos: ri.Pos, Size: ri.Size, Inner: inner, StoreTime: ri.StoreTime, TagHash: th})
 		}
 		if len(ri.Key) > 0 {
-			idx.keys.mu.Lock()
-			err := idx.keys.addLocked(ri)
-			idx.keys.mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("index: key index: %w", err)
-			}
+			idx.keys.stage(ri)
 		}
 	}
+	if err := idx.keys.flush(); err != nil {
+		return err
+	}
 	for _, q := range touched {
-		if err := q.flush(idx.dirty); err != nil {
+		if err := q.flush(idx.dirty, idx.dirs); err != nil {
 			return err
 		}
 	}
@@ -310,8 +314,7 @@ func (idx *Index) Lookup(topic string, queue uint32, offset uint64) (Entry, erro
 	if min, max := q.min.Load(), q.max.Load(); offset < min || offset >= max {
 		return Entry{}, fmt.Errorf("%w: %s/%d offset %d outside [%d, %d)", ErrNotFound, topic, queue, offset, min, max)
 	}
-	var b [entrySize]byte
-	return q.readEntry(offset, b[:])
+	return q.readEntry(offset)
 }
 
 // Read appends the entries from offset from on to dst, up to its capacity.
@@ -326,10 +329,12 @@ func (idx *Index) Read(topic string, queue uint32, from uint64, dst []Entry) ([]
 	}
 	// One read per consume-queue file, not one per entry: a fetch of a few
 	// hundred messages costs a few system calls.
-	var b [64 * entrySize]byte
+	bp := entryBufs.Get().(*entryBuf)
+	defer entryBufs.Put(bp)
+	b := bp[:]
 	for off := from; off < hi && len(dst) < cap(dst); {
 		n := min(hi-off, uint64(cap(dst)-len(dst)), uint64(len(b)/entrySize), q.per-off%q.per)
-		f, err := q.file(off, false)
+		f, err := q.file(off, false, nil)
 		if err != nil {
 			return dst, err
 		}
@@ -382,10 +387,9 @@ func (idx *Index) LookupTime(topic string, queue uint32, t int64) (uint64, error
 		return 0, fmt.Errorf("%w: no queue %s/%d", ErrNotFound, topic, queue)
 	}
 	min, max := q.min.Load(), q.max.Load()
-	var b [entrySize]byte
 	var err error
 	i := sort.Search(int(max-min), func(i int) bool {
-		e, rerr := q.readEntry(min+uint64(i), b[:])
+		e, rerr := q.readEntry(min + uint64(i))
 		if rerr != nil {
 			err = rerr
 			return true
@@ -409,11 +413,10 @@ func (idx *Index) DropBefore(pos int64) {
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
 	qs := idx.allQueues()
-	var b [entrySize]byte
 	for _, q := range qs {
 		min, max := q.min.Load(), q.max.Load()
 		n := sort.Search(int(max-min), func(i int) bool {
-			e, err := q.readEntry(min+uint64(i), b[:])
+			e, err := q.readEntry(min + uint64(i))
 			return err != nil || e.Pos >= pos
 		})
 		newMin := min + uint64(n)
@@ -422,9 +425,10 @@ func (idx *Index) DropBefore(pos int64) {
 		for first, f := range q.files {
 			if first+q.per <= newMin {
 				f.Close()
-				os.Remove(f.Name())
+				idx.opts.FS.Remove(f.Name())
 				delete(q.files, first)
 				delete(idx.dirty, f)
+				idx.dirs[q.dir] = struct{}{}
 			}
 		}
 		q.mu.Unlock()
@@ -440,21 +444,36 @@ func (idx *Index) Checkpoint() error {
 	}
 	idx.mu.Lock()
 	pos := idx.pos
-	files := make([]*os.File, 0, len(idx.dirty))
+	files := make([]fsutil.File, 0, len(idx.dirty))
 	for f := range idx.dirty {
 		files = append(files, f)
 		delete(idx.dirty, f)
 	}
+	dirs := make([]string, 0, len(idx.dirs))
+	for d := range idx.dirs {
+		dirs = append(dirs, d)
+		delete(idx.dirs, d)
+	}
 	idx.mu.Unlock()
 	for _, f := range files {
-		if err := idx.opts.Sync(f); err != nil && !errors.Is(err, os.ErrClosed) {
+		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
 			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f.Name(), err))
 		}
 	}
+	// The names of new queue files and directories, and of removed ones.
+	for _, d := range dirs {
+		if err := idx.opts.FS.SyncDir(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return idx.syncFailed(fmt.Errorf("index: sync directory %s: %w", d, err))
+		}
+	}
 	if err := idx.keys.sync(); err != nil {
+		var fe *fsyncError
+		if !errors.As(err, &fe) {
+			return err // a write failed (a full disk): the next checkpoint tries again
+		}
 		return idx.syncFailed(err)
 	}
-	return writeIndexCheckpoint(idx.opts.Dir, pos)
+	return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
 }
 
 // syncFailed stops checkpoints for good (see failed) and returns err.
@@ -500,8 +519,8 @@ func (idx *Index) closeFiles() {
 // checkpoint file: "QIX1" | pos i64 | crc32c u32
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-func readIndexCheckpoint(path string) (int64, bool) {
-	b, err := os.ReadFile(path)
+func readIndexCheckpoint(fs fsutil.FS, path string) (int64, bool) {
+	b, err := fsutil.ReadFile(fs, path)
 	if err != nil || len(b) != 16 || string(b[:4]) != "QIX1" ||
 		crc32.Checksum(b[:12], crcTable) != binary.LittleEndian.Uint32(b[12:]) {
 		return 0, false
@@ -509,11 +528,11 @@ func readIndexCheckpoint(path string) (int64, bool) {
 	return int64(binary.LittleEndian.Uint64(b[4:])), true
 }
 
-func writeIndexCheckpoint(dir string, pos int64) error {
+func writeIndexCheckpoint(fs fsutil.FS, dir string, pos int64) error {
 	b := append([]byte("QIX1"), make([]byte, 12)...)
 	binary.LittleEndian.PutUint64(b[4:], uint64(pos))
 	binary.LittleEndian.PutUint32(b[12:], crc32.Checksum(b[:12], crcTable))
-	err := fsutil.WriteAtomic(filepath.Join(dir, checkpointName), b, 0o644, nil)
+	err := fsutil.WriteAtomic(fs, filepath.Join(dir, checkpointName), b, 0o644)
 	if err != nil {
 		return fmt.Errorf("index: checkpoint: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/quivermq/quiver/internal/fsutil"
 	"hash/crc32"
 	"io"
 	"log/slog"
@@ -444,18 +445,18 @@ func TestFailedSyncStopsCheckpoints(t *testing.T) {
 	f := newFakeLog()
 	var failing atomic.Bool
 	o := testOpts(dir, f)
-	o.Sync = func(file *os.File) error {
+	o.FS = fsutil.WithSync(fsutil.OS, func(file fsutil.File) error {
 		if failing.Load() {
 			return errors.New("EIO")
 		}
 		return file.Sync()
-	}
+	})
 	idx := mustOpen(t, o)
 	fill(t, idx, f, 20)
 	if err := idx.Checkpoint(); err != nil {
 		t.Fatal(err)
 	}
-	good, _ := readIndexCheckpoint(filepath.Join(dir, checkpointName))
+	good, _ := readIndexCheckpoint(fsutil.OS, filepath.Join(dir, checkpointName))
 	fill(t, idx, f, 20)
 	failing.Store(true)
 	if err := idx.Checkpoint(); err == nil {
@@ -466,7 +467,7 @@ func TestFailedSyncStopsCheckpoints(t *testing.T) {
 	if err := idx.Checkpoint(); err == nil || idx.CheckpointErr() == nil {
 		t.Fatal("a checkpoint after a failed fsync was written")
 	}
-	if pos, _ := readIndexCheckpoint(filepath.Join(dir, checkpointName)); pos != good {
+	if pos, _ := readIndexCheckpoint(fsutil.OS, filepath.Join(dir, checkpointName)); pos != good {
 		t.Fatalf("checkpoint at %d after the failed fsync, want it left at %d", pos, good)
 	}
 	idx.Close()

@@ -3,7 +3,8 @@ package index
 import (
 	"errors"
 	"log/slog"
-	"os"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
 // RecordReader reads record bytes from the log, for verifying key hits.
@@ -24,15 +25,15 @@ type Options struct {
 	// Reader reads records from the log to verify key hits.
 	Reader RecordReader
 	Logger *slog.Logger
-	// Sync makes a queue file durable (default (*os.File).Sync; tests make
-	// it fail).
-	Sync func(*os.File) error
+	// FS is where the files are (default fsutil.OS; crash tests pass a
+	// fsutil.CrashFS, others one whose fsyncs fail).
+	FS fsutil.FS
 }
 
 // EnsureDefaults fills zero fields.
 func (o *Options) EnsureDefaults() *Options {
-	if o.Sync == nil {
-		o.Sync = (*os.File).Sync
+	if o.FS == nil {
+		o.FS = fsutil.OS
 	}
 	if o.EntriesPerFile == 0 {
 		o.EntriesPerFile = 1 << 20

@@ -4,18 +4,17 @@ package ioengine
 
 import (
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/quivermq/quiver/internal/fsutil"
 )
 
-// SectorSize is the unit a torn write keeps: a disk writes whole sectors, so
-// a crash mid-write leaves a prefix of whole 512-byte sectors.
-const SectorSize = 512
+// SectorSize is the unit a torn write keeps (see fsutil.SectorSize).
+const SectorSize = fsutil.SectorSize
 
 // Faulty wraps an Engine, and every File it opens, so that tests can make
 // the disk fail in-process: a failed write, a failed sync, a torn write, or
@@ -52,20 +51,9 @@ type Faulty struct {
 	scratch []WriteOp    // ops rewritten onto the inner files
 	files   []syncTarget // distinct inner files of a synced Flush
 
-	// unsynced holds, per file, the writes since its last sync, with the
-	// bytes they replaced, once Crashable is called (see PowerCut).
-	unsynced map[string][]pendingWrite
-	// created and removed: names made or removed since their directory's
-	// last SyncDir (removed keeps the file's content), once Crashable.
-	created map[string]bool
-	removed map[string][]byte
-}
-
-// pendingWrite is a write not yet synced: what it wrote at off, and what
-// was there before.
-type pendingWrite struct {
-	off      int64
-	old, new []byte
+	// crash, once Crashable or CrashWith is called, remembers every write
+	// not yet synced and every name not yet made durable (see PowerCut).
+	crash *fsutil.CrashFS
 }
 
 // Crashable makes the Faulty remember every write until its file is
@@ -74,90 +62,42 @@ type pendingWrite struct {
 func (f *Faulty) Crashable() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.unsynced == nil {
-		f.unsynced = map[string][]pendingWrite{}
-		f.created, f.removed = map[string]bool{}, map[string][]byte{}
+	if f.crash == nil {
+		f.crash = fsutil.NewCrashFS(fsutil.OS)
 	}
 }
 
-// PowerCutStats says what a power cut did to the writes not yet synced.
-type PowerCutStats struct {
-	Kept, Dropped, Torn int
-	NamesLost           int // creations and removals undone
+// CrashWith is Crashable with c keeping the record, so that the files a
+// test writes through c (checkpoints, indexes) and the engine's segments
+// lose power together, in c.PowerCut or f.PowerCut.
+func (f *Faulty) CrashWith(c *fsutil.CrashFS) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.crash = c
 }
+
+// PowerCutStats says what a power cut did to the writes not yet synced.
+type PowerCutStats = fsutil.CutStats
 
 // PowerCut simulates a power failure, like Crash but harsher: every write
 // since its file's last sync is kept, dropped or torn at a random sector
 // boundary (each independently, so a later write may survive an earlier
-// one, as a disk's cache may reorder them); synced data survives. A name
-// created or removed since its directory's last SyncDir is lost or kept
-// (a removed file comes back whole). Every later operation fails with
-// ErrInjected. Needs Crashable.
+// one, as a disk's cache may reorder them); synced data survives. Of the
+// names created or removed since their directory's last SyncDir, a random
+// prefix (in order) survives and the rest are undone (a removed file
+// comes back whole). Every later operation fails with ErrInjected. Needs
+// Crashable or CrashWith; see fsutil.CrashFS for the model.
 func (f *Faulty) PowerCut(rng *rand.Rand) (PowerCutStats, error) {
 	f.crashed.Store(true)
 	f.mu.Lock() // waits for a Flush in progress: it happened before the cut
 	defer f.mu.Unlock()
-	var st PowerCutStats
-	if f.unsynced == nil {
-		return st, fmt.Errorf("ioengine: PowerCut without Crashable")
+	if f.crash == nil {
+		return PowerCutStats{}, fmt.Errorf("ioengine: PowerCut without Crashable")
 	}
-	for name, ws := range f.unsynced {
-		w, err := os.OpenFile(name, os.O_WRONLY, 0)
-		if err != nil {
-			return st, err
-		}
-		// Back to the last synced state, then the surviving writes in order.
-		for i := len(ws) - 1; i >= 0; i-- {
-			if _, err := w.WriteAt(ws[i].old, ws[i].off); err != nil {
-				w.Close()
-				return st, err
-			}
-		}
-		for _, pw := range ws {
-			keep := 0
-			switch rng.IntN(3) {
-			case 0:
-				keep, st.Kept = len(pw.new), st.Kept+1
-			case 1:
-				st.Dropped++
-			default:
-				keep, st.Torn = rng.IntN(len(pw.new)/SectorSize+1)*SectorSize, st.Torn+1
-			}
-			if _, err := w.WriteAt(pw.new[:keep], pw.off); err != nil {
-				w.Close()
-				return st, err
-			}
-		}
-		err = w.Sync()
-		if cerr := w.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return st, err
-		}
-	}
-	f.unsynced = map[string][]pendingWrite{}
-	for path := range f.created {
-		if rng.IntN(2) == 0 {
-			st.NamesLost++
-			if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
-				return st, err
-			}
-		}
-	}
-	for path, data := range f.removed {
-		if rng.IntN(2) == 0 {
-			st.NamesLost++
-			if err := os.WriteFile(path, data, 0o644); err != nil {
-				return st, err
-			}
-		}
-	}
-	f.created, f.removed = map[string]bool{}, map[string][]byte{}
-	return st, nil
+	return f.crash.PowerCut(rng)
 }
 
-// Remove removes the file (its name comes back in a PowerCut before the
+// Remove removes the file (its name may come back in a PowerCut before the
 // directory's next SyncDir).
 func (f *Faulty) Remove(path string) error {
 	if f.crashed.Load() {
@@ -165,17 +105,8 @@ func (f *Faulty) Remove(path string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.removed != nil {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if f.created[path] {
-			delete(f.created, path) // never durable: nothing to bring back
-		} else {
-			f.removed[path] = data
-		}
-		delete(f.unsynced, path)
+	if f.crash != nil {
+		return f.crash.Remove(path)
 	}
 	return f.inner.Remove(path)
 }
@@ -187,40 +118,18 @@ func (f *Faulty) SyncDir(dir string) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.inner.SyncDir(dir); err != nil {
-		return err
+	if f.crash != nil {
+		return f.crash.SyncDir(dir)
 	}
-	for path := range f.created {
-		if filepath.Dir(path) == dir {
-			delete(f.created, path)
-		}
-	}
-	for path := range f.removed {
-		if filepath.Dir(path) == dir {
-			delete(f.removed, path)
-		}
-	}
-	return nil
+	return f.inner.SyncDir(dir)
 }
 
-// remember records a write about to be made, with the bytes it replaces.
-// (f.mu held)
+// remember records a write about to be made. (f.mu held)
 func (f *Faulty) remember(name string, p []byte, off int64) error {
-	if f.unsynced == nil || len(p) == 0 {
+	if f.crash == nil {
 		return nil
 	}
-	old := make([]byte, len(p))
-	r, err := os.Open(name)
-	if err != nil {
-		return err
-	}
-	_, err = r.ReadAt(old, off) // past the end reads as zeros
-	r.Close()
-	if err != nil && err != io.EOF {
-		return err
-	}
-	f.unsynced[name] = append(f.unsynced[name], pendingWrite{off: off, old: old, new: append([]byte(nil), p...)})
-	return nil
+	return f.crash.TrackWrite(name, p, off)
 }
 
 // rememberOps records a Flush's writes. (f.mu held)
@@ -235,8 +144,8 @@ func (f *Faulty) rememberOps(ops []WriteOp) error {
 
 // synced forgets the writes of a file that was synced. (f.mu held)
 func (f *Faulty) synced(name string) {
-	if f.unsynced != nil {
-		delete(f.unsynced, name)
+	if f.crash != nil {
+		f.crash.TrackSync(name)
 	}
 }
 
@@ -339,17 +248,12 @@ func (f *Faulty) Open(path string) (File, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	isNew := false
-	if f.created != nil { // Crashable: a new name may be lost (PowerCut)
-		_, serr := os.Stat(path)
-		isNew = os.IsNotExist(serr)
+	if f.crash != nil { // a new name may be lost (PowerCut)
+		f.crash.TrackCreate(path)
 	}
 	in, err := f.inner.Open(path)
 	if err != nil {
 		return nil, err
-	}
-	if isNew {
-		f.created[path] = true
 	}
 	return &faultyFile{inner: in, f: f}, nil
 }

@@ -113,14 +113,14 @@ func decodeCheckpoint(b []byte) (checkpoint, error) {
 }
 
 // writeCheckpoint replaces dir's checkpoint atomically and durably.
-func writeCheckpoint(dir string, cp checkpoint) error {
-	return fsutil.WriteAtomic(filepath.Join(dir, checkpointFile), encodeCheckpoint(cp), 0o644, nil)
+func writeCheckpoint(fs fsutil.FS, dir string, cp checkpoint) error {
+	return fsutil.WriteAtomic(fs, filepath.Join(dir, checkpointFile), encodeCheckpoint(cp), 0o644)
 }
 
 // readCheckpoint returns the checkpoint, or ok=false when there is none or it
 // cannot be trusted (then recovery verifies the whole log).
-func readCheckpoint(dir string) (checkpoint, bool, error) {
-	b, err := os.ReadFile(filepath.Join(dir, checkpointFile))
+func readCheckpoint(fs fsutil.FS, dir string) (checkpoint, bool, error) {
+	b, err := fsutil.ReadFile(fs, filepath.Join(dir, checkpointFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return checkpoint{}, false, nil
 	}

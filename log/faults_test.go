@@ -2,6 +2,7 @@ package log
 
 import (
 	"errors"
+	"github.com/quivermq/quiver/internal/fsutil"
 	"os"
 	"sync"
 	"syscall"
@@ -261,7 +262,7 @@ func TestRecoveryFinishesARetentionTheCrashUndid(t *testing.T) {
 
 	// A segment missing after the checkpoint: refused.
 	bases, _ = listSegments(dir)
-	if err := writeCheckpoint(dir, checkpoint{pos: bases[0], queues: map[queueKey]uint64{}}); err != nil {
+	if err := writeCheckpoint(fsutil.OS, dir, checkpoint{pos: bases[0], queues: map[queueKey]uint64{}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(segmentName(dir, bases[1])); err != nil {

@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/ioengine"
 )
 
@@ -140,7 +140,7 @@ func Open(opts Options) (*Log, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+	if err := fsutil.MkdirAll(opts.FS, opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("log: %w", err)
 	}
 	l := &Log{
@@ -435,7 +435,7 @@ func (l *Log) Close() error {
 	l.bg.Wait()
 	err := l.Err()
 	if err == nil {
-		err = writeCheckpoint(l.opts.Dir, l.fl.snapshot(l.durable.Load()))
+		err = writeCheckpoint(l.opts.FS, l.opts.Dir, l.fl.snapshot(l.durable.Load()))
 	}
 	l.closeSegments()
 	if cerr := l.eng.Close(); err == nil {
@@ -471,7 +471,7 @@ func (l *Log) checkpointer() {
 	for {
 		select {
 		case cp := <-l.cps:
-			if err := writeCheckpoint(l.opts.Dir, cp); err != nil {
+			if err := writeCheckpoint(l.opts.FS, l.opts.Dir, cp); err != nil {
 				l.logger.Warn("checkpoint failed", "err", err)
 			}
 		case <-l.stopBg:

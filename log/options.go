@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/ioengine"
 )
 
@@ -43,6 +44,10 @@ type Options struct {
 	Dir string
 	// Engine does the disk I/O. The log owns it from Open on and closes it.
 	Engine ioengine.Engine
+	// FS holds the checkpoint and creates the directory (default
+	// fsutil.OS; crash tests pass a fsutil.CrashFS shared with the
+	// engine's).
+	FS fsutil.FS
 	// SegmentSize is the size of each preallocated segment (default 1 GiB).
 	// It must be a multiple of TailBytes.
 	SegmentSize int64
@@ -99,6 +104,9 @@ type Options struct {
 
 // EnsureDefaults fills zero fields with defaults and returns o.
 func (o *Options) EnsureDefaults() *Options {
+	if o.FS == nil {
+		o.FS = fsutil.OS
+	}
 	if o.SegmentSize == 0 {
 		o.SegmentSize = 1 << 30
 	}

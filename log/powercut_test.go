@@ -5,30 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/quivermq/quiver/internal/crashtest"
 	"github.com/quivermq/quiver/ioengine"
 )
-
-// powerCutRounds is how many random power cuts TestPowerCutLosesNoAck
-// makes: a few in `make test`, QUIVER_POWERCUT_ROUNDS in `make crash`.
-func powerCutRounds(t *testing.T) int {
-	if s := os.Getenv("QUIVER_POWERCUT_ROUNDS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("QUIVER_POWERCUT_ROUNDS=%q", s)
-		}
-		return n
-	}
-	if testing.Short() {
-		return 4
-	}
-	return 12
-}
 
 // The power-cut property. Writers append concurrently (small segments, so
 // commits overlap and roll; sync mode in even rounds, async with a random
@@ -40,7 +23,7 @@ func powerCutRounds(t *testing.T) int {
 // acknowledged record as it was sent, and serve nothing else but whole
 // records that some writer appended.
 func TestPowerCutLosesNoAck(t *testing.T) {
-	rounds := powerCutRounds(t)
+	rounds := crashtest.PowerCuts(t, 12)
 	base := uint64(rand.Int64())
 	var total PowerCutTotals
 	for r := 0; r < rounds; r++ {
@@ -65,10 +48,7 @@ type PowerCutTotals struct {
 func (p *PowerCutTotals) add(q PowerCutTotals) {
 	p.acked += q.acked
 	p.extra += q.extra
-	p.cut.Kept += q.cut.Kept
-	p.cut.Dropped += q.cut.Dropped
-	p.cut.Torn += q.cut.Torn
-	p.cut.NamesLost += q.cut.NamesLost
+	p.cut.Add(q.cut)
 }
 
 func powerCutRound(t *testing.T, seed uint64) PowerCutTotals {

@@ -66,7 +66,7 @@ func (l *Log) recover() error {
 		s.refs.Store(1)
 		l.segMu.segs = append(l.segMu.segs, s)
 	}
-	cp, ok, err := readCheckpoint(dir)
+	cp, ok, err := readCheckpoint(l.opts.FS, dir)
 	if err != nil {
 		l.logger.Warn("checkpoint unreadable; verifying the whole log", "err", err)
 	}
@@ -384,7 +384,7 @@ func (l *Log) finishRecovery(end int64, dirty bool) error {
 	if l.start.Load() < segs[0].base {
 		l.start.Store(segs[0].base)
 	}
-	return writeCheckpoint(l.opts.Dir, l.fl.snapshot(end))
+	return writeCheckpoint(l.opts.FS, l.opts.Dir, l.fl.snapshot(end))
 }
 
 // clearAfter zeroes the segment from end on: the rest of end's page is

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,6 +22,7 @@ import (
 // over; a follower copies its leader's. It is kept in DATA/state/epochs,
 // one line per entry, replaced atomically on every change.
 type Epochs struct {
+	fs   fsutil.FS
 	path string
 	mu   sync.Mutex
 	es   []wire.Epoch
@@ -30,9 +32,9 @@ type Epochs struct {
 var ErrEpochs = errors.New("replica: epoch history")
 
 // OpenEpochs reads the history in dir (empty when there is none).
-func OpenEpochs(dir string) (*Epochs, error) {
-	e := &Epochs{path: filepath.Join(dir, "epochs")}
-	f, err := os.Open(e.path)
+func OpenEpochs(fs fsutil.FS, dir string) (*Epochs, error) {
+	e := &Epochs{fs: fs, path: filepath.Join(dir, "epochs")}
+	f, err := fs.OpenFile(e.path, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return e, nil
 	}
@@ -40,7 +42,7 @@ func OpenEpochs(dir string) (*Epochs, error) {
 		return nil, fmt.Errorf("%w: %v", ErrEpochs, err)
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(io.NewSectionReader(f, 0, 1<<62))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
@@ -183,10 +185,10 @@ func (e *Epochs) saveLocked(es []wire.Epoch) error {
 	for _, ep := range es {
 		fmt.Fprintf(&b, "%d %d %s\n", ep.Epoch, ep.Start, ep.Leader)
 	}
-	if err := os.MkdirAll(filepath.Dir(e.path), 0o755); err != nil {
+	if err := fsutil.MkdirAll(e.fs, filepath.Dir(e.path), 0o755); err != nil {
 		return err
 	}
-	if err := fsutil.WriteAtomic(e.path, []byte(b.String()), 0o644, nil); err != nil {
+	if err := fsutil.WriteAtomic(e.fs, e.path, []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("%w: write %s: %v", ErrEpochs, e.path, err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package replica
 import (
 	"context"
 	"errors"
+	"github.com/quivermq/quiver/internal/fsutil"
 	"io"
 	"log/slog"
 	"sync"
@@ -92,7 +93,7 @@ func testLeader(t *testing.T, backlog int, o LeaderOptions) (*Leader, *qlog.Log)
 			t.Fatal(err)
 		}
 	}
-	ep, err := OpenEpochs(dir)
+	ep, err := OpenEpochs(fsutil.OS, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

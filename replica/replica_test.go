@@ -2,6 +2,7 @@ package replica
 
 import (
 	"errors"
+	"github.com/quivermq/quiver/internal/fsutil"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,7 +18,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // follower that comes back with an older epoch must keep.
 func TestEpochHistory(t *testing.T) {
 	dir := t.TempDir()
-	e, err := OpenEpochs(dir)
+	e, err := OpenEpochs(fsutil.OS, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,7 +30,7 @@ func TestEpochHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e, err = OpenEpochs(dir)
+	e, err = OpenEpochs(fsutil.OS, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestEpochHistory(t *testing.T) {
 		t.Fatalf("epoch 3 after 4: %v", err)
 	}
 	// A follower adopts its leader's history up to its own end.
-	f, _ := OpenEpochs(t.TempDir())
+	f, _ := OpenEpochs(fsutil.OS, t.TempDir())
 	if err := f.Adopt(e.All(), 1200); err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +69,7 @@ func TestEpochHistory(t *testing.T) {
 	}
 	// A damaged file is refused, not silently emptied.
 	os.WriteFile(filepath.Join(dir, "epochs"), []byte("1 0 a\n2 x b\n"), 0o644)
-	if _, err := OpenEpochs(dir); !errors.Is(err, ErrEpochs) {
+	if _, err := OpenEpochs(fsutil.OS, dir); !errors.Is(err, ErrEpochs) {
 		t.Fatalf("damaged history: %v", err)
 	}
 }

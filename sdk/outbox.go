@@ -85,6 +85,9 @@ var outboxCRC = crc32.MakeTable(crc32.Castagnoli)
 // what it tests is recovery's parsing, and fsyncs would slow it a hundredfold.
 var outboxSync = (*os.File).Sync
 
+// outboxFS is the file system of the outbox's checkpoints, with outboxSync.
+var outboxFS = fsutil.WithSync(fsutil.OS, func(f fsutil.File) error { return outboxSync(f.(*os.File)) })
+
 var (
 	// ErrOutboxFull is returned when an entry does not fit in the outbox's
 	// byte limit. Nothing was written: the send is lost unless the caller
@@ -277,7 +280,7 @@ func (o *outbox) writeAcked(off int64) error {
 	b = append(b, outboxAckedMagic...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(off))
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, outboxCRC))
-	err := fsutil.WriteAtomic(path, b, 0o600, outboxSync)
+	err := fsutil.WriteAtomic(outboxFS, path, b, 0o600)
 	if err != nil {
 		return fmt.Errorf("quiver: outbox: writing %s: %w", path, err)
 	}

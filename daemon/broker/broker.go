@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/quivermq/quiver/daemon/store"
+	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/replica"
 	"github.com/quivermq/quiver/sdk/wire"
@@ -49,6 +50,9 @@ type Options struct {
 }
 
 func (o *Options) ensureDefaults() {
+	if o.Store.FS == nil {
+		o.Store.FS = fsutil.OS
+	}
 	if o.ID == "" {
 		o.ID = "quiverd"
 	}

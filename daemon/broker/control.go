@@ -232,7 +232,7 @@ func (c *control) snapshotPath() string {
 // loadLocked reads the snapshot (if any) and applies the records after
 // it. The caller holds stMu (or is opening the broker).
 func (c *control) loadLocked() error {
-	data, err := os.ReadFile(c.snapshotPath())
+	data, err := fsutil.ReadFile(c.b.opts.Store.FS, c.snapshotPath())
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
@@ -306,7 +306,7 @@ func (c *control) snapshot() error {
 
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err == nil {
-		err = writeFileSync(c.snapshotPath(), data)
+		err = writeFileSync(c.b.opts.Store.FS, c.snapshotPath(), data)
 	}
 	if err != nil {
 		c.mu.Lock()
@@ -339,9 +339,9 @@ func (c *control) snapshotLoop() {
 	}
 }
 
-func writeFileSync(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+func writeFileSync(fs fsutil.FS, path string, data []byte) error {
+	if err := fsutil.MkdirAll(fs, filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return fsutil.WriteAtomic(path, data, 0o644, nil)
+	return fsutil.WriteAtomic(fs, path, data, 0o644)
 }

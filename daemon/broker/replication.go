@@ -133,7 +133,7 @@ func (b *Broker) controlled() bool { return b.opts.Replication.Controller != nil
 func (b *Broker) startReplication() error {
 	o := &b.opts.Replication
 	o.ensureDefaults()
-	ep, err := replica.OpenEpochs(filepath.Join(b.opts.Dir, "state"))
+	ep, err := replica.OpenEpochs(b.opts.Store.FS, filepath.Join(b.opts.Dir, "state"))
 	if err != nil {
 		return err
 	}

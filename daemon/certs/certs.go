@@ -131,7 +131,7 @@ func generate(hosts []string) (certPEM, keyPEM []byte, err error) {
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	if err := fsutil.WriteAtomic(path, data, mode, nil); err != nil {
+	if err := fsutil.WriteAtomic(fsutil.OS, path, data, mode); err != nil {
 		return fmt.Errorf("certs: write %s: %w", path, err)
 	}
 	return nil

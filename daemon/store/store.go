@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/quivermq/quiver/index"
+	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/ioengine"
 	qlog "github.com/quivermq/quiver/log"
 )
@@ -22,10 +23,16 @@ type Options struct {
 	Dir string
 	// Engine is "auto" (default), "io_uring" or "portable".
 	Engine string
-	// Log holds the log's tuning; Dir, Engine, Dispatcher and Logger are set by Open.
+	// Log holds the log's tuning; Dir, Engine, Dispatcher, FS and Logger are set by Open.
 	Log qlog.Options
+	// Index holds the indexes' file sizes; Dir, Reader, FS and Logger are set by Open.
+	Index index.Options
 	// IndexCheckpoint is how often the indexes are made durable (default 1s).
 	IndexCheckpoint time.Duration
+	// FS holds everything but the segments (checkpoints, indexes; the
+	// broker's state files too): default fsutil.OS; crash tests pass a
+	// fsutil.CrashFS that the engine's fault wrapper shares (CrashWith).
+	FS fsutil.FS
 	// WrapEngine, when set, wraps the I/O engine before the log uses it
 	// (quiverd --debug-faults wraps it in an ioengine.Faulty).
 	WrapEngine func(ioengine.Engine) ioengine.Engine
@@ -78,6 +85,9 @@ func Open(o Options) (*Store, error) {
 	if o.Engine == "" {
 		o.Engine = "auto"
 	}
+	if o.FS == nil {
+		o.FS = fsutil.OS
+	}
 	if o.IndexCheckpoint == 0 {
 		o.IndexCheckpoint = time.Second
 	}
@@ -89,7 +99,9 @@ func Open(o Options) (*Store, error) {
 		eng = o.WrapEngine(eng)
 	}
 	rd := &logReader{}
-	idx, err := index.Open(index.Options{Dir: filepath.Join(o.Dir, "index"), Logger: o.Logger, Reader: rd})
+	io := o.Index
+	io.Dir, io.Logger, io.Reader, io.FS = filepath.Join(o.Dir, "index"), o.Logger, rd, o.FS
+	idx, err := index.Open(io)
 	if err != nil {
 		eng.Close()
 		return nil, fmt.Errorf("store: %w", err)
@@ -102,6 +114,7 @@ func Open(o Options) (*Store, error) {
 		lo.Dispatcher = notifier{idx, o.Notify}
 	}
 	lo.Logger = o.Logger
+	lo.FS = o.FS
 	l, err := qlog.Open(lo)
 	if err != nil {
 		idx.Close()

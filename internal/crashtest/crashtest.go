@@ -22,6 +22,23 @@ func Rounds(def int) int {
 	return def
 }
 
+// PowerCuts is how many simulated power cuts a power-cut property test
+// makes: QUIVER_POWERCUT_ROUNDS when set (`make crash`), else def, or 4
+// with -short.
+func PowerCuts(t testing.TB, def int) int {
+	if s := os.Getenv("QUIVER_POWERCUT_ROUNDS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("QUIVER_POWERCUT_ROUNDS=%q", s)
+		}
+		return n
+	}
+	if testing.Short() {
+		return 4
+	}
+	return def
+}
+
 // KillAfter runs the test named child of the current test binary with env
 // added, waits for it to print "ready", hands every later line to onLine,
 // and sends SIGKILL right after the n-th. Lines printed before the kill

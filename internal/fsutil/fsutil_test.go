@@ -10,7 +10,7 @@ import (
 func TestWriteAtomicReplaces(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
 	for _, want := range []string{"first", "second, longer"} {
-		if err := WriteAtomic(path, []byte(want), 0o600, nil); err != nil {
+		if err := WriteAtomic(OS, path, []byte(want), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(path)
@@ -27,11 +27,11 @@ func TestWriteAtomicReplaces(t *testing.T) {
 // that is what callers rely on to never see half a file.
 func TestWriteAtomicFailedSyncKeepsOld(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
-	if err := WriteAtomic(path, []byte("old"), 0o600, nil); err != nil {
+	if err := WriteAtomic(OS, path, []byte("old"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	boom := errors.New("disk gone")
-	err := WriteAtomic(path, []byte("new"), 0o600, func(*os.File) error { return boom })
+	err := WriteAtomic(WithSync(OS, func(File) error { return boom }), path, []byte("new"), 0o600)
 	if !errors.Is(err, boom) {
 		t.Fatalf("err = %v, want %v", err, boom)
 	}
