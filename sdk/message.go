@@ -77,6 +77,12 @@ func packBatch(msgs []*Message, comp Compression) ([]byte, uint8, error) {
 		}
 		raw = wire.AppendBatchEntry(raw, &wire.BatchEntry{Key: m.Key, Tags: m.Tags, Headers: hdr, Body: m.Body})
 	}
+	return compressBatch(raw, comp)
+}
+
+// compressBatch compresses a batch body; it returns the body and the
+// record flags that say how.
+func compressBatch(raw []byte, comp Compression) ([]byte, uint8, error) {
 	flags := wire.FlagBatch
 	switch comp {
 	case NoCompression:

@@ -39,6 +39,7 @@ type producerConfig struct {
 	keyFailover    bool
 	outboxDir      string
 	outboxMax      int64
+	noCoalesce     bool
 }
 
 // WithSendTimeout is a send's total deadline, retries included (default
@@ -63,6 +64,12 @@ func WithMaxInFlight(n int) ProducerOpt { return func(c *producerConfig) { c.max
 func WithCompression(comp Compression) ProducerOpt {
 	return func(c *producerConfig) { c.compression = comp }
 }
+
+// WithoutCoalescing sends every message in a frame of its own. By default
+// concurrent keyless sends to the same broker and topic share frames while
+// earlier ones are in flight (natural batching: no added wait, each
+// message keeps its own result, attempts and retries; see coalesce.go).
+func WithoutCoalescing() ProducerOpt { return func(c *producerConfig) { c.noCoalesce = true } }
 
 // WithKeyFailover lets a message with a key move to another queue while
 // its key's queue is unavailable (its group has no reachable leader). By
@@ -120,6 +127,7 @@ type Producer struct {
 	closed atomic.Bool
 	ops    sync.WaitGroup // sends in flight, callbacks included
 	out    *outboxState   // WithOutbox
+	coal   sync.Map       // coalesceKey -> *coalescer
 }
 
 // NewProducer returns a producer that sends through the client.
@@ -172,7 +180,10 @@ type sendOp struct {
 	offloaded  bool // an async attempt moved off the caller's goroutine to dial
 	known      bool // the topic was in the routes
 	keyBound   bool // a keyed send kept to its key's queue (op.group, op.req.Queue)
+	alone      bool // never coalesced again (its batch was refused as a whole)
 	start      time.Time
+	attemptEnd time.Time  // while it waits for a coalesced frame
+	coal       *coalescer // the coalescer whose frame slot this lone attempt holds
 
 	res      SendResult
 	err      error
@@ -409,8 +420,18 @@ func (op *sendOp) dialAndSend(bc *brokerConn, now, attemptEnd time.Time) {
 	op.sendOn(s, time.Now(), attemptEnd)
 }
 
-// sendOn sends the attempt on s, a session to op.cur.
+// sendOn sends the attempt on s, a session to op.cur: alone, or with the
+// producer's other sends to the topic (coalesce.go).
 func (op *sendOp) sendOn(s *session, now, attemptEnd time.Time) {
+	if op.coalescable() {
+		op.p.coalescer(s, op.req.Topic).add(op, attemptEnd)
+		return
+	}
+	op.sendFrame(s, now, attemptEnd)
+}
+
+// sendFrame sends the attempt in a frame of its own.
+func (op *sendOp) sendFrame(s *session, now, attemptEnd time.Time) {
 	p := op.p
 	bc := op.cur
 	c := newCall()
@@ -420,7 +441,12 @@ func (op *sendOp) sendOn(s *session, now, attemptEnd time.Time) {
 	b, start, err := st.begin(c, wire.TypeProduce, attemptEnd.UnixNano())
 	if err != nil {
 		c.release()
+		co := op.coal
+		op.coal = nil
 		op.failed(err, now)
+		if co != nil {
+			co.done()
+		}
 		return
 	}
 	op.sending = true
@@ -435,10 +461,20 @@ func (op *sendOp) answered(c *call) {
 	err, ack := c.err, c.ack
 	c.cb = nil
 	c.release()
+	co := op.coal // op may be recycled once it has its outcome
+	op.coal = nil
 	if err != nil {
 		op.failed(err, op.start)
-		return
+	} else {
+		op.succeeded(ack)
 	}
+	if co != nil {
+		co.done()
+	}
+}
+
+// succeeded completes op with the broker's acknowledgement.
+func (op *sendOp) succeeded(ack wire.ProduceAck) {
 	cl := op.p.cl
 	op.sending = false
 	cl.faults.succeeded(op.cur.addr, time.Since(op.start), op.probe)

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -60,7 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // options are the command line.
 type options struct {
-	cfg bench.Config
+	cpuProfile string
+	cfg        bench.Config
 
 	broker, ca, fingerprint string
 	durability, engine      string
@@ -135,6 +137,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&o.fingerprint, "fingerprint", "", "with --broker: trust exactly the certificate with this SHA-256 fingerprint (hex)")
 	f.StringVar(&o.durability, "durability", "", "sync or async: the producers' durability, and the started quiverd's default (default: the broker's, sync for a started quiverd)")
 	f.StringVar(&o.engine, "engine", "auto", "started quiverd's I/O backend: auto, io_uring or portable")
+	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of quiver-bench itself (the client side) to this file")
 	root.AddCommand(compareCmd(), plotCmd(), natsServerCmd())
 	return root
 }
@@ -230,6 +233,17 @@ func (o *options) natsOptions(syncAlways bool) (natsjs.Options, error) {
 
 func runSingle(cmd *cobra.Command, o *options) error {
 	ctx := cmd.Context()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	t, err := quiver.Open(ctx, o.quiverOptions(o.engine, o.durability))
 	if err != nil {
 		return err

@@ -1,0 +1,244 @@
+package sdk
+
+import (
+	"sync"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Natural batching. Concurrent keyless sends of one producer to the same
+// broker and topic share produce frames: while coalesceInFlight frames of
+// theirs are in flight, further sends wait, and the next frame to go
+// carries all of them as one batch record (consecutive offsets in one
+// queue). There is no timer: a lone send goes at once, as before; sends
+// only wait behind sends already in flight, the way Kafka's producer fills
+// a batch while the previous ones are in flight (linger.ms = 0).
+//
+// Each message keeps its own outcome: its result (the batch's first offset
+// plus its index), its attempts, its retries, its deadline and its part in
+// fault avoidance, as if it had been sent alone. A frame that fails with a
+// retryable error fails each of its messages as that attempt; one refused
+// for good (TOO_LARGE, INVALID) is sent again message by message, so that
+// one message cannot take the others down with it. Messages with a key or
+// tags are never coalesced: the key index and tag filters see a record's
+// own key and tags, not those inside a batch.
+const (
+	coalesceInFlight = 2
+	coalesceMaxBytes = 256 << 10
+	coalesceMaxCount = 512
+)
+
+type coalesceKey struct {
+	s     *session
+	topic string
+}
+
+// coalescer is one producer's sends to one topic on one session.
+type coalescer struct {
+	p        *Producer
+	s        *session
+	topic    string
+	mu       sync.Mutex
+	inflight int
+	pending  []*sendOp
+}
+
+// coalescable reports whether op may share a frame.
+func (op *sendOp) coalescable() bool {
+	return !op.p.cfg.noCoalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
+		op.req.Count == 1 && op.req.Flags == 0
+}
+
+func (p *Producer) coalescer(s *session, topic string) *coalescer {
+	k := coalesceKey{s, topic}
+	if c, ok := p.coal.Load(k); ok {
+		return c.(*coalescer)
+	}
+	c, _ := p.coal.LoadOrStore(k, &coalescer{p: p, s: s, topic: topic})
+	return c.(*coalescer)
+}
+
+// add sends op now, alone, if fewer than coalesceInFlight frames are in
+// flight, else queues it for the next frame.
+func (c *coalescer) add(op *sendOp, attemptEnd time.Time) {
+	op.attemptEnd = attemptEnd
+	c.mu.Lock()
+	if c.inflight < coalesceInFlight && len(c.pending) == 0 {
+		c.inflight++
+		c.mu.Unlock()
+		op.coal = c
+		op.sendFrame(c.s, time.Now(), attemptEnd)
+		return
+	}
+	c.pending = append(c.pending, op)
+	c.mu.Unlock()
+}
+
+// done is called when one of c's frames is answered: the next frame takes
+// what waited.
+func (c *coalescer) done() {
+	var bf *batchFrame
+	for {
+		c.mu.Lock()
+		if len(c.pending) == 0 {
+			c.inflight--
+			idle := c.inflight == 0
+			c.mu.Unlock()
+			if idle && c.s.dead() {
+				c.p.coal.CompareAndDelete(coalesceKey{c.s, c.topic}, c)
+			}
+			if bf != nil {
+				bf.put()
+			}
+			return
+		}
+		if bf == nil {
+			bf = getBatchFrame()
+		}
+		n, size := 0, 0
+		for n < len(c.pending) && n < coalesceMaxCount {
+			sz := len(c.pending[n].req.Body) + len(c.pending[n].req.Headers) + 16
+			if n > 0 && size+sz > coalesceMaxBytes {
+				break
+			}
+			size += sz
+			n++
+		}
+		bf.ops = append(bf.ops[:0], c.pending[:n]...)
+		rest := copy(c.pending, c.pending[n:])
+		clear(c.pending[rest:])
+		c.pending = c.pending[:rest]
+		c.mu.Unlock()
+
+		// An op whose attempt ran out while it waited fails that attempt,
+		// as a lone send whose answer did not come in time would.
+		now := time.Now()
+		live := bf.ops[:0]
+		for _, op := range bf.ops {
+			if !now.Before(op.attemptEnd) {
+				op.failed(&NetError{Broker: op.cur.addr, Err: ErrTimeout}, now)
+				continue
+			}
+			live = append(live, op)
+		}
+		bf.ops = live
+		switch len(live) {
+		case 0:
+			continue // this frame slot is free again: look once more
+		case 1:
+			op := live[0]
+			bf.put()
+			op.coal = c
+			op.sendFrame(c.s, now, op.attemptEnd)
+		default:
+			c.sendBatch(bf, now)
+			bf = nil
+		}
+		return
+	}
+}
+
+// batchFrame is one coalesced frame in flight.
+type batchFrame struct {
+	c        *coalescer
+	ops      []*sendOp
+	body     []byte
+	onAnswer func(*call)
+}
+
+var batchFrames sync.Pool
+
+func init() {
+	batchFrames.New = func() any {
+		bf := &batchFrame{}
+		bf.onAnswer = bf.answered // bound once: a method value allocates
+		return bf
+	}
+}
+
+func getBatchFrame() *batchFrame { return batchFrames.Get().(*batchFrame) }
+
+func (bf *batchFrame) put() {
+	clear(bf.ops)
+	bf.ops, bf.c = bf.ops[:0], nil
+	if cap(bf.body) > 1<<20 {
+		bf.body = nil
+	}
+	batchFrames.Put(bf)
+}
+
+// sendBatch sends bf.ops (two or more) as one batch record.
+func (c *coalescer) sendBatch(bf *batchFrame, now time.Time) {
+	bf.c = c
+	p := c.p
+	first := bf.ops[0]
+	deadline := first.attemptEnd
+	bf.body = bf.body[:0]
+	for _, op := range bf.ops {
+		if op.attemptEnd.Before(deadline) {
+			deadline = op.attemptEnd
+		}
+		bf.body = wire.AppendBatchEntry(bf.body, &wire.BatchEntry{Headers: op.req.Headers, Body: op.req.Body})
+	}
+	req := wire.Produce{Topic: first.req.Topic, Queue: wire.AnyQueue, Durability: first.req.Durability,
+		Flags: wire.FlagBatch, Count: uint32(len(bf.ops)), ClientTime: first.req.ClientTime, Body: bf.body}
+	if p.cfg.compression != NoCompression {
+		body, flags, err := compressBatch(bf.body, p.cfg.compression)
+		if err == nil {
+			req.Body, req.Flags = body, flags
+		}
+	}
+	cl := p.cl
+	call := newCall()
+	call.cb = bf.onAnswer
+	st := c.s.streams[streamProduce]
+	b, start, err := st.begin(call, wire.TypeProduce, deadline.UnixNano())
+	if err != nil {
+		call.release()
+		for _, op := range bf.ops {
+			op.coal = nil
+			op.failed(err, now)
+		}
+		bf.put()
+		c.done()
+		return
+	}
+	for _, op := range bf.ops {
+		op.start = now
+		op.sending = true
+		cl.faults.begin(op.cur.addr)
+	}
+	st.end(call, req.Append(b), start)
+}
+
+// answered fans the frame's outcome out to its messages.
+func (bf *batchFrame) answered(call *call) {
+	err, ack := call.err, call.ack
+	call.cb = nil
+	call.release()
+	c := bf.c
+	if err != nil && !Retryable(err) {
+		// Refused for good as a whole: each message goes again alone,
+		// and gets the answer it would have had (this was not one of its
+		// attempts).
+		for _, op := range bf.ops {
+			op.sending = false
+			op.p.cl.faults.release(op.cur.addr, op.probe)
+			op.alone = true
+			go op.attempt() // may dial: not on the session's reader
+		}
+	} else {
+		for i, op := range bf.ops {
+			if err != nil {
+				op.failed(err, op.start)
+				continue
+			}
+			a := ack
+			a.Offset += uint64(i)
+			op.succeeded(a)
+		}
+	}
+	bf.put()
+	c.done()
+}
