@@ -238,9 +238,14 @@ func (s *Server) Close() error {
 // Connections is the connection part of the status document.
 func (s *Server) Connections() *wire.Connections {
 	s.conns.Lock()
-	open := len(s.conns.m)
+	open, gso := len(s.conns.m), 0
+	for c := range s.conns.m {
+		if c.qc.ConnectionState().GSO {
+			gso++
+		}
+	}
 	s.conns.Unlock()
-	return &wire.Connections{Open: open, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
+	return &wire.Connections{Open: open, GSO: gso, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
 		FailedHandshakes: s.hs.report()}
 }
 

@@ -113,6 +113,7 @@ type GroupOffset struct {
 // before a session was established (incident 004), per source.
 type Connections struct {
 	Open             int             `json:"open"`
+	GSO              int             `json:"gso"` // open connections whose packets go out with UDP GSO
 	Sessions         int             `json:"sessions"`
 	AcceptedTotal    int64           `json:"accepted_total"`
 	FailedHandshakes []HandshakeFail `json:"failed_handshakes"`

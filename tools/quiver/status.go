@@ -66,8 +66,8 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 		kv.row("WARNING", warn)
 	}
 	if c := st.Connections; c != nil {
-		kv.row("connections", fmt.Sprintf("open %d  sessions %d  accepted %d  failed handshakes from %d source(s)",
-			c.Open, c.Sessions, c.AcceptedTotal, len(c.FailedHandshakes)))
+		kv.row("connections", fmt.Sprintf("open %d (GSO on %d)  sessions %d  accepted %d  failed handshakes from %d source(s)",
+			c.Open, c.GSO, c.Sessions, c.AcceptedTotal, len(c.FailedHandshakes)))
 	}
 	if r := st.Replication; r != nil {
 		kv.row("replication", fmt.Sprintf("%s, epoch %d led by %s, min-insync %d, %d follower(s) in sync",
