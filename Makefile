@@ -115,10 +115,10 @@ bench: build
 	done
 
 # The same workloads against Quiver (sync io_uring, sync portable, async) and
-# NATS JetStream (default, and sync_interval: always), one system after the
-# other, each in a child process: 1 and 16 closed-loop producers and 4
-# pipelined ones; one table and one plot each (BENCH_OUT, default
-# benchmarks/results/compare). BENCH_FLAGS are added to every run.
+# NATS JetStream (default, default over TLS, and sync_interval: always), one
+# system after the other, each in a child process: 1 and 16 closed-loop
+# producers and 4 pipelined ones; one table and one plot each (BENCH_OUT,
+# default benchmarks/results/compare). BENCH_FLAGS are added to every run.
 BENCH_OUT ?= benchmarks/results/compare
 COMPARE_RUNS := "p1:--producers 1" "p16:--producers 16" "pipelined:--producers 4 --window 256"
 bench-compare: build

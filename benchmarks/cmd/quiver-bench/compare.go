@@ -22,6 +22,7 @@ type system struct {
 	engine      string // Quiver: --engine
 	durability  string // Quiver: sync or async
 	syncAlways  bool   // NATS: sync_interval always
+	tls         bool   // NATS: clients connect with TLS 1.3
 }
 
 // systems are compare's rows, in order; the first is the default baseline.
@@ -30,6 +31,7 @@ var systems = []system{
 	{name: "quiver-sync-portable", label: "Quiver sync (portable)", engine: "portable", durability: "sync"},
 	{name: "quiver-async", label: "Quiver async", engine: "auto", durability: "async"},
 	{name: "nats-default", label: "NATS JetStream (default)", nats: true},
+	{name: "nats-default-tls", label: "NATS JetStream (default, TLS)", nats: true, tls: true},
 	{name: "nats-sync-always", label: "NATS JetStream (sync always)", nats: true, syncAlways: true},
 }
 
@@ -58,12 +60,17 @@ Systems (--systems, in this order):
                          synced within --async-interval (100ms)
   nats-default           nats-server with JetStream, file store, default
                          sync_interval: the store is fsynced every 2 minutes
+  nats-default-tls       nats-default, clients connecting with TLS 1.3 (as
+                         Quiver's QUIC does) to a self-signed certificate
+                         made for the run, verified
   nats-sync-always       nats-server with sync_interval: always: every write synced
 
 nats-server (github.com/nats-io/nats-server/v2) is built into quiver-bench and
-runs as "quiver-bench nats-server" in a child process. NATS producers publish to
-a stream with file storage and one replica: synchronous ones call js.Publish
-(waits for the PubAck), pipelined ones PublishAsync with the same window.
+runs as "quiver-bench nats-server" in a child process. Quiver's clients use QUIC,
+always with TLS 1.3; NATS clients plaintext TCP, except nats-default-tls's. NATS
+producers publish to a stream with file storage and one replica: synchronous
+ones call js.Publish (waits for the PubAck), pipelined ones PublishAsync with
+the same window.
 --json prints an array of the per-system objects; --plot draws one line per system.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -151,7 +158,7 @@ func runSystem(cmd *cobra.Command, o *options, s system) (*bench.Result, error) 
 	)
 	label := s.label
 	if s.nats {
-		no, nerr := o.natsOptions(s.syncAlways)
+		no, nerr := o.natsOptions(s.syncAlways, s.tls)
 		if nerr != nil {
 			return nil, nerr
 		}

@@ -218,14 +218,15 @@ func (o *options) quiverOptions(engine, durability string) quiver.Options {
 	}
 }
 
-// natsOptions are the options of a NATS target.
-func (o *options) natsOptions(syncAlways bool) (natsjs.Options, error) {
+// natsOptions are the options of a NATS target; with tls its clients
+// connect with TLS.
+func (o *options) natsOptions(syncAlways, tls bool) (natsjs.Options, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return natsjs.Options{}, fmt.Errorf("finding quiver-bench itself to run nats-server: %w", err)
 	}
 	return natsjs.Options{
-		Self: self, ServerArgs: []string{"nats-server"}, SyncAlways: syncAlways, DataDir: o.dataDir,
+		Self: self, ServerArgs: []string{"nats-server"}, SyncAlways: syncAlways, TLS: tls, DataDir: o.dataDir,
 		StartupTimeout: o.startupTimeout, Subject: o.topic, Connections: o.connections,
 		Window: o.cfg.Window, Batch: o.cfg.Batch, SendTimeout: o.sendTimeout,
 	}, nil
@@ -351,9 +352,10 @@ func (b *progressBar) finish() {
 // with, so that nats-server runs in a process of its own.
 func natsServerCmd() *cobra.Command {
 	var (
-		dir        string
-		port       int
-		syncAlways bool
+		dir             string
+		port            int
+		syncAlways      bool
+		tlsCert, tlsKey string
 	)
 	cmd := &cobra.Command{
 		Use:    "nats-server",
@@ -364,11 +366,16 @@ func natsServerCmd() *cobra.Command {
 			if dir == "" {
 				return usagef("--dir is required")
 			}
-			return natsjs.Serve(dir, port, syncAlways, cmd.OutOrStdout())
+			if (tlsCert == "") != (tlsKey == "") {
+				return usagef("--tls-cert and --tls-key go together")
+			}
+			return natsjs.Serve(dir, port, syncAlways, tlsCert, tlsKey, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "JetStream store directory")
 	cmd.Flags().IntVar(&port, "port", 0, "client port on 127.0.0.1 (0: any free one)")
 	cmd.Flags().BoolVar(&syncAlways, "sync-always", false, "sync every write (sync_interval: always); default: every 2 minutes")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate: clients connect with TLS 1.3 (with --tls-key); default: plaintext")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	return cmd
 }

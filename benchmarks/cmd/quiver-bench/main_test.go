@@ -275,6 +275,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{[]string{"--compression", "zstd"}, 2, "give --batch"},
 		{[]string{"--plot", "x.jpg"}, 2, ".png or .svg"},
 		{[]string{"compare", "--systems", "kafka"}, 2, `no system "kafka"`},
+		{[]string{"nats-server", "--dir", "x", "--tls-cert", "cert.pem"}, 2, "--tls-cert and --tls-key go together"},
 		// A broker to trust by nothing: no --ca, no QUIVER_CA, no ./quiver-data.
 		{[]string{"--broker", "127.0.0.1:1"}, 1, "--ca FILE"},
 		{[]string{"--quiverd", "/nonexistent/quiverd"}, 1, "no quiverd to start"},
@@ -290,22 +291,25 @@ func TestCompareNATS(t *testing.T) {
 	data := t.TempDir()
 	plot := filepath.Join(t.TempDir(), "compare.svg")
 	var rs []result
-	runJSON(t, data, &rs, "compare", "--systems", "nats-default,nats-sync-always", "--producers", "4",
+	// Out of order: the rows come in compare's order all the same.
+	runJSON(t, data, &rs, "compare", "--systems", "nats-sync-always,nats-default-tls,nats-default", "--producers", "4",
 		"--duration", "500ms", "--warmup", "200ms", "--plot", plot)
-	if len(rs) != 2 {
-		t.Fatalf("%d rows, want 2", len(rs))
+	want := []struct{ name, label, durability string }{
+		{"nats-default", "NATS JetStream (default)", "fsync every 2 min"},
+		{"nats-default-tls", "NATS JetStream (default, TLS)", "fsync every 2 min"},
+		{"nats-sync-always", "NATS JetStream (sync always)", "fsync per write"},
 	}
-	for i, want := range []struct{ name, durability string }{
-		{"nats-default", "fsync every 2 min"},
-		{"nats-sync-always", "fsync per write"},
-	} {
+	if len(rs) != len(want) {
+		t.Fatalf("%d rows, want %d", len(rs), len(want))
+	}
+	for i, w := range want {
 		r := rs[i]
-		if r.System != "nats" || r.Name != want.name || !strings.Contains(r.Durability, want.durability) {
-			t.Errorf("row %d: %s %s %q, want nats %s %q", i, r.System, r.Name, r.Durability, want.name, want.durability)
+		if r.System != "nats" || r.Name != w.name || r.Label != w.label || !strings.Contains(r.Durability, w.durability) {
+			t.Errorf("row %d: %s %s %q %q, want nats %s %q %q", i, r.System, r.Name, r.Label, r.Durability, w.name, w.label, w.durability)
 		}
 		checkSane(t, &r, 500*time.Millisecond)
 	}
-	checkSVG(t, plot, []string{"NATS JetStream (default)", "NATS JetStream (sync always)", "99%"})
+	checkSVG(t, plot, []string{"NATS JetStream (default)", "NATS JetStream (default, TLS)", "NATS JetStream (sync always)", "99%"})
 	noLeftovers(t, data)
 }
 

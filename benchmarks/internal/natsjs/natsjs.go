@@ -6,10 +6,13 @@ package natsjs
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"regexp"
@@ -27,14 +30,15 @@ import (
 )
 
 // readyRE matches the line Serve prints once the server takes clients.
-var readyRE = regexp.MustCompile(`nats-server ready: (\S+) sync_always=(\S+) sync_interval=(\S+)`)
+var readyRE = regexp.MustCompile(`nats-server ready: (\S+) sync_always=(\S+) sync_interval=(\S+) tls=(\S+)`)
 
 // Serve runs a nats-server with JetStream, its file store in dir, on
 // 127.0.0.1:port (0: any free port), until SIGTERM or SIGINT. With
 // syncAlways every write to the store is synced (sync_interval: always);
-// otherwise the store syncs every 2 minutes, nats-server's default. It
-// prints the ready line to out.
-func Serve(dir string, port int, syncAlways bool, out io.Writer) error {
+// otherwise the store syncs every 2 minutes, nats-server's default. With
+// certFile and keyFile (PEM) clients connect with TLS 1.3 (and only so);
+// without them, in plaintext. It prints the ready line to out.
+func Serve(dir string, port int, syncAlways bool, certFile, keyFile string, out io.Writer) error {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
@@ -49,6 +53,15 @@ func Serve(dir string, port int, syncAlways bool, out io.Writer) error {
 		// these two (server/opts.go).
 		SyncAlways:   syncAlways,
 		SyncInterval: 2 * time.Minute,
+	}
+	if certFile != "" || keyFile != "" {
+		cfg, err := serverTLS(certFile, keyFile)
+		if err != nil {
+			return err
+		}
+		// What the configuration file's `tls {cert_file, key_file}` sets
+		// (server/opts.go); the TLS timeout keeps its 2s default.
+		opts.TLS, opts.TLSConfig = true, cfg
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -67,7 +80,7 @@ func Serve(dir string, port int, syncAlways bool, out io.Writer) error {
 		s.Shutdown()
 		return errors.New("nats-server started without JetStream")
 	}
-	fmt.Fprintf(out, "nats-server ready: %s sync_always=%v sync_interval=%s\n", s.ClientURL(), js.SyncAlways, js.SyncInterval)
+	fmt.Fprintf(out, "nats-server ready: %s sync_always=%v sync_interval=%s tls=%v\n", s.ClientURL(), js.SyncAlways, js.SyncInterval, opts.TLSConfig != nil)
 	<-sigs
 	s.Shutdown()
 	s.WaitForShutdown()
@@ -79,6 +92,7 @@ type Options struct {
 	Self           string   // quiver-bench's own binary, re-executed as the server
 	ServerArgs     []string // the subcommand that runs Serve, before --dir etc.
 	SyncAlways     bool
+	TLS            bool   // clients connect with TLS 1.3, to a self-signed certificate made at Open
 	DataDir        string // parent of the server's temporary data directory
 	StartupTimeout time.Duration
 
@@ -99,6 +113,7 @@ type Target struct {
 	notes  []string
 	always bool
 	intvl  string
+	tls    *tls.Config // the client's, with TLS
 }
 
 // Open starts the server, connects and creates the stream.
@@ -120,6 +135,16 @@ func Open(ctx context.Context, o Options) (_ *Target, err error) {
 	if o.SyncAlways {
 		args = append(args, "--sync-always")
 	}
+	var cert *x509.Certificate
+	if o.TLS {
+		var certFile, keyFile string
+		cert, certFile, keyFile, err = writeSelfSigned(dir)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
+		args = append(args, "--tls-cert", certFile, "--tls-key", keyFile)
+	}
 	p, m, err := proc.Start("nats-server", o.Self, args, dir, readyRE, o.StartupTimeout)
 	if err != nil {
 		return nil, err
@@ -127,6 +152,16 @@ func Open(ctx context.Context, o Options) (_ *Target, err error) {
 	t.server, t.url, t.always, t.intvl = p, m[1], m[2] == "true", m[3]
 	if t.always != o.SyncAlways {
 		return nil, fmt.Errorf("nats-server runs with sync_always=%v, asked for %v", t.always, o.SyncAlways)
+	}
+	if tlsOn := m[4] == "true"; tlsOn != o.TLS {
+		return nil, fmt.Errorf("nats-server runs with tls=%v, asked for %v", tlsOn, o.TLS)
+	}
+	if o.TLS {
+		u, err := url.Parse(t.url)
+		if err != nil {
+			return nil, fmt.Errorf("nats-server's client URL %q: %w", t.url, err)
+		}
+		t.tls = clientTLS(cert, u.Hostname())
 	}
 	for range max(o.Connections, 1) {
 		nc, err := t.connect()
@@ -150,8 +185,29 @@ func Open(ctx context.Context, o Options) (_ *Target, err error) {
 	return t, nil
 }
 
+// connect opens a client connection: with TLS, verified against the
+// server's certificate and checked to be TLS 1.3.
 func (t *Target) connect() (*nats.Conn, error) {
-	return nats.Connect(t.url, nats.Name("quiver-bench"), nats.MaxReconnects(0))
+	opts := []nats.Option{nats.Name("quiver-bench"), nats.MaxReconnects(0)}
+	if t.tls != nil {
+		opts = append(opts, nats.Secure(t.tls))
+	}
+	nc, err := nats.Connect(t.url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to nats-server at %s: %w", t.url, err)
+	}
+	if t.tls != nil {
+		cs, err := nc.TLSConnectionState()
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("connection to nats-server at %s: %w", t.url, err)
+		}
+		if cs.Version != tls.VersionTLS13 {
+			nc.Close()
+			return nil, fmt.Errorf("connection to nats-server at %s: %s, want TLS 1.3", t.url, tls.VersionName(cs.Version))
+		}
+	}
+	return nc, nil
 }
 
 // streamName is a stream name for a subject: no dots, wildcards or spaces.
@@ -163,16 +219,18 @@ func streamName(subject string) string {
 // Describe fills in what a result says of the system.
 func (t *Target) Describe(r *bench.Result) {
 	r.System = "nats"
+	config := "default"
 	if t.always {
+		config = "sync always"
 		r.Durability = "fsync per write (sync_interval: always)"
-		if r.Label == "" {
-			r.Label = "NATS JetStream (sync always)"
-		}
 	} else {
 		r.Durability = "fsync every " + humanInterval(t.intvl) + " (default sync_interval)"
-		if r.Label == "" {
-			r.Label = "NATS JetStream (default)"
-		}
+	}
+	if t.tls != nil {
+		config += ", TLS"
+	}
+	if r.Label == "" {
+		r.Label = "NATS JetStream (" + config + ")"
 	}
 	r.Engine = "file store"
 	r.Topic, r.Queues, r.Connections = t.opts.Subject, 1, len(t.conns)
