@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"syscall"
 	"time"
@@ -62,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // options are the command line.
 type options struct {
 	cpuProfile string
+	traceFile  string
 	cfg        bench.Config
 
 	broker, ca, fingerprint string
@@ -138,6 +140,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&o.durability, "durability", "", "sync or async: the producers' durability, and the started quiverd's default (default: the broker's, sync for a started quiverd)")
 	f.StringVar(&o.engine, "engine", "auto", "started quiverd's I/O backend: auto, io_uring or portable")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of quiver-bench itself (the client side) to this file")
+	f.StringVar(&o.traceFile, "trace", "", "write an execution trace of quiver-bench itself (go tool trace) to this file")
 	root.AddCommand(compareCmd(), plotCmd(), natsServerCmd())
 	return root
 }
@@ -244,6 +247,17 @@ func runSingle(cmd *cobra.Command, o *options) error {
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if o.traceFile != "" {
+		f, err := os.Create(o.traceFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return err
+		}
+		defer trace.Stop()
 	}
 	t, err := quiver.Open(ctx, o.quiverOptions(o.engine, o.durability))
 	if err != nil {
