@@ -114,6 +114,7 @@ type Client struct {
 	rr     atomic.Uint32
 	router router
 	faults *faultTracker
+	coal   sync.Map // coalesceKey -> *coalescer (natural batching, coalesce.go)
 
 	mu     sync.Mutex
 	users  map[closer]struct{} // producers and consumers, closed with the client

@@ -7,11 +7,11 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Natural batching. Concurrent keyless sends of one producer to the same
-// broker and topic share produce frames: while coalesceInFlight frames of
-// theirs are in flight, further sends wait, and the next frame to go
-// carries all of them as one batch record (consecutive offsets in one
-// queue). There is no timer: a lone send goes at once, as before; sends
+// Natural batching. Concurrent keyless sends of one client (any of its
+// producers with the same durability and compression) to the same broker
+// and topic share produce frames: while coalesceInFlight frames of theirs
+// are in flight, further sends wait, and the next frame to go carries all
+// of them as one batch record (consecutive offsets in one queue). There is no timer: a lone send goes at once, as before; sends
 // only wait behind sends already in flight, the way Kafka's producer fills
 // a batch while the previous ones are in flight (linger.ms = 0).
 //
@@ -30,15 +30,18 @@ const (
 )
 
 type coalesceKey struct {
-	s     *session
-	topic string
+	s          *session
+	topic      string
+	durability uint8
+	comp       Compression
 }
 
-// coalescer is one producer's sends to one topic on one session.
+// coalescer is a client's sends to one topic on one session, with one
+// durability and compression.
 type coalescer struct {
-	p        *Producer
+	cl       *Client
+	key      coalesceKey
 	s        *session
-	topic    string
 	mu       sync.Mutex
 	inflight int
 	pending  []*sendOp
@@ -50,12 +53,12 @@ func (op *sendOp) coalescable() bool {
 		op.req.Count == 1 && op.req.Flags == 0
 }
 
-func (p *Producer) coalescer(s *session, topic string) *coalescer {
-	k := coalesceKey{s, topic}
-	if c, ok := p.coal.Load(k); ok {
+func (cl *Client) coalescer(s *session, op *sendOp) *coalescer {
+	k := coalesceKey{s, op.req.Topic, op.req.Durability, op.p.cfg.compression}
+	if c, ok := cl.coal.Load(k); ok {
 		return c.(*coalescer)
 	}
-	c, _ := p.coal.LoadOrStore(k, &coalescer{p: p, s: s, topic: topic})
+	c, _ := cl.coal.LoadOrStore(k, &coalescer{cl: cl, key: k, s: s})
 	return c.(*coalescer)
 }
 
@@ -86,7 +89,7 @@ func (c *coalescer) done() {
 			idle := c.inflight == 0
 			c.mu.Unlock()
 			if idle && c.s.dead() {
-				c.p.coal.CompareAndDelete(coalesceKey{c.s, c.topic}, c)
+				c.cl.coal.CompareAndDelete(c.key, c)
 			}
 			if bf != nil {
 				bf.put()
@@ -171,7 +174,6 @@ func (bf *batchFrame) put() {
 // sendBatch sends bf.ops (two or more) as one batch record.
 func (c *coalescer) sendBatch(bf *batchFrame, now time.Time) {
 	bf.c = c
-	p := c.p
 	first := bf.ops[0]
 	deadline := first.attemptEnd
 	bf.body = bf.body[:0]
@@ -183,13 +185,13 @@ func (c *coalescer) sendBatch(bf *batchFrame, now time.Time) {
 	}
 	req := wire.Produce{Topic: first.req.Topic, Queue: wire.AnyQueue, Durability: first.req.Durability,
 		Flags: wire.FlagBatch, Count: uint32(len(bf.ops)), ClientTime: first.req.ClientTime, Body: bf.body}
-	if p.cfg.compression != NoCompression {
-		body, flags, err := compressBatch(bf.body, p.cfg.compression)
+	if c.key.comp != NoCompression {
+		body, flags, err := compressBatch(bf.body, c.key.comp)
 		if err == nil {
 			req.Body, req.Flags = body, flags
 		}
 	}
-	cl := p.cl
+	cl := c.cl
 	call := newCall()
 	call.cb = bf.onAnswer
 	st := c.s.streams[streamProduce]

@@ -66,8 +66,8 @@ func WithCompression(comp Compression) ProducerOpt {
 }
 
 // WithoutCoalescing sends every message in a frame of its own. By default
-// concurrent keyless sends to the same broker and topic share frames while
-// earlier ones are in flight (natural batching: no added wait, each
+// concurrent keyless sends of the client's producers to the same broker
+// and topic share frames while earlier ones are in flight (natural batching: no added wait, each
 // message keeps its own result, attempts and retries; see coalesce.go).
 func WithoutCoalescing() ProducerOpt { return func(c *producerConfig) { c.noCoalesce = true } }
 
@@ -127,7 +127,6 @@ type Producer struct {
 	closed atomic.Bool
 	ops    sync.WaitGroup // sends in flight, callbacks included
 	out    *outboxState   // WithOutbox
-	coal   sync.Map       // coalesceKey -> *coalescer
 }
 
 // NewProducer returns a producer that sends through the client.
@@ -424,7 +423,7 @@ func (op *sendOp) dialAndSend(bc *brokerConn, now, attemptEnd time.Time) {
 // producer's other sends to the topic (coalesce.go).
 func (op *sendOp) sendOn(s *session, now, attemptEnd time.Time) {
 	if op.coalescable() {
-		op.p.coalescer(s, op.req.Topic).add(op, attemptEnd)
+		op.p.cl.coalescer(s, op).add(op, attemptEnd)
 		return
 	}
 	op.sendFrame(s, now, attemptEnd)

@@ -34,9 +34,9 @@ func metric(t *testing.T, b *testbroker.Broker, name string) float64 {
 	return 0
 }
 
-// Natural batching: many concurrent keyless sends of one producer share
-// frames, and each message still gets its own result: a distinct queue
-// offset, where a consumer then finds exactly that message.
+// Natural batching: many concurrent keyless sends of one client's
+// producers share frames, and each message still gets its own result: a
+// distinct queue offset, where a consumer then finds exactly that message.
 func TestCoalescedSendsEachGetTheirOwnResult(t *testing.T) {
 	b := testbroker.Start(t)
 	cl := b.Client()
@@ -44,11 +44,15 @@ func TestCoalescedSendsEachGetTheirOwnResult(t *testing.T) {
 	if err := cl.Admin().CreateTopic(ctx, "events", 2); err != nil {
 		t.Fatal(err)
 	}
-	p, err := cl.NewProducer()
-	if err != nil {
-		t.Fatal(err)
+	var ps [4]*sdk.Producer // frames are shared across a client's producers
+	for i := range ps {
+		p, err := cl.NewProducer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		ps[i] = p
 	}
-	defer p.Close()
 	const senders, each = 64, 20
 	type sent struct {
 		body string
@@ -63,7 +67,7 @@ func TestCoalescedSendsEachGetTheirOwnResult(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < each; i++ {
 				body := fmt.Sprintf("s%d-m%d-%s", s, i, strings.Repeat("x", (s*7+i)%300))
-				res, err := p.Send(ctx, &sdk.Message{Topic: "events", Body: []byte(body),
+				res, err := ps[s%len(ps)].Send(ctx, &sdk.Message{Topic: "events", Body: []byte(body),
 					Headers: []sdk.Header{{Key: "s", Value: []byte(strconv.Itoa(s))}}})
 				if err != nil {
 					t.Errorf("send %s: %v", body, err)
