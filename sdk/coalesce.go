@@ -226,6 +226,7 @@ func (bf *batchFrame) answered(call *call) {
 		// attempts).
 		for _, op := range bf.ops {
 			op.sending = false
+			op.p.cl.faults.end(op.cur.addr, true) // a code is an answer: the broker is alive
 			op.p.cl.faults.release(op.cur.addr, op.probe)
 			op.alone = true
 			go op.attempt() // may dial: not on the session's reader
