@@ -7,9 +7,9 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Natural batching. Concurrent keyless sends of one client (any of its
-// producers with the same durability and compression) to the same broker
-// and topic share produce frames: while coalesceInFlight frames of theirs
+// Natural batching (opt-in: WithCoalescing). Concurrent keyless sends of
+// one client (any of its producers that opted in, with the same durability
+// and compression) to the same broker and topic share produce frames: while coalesceInFlight frames of theirs
 // are in flight, further sends wait, and the next frame to go carries all
 // of them as one batch record (consecutive offsets in one queue). There is no timer: a lone send goes at once, as before; sends
 // only wait behind sends already in flight, the way Kafka's producer fills
@@ -49,7 +49,7 @@ type coalescer struct {
 
 // coalescable reports whether op may share a frame.
 func (op *sendOp) coalescable() bool {
-	return !op.p.cfg.noCoalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
+	return op.p.cfg.coalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
 		op.req.Count == 1 && op.req.Flags == 0
 }
 
@@ -78,8 +78,8 @@ func (c *coalescer) add(op *sendOp, attemptEnd time.Time) {
 	c.mu.Unlock()
 }
 
-// done is called when one of c's frames is answered: the next frame takes
-// what waited.
+// done is called when one of c's frames is answered, successfully or not:
+// the next frame takes what waited.
 func (c *coalescer) done() {
 	var bf *batchFrame
 	for {
@@ -114,14 +114,19 @@ func (c *coalescer) done() {
 		c.pending = c.pending[:rest]
 		c.mu.Unlock()
 
-		// An op whose attempt ran out while it waited fails that attempt,
-		// as a lone send whose answer did not come in time would.
+		// Each message's attempt starts now, as a lone send's starts when
+		// it is sent; one whose send deadline passed while it waited
+		// finishes (attempt says why).
 		now := time.Now()
 		live := bf.ops[:0]
 		for _, op := range bf.ops {
-			if !now.Before(op.attemptEnd) {
-				op.failed(&NetError{Broker: op.cur.addr, Err: ErrTimeout}, now)
+			if !now.Before(op.deadline) || op.ctx.Err() != nil {
+				op.attempt()
 				continue
+			}
+			op.attemptEnd = now.Add(op.p.cfg.attemptTimeout)
+			if op.deadline.Before(op.attemptEnd) {
+				op.attemptEnd = op.deadline
 			}
 			live = append(live, op)
 		}

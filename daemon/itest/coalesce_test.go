@@ -46,7 +46,7 @@ func TestCoalescedSendsEachGetTheirOwnResult(t *testing.T) {
 	}
 	var ps [4]*sdk.Producer // frames are shared across a client's producers
 	for i := range ps {
-		p, err := cl.NewProducer()
+		p, err := cl.NewProducer(sdk.WithCoalescing())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,7 +118,7 @@ func TestCoalescedSendsWaitForTheSync(t *testing.T) {
 	b := testbroker.Start(t, "--debug-faults", "--max-queue-wait", "30s")
 	cl := b.Client()
 	ctx := ctxT(t, 60*time.Second)
-	p, _ := cl.NewProducer(sdk.WithSendTimeout(30*time.Second), sdk.WithAttemptTimeout(20*time.Second))
+	p, _ := cl.NewProducer(sdk.WithSendTimeout(30*time.Second), sdk.WithAttemptTimeout(20*time.Second), sdk.WithCoalescing())
 	defer p.Close()
 	if _, err := p.Send(ctx, &sdk.Message{Topic: "t", Body: []byte("warm-up")}); err != nil {
 		t.Fatal(err)
@@ -169,12 +169,13 @@ func TestCoalescedSendsWaitForTheSync(t *testing.T) {
 // attempt, and each is retried on its own, exactly as a lone send: here
 // the broker refuses every send (DISK_FULL, retryable) until the send
 // timeout, so every message ends with its own error naming its own
-// attempts, all DISK_FULL.
+// attempts, all DISK_FULL, while the broker saw fewer frames than
+// attempts.
 func TestFailedCoalescedFrameFailsEachMessage(t *testing.T) {
 	b := testbroker.Start(t, "--disk-reserve", strconv.FormatInt(1<<60, 10))
 	cl := b.Client()
 	ctx := ctxT(t, 60*time.Second)
-	p, _ := cl.NewProducer(sdk.WithSendTimeout(400 * time.Millisecond))
+	p, _ := cl.NewProducer(sdk.WithSendTimeout(400*time.Millisecond), sdk.WithCoalescing())
 	defer p.Close()
 	const n = 30
 	errs := make(chan error, n)

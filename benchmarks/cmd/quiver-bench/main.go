@@ -62,6 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // options are the command line.
 type options struct {
+	coalesce   bool
 	cpuProfile string
 	traceFile  string
 	cfg        bench.Config
@@ -163,6 +164,7 @@ func addWorkloadFlags(cmd *cobra.Command, o *options) {
 	f.StringVar(&o.topic, "topic", "bench", "topic (Quiver) and subject (NATS)")
 	f.IntVar(&o.queues, "queues", 8, "queues of the topic, when it is created")
 	f.IntVar(&o.connections, "connections", 1, "client connections the producers share, round robin")
+	f.BoolVar(&o.coalesce, "coalesce", false, "Quiver producers use natural batching (sdk.WithCoalescing)")
 	f.DurationVar(&o.sendTimeout, "send-timeout", 3*time.Second, "a send's deadline, retries included; past it the send counts as an error")
 	f.StringVar(&o.quiverd, "quiverd", "", "quiverd binary to start (default: next to quiver-bench, else in $PATH)")
 	f.StringVar(&o.dataDir, "data-dir", "", "where started systems get their temporary data directory (default $TMPDIR or /tmp); use a real disk")
@@ -217,7 +219,7 @@ func (o *options) quiverOptions(engine, durability string) quiver.Options {
 		Quiverd: o.quiverd, Engine: engine, BrokerDurable: brokerDurable, AsyncInterval: o.asyncInterval,
 		DataDir: o.dataDir, StartupTimeout: o.startupTimeout,
 		Durability: durability, Topic: o.topic, Queues: o.queues, Compression: o.compression,
-		Connections: o.connections, Window: o.cfg.Window, SendTimeout: o.sendTimeout,
+		Connections: o.connections, Window: o.cfg.Window, SendTimeout: o.sendTimeout, Coalesce: o.coalesce,
 	}
 }
 
