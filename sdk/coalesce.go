@@ -25,6 +25,11 @@ import (
 // own key and tags, not those inside a batch.
 const (
 	coalesceInFlight = 2
+	// coalesceMaxWait bounds how long a send waits behind the frames in
+	// flight: past it, what waited goes in a frame of its own beyond the
+	// two (a broker that stalls or stops answering would otherwise hold
+	// it until those frames time out, which a lone send never waits for).
+	coalesceMaxWait  = 5 * time.Millisecond
 	coalesceMaxBytes = 256 << 10
 	coalesceMaxCount = 512
 )
@@ -45,6 +50,8 @@ type coalescer struct {
 	mu       sync.Mutex
 	inflight int
 	pending  []*sendOp
+	since    time.Time   // when pending last became non-empty
+	stale    *time.Timer // fires coalesceMaxWait after since
 }
 
 // coalescable reports whether op may share a frame.
@@ -74,18 +81,44 @@ func (c *coalescer) add(op *sendOp, attemptEnd time.Time) {
 		op.sendFrame(c.s, time.Now(), attemptEnd)
 		return
 	}
+	if len(c.pending) == 0 {
+		c.since = time.Now()
+		if c.stale == nil {
+			c.stale = time.AfterFunc(coalesceMaxWait, c.flushStale)
+		} else {
+			c.stale.Reset(coalesceMaxWait)
+		}
+	}
 	c.pending = append(c.pending, op)
 	c.mu.Unlock()
 }
 
+// flushStale sends what waited coalesceMaxWait in a frame of its own.
+func (c *coalescer) flushStale() { c.next(false) }
+
 // done is called when one of c's frames is answered, successfully or not:
 // the next frame takes what waited.
-func (c *coalescer) done() {
+func (c *coalescer) done() { c.next(true) }
+
+// next sends what waits in the frame slot one of c's frames freed (freed),
+// or, from the stale timer, in an extra one if it waited long enough.
+func (c *coalescer) next(freed bool) {
 	var bf *batchFrame
 	for {
 		c.mu.Lock()
+		if !freed && len(c.pending) > 0 {
+			if wait := coalesceMaxWait - time.Since(c.since); wait > 0 {
+				c.stale.Reset(wait) // a frame took the older ones since
+				c.mu.Unlock()
+				return
+			}
+			c.inflight++ // an extra frame; from here on as if a slot was freed
+			freed = true
+		}
 		if len(c.pending) == 0 {
-			c.inflight--
+			if freed {
+				c.inflight--
+			}
 			idle := c.inflight == 0
 			c.mu.Unlock()
 			if idle && c.s.dead() {
@@ -112,6 +145,12 @@ func (c *coalescer) done() {
 		rest := copy(c.pending, c.pending[n:])
 		clear(c.pending[rest:])
 		c.pending = c.pending[:rest]
+		if rest > 0 {
+			c.since = time.Now()
+			c.stale.Reset(coalesceMaxWait)
+		} else {
+			c.stale.Stop()
+		}
 		c.mu.Unlock()
 
 		// Each message's attempt starts now, as a lone send's starts when

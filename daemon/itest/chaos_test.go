@@ -283,7 +283,12 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	}
 
 	// The load: open loop at rate, latency from the intended send time.
-	p, err := pcl.NewProducer()
+	// QUIVER_CHAOS_COALESCE=1 runs it with natural batching on.
+	var popts []sdk.ProducerOpt
+	if os.Getenv("QUIVER_CHAOS_COALESCE") == "1" {
+		popts = append(popts, sdk.WithCoalescing())
+	}
+	p, err := pcl.NewProducer(popts...)
 	if err != nil {
 		t.Fatal(err)
 	}
