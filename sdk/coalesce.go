@@ -7,9 +7,9 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Natural batching (opt-in: WithCoalescing). Concurrent keyless sends of
-// one client (any of its producers that opted in, with the same durability
-// and compression) to the same broker and topic share produce frames: while coalesceInFlight frames of theirs
+// Natural batching (WithoutCoalescing turns it off). Concurrent keyless
+// sends of one client (any of its producers with the same durability and
+// compression) to the same broker and topic share produce frames: while coalesceInFlight frames of theirs
 // are in flight, further sends wait, and the next frame to go carries all
 // of them as one batch record (consecutive offsets in one queue). There is no timer: a lone send goes at once, as before; sends
 // only wait behind sends already in flight, the way Kafka's producer fills
@@ -56,7 +56,7 @@ type coalescer struct {
 
 // coalescable reports whether op may share a frame.
 func (op *sendOp) coalescable() bool {
-	return op.p.cfg.coalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
+	return !op.p.cfg.noCoalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
 		op.req.Count == 1 && op.req.Flags == 0
 }
 

@@ -39,7 +39,7 @@ type producerConfig struct {
 	keyFailover    bool
 	outboxDir      string
 	outboxMax      int64
-	coalesce       bool
+	noCoalesce     bool
 }
 
 // WithSendTimeout is a send's total deadline, retries included (default
@@ -65,15 +65,13 @@ func WithCompression(comp Compression) ProducerOpt {
 	return func(c *producerConfig) { c.compression = comp }
 }
 
-// WithCoalescing turns on natural batching (coalesce.go): concurrent
-// keyless sends of the client's producers that use it, to the same broker
-// and topic, share frames while two of theirs are in flight; the next
-// frame carries everything that waited as one batch record. Each message
-// keeps its own result, attempts and retries. It cuts the broker's CPU per
-// message under pipelined load; it is off by default because a send that
-// waits behind frames to a broker that has stopped answering waits for
-// them to time out first (BENCHMARKS.md, "Send path CPU").
-func WithCoalescing() ProducerOpt { return func(c *producerConfig) { c.coalesce = true } }
+// WithoutCoalescing sends every message in a frame of its own. By default
+// concurrent keyless sends of the client's producers to the same broker
+// and topic share frames while two of theirs are in flight, and the next
+// frame carries everything that waited (at most 5 ms) as one batch record:
+// natural batching (coalesce.go). Each message keeps its own result,
+// attempts and retries.
+func WithoutCoalescing() ProducerOpt { return func(c *producerConfig) { c.noCoalesce = true } }
 
 // WithKeyFailover lets a message with a key move to another queue while
 // its key's queue is unavailable (its group has no reachable leader). By

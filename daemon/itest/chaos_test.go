@@ -283,10 +283,10 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	}
 
 	// The load: open loop at rate, latency from the intended send time.
-	// QUIVER_CHAOS_COALESCE=1 runs it with natural batching on.
+	// QUIVER_CHAOS_COALESCE=0 runs it with natural batching off.
 	var popts []sdk.ProducerOpt
-	if os.Getenv("QUIVER_CHAOS_COALESCE") == "1" {
-		popts = append(popts, sdk.WithCoalescing())
+	if os.Getenv("QUIVER_CHAOS_COALESCE") == "0" {
+		popts = append(popts, sdk.WithoutCoalescing())
 	}
 	p, err := pcl.NewProducer(popts...)
 	if err != nil {

@@ -46,7 +46,7 @@ func TestCoalescedSendsEachGetTheirOwnResult(t *testing.T) {
 	}
 	var ps [4]*sdk.Producer // frames are shared across a client's producers
 	for i := range ps {
-		p, err := cl.NewProducer(sdk.WithCoalescing())
+		p, err := cl.NewProducer()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -118,7 +118,7 @@ func TestCoalescedSendsWaitForTheSync(t *testing.T) {
 	b := testbroker.Start(t, "--debug-faults", "--max-queue-wait", "30s")
 	cl := b.Client()
 	ctx := ctxT(t, 60*time.Second)
-	p, _ := cl.NewProducer(sdk.WithSendTimeout(30*time.Second), sdk.WithAttemptTimeout(20*time.Second), sdk.WithCoalescing())
+	p, _ := cl.NewProducer(sdk.WithSendTimeout(30*time.Second), sdk.WithAttemptTimeout(20*time.Second))
 	defer p.Close()
 	if _, err := p.Send(ctx, &sdk.Message{Topic: "t", Body: []byte("warm-up")}); err != nil {
 		t.Fatal(err)
@@ -175,7 +175,7 @@ func TestFailedCoalescedFrameFailsEachMessage(t *testing.T) {
 	b := testbroker.Start(t, "--disk-reserve", strconv.FormatInt(1<<60, 10))
 	cl := b.Client()
 	ctx := ctxT(t, 60*time.Second)
-	p, _ := cl.NewProducer(sdk.WithSendTimeout(400*time.Millisecond), sdk.WithCoalescing())
+	p, _ := cl.NewProducer(sdk.WithSendTimeout(400 * time.Millisecond))
 	defer p.Close()
 	const n = 30
 	errs := make(chan error, n)

@@ -43,7 +43,7 @@ type Options struct {
 	Compression string // none, zstd or s2 (batches)
 	Connections int    // clients the producers share, round robin
 	Window      int
-	Coalesce    bool // the producers use sdk.WithCoalescing (natural batching)
+	NoCoalesce  bool // the producers use sdk.WithoutCoalescing (no natural batching)
 	SendTimeout time.Duration
 }
 
@@ -129,8 +129,8 @@ func (t *Target) producerOpts() error {
 		return fmt.Errorf("--compression %q: none, zstd or s2", o.Compression)
 	}
 	t.prodOps = []sdk.ProducerOpt{sdk.WithMaxInFlight(max(o.Window, 1) + 1), sdk.WithDurability(d), sdk.WithCompression(c)}
-	if o.Coalesce {
-		t.prodOps = append(t.prodOps, sdk.WithCoalescing())
+	if o.NoCoalesce {
+		t.prodOps = append(t.prodOps, sdk.WithoutCoalescing())
 	}
 	if o.SendTimeout > 0 {
 		t.prodOps = append(t.prodOps, sdk.WithSendTimeout(o.SendTimeout))
