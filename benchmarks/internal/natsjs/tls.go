@@ -1,72 +1,31 @@
 package natsjs
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
-	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/quivermq/quiver/daemon/certs"
 )
 
-// certValidity is how long the self-signed certificate is valid.
-const certValidity = 24 * time.Hour
-
-// writeSelfSigned makes a self-signed ECDSA P-256 certificate for
-// 127.0.0.1 and localhost, valid for a day, and writes it and its key as
-// cert.pem and key.pem (readable by the owner only) in dir. It returns the
-// certificate, for the client to trust, and the two files' paths.
+// writeSelfSigned makes the certificate of the run's TLS row the way a
+// broker with no configured certificate makes its own (daemon/certs: ECDSA
+// P-256 for 127.0.0.1, ::1 and localhost, key readable by the owner only),
+// in dir. It returns the certificate, for the client to trust, and the two
+// files' paths.
 func writeSelfSigned(dir string) (cert *x509.Certificate, certFile, keyFile string, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pair, _, err := certs.LoadOrCreate(dir, nil)
 	if err != nil {
-		return nil, "", "", fmt.Errorf("generating the TLS key: %w", err)
+		return nil, "", "", fmt.Errorf("making the TLS certificate: %w", err)
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return nil, "", "", fmt.Errorf("generating the certificate's serial number: %w", err)
+	if cert, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+		return nil, "", "", fmt.Errorf("parsing the TLS certificate just made: %w", err)
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "quiver-bench nats-server"},
-		NotBefore:             now.Add(-time.Minute), // a little clock skew
-		NotAfter:              now.Add(certValidity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, "", "", fmt.Errorf("creating the TLS certificate: %w", err)
-	}
-	cert, err = x509.ParseCertificate(der)
-	if err != nil {
-		return nil, "", "", fmt.Errorf("parsing the TLS certificate just created: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, "", "", fmt.Errorf("encoding the TLS key: %w", err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		return nil, "", "", fmt.Errorf("writing the TLS certificate: %w", err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return nil, "", "", fmt.Errorf("writing the TLS key: %w", err)
-	}
-	return cert, certFile, keyFile, nil
+	return cert, filepath.Join(dir, certs.CertFile), filepath.Join(dir, certs.KeyFile), nil
 }
 
 // serverTLS is the server's TLS configuration: the certificate and key
