@@ -70,19 +70,19 @@ func (cl *Client) coalescer(s *session, op *sendOp) *coalescer {
 }
 
 // add sends op now, alone, if fewer than coalesceInFlight frames are in
-// flight, else queues it for the next frame.
-func (c *coalescer) add(op *sendOp, attemptEnd time.Time) {
-	op.attemptEnd = attemptEnd
+// flight, else queues it for the next frame (whose sending starts its
+// attempt: see next).
+func (c *coalescer) add(op *sendOp, now, attemptEnd time.Time) {
 	c.mu.Lock()
 	if c.inflight < coalesceInFlight && len(c.pending) == 0 {
 		c.inflight++
 		c.mu.Unlock()
 		op.coal = c
-		op.sendFrame(c.s, time.Now(), attemptEnd)
+		op.sendFrame(c.s, now, attemptEnd)
 		return
 	}
 	if len(c.pending) == 0 {
-		c.since = time.Now()
+		c.since = now
 		if c.stale == nil {
 			c.stale = time.AfterFunc(coalesceMaxWait, c.flushStale)
 		} else {

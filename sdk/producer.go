@@ -183,7 +183,7 @@ type sendOp struct {
 	keyBound   bool // a keyed send kept to its key's queue (op.group, op.req.Queue)
 	alone      bool // never coalesced again (its batch was refused as a whole)
 	start      time.Time
-	attemptEnd time.Time  // while it waits for a coalesced frame
+	attemptEnd time.Time  // its attempt's end, set when its coalesced frame goes
 	coal       *coalescer // the coalescer whose frame slot this lone attempt holds
 
 	res      SendResult
@@ -422,10 +422,10 @@ func (op *sendOp) dialAndSend(bc *brokerConn, now, attemptEnd time.Time) {
 }
 
 // sendOn sends the attempt on s, a session to op.cur: alone, or with the
-// producer's other sends to the topic (coalesce.go).
+// client's other sends to the topic (coalesce.go).
 func (op *sendOp) sendOn(s *session, now, attemptEnd time.Time) {
 	if op.coalescable() {
-		op.p.cl.coalescer(s, op).add(op, attemptEnd)
+		op.p.cl.coalescer(s, op).add(op, now, attemptEnd)
 		return
 	}
 	op.sendFrame(s, now, attemptEnd)
