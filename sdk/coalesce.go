@@ -8,12 +8,17 @@ import (
 )
 
 // Natural batching (WithoutCoalescing turns it off). Concurrent keyless
-// sends of one client (any of its producers with the same durability and
-// compression) to the same broker and topic share produce frames: while coalesceInFlight frames of theirs
-// are in flight, further sends wait, and the next frame to go carries all
-// of them as one batch record (consecutive offsets in one queue). There is no timer: a lone send goes at once, as before; sends
-// only wait behind sends already in flight, the way Kafka's producer fills
-// a batch while the previous ones are in flight (linger.ms = 0).
+// sends of one client (any of its producers with the same durability,
+// compression and linger) to the same broker and topic share produce
+// frames: while coalesceInFlight frames of theirs are in flight, further
+// sends wait, and the next frame to go carries all of them as one batch
+// record (consecutive offsets in one queue). By default there is no
+// timer: a lone send goes at once, as before; sends only wait behind sends
+// already in flight, the way Kafka's producer fills a batch while the
+// previous ones are in flight (linger.ms = 0). WithLinger(d) makes the
+// first send of a batch wait d on purpose (Kafka's linger.ms), unless the
+// batch fills first: fewer, larger frames at a moderate rate, for d of
+// latency.
 //
 // Each message keeps its own outcome: its result (the batch's first offset
 // plus its index), its attempts, its retries, its deadline and its part in
@@ -26,9 +31,10 @@ import (
 const (
 	coalesceInFlight = 2
 	// coalesceMaxWait bounds how long a send waits behind the frames in
-	// flight: past it, what waited goes in a frame of its own beyond the
-	// two (a broker that stalls or stops answering would otherwise hold
-	// it until those frames time out, which a lone send never waits for).
+	// flight (after its linger): past it, what waited goes in a frame of
+	// its own beyond the two (a broker that stalls or stops answering
+	// would otherwise hold it until those frames time out, which a lone
+	// send never waits for).
 	coalesceMaxWait  = 5 * time.Millisecond
 	coalesceMaxBytes = 256 << 10
 	coalesceMaxCount = 512
@@ -39,6 +45,7 @@ type coalesceKey struct {
 	topic      string
 	durability uint8
 	comp       Compression
+	linger     time.Duration
 }
 
 // coalescer is a client's sends to one topic on one session, with one
@@ -50,8 +57,9 @@ type coalescer struct {
 	mu       sync.Mutex
 	inflight int
 	pending  []*sendOp
+	bytes    int         // of pending, as counted against coalesceMaxBytes
 	since    time.Time   // when pending last became non-empty
-	stale    *time.Timer // fires coalesceMaxWait after since
+	stale    *time.Timer // fires when what is pending must go (see next)
 }
 
 // coalescable reports whether op may share a frame.
@@ -61,7 +69,7 @@ func (op *sendOp) coalescable() bool {
 }
 
 func (cl *Client) coalescer(s *session, op *sendOp) *coalescer {
-	k := coalesceKey{s, op.req.Topic, op.req.Durability, op.p.cfg.compression}
+	k := coalesceKey{s, op.req.Topic, op.req.Durability, op.p.cfg.compression, op.p.cfg.linger}
 	if c, ok := cl.coal.Load(k); ok {
 		return c.(*coalescer)
 	}
@@ -70,11 +78,11 @@ func (cl *Client) coalescer(s *session, op *sendOp) *coalescer {
 }
 
 // add sends op now, alone, if fewer than coalesceInFlight frames are in
-// flight, else queues it for the next frame (whose sending starts its
-// attempt: see next).
+// flight and the client does not linger, else queues it for the next frame
+// (whose sending starts its attempt: see next).
 func (c *coalescer) add(op *sendOp, now, attemptEnd time.Time) {
 	c.mu.Lock()
-	if c.inflight < coalesceInFlight && len(c.pending) == 0 {
+	if c.key.linger == 0 && c.inflight < coalesceInFlight && len(c.pending) == 0 {
 		c.inflight++
 		c.mu.Unlock()
 		op.coal = c
@@ -83,14 +91,31 @@ func (c *coalescer) add(op *sendOp, now, attemptEnd time.Time) {
 	}
 	if len(c.pending) == 0 {
 		c.since = now
+		wait := c.key.linger
+		if wait == 0 {
+			wait = coalesceMaxWait
+		}
 		if c.stale == nil {
-			c.stale = time.AfterFunc(coalesceMaxWait, c.flushStale)
+			c.stale = time.AfterFunc(wait, c.flushStale)
 		} else {
-			c.stale.Reset(coalesceMaxWait)
+			c.stale.Reset(wait)
 		}
 	}
 	c.pending = append(c.pending, op)
+	c.bytes += op.coalesceSize()
+	full := c.key.linger > 0 && c.full() && c.inflight < coalesceInFlight
 	c.mu.Unlock()
+	if full {
+		c.next(false) // a full batch does not linger
+	}
+}
+
+// coalesceSize is what op counts against coalesceMaxBytes.
+func (op *sendOp) coalesceSize() int { return len(op.req.Body) + len(op.req.Headers) + 16 }
+
+// full reports whether what is pending fills a frame. c.mu is held.
+func (c *coalescer) full() bool {
+	return len(c.pending) >= coalesceMaxCount || c.bytes >= coalesceMaxBytes
 }
 
 // flushStale sends what waited coalesceMaxWait in a frame of its own.
@@ -101,19 +126,33 @@ func (c *coalescer) flushStale() { c.next(false) }
 func (c *coalescer) done() { c.next(true) }
 
 // next sends what waits in the frame slot one of c's frames freed (freed),
-// or, from the stale timer, in an extra one if it waited long enough.
+// or, from the stale timer (or add, for a full batch), in a free slot once
+// it has lingered, or in an extra one if it also waited coalesceMaxWait
+// behind the frames in flight. A slot freed while the batch still lingers
+// stays free.
 func (c *coalescer) next(freed bool) {
 	var bf *batchFrame
 	for {
 		c.mu.Lock()
-		if !freed && len(c.pending) > 0 {
-			if wait := coalesceMaxWait - time.Since(c.since); wait > 0 {
-				c.stale.Reset(wait) // a frame took the older ones since
+		if len(c.pending) > 0 {
+			act, wait := decide(freed, time.Since(c.since), c.key.linger, c.full(), c.inflight)
+			switch act {
+			case sendPending:
+				if !freed {
+					c.inflight++ // a free slot, or an extra frame
+					freed = true
+				}
+			case leaveSlot, waitMore:
+				if act == leaveSlot {
+					c.inflight-- // the timer sends the batch once it has lingered
+				}
+				c.stale.Reset(wait)
 				c.mu.Unlock()
+				if bf != nil {
+					bf.put()
+				}
 				return
 			}
-			c.inflight++ // an extra frame; from here on as if a slot was freed
-			freed = true
 		}
 		if len(c.pending) == 0 {
 			if freed {
@@ -134,20 +173,25 @@ func (c *coalescer) next(freed bool) {
 		}
 		n, size := 0, 0
 		for n < len(c.pending) && n < coalesceMaxCount {
-			sz := len(c.pending[n].req.Body) + len(c.pending[n].req.Headers) + 16
+			sz := c.pending[n].coalesceSize()
 			if n > 0 && size+sz > coalesceMaxBytes {
 				break
 			}
 			size += sz
 			n++
 		}
+		c.bytes -= size
 		bf.ops = append(bf.ops[:0], c.pending[:n]...)
 		rest := copy(c.pending, c.pending[n:])
 		clear(c.pending[rest:])
 		c.pending = c.pending[:rest]
 		if rest > 0 {
 			c.since = time.Now()
-			c.stale.Reset(coalesceMaxWait)
+			if c.key.linger > 0 {
+				c.stale.Reset(c.key.linger)
+			} else {
+				c.stale.Reset(coalesceMaxWait)
+			}
 		} else {
 			c.stale.Stop()
 		}
@@ -183,6 +227,33 @@ func (c *coalescer) next(freed bool) {
 			bf = nil
 		}
 		return
+	}
+}
+
+// What next does with a pending batch.
+const (
+	sendPending = iota // in the slot freed, a free one or an extra one
+	leaveSlot          // free the slot and wait: the batch still lingers
+	waitMore           // wait: it lingers, or waits behind the frames in flight
+)
+
+// decide is next's policy for a pending batch that has waited since, with
+// the client's linger, whether it fills a frame, and the frames in flight;
+// freed says whether a frame of c's was just answered. It returns the
+// action and, for the waits, when to look again.
+func decide(freed bool, since, linger time.Duration, full bool, inflight int) (int, time.Duration) {
+	ready := since >= linger || full
+	switch {
+	case ready && (freed || inflight < coalesceInFlight):
+		return sendPending, 0
+	case freed:
+		return leaveSlot, linger - since
+	case ready && since >= linger+coalesceMaxWait:
+		return sendPending, 0 // an extra frame beyond coalesceInFlight
+	case ready:
+		return waitMore, linger + coalesceMaxWait - since
+	default:
+		return waitMore, linger - since
 	}
 }
 

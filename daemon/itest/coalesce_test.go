@@ -212,3 +212,113 @@ func TestFailedCoalescedFrameFailsEachMessage(t *testing.T) {
 		t.Fatalf("%d attempts in %v refused frames: not coalesced", attempts, refused)
 	}
 }
+
+// WithLinger: sends made one after the other with nothing in flight, which
+// natural batching alone sends in frames of their own, wait for each other
+// and go in one frame, each with its own offset, in the order sent.
+func TestLingerBatchesSendsWithNothingInFlight(t *testing.T) {
+	b := testbroker.Start(t)
+	cl := b.Client()
+	ctx := ctxT(t, 60*time.Second)
+	if err := cl.Admin().CreateTopic(ctx, "lingered", 1); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.NewProducer(sdk.WithLinger(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "lingered", Body: []byte("warm-up")}); err != nil {
+		t.Fatal(err)
+	}
+	before := metric(t, b, "quiver_produce_latency_seconds_count")
+	const n = 20
+	type outcome struct {
+		i   int
+		res sdk.SendResult
+		err error
+	}
+	done := make(chan outcome, n)
+	for i := 0; i < n; i++ {
+		err := p.SendAsync(ctx, &sdk.Message{Topic: "lingered", Body: []byte(fmt.Sprint(i))}, func(res sdk.SendResult, err error) {
+			done <- outcome{i, res, err}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	offsets := make([]uint64, n)
+	for range n {
+		o := <-done
+		if o.err != nil {
+			t.Fatalf("send %d: %v", o.i, o.err)
+		}
+		offsets[o.i] = o.res.Offset
+	}
+	for i := range offsets {
+		if offsets[i] != offsets[0]+uint64(i) {
+			t.Fatalf("offsets %v: want consecutive, in the order sent", offsets)
+		}
+	}
+	if frames := metric(t, b, "quiver_produce_latency_seconds_count") - before; frames != 1 {
+		t.Fatalf("%d lingered sends went in %v frames, want 1", n, frames)
+	}
+}
+
+// SendBatchAsync: each batch's callback has its first offset and count,
+// the batch was encoded before the call returned (the caller reuses its
+// messages at once), and a consumer finds every message where its batch's
+// result says.
+func TestSendBatchAsync(t *testing.T) {
+	b := testbroker.Start(t)
+	cl := b.Client()
+	ctx := ctxT(t, 60*time.Second)
+	p, err := cl.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const batches, size = 6, 5
+	type outcome struct {
+		b   int
+		res sdk.SendResult
+		err error
+	}
+	done := make(chan outcome, batches)
+	msgs := make([]*sdk.Message, size)
+	for i := range msgs {
+		msgs[i] = &sdk.Message{Topic: "batched"}
+	}
+	for bi := 0; bi < batches; bi++ {
+		for i, m := range msgs {
+			m.Body = []byte(fmt.Sprintf("b%d-m%d", bi, i)) // the same messages, reused
+		}
+		err := p.SendBatchAsync(ctx, msgs, func(res sdk.SendResult, err error) { done <- outcome{bi, res, err} })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.SendBatchAsync(ctx, nil, func(sdk.SendResult, error) {}); err == nil {
+		t.Fatal("an empty batch was accepted")
+	}
+	want := map[string]string{}
+	for range batches {
+		o := <-done
+		if o.err != nil || o.res.Count != size {
+			t.Fatalf("batch %d: %+v, %v", o.b, o.res, o.err)
+		}
+		for i := 0; i < size; i++ {
+			want[fmt.Sprintf("%d/%d", o.res.Queue, o.res.Offset+uint64(i))] = fmt.Sprintf("b%d-m%d", o.b, i)
+		}
+	}
+	for _, m := range consumeN(t, ctx, cl, "g", "batched", batches*size) {
+		k := fmt.Sprintf("%d/%d", m.Queue, m.Offset)
+		if want[k] != string(m.Body) {
+			t.Fatalf("%s holds %q, want %q", k, m.Body, want[k])
+		}
+		delete(want, k)
+	}
+	if len(want) != 0 {
+		t.Fatalf("%d messages not consumed: %v", len(want), want)
+	}
+}

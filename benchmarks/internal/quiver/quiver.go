@@ -43,7 +43,8 @@ type Options struct {
 	Compression string // none, zstd or s2 (batches)
 	Connections int    // clients the producers share, round robin
 	Window      int
-	NoCoalesce  bool // the producers use sdk.WithoutCoalescing (no natural batching)
+	NoCoalesce  bool          // the producers use sdk.WithoutCoalescing (no natural batching)
+	Linger      time.Duration // the producers use sdk.WithLinger
 	SendTimeout time.Duration
 }
 
@@ -129,6 +130,9 @@ func (t *Target) producerOpts() error {
 		return fmt.Errorf("--compression %q: none, zstd or s2", o.Compression)
 	}
 	t.prodOps = []sdk.ProducerOpt{sdk.WithMaxInFlight(max(o.Window, 1) + 1), sdk.WithDurability(d), sdk.WithCompression(c)}
+	if o.Linger > 0 {
+		t.prodOps = append(t.prodOps, sdk.WithLinger(o.Linger))
+	}
 	if o.NoCoalesce {
 		t.prodOps = append(t.prodOps, sdk.WithoutCoalescing())
 	}
