@@ -83,6 +83,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./sdk/wire/ || exit 1; done
 	for f in FuzzDecodeMsg FuzzDecodeCommand; do \
 		$(GO) test $(LDFLAGS) -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./daemon/controller/ || exit 1; done
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./daemon/acl/
 
 # 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by
 # side. -count runs every configuration COUNT times, interleaved, and

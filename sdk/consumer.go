@@ -87,6 +87,7 @@ type Consumer struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 	done   chan struct{} // every broker group was left
+	failed atomic.Pointer[error] // why the consumer stopped by itself (fail)
 
 	mu       sync.Mutex
 	members  map[string]*membership // by broker group
@@ -273,8 +274,9 @@ func (c *Consumer) Assigned() []QueueRef {
 }
 
 // Run calls handler for each message, one at a time, in order within each
-// queue, until ctx is done (it then returns ctx.Err()) or the consumer is
-// closed (ErrClosed). A message is marked processed when handler returns
+// queue, until ctx is done (it then returns ctx.Err()), the consumer is
+// closed (ErrClosed) or a broker refuses it a right it needs (the
+// FORBIDDEN error: the group, or reading a topic; Poll returns it too). A message is marked processed when handler returns
 // nil; an error makes Run call handler again with the same message after a
 // growing pause (at least once: nothing is skipped). With auto-commit,
 // processed offsets are committed every interval. Run must not be called
@@ -292,7 +294,7 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-c.ctx.Done():
-			return ErrClosed
+			return c.stopped()
 		}
 		q := m.lease
 		if !q.enter() {
@@ -346,7 +348,7 @@ func (c *Consumer) Poll(ctx context.Context) ([]*Message, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-c.ctx.Done():
-			return nil, ErrClosed
+			return nil, c.stopped()
 		}
 	drain:
 		for len(out) < c.cfg.fetchMax {
@@ -449,6 +451,9 @@ func (m *membership) loop() {
 		a, err := m.sync(c.ctx, false)
 		wait := c.cfg.heartbeat
 		if err != nil {
+			if forbidden(err) {
+				c.fail(err)
+			}
 			if c.ctx.Err() != nil {
 				break
 			}
@@ -615,6 +620,10 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 	case c.cfg.start == Latest:
 		h, _, err := c.fetch(q, 0, 1, 0)
 		for err != nil {
+			if forbidden(err) {
+				c.fail(err)
+				return
+			}
 			if !c.pause(q, &err) {
 				return
 			}
@@ -638,6 +647,10 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 					continue
 				}
 				err = berr
+			}
+			if forbidden(err) {
+				c.fail(err)
+				return
 			}
 			failures++
 			if !c.pause(q, &err) {
@@ -669,6 +682,29 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 		}
 		next = max(next, h.Next)
 	}
+}
+
+// fail stops the consumer for good: err is a refusal that retrying cannot
+// change (the principal lacks a right: FORBIDDEN). Run and Poll return it.
+func (c *Consumer) fail(err error) {
+	if c.failed.CompareAndSwap(nil, &err) {
+		c.cl.logger.Error("consumer stopped: the broker refuses it a right", "group", c.group, "member", c.member, "err", err)
+		c.cancel()
+	}
+}
+
+// stopped is what Run and Poll return once the consumer has stopped.
+func (c *Consumer) stopped() error {
+	if err := c.failed.Load(); err != nil {
+		return *err
+	}
+	return ErrClosed
+}
+
+// forbidden reports a refusal for a right the principal lacks.
+func forbidden(err error) bool {
+	var we *wire.Error
+	return errors.As(err, &we) && we.Code == wire.CodeForbidden
 }
 
 // pause waits after a failed fetch; false when the queue was stopped.

@@ -57,7 +57,8 @@ type Config struct {
 
 	TLSCert string   `toml:"tls_cert" help:"certificate (PEM); default: a self-signed one kept in DATA/tls"`
 	TLSKey  string   `toml:"tls_key" help:"private key (PEM) of tls_cert"`
-	Tokens  []string `toml:"tokens" help:"accepted client credentials; none: no authentication"`
+	Tokens  []string `toml:"tokens" help:"accepted client credentials, each with every right; none: no authentication (see acl)"`
+	ACL     string   `toml:"acl" help:"ACL file (TOML): principals, their token hashes and rights; anything not granted is refused; reloaded on SIGHUP (docs/operations.md)"`
 
 	LogLevel  string `toml:"log_level" help:"debug, info, warn or error"`
 	LogFormat string `toml:"log_format" help:"text or json"`
@@ -122,6 +123,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: data is empty")
 	case c.Listen == "":
 		return errors.New("config: listen is empty")
+	case c.ACL != "" && len(c.Tokens) > 0:
+		return errors.New("config: tokens and acl: with an ACL every token is a principal's token_sha256 there")
 	case c.Durability != "sync" && c.Durability != "async":
 		return fmt.Errorf("config: durability %q (sync or async)", c.Durability)
 	case c.Engine != "auto" && c.Engine != "io_uring" && c.Engine != "portable":

@@ -21,8 +21,9 @@ type conn struct {
 	s        *Server
 	qc       *quic.Conn
 	source   string // remote IP (reconnects come from new ports)
-	clientID string
-	session  uint64
+	clientID  string
+	session   uint64
+	principal string // with an ACL: whom the Hello's token named
 
 	established atomic.Bool
 	pending     chan struct{} // semaphore of non-produce requests
@@ -106,7 +107,13 @@ func (c *conn) hello() (*stream, string) {
 		return nil, c.refuse(st, h.RequestID, closeRefused, &wire.Error{Code: wire.CodeUnsupportedVersion,
 			Message: fmt.Sprintf("protocol version %d; this broker speaks %d", m.Version, wire.ProtocolVersion)})
 	}
-	if !c.s.authorized(m.Credentials) {
+	if holder := c.s.opts.ACL; holder != nil {
+		p := holder.Load().ByToken(m.Credentials)
+		if p == nil {
+			return nil, c.refuse(st, h.RequestID, closeRefused, &wire.Error{Code: wire.CodeUnauthorized, Message: "credentials refused"})
+		}
+		c.principal = p.Name
+	} else if !c.s.authorized(m.Credentials) {
 		return nil, c.refuse(st, h.RequestID, closeRefused, &wire.Error{Code: wire.CodeUnauthorized, Message: "credentials refused"})
 	}
 	if c.s.stopping.Load() {

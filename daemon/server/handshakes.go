@@ -81,14 +81,19 @@ func (h *handshakes) record(source, clientID, reason string) {
 }
 
 func (h *handshakes) evictOldestLocked() {
-	var oldest hsKey
+	evictOldest(h.m, func(e *hsEntry) time.Time { return e.last })
+}
+
+// evictOldest removes the entry of m whose last time is the oldest.
+func evictOldest[K comparable, E any](m map[K]*E, last func(*E) time.Time) {
+	var oldest K
 	var t time.Time
-	for k, e := range h.m {
-		if t.IsZero() || e.last.Before(t) {
-			oldest, t = k, e.last
+	for k, e := range m {
+		if l := last(e); t.IsZero() || l.Before(t) {
+			oldest, t = k, l
 		}
 	}
-	delete(h.m, oldest)
+	delete(m, oldest)
 }
 
 func (h *handshakes) report() []wire.HandshakeFail {

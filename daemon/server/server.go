@@ -25,6 +25,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/daemon/acl"
 	"github.com/quivermq/quiver/daemon/broker"
 	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/sdk/wire"
@@ -45,6 +46,10 @@ type Options struct {
 	Peers    *peer.Mux
 	// Tokens are the accepted credentials of a Hello; empty: no authentication.
 	Tokens []string
+	// ACL, when set, authenticates a Hello's token as one of its
+	// principals (Tokens must then be empty) and checks every request
+	// against the rights the principal has in the ACL held now.
+	ACL *acl.Holder
 	// Status returns the status document for Status requests.
 	Status func() wire.Status
 	// HelloTimeout bounds the time from accepting a connection to its Hello
@@ -115,8 +120,9 @@ type Server struct {
 	connWG   sync.WaitGroup
 	sessions atomic.Int64
 	seq      atomic.Uint64
-	hs       handshakes
-	served   chan struct{}
+	hs        handshakes
+	forbidden forbidden
+	served    chan struct{}
 }
 
 // Listen starts listening; Serve accepts.
@@ -127,6 +133,9 @@ func Listen(o Options) (*Server, error) {
 	}
 	if o.Broker == nil {
 		return nil, errors.New("server: Options.Broker is nil")
+	}
+	if o.ACL != nil && len(o.Tokens) > 0 {
+		return nil, errors.New("server: tokens and an ACL: the ACL names every token (token_sha256)")
 	}
 	tlsConf := o.TLS.Clone()
 	tlsConf.MinVersion = tls.VersionTLS13
@@ -161,6 +170,7 @@ func Listen(o Options) (*Server, error) {
 	s := &Server{opts: o, logger: o.Logger.With("component", "server"), ln: ln, tr: tr, udp: udp, b: o.Broker, served: make(chan struct{})}
 	s.conns.m = map[*conn]struct{}{}
 	s.hs.init(s.logger)
+	s.forbidden.init(s.logger, o.Broker.Registry())
 	return s, nil
 }
 
@@ -245,8 +255,12 @@ func (s *Server) Connections() *wire.Connections {
 		}
 	}
 	s.conns.Unlock()
-	return &wire.Connections{Open: open, GSO: gso, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
+	doc := &wire.Connections{Open: open, GSO: gso, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
 		FailedHandshakes: s.hs.report()}
+	if s.opts.ACL != nil {
+		doc.Forbidden = s.forbidden.report()
+	}
+	return doc
 }
 
 func (s *Server) removeConn(c *conn) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/daemon/acl"
 	"github.com/quivermq/quiver/daemon/broker"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -80,6 +81,11 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
+			return true
+		}
+		if werr := st.c.check(acl.Produce, call.In.Topic); werr != nil {
+			putBuf(bp)
+			st.sendError(h.RequestID, werr)
 			return true
 		}
 		call.Owner, call.ReqID, call.Buf = st, h.RequestID, bp
@@ -164,6 +170,10 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			bad(err)
 			return
 		}
+		if werr := st.c.check(acl.Consume, f.Topic); werr != nil {
+			st.sendError(id, werr)
+			return
+		}
 		ctx := st.c.qc.Context()
 		if err := st.w.WaitRoom(ctx); err != nil {
 			return
@@ -192,6 +202,10 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			bad(err)
 			return
 		}
+		if werr := st.c.check(acl.Admin, ""); werr != nil {
+			st.sendError(id, werr)
+			return
+		}
 		if werr := b.CreateTopic(m.Topic, m.Queues); werr != nil {
 			st.sendError(id, werr)
 			return
@@ -201,6 +215,16 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		var m wire.GroupSync
 		if err := wire.DecodeGroupSync(payload, &m); err != nil {
 			bad(err)
+			return
+		}
+		werr := st.c.check(acl.Groups, m.Group)
+		for _, topic := range m.Topics {
+			if werr == nil {
+				werr = st.c.check(acl.Consume, topic)
+			}
+		}
+		if werr != nil {
+			st.sendError(id, werr)
 			return
 		}
 		a, werr := b.GroupSync(&m)
@@ -216,6 +240,10 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			bad(err)
 			return
 		}
+		if werr := st.c.check(acl.Groups, m.Group); werr != nil {
+			st.sendError(id, werr)
+			return
+		}
 		if werr := b.Commit(&m); werr != nil {
 			st.sendError(id, werr)
 			return
@@ -224,6 +252,10 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 	case wire.TypePromote:
 		if err := wire.DecodeEmpty(payload); err != nil {
 			bad(err)
+			return
+		}
+		if werr := st.c.check(acl.Admin, ""); werr != nil {
+			st.sendError(id, werr)
 			return
 		}
 		info, werr := b.Promote()
@@ -237,6 +269,10 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		var m wire.Elect
 		if err := wire.DecodeElect(payload, &m); err != nil {
 			bad(err)
+			return
+		}
+		if werr := st.c.check(acl.Admin, ""); werr != nil {
+			st.sendError(id, werr)
 			return
 		}
 		ctx, cancel := context.WithTimeout(st.c.qc.Context(), 10*time.Second)

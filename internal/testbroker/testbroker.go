@@ -237,6 +237,9 @@ func (b *Broker) Stop() error {
 func (b *Broker) Pause()  { b.signal(syscall.SIGSTOP) }
 func (b *Broker) Resume() { b.signal(syscall.SIGCONT) }
 
+// Reload sends SIGHUP (quiverd reloads its ACL file).
+func (b *Broker) Reload() { b.signal(syscall.SIGHUP) }
+
 func (b *Broker) wait() error {
 	b.mu.Lock()
 	done := b.done

@@ -23,7 +23,8 @@ const (
 	CodeOffsetOutOfRange   Code = 25 // fetch offset below the queue's minimum or past its end
 	CodeInternal           Code = 26 // a broker bug: retrying will not help
 	CodeFenced             Code = 27 // a consumer-group member that no longer owns what it commits
-	codeLimit                   = 28
+	CodeForbidden          Code = 28 // the session's principal lacks the right the request needs
+	codeLimit                   = 29
 )
 
 var codeInfo = [codeLimit]struct {
@@ -46,6 +47,7 @@ var codeInfo = [codeLimit]struct {
 	CodeOffsetOutOfRange:   {"OFFSET_OUT_OF_RANGE", false},
 	CodeInternal:           {"INTERNAL", false},
 	CodeFenced:             {"FENCED", false},
+	CodeForbidden:          {"FORBIDDEN", false},
 }
 
 // Known reports whether c is a code this version defines.

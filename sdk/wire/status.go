@@ -117,6 +117,18 @@ type Connections struct {
 	Sessions         int             `json:"sessions"`
 	AcceptedTotal    int64           `json:"accepted_total"`
 	FailedHandshakes []HandshakeFail `json:"failed_handshakes"`
+	// Forbidden counts requests refused FORBIDDEN, per principal and right
+	// (only with an ACL).
+	Forbidden []Forbidden `json:"forbidden,omitempty"`
+}
+
+// Forbidden is one principal's refusals for one right.
+type Forbidden struct {
+	Principal  string `json:"principal"`
+	Right      string `json:"right"`
+	Count      int64  `json:"count"`
+	Last       string `json:"last"`
+	LastReason string `json:"last_reason"`
 }
 
 type HandshakeFail struct {

@@ -28,6 +28,7 @@ func TestRetryableTable(t *testing.T) {
 		{CodeUnsupportedVersion, false},
 		{CodeOffsetOutOfRange, false},
 		{CodeInternal, false},
+		{CodeForbidden, false}, // a right the principal lacks: retrying cannot grant it
 		{CodeOK, false},
 		{Code(999), false}, // unknown codes are never retried blindly
 	}

@@ -87,6 +87,7 @@ type globals struct {
 	ca          string
 	fingerprint string
 	timeout     time.Duration
+	token       string
 	lookupEnv   func(string) (string, bool)
 }
 
@@ -118,6 +119,7 @@ Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line
 	pf.StringVar(&g.ca, "ca", "", "PEM file with the broker's certificate or its CA (default $QUIVER_CA, else ./quiver-data/tls/cert.pem)")
 	pf.StringVar(&g.fingerprint, "fingerprint", "", "trust exactly the broker certificate with this SHA-256 fingerprint (hex)")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long a send or an admin request may take, retries included")
+	pf.StringVar(&g.token, "token", "", "the credentials to present (default $QUIVER_TOKEN): a token the broker's tokens or ACL accepts")
 	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g))
 	return root
 }
@@ -175,6 +177,13 @@ func (g *globals) client(cmd *cobra.Command, opts ...sdk.Opt) (*sdk.Client, erro
 	// answer must leave time for the others.
 	opts = append([]sdk.Opt{sdk.WithBrokers(addrs...), trust, sdk.WithLogger(logger),
 		sdk.WithDialTimeout(min(g.timeout/time.Duration(len(addrs)), 5*time.Second))}, opts...)
+	token := g.token
+	if token == "" {
+		token, _ = g.lookupEnv("QUIVER_TOKEN")
+	}
+	if token != "" {
+		opts = append(opts, sdk.WithCredentials([]byte(token)))
+	}
 	return sdk.NewClient(opts...)
 }
 

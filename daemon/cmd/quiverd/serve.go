@@ -20,6 +20,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/spf13/cobra"
 
+	"github.com/quivermq/quiver/daemon/acl"
 	"github.com/quivermq/quiver/daemon/admin"
 	"github.com/quivermq/quiver/daemon/broker"
 	"github.com/quivermq/quiver/daemon/certs"
@@ -158,8 +159,18 @@ func serve(c config.Config) error {
 		b.Close()
 		return err
 	}
+	var acls *acl.Holder
+	if c.ACL != "" {
+		a, err := acl.LoadFile(c.ACL)
+		if err != nil {
+			b.Close()
+			return err
+		}
+		acls = acl.NewHolder(a)
+		logger.Info("ACL loaded", "file", c.ACL, "principals", a.Len())
+	}
 	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		Broker: b, Tokens: c.Tokens, Logger: logger, Identity: id, Peers: mux, ResetKey: (*quic.StatelessResetKey)(&resetKey)})
+		Broker: b, Tokens: c.Tokens, ACL: acls, Logger: logger, Identity: id, Peers: mux, ResetKey: (*quic.StatelessResetKey)(&resetKey)})
 	if err != nil {
 		b.Close()
 		return err
@@ -216,14 +227,23 @@ func serve(c config.Config) error {
 		srv.Addr(), adminAddr, c.Data, fp)
 
 	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sig)
-	select {
-	case s := <-sig:
-		logger.Info("stopping", "signal", s.String())
-	case err := <-srvErr:
-		if err != nil {
-			logger.Error("QUIC server failed; stopping", "err", err)
+wait:
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				reloadACL(c.ACL, acls, logger)
+				continue
+			}
+			logger.Info("stopping", "signal", s.String())
+			break wait
+		case err := <-srvErr:
+			if err != nil {
+				logger.Error("QUIC server failed; stopping", "err", err)
+			}
+			break wait
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -278,4 +298,22 @@ func notAVoter(voters []string) peer.Handler {
 		s.QS.SetWriteDeadline(time.Now().Add(time.Second))
 		s.QS.Write(wire.AppendFrame(nil, wire.Header{Type: wire.TypeCtlMsg}, b))
 	}
+}
+
+// reloadACL replaces the ACL with the file's contents (SIGHUP). Sessions
+// stay connected: each request is checked against the new one, by the
+// name of the principal its session authenticated as. A file that does not
+// parse changes nothing.
+func reloadACL(path string, h *acl.Holder, logger *slog.Logger) {
+	if h == nil {
+		logger.Info("SIGHUP: no ACL configured, nothing to reload")
+		return
+	}
+	a, err := acl.LoadFile(path)
+	if err != nil {
+		logger.Error("SIGHUP: the ACL file has an error; the previous ACL stays in force", "err", err)
+		return
+	}
+	h.Store(a)
+	logger.Info("ACL reloaded", "file", path, "principals", a.Len())
 }

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/internal/testbroker"
+	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+func sha(tok string) string {
+	s := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(s[:])
+}
+
+// The tokens of the contract's principals: long enough that finding one
+// in a file cannot be chance.
+const (
+	producerTok = "tok-producer-6f1c9a8e2b7d"
+	consumerTok = "tok-consumer-93b0d4e7a215"
+	adminTok    = "tok-admin-51e8c2f0d9a3"
+)
+
+func aclFile(producePatterns string) string {
+	return `
+[[principal]]
+name = "orders-app"
+token_sha256 = "` + sha(producerTok) + `"
+produce = [` + producePatterns + `]
+
+[[principal]]
+name = "billing"
+token_sha256 = "` + sha(consumerTok) + `"
+consume = ["orders*"]
+groups = ["billing*"]
+
+[[principal]]
+name = "ops"
+token_sha256 = "` + sha(adminTok) + `"
+admin = true
+`
+}
+
+// refused checks that r failed (exit 1) with an error naming code, on one
+// line of stderr that ends in a newline.
+func refused(t *testing.T, r result, code string, what string) {
+	t.Helper()
+	if r.code != 1 || !strings.Contains(r.stderr, code) || !strings.HasSuffix(r.stderr, "\n") {
+		t.Fatalf("%s: want exit 1 naming %s on stderr; %v", what, code, r)
+	}
+}
+
+// The contract of issue 14, through the quiver command against a real
+// broker with an ACL: who may send, read, create and promote.
+func TestACLContract(t *testing.T) {
+	dir := t.TempDir()
+	acl := filepath.Join(dir, "acl.toml")
+	if err := os.WriteFile(acl, []byte(aclFile(`"orders*"`)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := testbroker.Start(t, "--acl", acl)
+	withTok := func(tok string, args ...string) []string { return with(b, append([]string{"--token", tok}, args...)...) }
+
+	refused(t, runBin(t, "", "", with(b, "topic", "create", "orders")...), "UNAUTHORIZED", "no token")
+	refused(t, runBin(t, "", "", withTok("not-a-token", "topic", "list")...), "UNAUTHORIZED", "a wrong token")
+
+	must(t, runBin(t, "", "", withTok(adminTok, "topic", "create", "orders", "--queues", "2")...))
+	must(t, runBin(t, "", "", withTok(adminTok, "topic", "create", "payments", "--queues", "1")...))
+
+	must(t, runBin(t, "", "o1\no2\n", withTok(producerTok, "produce", "--topic", "orders", "--acks")...))
+	r := runBin(t, "", "p1\n", withTok(producerTok, "produce", "--topic", "payments", "--acks")...)
+	refused(t, r, "FORBIDDEN", "the producer sending to payments")
+	if !strings.Contains(r.stderr, "orders-app") || !strings.Contains(r.stderr, "produce") {
+		t.Fatalf("the refusal does not name the principal and the right: %v", r)
+	}
+	refused(t, runBin(t, "", "", withTok(producerTok, "consume", "--topic", "orders", "--group", "billing-1", "--count", "1")...),
+		"FORBIDDEN", "the producer consuming")
+	refused(t, runBin(t, "", "", withTok(producerTok, "topic", "create", "orders-new")...), "FORBIDDEN", "the producer creating a topic")
+	refused(t, runBin(t, "", "", withTok(producerTok, "admin", "promote")...), "FORBIDDEN", "the producer promoting")
+
+	// The consumer's token comes from QUIVER_TOKEN.
+	asConsumer := func(stdin string, args ...string) result {
+		ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+		defer cancel()
+		cmd := quiverCmd(t, ctx, "", with(b, args...)...)
+		cmd.Env = append(cmd.Env, "QUIVER_TOKEN="+consumerTok)
+		var out, errb strings.Builder
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &out, &errb
+		err := cmd.Run()
+		res := result{stdout: out.String(), stderr: errb.String()}
+		var ee interface{ ExitCode() int }
+		if errors.As(err, &ee) {
+			res.code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	r = must(t, asConsumer("", "consume", "--topic", "orders", "--group", "billing-1", "--count", "2"))
+	if got := strings.Fields(r.stdout); len(got) != 2 || !strings.Contains(r.stdout, "o1") || !strings.Contains(r.stdout, "o2") {
+		t.Fatalf("the consumer read %q, want o1 and o2", r.stdout)
+	}
+	refused(t, asConsumer("", "consume", "--topic", "orders", "--group", "audit", "--count", "1"), "FORBIDDEN", "the consumer in another group")
+	refused(t, asConsumer("c1\n", "produce", "--topic", "orders", "--acks"), "FORBIDDEN", "the consumer sending")
+
+	// Refusals are counted per principal and right.
+	metrics := string(b.Get("/metrics"))
+	for _, want := range []string{`quiver_forbidden_total{principal="orders-app",right="produce"}`,
+		`quiver_forbidden_total{principal="orders-app",right="admin"}`, `quiver_forbidden_total{principal="billing",right="groups"}`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics has no %s", want)
+		}
+	}
+	if st := b.Status(); st.Connections == nil || len(st.Connections.Forbidden) == 0 {
+		t.Errorf("/status counts no refusals: %+v", st.Connections)
+	}
+	b.Stop()
+	// No token is written anywhere: not in the data directory, not in the log.
+	filepath.Walk(b.Dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, tok := range []string{producerTok, consumerTok, adminTok, "not-a-token"} {
+			if strings.Contains(string(data), tok) {
+				t.Errorf("%s holds a token in clear", path)
+			}
+		}
+		return nil
+	})
+}
+
+// SIGHUP reloads the ACL without dropping connections: a producer refused
+// a topic is allowed it, on the same session, once the file grants it; a
+// file with an error changes nothing.
+func TestACLReload(t *testing.T) {
+	dir := t.TempDir()
+	acl := filepath.Join(dir, "acl.toml")
+	if err := os.WriteFile(acl, []byte(aclFile(`"orders*"`)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := testbroker.Start(t, "--acl", acl, "--auto-create-topics")
+	cl := b.Client(sdk.WithCredentials([]byte(producerTok)))
+	p, err := cl.NewProducer(sdk.WithSendTimeout(2 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "orders", Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	forbidden := func(err error) bool {
+		var we *wire.Error
+		return errors.As(err, &we) && we.Code == wire.CodeForbidden
+	}
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "payments", Body: []byte("x")}); !forbidden(err) {
+		t.Fatalf("send to payments before the reload: %v, want FORBIDDEN", err)
+	}
+	accepted := b.Status().Connections.AcceptedTotal
+
+	os.WriteFile(acl, []byte("this is not toml ["), 0o600)
+	b.Reload()
+	testbroker.WaitFor(t, "the broken file to be refused", func() bool { return strings.Contains(b.Log(), "previous ACL stays in force") })
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "orders", Body: []byte("x")}); err != nil {
+		t.Fatalf("a broken ACL file changed the rights in force: %v", err)
+	}
+
+	os.WriteFile(acl, []byte(aclFile(`"orders*", "payments"`)), 0o600)
+	b.Reload()
+	testbroker.WaitFor(t, "the ACL to be reloaded", func() bool { return strings.Count(b.Log(), "ACL reloaded") == 1 })
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "payments", Body: []byte("x")}); err != nil {
+		t.Fatalf("send to payments after the reload: %v", err)
+	}
+	if now := b.Status().Connections.AcceptedTotal; now != accepted {
+		t.Fatalf("the client connected again (%d connections, %d before the reload)", now, accepted)
+	}
+}
