@@ -310,22 +310,24 @@ func (f *Follower) receive(ctx context.Context, read func() (wire.Header, []byte
 		p   []byte
 		err error
 	}
+	// The reader hands over a copy of each frame: the log keeps the
+	// records until it acknowledges them, and the reader's buffer is
+	// reused for the next frame. (It used to hand over the buffer itself
+	// and wait for it back, and a stop between the two left the receive
+	// loop waiting forever for a reader that had returned.)
 	frames := make(chan result)
-	next := make(chan struct{})
 	go func() {
 		for {
 			h, p, err := read()
+			if err == nil {
+				p = append([]byte(nil), p...)
+			}
 			select {
 			case frames <- result{h, p, err}:
 			case <-ctx.Done():
 				return
 			}
 			if err != nil {
-				return
-			}
-			select {
-			case <-next: // the payload was consumed: the buffer may be reused
-			case <-ctx.Done():
 				return
 			}
 		}
@@ -361,27 +363,22 @@ func (f *Follower) receive(ctx context.Context, read func() (wire.Header, []byte
 			}
 			f.lastHeard.Store(time.Now().UnixNano())
 			if r.h.Type != wire.TypeReplData {
-				next <- struct{}{}
 				err := fmt.Errorf("unexpected frame type %d from the leader", r.h.Type)
 				return "follower", err.Error(), err
 			}
 			var d wire.ReplData
 			if err := wire.DecodeReplData(r.p, &d); err != nil {
-				next <- struct{}{}
 				return "follower", err.Error(), err
 			}
 			f.leaderEnd.Store(d.Visible)
 			if d.Epoch != rh.Epoch {
-				next <- struct{}{}
 				err := fmt.Errorf("records of epoch %d on a session of epoch %d", d.Epoch, rh.Epoch)
 				return "follower", err.Error(), err
 			}
 			if len(d.Records) == 0 {
-				next <- struct{}{}
 				continue
 			}
-			data := append([]byte(nil), d.Records...) // the log keeps it until it acknowledges
-			next <- struct{}{}
+			data := d.Records // a copy of the reader's: the log keeps it until it acknowledges
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
