@@ -23,6 +23,8 @@ type clientConfig struct {
 	trustErr    error
 	clientID    string
 	credentials []byte
+	clientCert  *tls.Certificate
+	certErr     error
 	logger      *slog.Logger
 	dialTimeout time.Duration
 	idleTimeout time.Duration
@@ -59,6 +61,27 @@ func WithClientID(id string) Opt { return func(c *clientConfig) { c.clientID = i
 
 // WithCredentials sets the token sent in the Hello.
 func WithCredentials(token []byte) Opt { return func(c *clientConfig) { c.credentials = token } }
+
+// WithClientCertificate presents cert to the brokers (mutual TLS): a broker
+// with client_ca verifies it and, with an ACL, takes the principal whose
+// cert_cn is the certificate's common name or one of its DNS names, when
+// the client sends no token.
+func WithClientCertificate(cert tls.Certificate) Opt {
+	return func(c *clientConfig) { c.clientCert = &cert }
+}
+
+// WithClientCertificateFiles is WithClientCertificate with the certificate
+// and its private key read from PEM files.
+func WithClientCertificateFiles(certFile, keyFile string) Opt {
+	return func(c *clientConfig) {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			c.certErr = fmt.Errorf("quiver: client certificate: %w", err)
+			return
+		}
+		c.clientCert = &cert
+	}
+}
 
 // WithLogger sets where the client logs (default slog.Default()).
 func WithLogger(l *slog.Logger) Opt { return func(c *clientConfig) { c.logger = l } }
@@ -153,6 +176,8 @@ func NewClient(opts ...Opt) (*Client, error) {
 	switch {
 	case cfg.trustErr != nil:
 		return nil, cfg.trustErr
+	case cfg.certErr != nil:
+		return nil, cfg.certErr
 	case cfg.tls == nil:
 		return nil, ErrNoTrust
 	case len(cfg.brokers) == 0:
@@ -176,6 +201,10 @@ func NewClient(opts ...Opt) (*Client, error) {
 	tc := cfg.tls.Clone()
 	tc.NextProtos = []string{ALPN}
 	tc.MinVersion = tls.VersionTLS13
+	if cert := cfg.clientCert; cert != nil {
+		// Presented whenever a broker asks, whatever CAs it names.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
 	cfg.tls = tc
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel,

@@ -86,7 +86,7 @@ type Consumer struct {
 	msgs   chan *Message
 	wg     sync.WaitGroup
 	closed atomic.Bool
-	done   chan struct{} // every broker group was left
+	done   chan struct{}         // every broker group was left
 	failed atomic.Pointer[error] // why the consumer stopped by itself (fail)
 
 	mu       sync.Mutex
@@ -168,9 +168,10 @@ func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt
 	for _, o := range opts {
 		o(&cfg)
 	}
+	if err := wire.ValidName("group", group); err != nil {
+		return nil, fmt.Errorf("quiver: %w", err)
+	}
 	switch {
-	case group == "" || len(group) > wire.MaxGroupLen:
-		return nil, fmt.Errorf("quiver: group name of %d bytes (1..%d)", len(group), wire.MaxGroupLen)
 	case len(topics) == 0:
 		return nil, errors.New("quiver: a consumer needs at least one topic")
 	case cfg.heartbeat <= 0 || cfg.session < 2*cfg.heartbeat:

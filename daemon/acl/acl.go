@@ -14,14 +14,15 @@
 //	admin = false                      # create topics, promote, elect
 //	peer = false                       # broker-to-broker traffic
 //
-// Patterns are names in which `*` matches any run of characters ("*"
-// alone: everything). Anything not granted is refused.
+// Patterns are names (wire.ValidName) in which `*` matches any run of
+// characters ("*" alone: everything). Anything not granted is refused.
 package acl
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,6 +31,8 @@ import (
 	"sync/atomic"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // Right is what a request needs.
@@ -118,6 +121,24 @@ func (a *ACL) ByCertCN(cn string) *Principal {
 	}
 	for _, p := range a.principals {
 		if p.CertCN == cn {
+			return p
+		}
+	}
+	return nil
+}
+
+// ByCert returns the principal whose cert_cn is the certificate's common
+// name, or else one of its DNS names, or nil. The caller has verified the
+// certificate (client_ca).
+func (a *ACL) ByCert(cert *x509.Certificate) *Principal {
+	if cert == nil {
+		return nil
+	}
+	if p := a.ByCertCN(cert.Subject.CommonName); p != nil {
+		return p
+	}
+	for _, name := range cert.DNSNames {
+		if p := a.ByCertCN(name); p != nil {
 			return p
 		}
 	}
@@ -219,8 +240,8 @@ func Parse(data []byte) (*ACL, error) {
 }
 
 func (d *principalDoc) principal() (*Principal, error) {
-	if err := ValidName(d.Name); err != nil {
-		return nil, fmt.Errorf("name: %w", err)
+	if err := wire.ValidName("principal", d.Name); err != nil {
+		return nil, err
 	}
 	p := &Principal{Name: d.Name, CertCN: d.CertCN, admin: d.Admin, peer: d.Peer}
 	switch {
@@ -236,28 +257,13 @@ func (d *principalDoc) principal() (*Principal, error) {
 	}
 	for r, pats := range map[Right][]string{Produce: d.Produce, Consume: d.Consume, Groups: d.Groups} {
 		for _, pat := range pats {
-			if err := ValidName(strings.ReplaceAll(pat, "*", "x")); err != nil {
+			if err := wire.ValidName("pattern", strings.ReplaceAll(pat, "*", "x")); err != nil {
 				return nil, fmt.Errorf("%s pattern %q: %w", r, pat, err)
 			}
 		}
 		p.grants[r] = append([]string(nil), pats...)
 	}
 	return p, nil
-}
-
-// ValidName checks a topic, group or principal name: 1 to 255 letters,
-// digits, '.', '_' and '-'.
-func ValidName(s string) error {
-	if s == "" || len(s) > 255 {
-		return fmt.Errorf("%d characters (1 to 255)", len(s))
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%q: only letters, digits, '.', '_' and '-' are allowed", s)
-		}
-	}
-	return nil
 }
 
 // Match reports whether name matches pat, in which '*' matches any run of

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 func hash(tok string) string {
@@ -113,7 +115,7 @@ func TestParseErrors(t *testing.T) {
 		{`[[principal]]` + "\n" + `name = "a"` + "\n" + `token_sha256 = "` + h + `"` + "\n" + `prodcue = ["x"]`, "unknown keys: principal.prodcue"},
 		{`[[principal]]` + "\n" + `name = "a"`, "needs token_sha256 or cert_cn"},
 		{`[[principal]]` + "\n" + `name = "a"` + "\n" + `token_sha256 = "abc"`, "64 hex digits"},
-		{`[[principal]]` + "\n" + `token_sha256 = "` + h + `"`, "name"},
+		{`[[principal]]` + "\n" + `token_sha256 = "` + h + `"`, "principal name of 0 bytes"},
 		{`[[principal]]` + "\n" + `name = "a b"` + "\n" + `token_sha256 = "` + h + `"`, "only letters"},
 		{`[[principal]]` + "\n" + `name = "a"` + "\n" + `token_sha256 = "` + h + `"` + "\n" + `produce = ["orders/*"]`, `produce pattern "orders/*"`},
 		{`[[principal]]` + "\n" + `name = "a"` + "\n" + `token_sha256 = "` + h + `"` + "\n" + `[[principal]]` + "\n" + `name = "a"` + "\n" + `cert_cn = "c"`, "used twice"},
@@ -142,7 +144,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, p := range a.principals {
-			if a.Principal(p.Name) != p || ValidName(p.Name) != nil {
+			if a.Principal(p.Name) != p || wire.ValidName("principal", p.Name) != nil {
 				t.Fatalf("principal %q", p.Name)
 			}
 			for r := Produce; r < rights; r++ {

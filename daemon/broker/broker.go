@@ -258,13 +258,19 @@ func (b *Broker) topic(name string) *topic {
 
 // validTopic reports whether a client may name the topic.
 func validTopic(name string) *wire.Error {
-	switch {
-	case name == "" || len(name) > wire.MaxTopicLen:
-		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic name of %d bytes (1..%d)", len(name), wire.MaxTopicLen)}
-	case strings.HasPrefix(name, reservedPrefix):
+	if err := wire.ValidName("topic", name); err != nil {
+		return &wire.Error{Code: wire.CodeInvalid, Message: err.Error()}
+	}
+	if strings.HasPrefix(name, reservedPrefix) {
 		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: names starting with %q are reserved", name, reservedPrefix)}
-	case strings.ContainsAny(name, "\x00/\\"):
-		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: NUL, / and \\ are not allowed", name)}
+	}
+	return nil
+}
+
+// validGroup checks a consumer group's name.
+func validGroup(name string) *wire.Error {
+	if err := wire.ValidName("group", name); err != nil {
+		return &wire.Error{Code: wire.CodeInvalid, Message: err.Error()}
 	}
 	return nil
 }

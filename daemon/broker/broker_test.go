@@ -525,3 +525,34 @@ func (c *fakeClock) add(d time.Duration) {
 func removeSnapshot(dir string) error {
 	return os.Remove(filepath.Join(dir, "state", "snapshot.json"))
 }
+
+// Topic and group names are letters, digits, '.', '_' and '-', checked
+// wherever a topic is created or a group joined, with an error that says
+// so; nothing is created by a refused name.
+func TestNames(t *testing.T) {
+	b := open(t, testOpts(t.TempDir()))
+	defer b.Close()
+	for _, name := range []string{"", "a b", "a/b", "a:b", "ünï", strings.Repeat("x", 256), "__internal"} {
+		if werr := b.CreateTopic(name, 1); werr == nil || werr.Code != wire.CodeInvalid {
+			t.Errorf("CreateTopic(%q): %v, want INVALID", name, werr)
+		}
+		if _, werr := b.GroupSync(&wire.GroupSync{Group: "g", Member: "m", SessionMs: 1000, Topics: []string{name}}); werr == nil {
+			t.Errorf("GroupSync with topic %q was accepted", name)
+		}
+		if name == "__internal" {
+			continue
+		}
+		if _, werr := b.GroupSync(&wire.GroupSync{Group: name, Member: "m", SessionMs: 1000, Topics: []string{"t"}}); werr == nil ||
+			!strings.Contains(werr.Message, "group name") {
+			t.Errorf("GroupSync of group %q: %v, want INVALID naming the group", name, werr)
+		}
+	}
+	for _, name := range []string{"orders", "orders.eu-1", "A_b-C.9"} {
+		if werr := b.CreateTopic(name, 1); werr != nil {
+			t.Errorf("CreateTopic(%q): %v", name, werr)
+		}
+	}
+	if got := len(b.Metadata(nil).Topics); got != 3 {
+		t.Fatalf("%d topics exist, want the 3 valid ones", got)
+	}
+}

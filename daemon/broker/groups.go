@@ -104,9 +104,16 @@ func (b *Broker) GroupSync(req *wire.GroupSync) (wire.Assignment, *wire.Error) {
 	if werr := b.writable(); werr != nil {
 		return wire.Assignment{}, werr
 	}
+	if werr := validGroup(req.Group); werr != nil {
+		return wire.Assignment{}, werr
+	}
 	for _, t := range req.Topics {
-		if werr := validTopic(t); werr != nil {
-			return wire.Assignment{}, werr
+		// A topic that exists is fine whatever its name (older brokers
+		// allowed more characters); a new one must be valid.
+		if b.topic(t) == nil {
+			if werr := validTopic(t); werr != nil {
+				return wire.Assignment{}, werr
+			}
 		}
 	}
 	return b.groups.sync(req), nil

@@ -6,6 +6,8 @@
 package config
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -37,10 +39,12 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 
 // Config is every setting of quiverd.
 type Config struct {
-	Data     string `toml:"data" help:"data directory (log, indexes, certificate, state)"`
-	Listen   string `toml:"listen" help:"QUIC address for producers and consumers"`
-	Admin    string `toml:"admin" help:"admin HTTP address (/healthz, /metrics, /status); empty: off"`
-	BrokerID string `toml:"broker_id" help:"this broker's id in responses and status"`
+	Data       string `toml:"data" help:"data directory (log, indexes, certificate, state)"`
+	Listen     string `toml:"listen" help:"QUIC address for producers and consumers"`
+	Admin      string `toml:"admin" help:"admin HTTP address (/healthz, /metrics, /status); empty: off"`
+	AdminToken string `toml:"admin_token_sha256" help:"SHA-256 (hex) of the bearer token every admin endpoint but /healthz then requires"`
+	AdminPprof bool   `toml:"admin_pprof" help:"serve Go's profiles under /debug/pprof/ on the admin address"`
+	BrokerID   string `toml:"broker_id" help:"this broker's id in responses and status"`
 
 	Engine        string   `toml:"engine" help:"I/O backend: auto, io_uring or portable"`
 	Durability    string   `toml:"durability" help:"default acknowledgement: sync (after fsync) or async"`
@@ -55,10 +59,11 @@ type Config struct {
 	AutoCreateTopics bool `toml:"auto_create_topics" help:"create a topic on its first send"`
 	DefaultQueues    int  `toml:"default_queues" help:"queues of an auto-created topic"`
 
-	TLSCert string   `toml:"tls_cert" help:"certificate (PEM); default: a self-signed one kept in DATA/tls"`
-	TLSKey  string   `toml:"tls_key" help:"private key (PEM) of tls_cert"`
-	Tokens  []string `toml:"tokens" help:"accepted client credentials, each with every right; none: no authentication (see acl)"`
-	ACL     string   `toml:"acl" help:"ACL file (TOML): principals, their token hashes and rights; anything not granted is refused; reloaded on SIGHUP (docs/operations.md)"`
+	TLSCert  string   `toml:"tls_cert" help:"certificate (PEM); default: a self-signed one kept in DATA/tls"`
+	TLSKey   string   `toml:"tls_key" help:"private key (PEM) of tls_cert"`
+	Tokens   []string `toml:"tokens" help:"accepted client credentials, each with every right; none: no authentication (see acl)"`
+	ClientCA string   `toml:"client_ca" help:"PEM file of the CAs whose client certificates are accepted (mutual TLS); with acl, a client without a token is the principal its certificate names (cert_cn)"`
+	ACL      string   `toml:"acl" help:"ACL file (TOML): principals, their token hashes and rights; anything not granted is refused; reloaded on SIGHUP (docs/operations.md)"`
 
 	LogLevel  string `toml:"log_level" help:"debug, info, warn or error"`
 	LogFormat string `toml:"log_format" help:"text or json"`
@@ -123,6 +128,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: data is empty")
 	case c.Listen == "":
 		return errors.New("config: listen is empty")
+	case c.AdminToken != "" && !isSHA256Hex(c.AdminToken):
+		return errors.New("config: admin_token_sha256 must be 64 hex digits (sha256sum of the token)")
 	case c.ACL != "" && len(c.Tokens) > 0:
 		return errors.New("config: tokens and acl: with an ACL every token is a principal's token_sha256 there")
 	case c.Durability != "sync" && c.Durability != "async":
@@ -316,4 +323,9 @@ func Load(path string, lookup func(string) (string, bool), applyFlags func(*Conf
 		applyFlags(&c)
 	}
 	return c, c.Validate()
+}
+
+func isSHA256Hex(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == sha256.Size
 }

@@ -12,15 +12,16 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/daemon/acl"
 	"github.com/quivermq/quiver/internal/quicerr"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // conn is one client connection.
 type conn struct {
-	s        *Server
-	qc       *quic.Conn
-	source   string // remote IP (reconnects come from new ports)
+	s         *Server
+	qc        *quic.Conn
+	source    string // remote IP (reconnects come from new ports)
 	clientID  string
 	session   uint64
 	principal string // with an ACL: whom the Hello's token named
@@ -108,7 +109,13 @@ func (c *conn) hello() (*stream, string) {
 			Message: fmt.Sprintf("protocol version %d; this broker speaks %d", m.Version, wire.ProtocolVersion)})
 	}
 	if holder := c.s.opts.ACL; holder != nil {
-		p := holder.Load().ByToken(m.Credentials)
+		a := holder.Load()
+		var p *acl.Principal
+		if len(m.Credentials) > 0 {
+			p = a.ByToken(m.Credentials)
+		} else if certs := c.qc.ConnectionState().TLS.PeerCertificates; c.s.opts.ClientCAs != nil && len(certs) > 0 {
+			p = a.ByCert(certs[0]) // verified against client_ca in the handshake
+		}
 		if p == nil {
 			return nil, c.refuse(st, h.RequestID, closeRefused, &wire.Error{Code: wire.CodeUnauthorized, Message: "credentials refused"})
 		}

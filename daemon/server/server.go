@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,10 @@ type Options struct {
 	// principals (Tokens must then be empty) and checks every request
 	// against the rights the principal has in the ACL held now.
 	ACL *acl.Holder
+	// ClientCAs, when set, verifies the certificates clients present
+	// (mutual TLS; a client may present none): with an ACL, a client that
+	// sends no token is the principal its certificate names (cert_cn).
+	ClientCAs *x509.CertPool
 	// Status returns the status document for Status requests.
 	Status func() wire.Status
 	// HelloTimeout bounds the time from accepting a connection to its Hello
@@ -117,9 +122,9 @@ type Server struct {
 		sync.Mutex
 		m map[*conn]struct{}
 	}
-	connWG   sync.WaitGroup
-	sessions atomic.Int64
-	seq      atomic.Uint64
+	connWG    sync.WaitGroup
+	sessions  atomic.Int64
+	seq       atomic.Uint64
 	hs        handshakes
 	forbidden forbidden
 	served    chan struct{}
@@ -142,6 +147,19 @@ func Listen(o Options) (*Server, error) {
 	tlsConf.NextProtos = []string{wire.ALPN}
 	if o.Identity != nil && o.Peers != nil {
 		tlsConf = o.Identity.ServerTLS(tlsConf)
+	}
+	if o.ClientCAs != nil {
+		tlsConf.ClientAuth = tls.RequestClientCert
+		peers := tlsConf.VerifyConnection
+		tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol == wire.ALPN {
+				return verifyClientCert(cs.PeerCertificates, o.ClientCAs)
+			}
+			if peers != nil {
+				return peers(cs)
+			}
+			return nil
+		}
 	}
 	qconf := &quic.Config{
 		MaxIdleTimeout:                 o.IdleTimeout,
@@ -268,6 +286,24 @@ func (s *Server) removeConn(c *conn) {
 	delete(s.conns.m, c)
 	s.conns.Unlock()
 	s.connWG.Done()
+}
+
+// verifyClientCert checks a client's certificate chain, if it presented
+// one, against client_ca.
+func verifyClientCert(chain []*x509.Certificate, roots *x509.CertPool) error {
+	if len(chain) == 0 {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return fmt.Errorf("client certificate not accepted (client_ca): %w", err)
+	}
+	return nil
 }
 
 // authorized checks a Hello's credentials in constant time.

@@ -2,9 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,7 +75,9 @@ func TestACLContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := testbroker.Start(t, "--acl", acl)
-	withTok := func(tok string, args ...string) []string { return with(b, append([]string{"--token", tok}, args...)...) }
+	withTok := func(tok string, args ...string) []string {
+		return with(b, append([]string{"--token", tok}, args...)...)
+	}
 
 	refused(t, runBin(t, "", "", with(b, "topic", "create", "orders")...), "UNAUTHORIZED", "no token")
 	refused(t, runBin(t, "", "", withTok("not-a-token", "topic", "list")...), "UNAUTHORIZED", "a wrong token")
@@ -186,4 +196,104 @@ func TestACLReload(t *testing.T) {
 	if now := b.Status().Connections.AcceptedTotal; now != accepted {
 		t.Fatalf("the client connected again (%d connections, %d before the reload)", now, accepted)
 	}
+}
+
+// testCA is a certificate authority for client certificates.
+type testCA struct {
+	t    *testing.T
+	dir  string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	File string // its certificate, PEM
+}
+
+func newTestCA(t *testing.T, dir, name string) *testCA {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	ca := &testCA{t: t, dir: dir, cert: cert, key: key, File: filepath.Join(dir, name+".pem")}
+	os.WriteFile(ca.File, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	return ca
+}
+
+// issue makes a client certificate for cn; it returns its files.
+func (ca *testCA) issue(cn string) (certFile, keyFile string) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	certFile, keyFile = filepath.Join(ca.dir, cn+".crt"), filepath.Join(ca.dir, cn+".key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+// Mutual TLS: a client certificate signed by client_ca names its principal
+// (cert_cn), through the CLI and the SDK; one from another CA is refused in
+// the handshake; without a certificate or a token a client is refused.
+func TestACLClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := newTestCA(t, dir, "clients-ca"), newTestCA(t, dir, "other-ca")
+	acl := filepath.Join(dir, "acl.toml")
+	os.WriteFile(acl, []byte(`
+[[principal]]
+name = "orders-app"
+cert_cn = "orders-app.clients"
+produce = ["orders*"]
+
+[[principal]]
+name = "ops"
+token_sha256 = "`+sha(adminTok)+`"
+admin = true
+`), 0o600)
+	b := testbroker.Start(t, "--acl", acl, "--client-ca", ca.File)
+	must(t, runBin(t, "", "", with(b, "--token", adminTok, "topic", "create", "orders")...))
+
+	crt, key := ca.issue("orders-app.clients")
+	must(t, runBin(t, "", "m1\n", with(b, "--cert", crt, "--key", key, "produce", "--topic", "orders", "--acks")...))
+	r := runBin(t, "", "m2\n", with(b, "--cert", crt, "--key", key, "produce", "--topic", "payments", "--acks")...)
+	refused(t, r, "FORBIDDEN", "the certificate's principal sending to payments")
+	if !strings.Contains(r.stderr, "orders-app") {
+		t.Fatalf("the refusal does not name the certificate's principal: %v", r)
+	}
+	if r := runBin(t, "", "", with(b, "--cert", crt, "topic", "list")...); r.code != 2 || !strings.Contains(r.stderr, "--cert and --key") {
+		t.Fatalf("a certificate without its key: want a usage error; %v", r)
+	}
+
+	// The SDK, with the same certificate.
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := b.Client(sdk.WithClientCertificate(pair))
+	p, _ := cl.NewProducer()
+	defer p.Close()
+	if _, err := p.Send(context.Background(), &sdk.Message{Topic: "orders", Body: []byte("m3")}); err != nil {
+		t.Fatalf("send with a client certificate: %v", err)
+	}
+
+	// A certificate of another CA is refused in the handshake, one of the
+	// right CA naming no principal at the Hello, and so is no credential.
+	octr, okey := other.issue("orders-app.clients")
+	refused(t, runBin(t, "", "", with(b, "--cert", octr, "--key", okey, "topic", "list")...), "bad certificate", "a certificate of another CA")
+	scrt, skey := ca.issue("stranger")
+	refused(t, runBin(t, "", "", with(b, "--cert", scrt, "--key", skey, "topic", "list")...), "UNAUTHORIZED", "a certificate naming no principal")
+	refused(t, runBin(t, "", "", with(b, "topic", "list")...), "UNAUTHORIZED", "no credential")
 }

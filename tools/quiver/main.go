@@ -88,6 +88,7 @@ type globals struct {
 	fingerprint string
 	timeout     time.Duration
 	token       string
+	cert, key   string
 	lookupEnv   func(string) (string, bool)
 }
 
@@ -102,6 +103,9 @@ The broker's certificate is always verified: with --ca (or QUIVER_CA) naming
 a PEM file that holds it (a self-signed broker keeps it in DATA/tls/cert.pem),
 or with --fingerprint, the SHA-256 fingerprint quiverd prints when it starts.
 Without either, ./quiver-data/tls/cert.pem is trusted if it exists.
+
+A broker that checks who calls (tokens, acl) takes --token (or QUIVER_TOKEN),
+or a client certificate (--cert and --key) where it has client_ca.
 
 Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line.`,
 		SilenceUsage:  true,
@@ -120,6 +124,8 @@ Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line
 	pf.StringVar(&g.fingerprint, "fingerprint", "", "trust exactly the broker certificate with this SHA-256 fingerprint (hex)")
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long a send or an admin request may take, retries included")
 	pf.StringVar(&g.token, "token", "", "the credentials to present (default $QUIVER_TOKEN): a token the broker's tokens or ACL accepts")
+	pf.StringVar(&g.cert, "cert", "", "client certificate (PEM) to present, for a broker with client_ca (mutual TLS; with --key)")
+	pf.StringVar(&g.key, "key", "", "private key (PEM) of --cert")
 	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g))
 	return root
 }
@@ -183,6 +189,12 @@ func (g *globals) client(cmd *cobra.Command, opts ...sdk.Opt) (*sdk.Client, erro
 	}
 	if token != "" {
 		opts = append(opts, sdk.WithCredentials([]byte(token)))
+	}
+	switch {
+	case (g.cert == "") != (g.key == ""):
+		return nil, usagef("--cert and --key go together")
+	case g.cert != "":
+		opts = append(opts, sdk.WithClientCertificateFiles(g.cert, g.key))
 	}
 	return sdk.NewClient(opts...)
 }

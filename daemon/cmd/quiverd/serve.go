@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -169,8 +170,15 @@ func serve(c config.Config) error {
 		acls = acl.NewHolder(a)
 		logger.Info("ACL loaded", "file", c.ACL, "principals", a.Len())
 	}
+	var clientCAs *x509.CertPool
+	if c.ClientCA != "" {
+		if clientCAs, err = certPool("client_ca", c.ClientCA); err != nil {
+			b.Close()
+			return err
+		}
+	}
 	srv, err := server.Listen(server.Options{Listen: c.Listen, TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
-		Broker: b, Tokens: c.Tokens, ACL: acls, Logger: logger, Identity: id, Peers: mux, ResetKey: (*quic.StatelessResetKey)(&resetKey)})
+		Broker: b, Tokens: c.Tokens, ACL: acls, ClientCAs: clientCAs, Logger: logger, Identity: id, Peers: mux, ResetKey: (*quic.StatelessResetKey)(&resetKey)})
 	if err != nil {
 		b.Close()
 		return err
@@ -215,8 +223,10 @@ func serve(c config.Config) error {
 			return fmt.Errorf("admin: %w", err)
 		}
 		adminAddr = ln.Addr().String()
+		adminTok, _ := hex.DecodeString(c.AdminToken) // checked by Validate
 		hs = &http.Server{Handler: admin.Handler(admin.Options{Registry: b.Registry(), Status: status,
-			Healthy: func() error { return b.Log().Err() }, Faults: faults}), ReadHeaderTimeout: 5 * time.Second}
+			Healthy: func() error { return b.Log().Err() }, Faults: faults, Pprof: c.AdminPprof, TokenSHA256: adminTok}),
+			ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 	}
 
@@ -277,15 +287,25 @@ wait:
 
 // peerTLS trusts the certificates in a PEM file for connections to peers.
 func peerTLS(path string) (*tls.Config, error) {
+	pool, err := certPool("peer_ca", path)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+// certPool reads the certificates of a PEM file (the setting name is for
+// the error).
+func certPool(setting, path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("peer_ca: %w", err)
+		return nil, fmt.Errorf("%s: %w", setting, err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("peer_ca: %s holds no PEM certificate", path)
+		return nil, fmt.Errorf("%s: %s holds no PEM certificate", setting, path)
 	}
-	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+	return pool, nil
 }
 
 // notAVoter answers a controller session on a broker that is not one of
