@@ -128,8 +128,8 @@ func (a *ACL) ByCertCN(cn string) *Principal {
 }
 
 // ByCert returns the principal whose cert_cn is the certificate's common
-// name, or else one of its DNS names, or nil. The caller has verified the
-// certificate (client_ca).
+// name, or else one of its DNS names or IP addresses, or nil. The caller
+// has verified the certificate (client_ca, or peer_ca for a broker).
 func (a *ACL) ByCert(cert *x509.Certificate) *Principal {
 	if cert == nil {
 		return nil
@@ -139,6 +139,11 @@ func (a *ACL) ByCert(cert *x509.Certificate) *Principal {
 	}
 	for _, name := range cert.DNSNames {
 		if p := a.ByCertCN(name); p != nil {
+			return p
+		}
+	}
+	for _, ip := range cert.IPAddresses {
+		if p := a.ByCertCN(ip.String()); p != nil {
 			return p
 		}
 	}

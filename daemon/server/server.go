@@ -211,6 +211,10 @@ func (s *Server) Serve() error {
 				qc.CloseWithError(closeNormal, "broker stopping")
 				continue
 			}
+			if reason := s.peerRefused(qc); reason != "" {
+				qc.CloseWithError(closeRefused, reason)
+				continue
+			}
 			go s.opts.Peers.Serve(qc)
 			continue
 		}
@@ -286,6 +290,31 @@ func (s *Server) removeConn(c *conn) {
 	delete(s.conns.m, c)
 	s.conns.Unlock()
 	s.connWG.Done()
+}
+
+// peerRefused returns why a peer connection (its certificate verified
+// against peer_ca in the handshake) may not replicate or vote, or "". With
+// an ACL, the certificate must name a principal with the peer right.
+func (s *Server) peerRefused(qc *quic.Conn) string {
+	h := s.opts.ACL
+	if h == nil {
+		return ""
+	}
+	certs := qc.ConnectionState().TLS.PeerCertificates
+	if len(certs) == 0 {
+		return "a peer connection needs a certificate"
+	}
+	p := h.Load().ByCert(certs[0])
+	name := "(none)"
+	if p != nil {
+		if p.Allowed(acl.Peer, "") {
+			return ""
+		}
+		name = p.Name
+	}
+	reason := fmt.Sprintf("the peer certificate (CN %q) names no principal with the peer right (principal %s)", certs[0].Subject.CommonName, name)
+	s.forbidden.record(name, acl.Peer, reason)
+	return reason
 }
 
 // verifyClientCert checks a client's certificate chain, if it presented
