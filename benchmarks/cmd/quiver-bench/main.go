@@ -69,6 +69,7 @@ type options struct {
 	cfg        bench.Config
 
 	broker, ca, fingerprint string
+	token                   string
 	durability, engine      string
 	quiverd, dataDir        string
 	asyncInterval           time.Duration
@@ -139,6 +140,7 @@ func newRoot() *cobra.Command {
 	f.StringVar(&o.broker, "broker", "", "address of a running broker (host:port); empty: start quiverd")
 	f.StringVar(&o.ca, "ca", "", "with --broker: PEM file with its certificate (default $QUIVER_CA, else ./quiver-data/tls/cert.pem)")
 	f.StringVar(&o.fingerprint, "fingerprint", "", "with --broker: trust exactly the certificate with this SHA-256 fingerprint (hex)")
+	f.StringVar(&o.token, "token", "", "with --broker: the credentials to present (default $QUIVER_TOKEN)")
 	f.StringVar(&o.durability, "durability", "", "sync or async: the producers' durability, and the started quiverd's default (default: the broker's, sync for a started quiverd)")
 	f.StringVar(&o.engine, "engine", "auto", "started quiverd's I/O backend: auto, io_uring or portable")
 	f.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of quiver-bench itself (the client side) to this file")
@@ -217,7 +219,7 @@ func (o *options) quiverOptions(engine, durability string) quiver.Options {
 		brokerDurable = "sync"
 	}
 	return quiver.Options{
-		Broker: o.broker, CA: o.ca, Fingerprint: o.fingerprint, LookupEnv: os.LookupEnv,
+		Broker: o.broker, CA: o.ca, Fingerprint: o.fingerprint, Token: tokenOr(o.token), LookupEnv: os.LookupEnv,
 		Quiverd: o.quiverd, Engine: engine, BrokerDurable: brokerDurable, AsyncInterval: o.asyncInterval,
 		DataDir: o.dataDir, StartupTimeout: o.startupTimeout,
 		Durability: durability, Topic: o.topic, Queues: o.queues, Compression: o.compression,
@@ -396,4 +398,12 @@ func natsServerCmd() *cobra.Command {
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "PEM certificate: clients connect with TLS 1.3 (with --tls-key); default: plaintext")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	return cmd
+}
+
+// tokenOr is the token given, else $QUIVER_TOKEN.
+func tokenOr(tok string) string {
+	if tok == "" {
+		tok = os.Getenv("QUIVER_TOKEN")
+	}
+	return tok
 }

@@ -27,6 +27,7 @@ type Options struct {
 	// Broker is the address of a running broker; empty: start quiverd.
 	Broker          string
 	CA, Fingerprint string // trust for Broker (else $QUIVER_CA, else ./quiver-data/tls/cert.pem)
+	Token           string // credentials to present (a broker with tokens or an ACL)
 	LookupEnv       func(string) (string, bool)
 
 	// For a quiverd started here.
@@ -194,7 +195,11 @@ func (t *Target) newClient() (*sdk.Client, error) {
 	// The SDK's warnings would break the progress bar and the JSON: errors
 	// are counted and the first one reported instead.
 	quiet := slog.New(slog.DiscardHandler)
-	return sdk.NewClient(sdk.WithBrokers(t.addr), t.caOpt, sdk.WithClientID("quiver-bench"), sdk.WithLogger(quiet))
+	opts := []sdk.Opt{sdk.WithBrokers(t.addr), t.caOpt, sdk.WithClientID("quiver-bench"), sdk.WithLogger(quiet)}
+	if t.opts.Token != "" {
+		opts = append(opts, sdk.WithCredentials([]byte(t.opts.Token)))
+	}
+	return sdk.NewClient(opts...)
 }
 
 // Describe fills in what a result says of the system.
