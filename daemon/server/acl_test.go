@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,6 +86,65 @@ func BenchmarkCheck(b *testing.B) {
 	for b.Loop() {
 		if c.check(acl.Produce, "orders-eu") != nil {
 			b.Fatal("refused")
+		}
+	}
+}
+
+// Every request type against every right, through a real server: what
+// each principal of the contract gets for each request is FORBIDDEN
+// exactly when the right the request needs is not granted (other answers,
+// errors included, mean the check let it through).
+func TestRequestRights(t *testing.T) {
+	f := startWith(t, func(o *Options) { o.ACL = testACL(t) })
+	if werr := f.b.CreateTopic("orders", 1); werr != nil {
+		t.Fatal(werr)
+	}
+	type req struct {
+		typ     wire.Type
+		payload []byte
+	}
+	reqs := map[string]req{
+		"produce orders":   {wire.TypeProduce, (&wire.Produce{Topic: "orders", Queue: wire.AnyQueue, Count: 1, Body: []byte("x")}).Append(nil)},
+		"produce payments": {wire.TypeProduce, (&wire.Produce{Topic: "payments", Queue: wire.AnyQueue, Count: 1, Body: []byte("x")}).Append(nil)},
+		"fetch orders":     {wire.TypeFetch, (&wire.Fetch{Topic: "orders", MaxMessages: 1, MaxBytes: 1 << 20}).Append(nil)},
+		"join billing-1":   {wire.TypeGroupSync, (&wire.GroupSync{Group: "billing-1", Member: "m", SessionMs: 10000, Topics: []string{"orders"}}).Append(nil)},
+		"join audit":       {wire.TypeGroupSync, (&wire.GroupSync{Group: "audit", Member: "m", SessionMs: 10000, Topics: []string{"orders"}}).Append(nil)},
+		"commit billing-1": {wire.TypeCommit, (&wire.Commit{Group: "billing-1", Member: "m"}).Append(nil)},
+		"create":           {wire.TypeCreate, (&wire.Create{Topic: "new", Queues: 1}).Append(nil)},
+		"promote":          {wire.TypePromote, nil},
+		"elect":            {wire.TypeElect, (&wire.Elect{Group: "g"}).Append(nil)},
+		"metadata":         {wire.TypeMetadata, (&wire.Metadata{}).Append(nil)},
+		"route":            {wire.TypeRoute, (&wire.Route{}).Append(nil)},
+		"status":           {wire.TypeStatus, nil},
+	}
+	allowed := map[string][]string{
+		"token-0": {"produce orders", "metadata", "route", "status"},
+		"token-1": {"fetch orders", "join billing-1", "commit billing-1", "metadata", "route", "status"},
+		"token-2": {"create", "promote", "elect", "metadata", "route", "status"},
+	}
+	for tok, may := range allowed {
+		c := f.dial(t)
+		c.send(t, wire.TypeHello, 1, hello(wire.ProtocolVersion, "matrix", tok))
+		if h, _ := c.recv(t); h.Type != wire.TypeHelloOK {
+			t.Fatalf("%s: hello answered with type %d", tok, h.Type)
+		}
+		id := uint64(1)
+		for what, r := range reqs {
+			id++
+			c.send(t, r.typ, id, r.payload)
+			h, p := c.recv(t)
+			if h.RequestID != id {
+				t.Fatalf("%s %s: answer to request %d, want %d", tok, what, h.RequestID, id)
+			}
+			refused := false
+			if h.Type == wire.TypeError {
+				werr, _ := wire.DecodeError(p)
+				refused = werr != nil && werr.Code == wire.CodeForbidden
+			}
+			want := !slices.Contains(may, what)
+			if refused != want {
+				t.Errorf("%s %s: FORBIDDEN %v, want %v (answer type %d)", tok, what, refused, want, h.Type)
+			}
 		}
 	}
 }

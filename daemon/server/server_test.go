@@ -47,6 +47,12 @@ type fixture struct {
 
 func start(t *testing.T, tokens ...string) *fixture {
 	t.Helper()
+	return startWith(t, func(o *Options) { o.Tokens = tokens })
+}
+
+// startWith starts a server whose options mod changes.
+func startWith(t *testing.T, mod func(*Options)) *fixture {
+	t.Helper()
 	dir := t.TempDir()
 	logs := &logBuf{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
@@ -59,8 +65,10 @@ func start(t *testing.T, tokens ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Listen(Options{Listen: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Broker: b,
-		Tokens: tokens, Logger: logger, HelloTimeout: 2 * time.Second})
+	o := Options{Listen: "127.0.0.1:0", TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, Broker: b,
+		Logger: logger, HelloTimeout: 2 * time.Second}
+	mod(&o)
+	s, err := Listen(o)
 	if err != nil {
 		t.Fatal(err)
 	}

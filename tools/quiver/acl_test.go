@@ -95,6 +95,9 @@ func TestACLContract(t *testing.T) {
 		"FORBIDDEN", "the producer consuming")
 	refused(t, runBin(t, "", "", withTok(producerTok, "topic", "create", "orders-new")...), "FORBIDDEN", "the producer creating a topic")
 	refused(t, runBin(t, "", "", withTok(producerTok, "admin", "promote")...), "FORBIDDEN", "the producer promoting")
+	// Reading the broker's state needs only a valid credential.
+	must(t, runBin(t, "", "", withTok(producerTok, "status")...))
+	must(t, runBin(t, "", "", withTok(producerTok, "topic", "list")...))
 
 	// The consumer's token comes from QUIVER_TOKEN.
 	asConsumer := func(stdin string, args ...string) result {
@@ -131,6 +134,10 @@ func TestACLContract(t *testing.T) {
 	}
 	if st := b.Status(); st.Connections == nil || len(st.Connections.Forbidden) == 0 {
 		t.Errorf("/status counts no refusals: %+v", st.Connections)
+	}
+	if r := must(t, runBin(t, "", "", withTok(adminTok, "status")...)); !strings.Contains(r.stdout, "REFUSED (FORBIDDEN)") ||
+		!strings.Contains(r.stdout, "orders-app") {
+		t.Errorf("quiver status shows no refusals:\n%s", r.stdout)
 	}
 	b.Stop()
 	// No token is written anywhere: not in the data directory, not in the log.

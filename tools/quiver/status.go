@@ -182,6 +182,16 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 		for _, f := range c.FailedHandshakes {
 			tw.row(f.Source, orDash(f.ClientID), f.Count, f.PerMinute, orDash(f.Last), orDash(f.LastReason))
 		}
+		if err := tw.flush(); err != nil {
+			return err
+		}
+	}
+	if c := st.Connections; c != nil && len(c.Forbidden) > 0 {
+		fmt.Fprintln(w)
+		tw := newTable(cmd, "REFUSED (FORBIDDEN) PRINCIPAL", "RIGHT", "COUNT", "LAST", "LAST REASON")
+		for _, f := range c.Forbidden {
+			tw.row(f.Principal, f.Right, f.Count, orDash(f.Last), orDash(f.LastReason))
+		}
 		return tw.flush()
 	}
 	return nil
