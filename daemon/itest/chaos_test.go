@@ -70,6 +70,10 @@ type chaosResult struct {
 	Rate                int
 	Sent, Acked, Errors int
 	Lost, Duplicates    int
+	// Duplicates split: extra stored copies of a send (a retry whose first
+	// attempt had landed: the producer's duplicates) and extra deliveries
+	// of one stored copy (the consumer group's redeliveries).
+	StoredTwice, Redelivered int
 	Corrupt             int     // consumed with a body that is not what was sent
 	P50Ms, P99Ms, MaxMs float64 // send latency (from the intended time) of sends due during the fault
 	E2EP99Ms            float64 // publish to consume, same sends
@@ -87,6 +91,13 @@ type chaosResult struct {
 	DupExamples []string `json:",omitempty"` // where the first duplicates were delivered
 	Windows     []int
 	Isolations  map[string]int64
+}
+
+// chaosPos is where a message was stored.
+type chaosPos struct {
+	group  string
+	queue  uint32
+	offset uint64
 }
 
 // chaosSend is one send of the load.
@@ -248,6 +259,10 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 	var rmu sync.Mutex
 	received := map[uint64]int{}
 	where := map[uint64][]string{} // id -> group/queue@offset of each delivery (duplicates' diagnosis)
+	// id -> the distinct positions it was delivered from: more than one
+	// means the producer stored it twice; more deliveries than positions
+	// are consumer redeliveries of one stored copy.
+	stored := map[uint64]map[chaosPos]struct{}{}
 	corrupt := 0
 	recvAt := map[uint64]time.Time{}
 	cctx, cstop := context.WithCancel(ctx)
@@ -276,6 +291,10 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 				if len(where[id]) < 3 {
 					where[id] = append(where[id], fmt.Sprintf("%s/%d@%d", m.Group, m.Queue, m.Offset))
 				}
+				if stored[id] == nil {
+					stored[id] = map[chaosPos]struct{}{}
+				}
+				stored[id][chaosPos{m.Group, m.Queue, m.Offset}] = struct{}{}
 				rmu.Unlock()
 				return nil
 			})
@@ -399,6 +418,9 @@ func runChaos(t *testing.T, f *chaosFault, mode sdk.FaultAvoidance, rate int, fa
 					i, s.due.Sub(faultAt).Round(time.Millisecond), where[uint64(i)]))
 			}
 			r.Duplicates += k - 1
+			copies := len(stored[uint64(i)])
+			r.StoredTwice += copies - 1
+			r.Redelivered += k - copies
 			switch {
 			case s.due.Before(faultAt):
 				r.DupsByPhase[0] += k - 1
@@ -519,7 +541,7 @@ func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration, n
 	} else {
 		fmt.Fprintf(&b, "\nchaos: 3 groups x (leader + follower), min-insync 1, %d msgs/s open loop, 256 B, fault %v on g1's leader\n\n", rate, fault)
 	}
-	b.WriteString("| fault | avoidance | acked | lost | corrupt | app errors | duplicates | p50 ms | p99 ms | max ms | e2e p99 ms | sends to the bad broker | avoided after | failover |\n")
+	b.WriteString("| fault | avoidance | acked | lost | corrupt | app errors | duplicates (stored twice / redelivered) | p50 ms | p99 ms | max ms | e2e p99 ms | sends to the bad broker | avoided after | failover |\n")
 	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rs {
 		avoided := "never"
@@ -530,8 +552,8 @@ func printChaos(t *testing.T, rs []chaosResult, rate int, fault time.Duration, n
 		if r.FailoverMs >= 0 {
 			failover = fmt.Sprintf("%.2f s", float64(r.FailoverMs)/1000)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d / %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f %% | %s | %s |\n",
-			r.Fault, r.Mode, r.Acked, r.Sent, r.Lost, r.Corrupt, r.Errors, r.Duplicates, r.P50Ms, r.P99Ms, r.MaxMs, r.E2EP99Ms, r.TouchedPct, avoided, failover)
+		fmt.Fprintf(&b, "| %s | %s | %d / %d | %d | %d | %d | %d (%d / %d) | %.1f | %.1f | %.1f | %.1f | %.1f %% | %s | %s |\n",
+			r.Fault, r.Mode, r.Acked, r.Sent, r.Lost, r.Corrupt, r.Errors, r.Duplicates, r.StoredTwice, r.Redelivered, r.P50Ms, r.P99Ms, r.MaxMs, r.E2EP99Ms, r.TouchedPct, avoided, failover)
 	}
 	fmt.Print(b.String())
 	out := os.Getenv("CHAOS_OUT")
