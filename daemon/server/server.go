@@ -179,17 +179,48 @@ func Listen(o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
 	}
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: o.ResetKey}
-	ln, err := tr.Listen(tlsConf, qconf)
-	if err != nil {
+	s := &Server{opts: o, logger: o.Logger.With("component", "server"), udp: udp, b: o.Broker, served: make(chan struct{})}
+	s.conns.m = map[*conn]struct{}{}
+	s.hs.init(s.logger)
+	if tlsConf.VerifyConnection != nil {
+		tlsConf = s.countRefusedCerts(tlsConf)
+	}
+	s.tr = &quic.Transport{Conn: udp, StatelessResetKey: o.ResetKey}
+	if s.ln, err = s.tr.Listen(tlsConf, qconf); err != nil {
 		udp.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
 	}
-	s := &Server{opts: o, logger: o.Logger.With("component", "server"), ln: ln, tr: tr, udp: udp, b: o.Broker, served: make(chan struct{})}
-	s.conns.m = map[*conn]struct{}{}
-	s.hs.init(s.logger)
 	s.forbidden.init(s.logger, o.Broker.Registry())
 	return s, nil
+}
+
+// countRefusedCerts returns base made to record every handshake whose
+// certificate check failed (a client certificate client_ca did not sign,
+// a peer certificate outside peer_ca) with the handshake failures, per
+// source, logged at most once a minute: the client only sees "bad
+// certificate", the operator should see why.
+func (s *Server) countRefusedCerts(base *tls.Config) *tls.Config {
+	c := base.Clone()
+	c.GetConfigForClient = func(info *tls.ClientHelloInfo) (*tls.Config, error) {
+		conf := base.Clone()
+		verify := base.VerifyConnection
+		source := "unknown"
+		if info.Conn != nil {
+			source = info.Conn.RemoteAddr().String()
+			if ua, ok := info.Conn.RemoteAddr().(*net.UDPAddr); ok {
+				source = ua.IP.String()
+			}
+		}
+		conf.VerifyConnection = func(cs tls.ConnectionState) error {
+			err := verify(cs)
+			if err != nil {
+				s.hs.record(source, "", "TLS: "+err.Error())
+			}
+			return err
+		}
+		return conf, nil
+	}
+	return c
 }
 
 // Addr is the address the server listens on.

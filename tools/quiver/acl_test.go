@@ -300,6 +300,14 @@ admin = true
 	// right CA naming no principal at the Hello, and so is no credential.
 	octr, okey := other.issue("orders-app.clients")
 	refused(t, runBin(t, "", "", with(b, "--cert", octr, "--key", okey, "topic", "list")...), "bad certificate", "a certificate of another CA")
+	// The broker says why, per source, where the client only sees "bad certificate".
+	seen := false
+	for _, f := range b.Status().Connections.FailedHandshakes {
+		seen = seen || strings.Contains(f.LastReason, "client certificate not accepted")
+	}
+	if !seen || !strings.Contains(b.Log(), "client certificate not accepted") {
+		t.Errorf("the refused certificate is not in /status (%+v) or the log", b.Status().Connections.FailedHandshakes)
+	}
 	scrt, skey := ca.issue("stranger")
 	refused(t, runBin(t, "", "", with(b, "--cert", scrt, "--key", skey, "topic", "list")...), "UNAUTHORIZED", "a certificate naming no principal")
 	refused(t, runBin(t, "", "", with(b, "topic", "list")...), "UNAUTHORIZED", "no credential")
