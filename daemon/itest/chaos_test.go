@@ -74,12 +74,12 @@ type chaosResult struct {
 	// attempt had landed: the producer's duplicates) and extra deliveries
 	// of one stored copy (the consumer group's redeliveries).
 	StoredTwice, Redelivered int
-	Corrupt             int     // consumed with a body that is not what was sent
-	P50Ms, P99Ms, MaxMs float64 // send latency (from the intended time) of sends due during the fault
-	E2EP99Ms            float64 // publish to consume, same sends
-	TouchedPct          float64 // sends due during the fault that tried the bad broker
-	BeforePct           float64 // sends due before the fault that went to the bad broker
-	AvoidedAfterMs      int64   // -1: never
+	Corrupt                  int     // consumed with a body that is not what was sent
+	P50Ms, P99Ms, MaxMs      float64 // send latency (from the intended time) of sends due during the fault
+	E2EP99Ms                 float64 // publish to consume, same sends
+	TouchedPct               float64 // sends due during the fault that tried the bad broker
+	BeforePct                float64 // sends due before the fault that went to the bad broker
+	AvoidedAfterMs           int64   // -1: never
 	// FailoverMs: from the fault to the first send acknowledged in a newer
 	// epoch (controlled layout; -1: none during the fault).
 	FailoverMs int64
