@@ -138,6 +138,9 @@ type Client struct {
 	router router
 	faults *faultTracker
 	coal   sync.Map // coalesceKey -> *coalescer (natural batching, coalesce.go)
+	// pid and seq number the client's idempotent sends (idempotence.go).
+	pid uint64
+	seq atomic.Uint64
 
 	mu     sync.Mutex
 	users  map[closer]struct{} // producers and consumers, closed with the client
@@ -209,6 +212,7 @@ func NewClient(opts ...Opt) (*Client, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel,
 		users: map[closer]struct{}{}, conns: map[string]*brokerConn{}, faults: newFaultTracker(cfg.avoidance)}
+	c.pid = newProducerID()
 	c.router = router{cl: c, kick: make(chan struct{}, 1), changed: make(chan struct{}), boot: map[string]bool{}}
 	for _, a := range cfg.brokers {
 		if !c.router.boot[a] {

@@ -46,6 +46,7 @@ type coalesceKey struct {
 	durability uint8
 	comp       Compression
 	linger     time.Duration
+	idem       bool
 }
 
 // coalescer is a client's sends to one topic on one session, with one
@@ -65,11 +66,11 @@ type coalescer struct {
 // coalescable reports whether op may share a frame.
 func (op *sendOp) coalescable() bool {
 	return !op.p.cfg.noCoalesce && !op.alone && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
-		op.req.Count == 1 && op.req.Flags == 0
+		op.req.Count == 1 && op.req.Flags == 0 && op.req.Seq == 0 // a retry keeps its own sequence number
 }
 
 func (cl *Client) coalescer(s *session, op *sendOp) *coalescer {
-	k := coalesceKey{s, op.req.Topic, op.req.Durability, op.p.cfg.compression, op.p.cfg.linger}
+	k := coalesceKey{s, op.req.Topic, op.req.Durability, op.p.cfg.compression, op.p.cfg.linger, !op.p.cfg.noIdempotence}
 	if c, ok := cl.coal.Load(k); ok {
 		return c.(*coalescer)
 	}
@@ -300,6 +301,15 @@ func (c *coalescer) sendBatch(bf *batchFrame, now time.Time) {
 	}
 	req := wire.Produce{Topic: first.req.Topic, Queue: wire.AnyQueue, Durability: first.req.Durability,
 		Flags: wire.FlagBatch, Count: uint32(len(bf.ops)), ClientTime: first.req.ClientTime, Body: bf.body}
+	if c.key.idem {
+		// Consecutive sequence numbers, kept by each message for its
+		// retries (which go alone: see coalescable).
+		n := uint64(len(bf.ops))
+		req.ProducerID, req.Seq = c.cl.pid, c.cl.seq.Add(n)-n+1
+		for i, op := range bf.ops {
+			op.req.Seq = req.Seq + uint64(i)
+		}
+	}
 	if c.key.comp != NoCompression {
 		body, flags, err := compressBatch(bf.body, c.key.comp)
 		if err == nil {

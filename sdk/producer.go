@@ -41,6 +41,7 @@ type producerConfig struct {
 	outboxMax      int64
 	noCoalesce     bool
 	linger         time.Duration
+	noIdempotence  bool
 }
 
 // WithSendTimeout is a send's total deadline, retries included (default
@@ -73,6 +74,11 @@ func WithCompression(comp Compression) ProducerOpt {
 // natural batching (coalesce.go). Each message keeps its own result,
 // attempts and retries.
 func WithoutCoalescing() ProducerOpt { return func(c *producerConfig) { c.noCoalesce = true } }
+
+// WithoutIdempotence sends without the producer id and sequence numbers
+// that let a broker store a retried send once (idempotence.go): a send
+// whose first attempt landed is then stored twice when retried.
+func WithoutIdempotence() ProducerOpt { return func(c *producerConfig) { c.noIdempotence = true } }
 
 // WithLinger makes natural batching wait d on purpose (Kafka's linger.ms):
 // the first keyless send of a batch waits up to d for others to join it,
@@ -496,6 +502,7 @@ func (op *sendOp) sendFrame(s *session, now, attemptEnd time.Time) {
 	}
 	op.sending = true
 	p.cl.faults.begin(bc.addr)
+	op.idempotent()
 	// After end the answer may complete (and recycle) op at once: nothing
 	// of op is touched past this line.
 	st.end(c, op.req.Append(b), start)

@@ -7,7 +7,8 @@ import (
 )
 
 // The produce path does not allocate per message: the call, the log's
-// request and the record's bytes are pooled or written in place.
+// request and the record's bytes are pooled or written in place; an
+// idempotent send's record in the producer's window reuses a forgotten one.
 func TestProduceDoesNotAllocate(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates; run without -race")
@@ -25,17 +26,21 @@ func TestProduceDoesNotAllocate(t *testing.T) {
 		done <- struct{}{}
 	}
 	body := make([]byte, 1024)
-	run := func() {
-		c := NewProduceCall()
-		c.In = wire.Produce{Topic: "t", Queue: wire.AnyQueue, Body: body}
-		c.Reply = reply
-		b.Produce(c)
-		<-done
-	}
-	for i := 0; i < 100; i++ {
-		run() // warm the pools
-	}
-	if n := testing.AllocsPerRun(200, run); n > 0 {
-		t.Fatalf("a produce allocates %v times", n)
+	for _, producer := range []uint64{0, 42} {
+		seq := uint64(0)
+		run := func() {
+			seq++
+			c := NewProduceCall()
+			c.In = wire.Produce{Topic: "t", Queue: wire.AnyQueue, Body: body, ProducerID: producer, Seq: seq}
+			c.Reply = reply
+			b.Produce(c)
+			<-done
+		}
+		for i := 0; i < dedupWindow+100; i++ {
+			run() // warm the pools and fill the producer's window
+		}
+		if n := testing.AllocsPerRun(200, run); n > 0 {
+			t.Fatalf("producer id %d: a produce allocates %v times", producer, n)
+		}
 	}
 }

@@ -103,6 +103,7 @@ type Broker struct {
 	// its log to follow a new leader. Readers hold it shared only while
 	// they use them, never while they wait.
 	stMu  sync.RWMutex
+	dedup *dedup // idempotent sends (dedup.go)
 	st    *store.Store
 	log   *qlog.Log
 	disk  *diskWatch
@@ -141,7 +142,7 @@ func New(o Options) (*Broker, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{})}
+	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{}), dedup: newDedup(time.Now)}
 	b.topics.m = map[string]*topic{}
 	b.waiters.m = map[waitKey][]chan struct{}{}
 	b.metrics = newMetrics(b)

@@ -31,6 +31,7 @@ type ProduceCall struct {
 	start        time.Time
 	b            *Broker
 	leader       *replica.Leader // min-insync: the leader it was accepted by
+	dedup        *dedupSend      // an idempotent send this call stores (dedup.go)
 }
 
 var callPool sync.Pool
@@ -49,13 +50,26 @@ func init() {
 func NewProduceCall() *ProduceCall { return callPool.Get().(*ProduceCall) }
 
 func (c *ProduceCall) release() {
-	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil
+	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader, c.dedup = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil, nil
 	callPool.Put(c)
 }
 
 func (c *ProduceCall) reply(ack wire.ProduceAck, werr *wire.Error) {
+	b, s, producer := c.b, c.dedup, c.In.ProducerID // c belongs to the caller once answered
 	c.Reply(c, ack, werr)
 	c.release()
+	if s == nil {
+		return
+	}
+	// The retries of this send that arrived while it was stored get its
+	// answer (its failure: they may then be stored again).
+	for _, w := range b.dedup.resolve(producer, s, ack, werr != nil) {
+		if werr != nil {
+			w.reply(wire.ProduceAck{}, werr)
+			continue
+		}
+		w.reply(s.ackFor(w), nil)
+	}
 }
 
 // Produce validates the call and hands it to the log; Reply follows. It
@@ -63,6 +77,7 @@ func (c *ProduceCall) reply(ack wire.ProduceAck, werr *wire.Error) {
 func (b *Broker) Produce(c *ProduceCall) {
 	c.b = b
 	c.start = time.Now()
+	b.metrics.produceReqs.Inc()
 	if b.closed.Load() {
 		b.metrics.produceFailed(wire.CodeStopping)
 		c.reply(wire.ProduceAck{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -84,9 +99,23 @@ func (b *Broker) Produce(c *ProduceCall) {
 		c.leader, werr = b.replicaCheck()
 	}
 	c.epoch = b.repl.epoch.Load()
+	var dup *dedupSend
+	ready := false
+	if werr == nil && p.ProducerID != 0 {
+		dup, ready, werr = b.dedup.claim(c, t.name)
+	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
+		return
+	}
+	if dup != nil {
+		// A retry of a send this leader took: not stored again. It is
+		// answered now, or with the first copy (reply).
+		b.metrics.dedupHits.Inc()
+		if ready {
+			c.reply(dup.ackFor(c), nil)
+		}
 		return
 	}
 	q := uint32(p.Queue)

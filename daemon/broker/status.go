@@ -191,6 +191,8 @@ type metrics struct {
 	fetchedBytes prometheus.Counter
 	elections    *prometheus.CounterVec
 	leaderless   prometheus.Histogram
+	dedupHits    prometheus.Counter
+	produceReqs  prometheus.Counter
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -208,10 +210,18 @@ func newMetrics(b *Broker) *metrics {
 	m.leaderless = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quiver_group_leaderless_seconds",
 		Help:    "For each failover of this broker's group: from the old leader's last heartbeat to the controller's commit of the new one.",
 		Buckets: []float64{0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10, 15, 30}})
+	m.produceReqs = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produce_requests_total",
+		Help: "Produce requests (frames) received, answered or not yet."})
+	m.dedupHits = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produce_duplicates_total",
+		Help: "Sends not stored again: a retry of a send of the same producer id and sequence this leader took (idempotence)."})
 	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.Log().Positions()) })
 	}
-	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes, m.elections, m.leaderless,
+	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes, m.elections, m.leaderless, m.dedupHits, m.produceReqs,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_producers", Help: "Producer ids whose recent sends this broker remembers (idempotence)."},
+			func() float64 { n, _ := b.dedup.stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_sends", Help: "Sends remembered for idempotence, over every producer id."},
+			func() float64 { _, n := b.dedup.stats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_in_sync_followers", Help: "Followers in the committed in-sync set (on a leader; 0 elsewhere)."},
 			func() float64 {
 				if l := b.leader(); l != nil {

@@ -46,8 +46,9 @@ const (
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and
-// ReplAck carry the leader epoch; Elect.
-const ProtocolVersion = 2
+// ReplAck carry the leader epoch; Elect. 3: Produce carries a producer id
+// and sequence (idempotent sends).
+const ProtocolVersion = 3
 
 // ALPN is the application protocol Quiver negotiates over QUIC's TLS.
 const ALPN = "quiver/1"

@@ -1,6 +1,9 @@
 package wire
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math"
+)
 
 // Hello opens a session: the first frame a client sends on a connection.
 type Hello struct {
@@ -89,6 +92,12 @@ type Produce struct {
 	Flags      uint8
 	Count      uint32
 	ClientTime int64
+	// ProducerID and Seq make the send idempotent (0: not): the broker
+	// stores a send with the Seq of an earlier one of the same producer
+	// once, and answers it with the earlier one's position. Seq numbers
+	// the first message; a batch of Count messages holds Seq..Seq+Count-1.
+	ProducerID uint64
+	Seq        uint64
 	Key        []byte
 	Tags       []byte
 	Headers    []byte
@@ -101,6 +110,8 @@ func (m *Produce) Append(dst []byte) []byte {
 	dst = append(dst, m.Durability, m.Flags)
 	dst = binary.LittleEndian.AppendUint32(dst, m.Count)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.ClientTime))
+	dst = binary.LittleEndian.AppendUint64(dst, m.ProducerID)
+	dst = binary.LittleEndian.AppendUint64(dst, m.Seq)
 	dst = appendShort(dst, m.Key)
 	dst = appendShort(dst, m.Tags)
 	dst = appendLong(dst, m.Headers)
@@ -117,6 +128,8 @@ func DecodeProduce(b []byte, m *Produce) error {
 	m.Flags = d.u8("flags")
 	m.Count = d.u32("count")
 	m.ClientTime = int64(d.u64("client time"))
+	m.ProducerID = d.u64("producer id")
+	m.Seq = d.u64("sequence")
 	m.Key = d.short("key", MaxKeyLen)
 	m.Tags = d.short("tags", MaxTagsLen)
 	m.Headers = d.long("headers", MaxHeadersLen)
@@ -131,6 +144,8 @@ func DecodeProduce(b []byte, m *Produce) error {
 		return errorf("queue %d", m.Queue)
 	case m.Durability > DurabilityAsync:
 		return errorf("durability %d", m.Durability)
+	case m.ProducerID != 0 && m.Seq > math.MaxUint64-uint64(max(m.Count, 1)):
+		return errorf("sequence %d of %d messages overflows", m.Seq, m.Count)
 	}
 	m.Topic = string(topic)
 	return nil

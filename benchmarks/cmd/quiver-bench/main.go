@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type options struct {
 	coalesce   bool
 	linger     time.Duration
+	idem       bool
 	cpuProfile string
 	traceFile  string
 	cfg        bench.Config
@@ -168,6 +169,7 @@ func addWorkloadFlags(cmd *cobra.Command, o *options) {
 	f.IntVar(&o.queues, "queues", 8, "queues of the topic, when it is created")
 	f.IntVar(&o.connections, "connections", 1, "client connections the producers share, round robin")
 	f.BoolVar(&o.coalesce, "coalesce", true, "Quiver producers use natural batching (--coalesce=false: sdk.WithoutCoalescing)")
+	f.BoolVar(&o.idem, "idempotence", true, "Quiver producers send idempotently (--idempotence=false: sdk.WithoutIdempotence)")
 	f.DurationVar(&o.linger, "linger", 0, "Quiver producers wait this long to fill a batch (sdk.WithLinger; 0: only behind frames in flight)")
 	f.DurationVar(&o.sendTimeout, "send-timeout", 3*time.Second, "a send's deadline, retries included; past it the send counts as an error")
 	f.StringVar(&o.quiverd, "quiverd", "", "quiverd binary to start (default: next to quiver-bench, else in $PATH)")
@@ -223,7 +225,7 @@ func (o *options) quiverOptions(engine, durability string) quiver.Options {
 		Quiverd: o.quiverd, Engine: engine, BrokerDurable: brokerDurable, AsyncInterval: o.asyncInterval,
 		DataDir: o.dataDir, StartupTimeout: o.startupTimeout,
 		Durability: durability, Topic: o.topic, Queues: o.queues, Compression: o.compression,
-		Connections: o.connections, Window: o.cfg.Window, SendTimeout: o.sendTimeout, NoCoalesce: !o.coalesce, Linger: o.linger,
+		Connections: o.connections, Window: o.cfg.Window, SendTimeout: o.sendTimeout, NoCoalesce: !o.coalesce, Linger: o.linger, NoIdem: !o.idem,
 	}
 }
 

@@ -46,6 +46,7 @@ type Options struct {
 	Window      int
 	NoCoalesce  bool          // the producers use sdk.WithoutCoalescing (no natural batching)
 	Linger      time.Duration // the producers use sdk.WithLinger
+	NoIdem      bool          // the producers use sdk.WithoutIdempotence
 	SendTimeout time.Duration
 }
 
@@ -131,6 +132,9 @@ func (t *Target) producerOpts() error {
 		return fmt.Errorf("--compression %q: none, zstd or s2", o.Compression)
 	}
 	t.prodOps = []sdk.ProducerOpt{sdk.WithMaxInFlight(max(o.Window, 1) + 1), sdk.WithDurability(d), sdk.WithCompression(c)}
+	if o.NoIdem {
+		t.prodOps = append(t.prodOps, sdk.WithoutIdempotence())
+	}
 	if o.Linger > 0 {
 		t.prodOps = append(t.prodOps, sdk.WithLinger(o.Linger))
 	}

@@ -1,0 +1,237 @@
+package broker
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/quivermq/quiver/sdk/wire"
+)
+
+// Idempotent sends (sdk/idempotence.go). A send with a producer id names
+// its messages by sequence numbers; the leader remembers, per producer
+// id, the recent sends it took (the sequence range, the topic, and once
+// answered where they were stored). A send whose range lies within one it
+// remembers is not stored again: it is answered with the first copy's
+// position (offset shifted by its place in the range), when the first
+// copy is answered, and with the first copy's error if that failed.
+//
+// Bounds: at most dedupWindow sends per producer id (and an eighth more
+// between trims; the oldest answered ones go first) and dedupProducers producer ids (the least recently seen
+// go first); a producer id silent for dedupExpiry is forgotten. A retry of
+// a send forgotten that way is stored again.
+//
+// This state lives in the leader's memory: a retry that reaches a new
+// leader after a failover, or the same broker after a restart, is stored
+// again. A send remembered from an earlier leadership of this broker is
+// not used (its first copy may have been truncated since): the retry is
+// stored again.
+const (
+	dedupWindow    = 1024
+	dedupProducers = 4096
+	dedupExpiry    = 10 * time.Minute
+)
+
+type dedup struct {
+	mu        sync.Mutex
+	pids      map[uint64]*pidState
+	now       func() time.Time
+	lastSweep time.Time
+	free      []*dedupSend // forgotten sends, reused: no allocation per send once warm
+}
+
+type pidState struct {
+	sends    []*dedupSend // by first sequence number
+	lastSeen time.Time
+}
+
+// dedupSend is one send a producer made, pending until it is answered.
+type dedupSend struct {
+	seq     uint64
+	n       uint64
+	epoch   uint64 // of the leadership that took it
+	topic   string
+	done    bool
+	ack     wire.ProduceAck // of its first message, once done
+	waiters []*ProduceCall  // retries that arrived while it was pending
+}
+
+func newDedup(now func() time.Time) *dedup {
+	return &dedup{pids: map[uint64]*pidState{}, now: now}
+}
+
+// claim looks up c's send. It returns the remembered send to answer c
+// from (dup) and whether to answer it now (ready; else c waits for the
+// first copy), or, for a new send, registers it as pending on c. A range
+// that overlaps a remembered one without lying within it is an error.
+func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool, werr *wire.Error) {
+	p := &c.In
+	n := uint64(max(p.Count, 1))
+	now := c.start // the time the produce arrived (Produce reads the clock once)
+	if now.IsZero() {
+		now = d.now()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now.Sub(d.lastSweep) > time.Minute {
+		d.sweep(now)
+	}
+	ps := d.pids[p.ProducerID]
+	if ps == nil {
+		if len(d.pids) >= dedupProducers {
+			d.evictProducer()
+		}
+		ps = &pidState{}
+		d.pids[p.ProducerID] = ps
+	}
+	ps.lastSeen = now
+	i := len(ps.sends) // the usual case: after every send remembered
+	if i > 0 && ps.sends[i-1].seq+ps.sends[i-1].n > p.Seq {
+		i = sort.Search(len(ps.sends), func(i int) bool { return ps.sends[i].seq+ps.sends[i].n > p.Seq })
+	}
+	if i < len(ps.sends) && ps.sends[i].seq < p.Seq+n && ps.sends[i].done && ps.sends[i].epoch != c.epoch {
+		d.forget(ps.sends[i]) // from an earlier leadership: stored again
+		ps.sends = append(ps.sends[:i], ps.sends[i+1:]...)
+	}
+	if i < len(ps.sends) && ps.sends[i].seq < p.Seq+n {
+		s := ps.sends[i]
+		if s.seq > p.Seq || p.Seq+n > s.seq+s.n || s.topic != topic {
+			return nil, false, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf(
+				"sequence numbers %d..%d of producer %x overlap an earlier send of other messages (%d..%d to %s)",
+				p.Seq, p.Seq+n-1, p.ProducerID, s.seq, s.seq+s.n-1, s.topic)}
+		}
+		if !s.done {
+			s.waiters = append(s.waiters, c)
+		}
+		return s, s.done, nil
+	}
+	s := d.newSend()
+	s.seq, s.n, s.topic, s.epoch = p.Seq, n, topic, c.epoch
+	ps.sends = append(ps.sends, nil)
+	copy(ps.sends[i+1:], ps.sends[i:])
+	ps.sends[i] = s
+	if len(ps.sends) > dedupWindow+dedupWindow/8 {
+		d.trim(ps) // in bulk: one move of the slice per window/8 sends
+	}
+	c.dedup = s
+	return nil, false, nil
+}
+
+// ackFor is the answer to c from the remembered send s (done).
+func (s *dedupSend) ackFor(c *ProduceCall) wire.ProduceAck {
+	a := s.ack
+	a.Offset += c.In.Seq - s.seq
+	return a
+}
+
+// resolve records the outcome of the first copy of s and returns the
+// retries waiting for it. A failed send is forgotten: a later retry is
+// stored.
+func (d *dedup) resolve(producer uint64, s *dedupSend, ack wire.ProduceAck, failed bool) []*ProduceCall {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := s.waiters
+	s.waiters = nil
+	if !failed {
+		s.done, s.ack = true, ack
+		return w
+	}
+	if ps := d.pids[producer]; ps != nil {
+		for i, x := range ps.sends {
+			if x == s {
+				ps.sends = append(ps.sends[:i], ps.sends[i+1:]...)
+				d.forget(s)
+				break
+			}
+		}
+	}
+	return w
+}
+
+func (d *dedup) newSend() *dedupSend {
+	if n := len(d.free); n > 0 {
+		s := d.free[n-1]
+		d.free = d.free[:n-1]
+		return s
+	}
+	return &dedupSend{}
+}
+
+// forget keeps s for reuse (nil: nothing to keep).
+func (d *dedup) forget(s *dedupSend) {
+	if s == nil || len(d.free) >= dedupWindow {
+		return
+	}
+	*s = dedupSend{waiters: s.waiters[:0]}
+	d.free = append(d.free, s)
+}
+
+// trim forgets the oldest answered sends of ps beyond dedupWindow
+// (pending ones are kept: their retries wait on them).
+func (d *dedup) trim(ps *pidState) {
+	extra := len(ps.sends) - dedupWindow
+	kept := ps.sends[:0]
+	for _, s := range ps.sends {
+		if extra > 0 && s.done {
+			d.forget(s)
+			extra--
+			continue
+		}
+		kept = append(kept, s)
+	}
+	clear(ps.sends[len(kept):])
+	ps.sends = kept
+}
+
+// evictProducer forgets the least recently seen producer without pending
+// sends.
+func (d *dedup) evictProducer() {
+	var oldest uint64
+	var t time.Time
+	for id, ps := range d.pids {
+		if !ps.pending() && (t.IsZero() || ps.lastSeen.Before(t)) {
+			oldest, t = id, ps.lastSeen
+		}
+	}
+	if !t.IsZero() {
+		d.drop(oldest)
+	}
+}
+
+// sweep forgets producers silent for dedupExpiry.
+func (d *dedup) sweep(now time.Time) {
+	d.lastSweep = now
+	for id, ps := range d.pids {
+		if now.Sub(ps.lastSeen) > dedupExpiry && !ps.pending() {
+			d.drop(id)
+		}
+	}
+}
+
+// drop forgets a producer id and its sends.
+func (d *dedup) drop(id uint64) {
+	for _, s := range d.pids[id].sends {
+		d.forget(s)
+	}
+	delete(d.pids, id)
+}
+
+func (ps *pidState) pending() bool {
+	for _, s := range ps.sends {
+		if !s.done {
+			return true
+		}
+	}
+	return false
+}
+
+// stats: producers remembered and sends remembered.
+func (d *dedup) stats() (producers, sends int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ps := range d.pids {
+		sends += len(ps.sends)
+	}
+	return len(d.pids), sends
+}
