@@ -29,8 +29,9 @@ import (
 //
 //	outbox.dat    records, appended one per entry:
 //	                u32 length | u32 CRC-32C (Castagnoli) of payload | payload
-//	              little endian; the payload is the entry's wire.Produce encoding,
-//	              1..wire.MaxFrameSize bytes.
+//	              little endian; the payload is the entry's wire.Produce in its
+//	              stored layout (AppendStored: protocol 2's, no producer id
+//	              or sequence), 1..wire.MaxFrameSize bytes.
 //	outbox.acked  "QOB1" | u64 offset in outbox.dat of the first unacked record |
 //	              u32 CRC-32C of the 12 bytes before it. Missing means 0. It is
 //	              replaced on every ack by write to temp, fsync, rename, dir fsync,
@@ -328,7 +329,7 @@ func (o *outbox) recover(from, size int64) error {
 			}
 			return o.tornTail(from, off, size, "checksum mismatch")
 		}
-		if err := wire.DecodeProduce(payload, &scratch); err != nil {
+		if err := wire.DecodeStoredProduce(payload, &scratch); err != nil {
 			// The checksum holds, so it was written like this: not torn.
 			return outboxCorrupt(o.datPath, off, "record is not a produce request: %v", err)
 		}
@@ -530,7 +531,7 @@ func (o *outbox) add(p *wire.Produce) error {
 	// An entry that does not decode would make the file unreadable on the
 	// next open (a field too long for its length prefix encodes wrongly).
 	var back wire.Produce
-	err := wire.DecodeProduce(payload, &back)
+	err := wire.DecodeStoredProduce(payload, &back)
 	if err == nil && (back.Topic != p.Topic || len(back.Key) != len(p.Key) || len(back.Tags) != len(p.Tags) ||
 		len(back.Headers) != len(p.Headers) || len(back.Body) != len(p.Body)) {
 		err = errors.New("a field is too long for its length prefix")
@@ -562,7 +563,7 @@ func (o *outbox) add(p *wire.Produce) error {
 // appendOutboxRecord appends p as one record (length, CRC-32C, payload).
 func appendOutboxRecord(dst []byte, p *wire.Produce) []byte {
 	start := len(dst)
-	dst = p.Append(append(dst, make([]byte, outboxHeaderLen)...))
+	dst = p.AppendStored(append(dst, make([]byte, outboxHeaderLen)...))
 	payload := dst[start+outboxHeaderLen:]
 	binary.LittleEndian.PutUint32(dst[start:], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, outboxCRC))
@@ -620,7 +621,7 @@ func (o *outbox) peek() (id uint64, p *wire.Produce, ok bool, err error) {
 		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d fails its checksum", o.headID)
 	}
 	p = new(wire.Produce)
-	if err := wire.DecodeProduce(rec[outboxHeaderLen:], p); err != nil {
+	if err := wire.DecodeStoredProduce(rec[outboxHeaderLen:], p); err != nil {
 		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d: %v", o.headID, err)
 	}
 	return o.headID, p, true, nil
@@ -652,7 +653,7 @@ func (o *outbox) scan(fn func(p *wire.Produce)) error {
 			return outboxCorrupt(o.datPath, off, "record fails its checksum")
 		}
 		p := new(wire.Produce)
-		if err := wire.DecodeProduce(payload, p); err != nil {
+		if err := wire.DecodeStoredProduce(payload, p); err != nil {
 			return outboxCorrupt(o.datPath, off, "%v", err)
 		}
 		fn(p)

@@ -42,9 +42,21 @@ func testProduce(i int, bodyLen int) *wire.Produce {
 }
 
 // testRecord is p's record in outbox.dat, built from the documented format
-// independently of the implementation.
+// independently of the implementation: the payload is a Produce as
+// protocol 2 encoded it (outboxes written before protocol 3 must stay
+// readable).
 func testRecord(p *wire.Produce) []byte {
-	payload := p.Append(nil)
+	le := binary.LittleEndian
+	payload := le.AppendUint16(nil, uint16(len(p.Topic)))
+	payload = append(payload, p.Topic...)
+	payload = le.AppendUint32(payload, uint32(p.Queue))
+	payload = append(payload, p.Durability, p.Flags)
+	payload = le.AppendUint32(payload, p.Count)
+	payload = le.AppendUint64(payload, uint64(p.ClientTime))
+	payload = append(le.AppendUint16(payload, uint16(len(p.Key))), p.Key...)
+	payload = append(le.AppendUint16(payload, uint16(len(p.Tags))), p.Tags...)
+	payload = append(le.AppendUint32(payload, uint32(len(p.Headers))), p.Headers...)
+	payload = append(le.AppendUint32(payload, uint32(len(p.Body))), p.Body...)
 	b := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, crc32.MakeTable(crc32.Castagnoli)))
 	return append(b, payload...)

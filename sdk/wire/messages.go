@@ -104,14 +104,24 @@ type Produce struct {
 	Body       []byte
 }
 
-func (m *Produce) Append(dst []byte) []byte {
+func (m *Produce) Append(dst []byte) []byte { return m.appendAs(dst, true) }
+
+// AppendStored encodes m in the stored layout: a Produce as protocol 2 sent
+// it, without producer id and sequence. Files that keep requests (the SDK's
+// outbox) use it, so that they stay readable whatever later protocol
+// versions add to Produce.
+func (m *Produce) AppendStored(dst []byte) []byte { return m.appendAs(dst, false) }
+
+func (m *Produce) appendAs(dst []byte, idempotence bool) []byte {
 	dst = appendShortString(dst, m.Topic)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(m.Queue))
 	dst = append(dst, m.Durability, m.Flags)
 	dst = binary.LittleEndian.AppendUint32(dst, m.Count)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.ClientTime))
-	dst = binary.LittleEndian.AppendUint64(dst, m.ProducerID)
-	dst = binary.LittleEndian.AppendUint64(dst, m.Seq)
+	if idempotence {
+		dst = binary.LittleEndian.AppendUint64(dst, m.ProducerID)
+		dst = binary.LittleEndian.AppendUint64(dst, m.Seq)
+	}
 	dst = appendShort(dst, m.Key)
 	dst = appendShort(dst, m.Tags)
 	dst = appendLong(dst, m.Headers)
@@ -120,7 +130,13 @@ func (m *Produce) Append(dst []byte) []byte {
 
 // DecodeProduce decodes a Produce payload; byte fields alias b. The topic
 // is the one allocation (a string the broker keeps).
-func DecodeProduce(b []byte, m *Produce) error {
+func DecodeProduce(b []byte, m *Produce) error { return decodeProduceAs(b, m, true) }
+
+// DecodeStoredProduce decodes what AppendStored encoded (no producer id or
+// sequence: both 0).
+func DecodeStoredProduce(b []byte, m *Produce) error { return decodeProduceAs(b, m, false) }
+
+func decodeProduceAs(b []byte, m *Produce, idempotence bool) error {
 	d := decoder{b: b}
 	topic := d.short("topic", MaxTopicLen)
 	m.Queue = int32(d.u32("queue"))
@@ -128,8 +144,11 @@ func DecodeProduce(b []byte, m *Produce) error {
 	m.Flags = d.u8("flags")
 	m.Count = d.u32("count")
 	m.ClientTime = int64(d.u64("client time"))
-	m.ProducerID = d.u64("producer id")
-	m.Seq = d.u64("sequence")
+	m.ProducerID, m.Seq = 0, 0
+	if idempotence {
+		m.ProducerID = d.u64("producer id")
+		m.Seq = d.u64("sequence")
+	}
 	m.Key = d.short("key", MaxKeyLen)
 	m.Tags = d.short("tags", MaxTagsLen)
 	m.Headers = d.long("headers", MaxHeadersLen)
