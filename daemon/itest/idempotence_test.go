@@ -114,3 +114,58 @@ func TestSendThroughAFrozenBrokerIsStoredOnce(t *testing.T) {
 		t.Fatalf("stored at %v, want once at %d/%d (%d attempts)", got, res.Queue, res.Offset, res.Attempts)
 	}
 }
+
+// Messages that went in one coalesced frame and are retried alone (each
+// keeps its sequence number) are each answered with their own place in
+// the first frame's batch, and stored once.
+func TestRetriedCoalescedSendsAreStoredOnce(t *testing.T) {
+	b := testbroker.Start(t, "--debug-faults", "--max-queue-wait", "30s")
+	cl := b.Client()
+	ctx := ctxT(t, 60*time.Second)
+	if err := cl.Admin().CreateTopic(ctx, "batched-once", 1); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.NewProducer(sdk.WithSendTimeout(30*time.Second), sdk.WithAttemptTimeout(200*time.Millisecond),
+		sdk.WithLinger(50*time.Millisecond)) // the sends below share one frame
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "batched-once", Body: []byte("warm")}); err != nil {
+		t.Fatal(err)
+	}
+	b.Post("/debug/faults/stall")
+	const n = 8
+	type outcome struct {
+		body string
+		res  sdk.SendResult
+		err  error
+	}
+	done := make(chan outcome, n)
+	for i := 0; i < n; i++ {
+		body := fmt.Sprintf("m%d", i)
+		if err := p.SendAsync(ctx, &sdk.Message{Topic: "batched-once", Body: []byte(body)}, func(res sdk.SendResult, err error) {
+			done <- outcome{body, res, err}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testbroker.WaitFor(t, "every message's retry to reach the broker", func() bool {
+		return metric(t, b, "quiver_produce_duplicates_total") >= n
+	})
+	b.Post("/debug/faults/resume")
+	acked := map[string]string{}
+	for range n {
+		o := <-done
+		if o.err != nil || o.res.Attempts < 2 {
+			t.Fatalf("%s: %+v, %v; want success after a retry", o.body, o.res, o.err)
+		}
+		acked[o.body] = fmt.Sprintf("%d/%d", o.res.Queue, o.res.Offset)
+	}
+	at := copies(t, cl, "batched-once", n+1)
+	for body, pos := range acked {
+		if got := at[body]; len(got) != 1 || got[0] != pos {
+			t.Fatalf("%s is stored at %v; want once, at %s where it was acknowledged", body, got, pos)
+		}
+	}
+}
