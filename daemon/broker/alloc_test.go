@@ -36,7 +36,7 @@ func TestProduceDoesNotAllocate(t *testing.T) {
 			b.Produce(c)
 			<-done
 		}
-		for i := 0; i < dedupWindow+100; i++ {
+		for i := 0; i < dedupWindow+dedupWindow/4; i++ {
 			run() // warm the pools and fill the producer's window
 		}
 		if n := testing.AllocsPerRun(200, run); n > 0 {

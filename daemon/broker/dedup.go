@@ -18,9 +18,14 @@ import (
 // copy is answered, and with the first copy's error if that failed.
 //
 // Bounds: at most dedupWindow sends per producer id (and an eighth more
-// between trims; the oldest answered ones go first) and dedupProducers producer ids (the least recently seen
-// go first); a producer id silent for dedupExpiry is forgotten. A retry of
-// a send forgotten that way is stored again.
+// between trims; the oldest answered ones go first), and only dedupMin
+// for a producer that sends while dedupMaxTotal sends are remembered over
+// every producer; dedupProducers producer ids (the least recently seen go
+// first); a producer id silent for dedupExpiry is forgotten. A retry of a
+// send forgotten that way is stored again. A send is a frame: under load
+// the SDK coalesces many messages into one, so 16,384 sends cover seconds
+// of a busy client's traffic (its retries come after its attempt timeout,
+// 1 s by default).
 //
 // This state lives in the leader's memory: a retry that reaches a new
 // leader after a failover, or the same broker after a restart, is stored
@@ -28,7 +33,9 @@ import (
 // not used (its first copy may have been truncated since): the retry is
 // stored again.
 const (
-	dedupWindow    = 1024
+	dedupWindow    = 16384
+	dedupMin       = 1024
+	dedupMaxTotal  = 1 << 20 // about 110 MB of remembered sends
 	dedupProducers = 4096
 	dedupExpiry    = 10 * time.Minute
 )
@@ -39,6 +46,7 @@ type dedup struct {
 	now       func() time.Time
 	lastSweep time.Time
 	free      []*dedupSend // forgotten sends, reused: no allocation per send once warm
+	total     int          // sends remembered over every producer
 }
 
 type pidState struct {
@@ -91,8 +99,7 @@ func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool,
 		i = sort.Search(len(ps.sends), func(i int) bool { return ps.sends[i].seq+ps.sends[i].n > p.Seq })
 	}
 	if i < len(ps.sends) && ps.sends[i].seq < p.Seq+n && ps.sends[i].done && ps.sends[i].epoch != c.epoch {
-		d.forget(ps.sends[i]) // from an earlier leadership: stored again
-		ps.sends = append(ps.sends[:i], ps.sends[i+1:]...)
+		d.removeAt(ps, i) // from an earlier leadership: stored again
 	}
 	if i < len(ps.sends) && ps.sends[i].seq < p.Seq+n {
 		s := ps.sends[i]
@@ -111,8 +118,13 @@ func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool,
 	ps.sends = append(ps.sends, nil)
 	copy(ps.sends[i+1:], ps.sends[i:])
 	ps.sends[i] = s
-	if len(ps.sends) > dedupWindow+dedupWindow/8 {
-		d.trim(ps) // in bulk: one move of the slice per window/8 sends
+	d.total++
+	limit := dedupWindow
+	if d.total > dedupMaxTotal {
+		limit = dedupMin
+	}
+	if len(ps.sends) > limit+limit/8 {
+		d.trim(ps, limit) // in bulk: one move of the slice per limit/8 sends
 	}
 	c.dedup = s
 	return nil, false, nil
@@ -140,8 +152,7 @@ func (d *dedup) resolve(producer uint64, s *dedupSend, ack wire.ProduceAck, fail
 	if ps := d.pids[producer]; ps != nil {
 		for i, x := range ps.sends {
 			if x == s {
-				ps.sends = append(ps.sends[:i], ps.sends[i+1:]...)
-				d.forget(s)
+				d.removeAt(ps, i)
 				break
 			}
 		}
@@ -167,14 +178,22 @@ func (d *dedup) forget(s *dedupSend) {
 	d.free = append(d.free, s)
 }
 
-// trim forgets the oldest answered sends of ps beyond dedupWindow
-// (pending ones are kept: their retries wait on them).
-func (d *dedup) trim(ps *pidState) {
-	extra := len(ps.sends) - dedupWindow
+// removeAt forgets ps's send at i.
+func (d *dedup) removeAt(ps *pidState, i int) {
+	d.forget(ps.sends[i])
+	ps.sends = append(ps.sends[:i], ps.sends[i+1:]...)
+	d.total--
+}
+
+// trim forgets the oldest answered sends of ps beyond limit (pending ones
+// are kept: their retries wait on them).
+func (d *dedup) trim(ps *pidState, limit int) {
+	extra := len(ps.sends) - limit
 	kept := ps.sends[:0]
 	for _, s := range ps.sends {
 		if extra > 0 && s.done {
 			d.forget(s)
+			d.total--
 			extra--
 			continue
 		}
@@ -214,6 +233,7 @@ func (d *dedup) drop(id uint64) {
 	for _, s := range d.pids[id].sends {
 		d.forget(s)
 	}
+	d.total -= len(d.pids[id].sends)
 	delete(d.pids, id)
 }
 

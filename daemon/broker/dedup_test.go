@@ -87,8 +87,8 @@ func TestDedupBounds(t *testing.T) {
 	}
 	for i := 0; i < 3*dedupWindow; i++ {
 		send(1)
-		if _, sends := d.stats(); sends > dedupWindow+dedupWindow/8 {
-			t.Fatalf("%d sends remembered, over the window (%d) and its slack", sends, dedupWindow)
+		if _, sends := d.stats(); sends > dedupWindow+dedupWindow/8 || sends != d.total {
+			t.Fatalf("%d sends remembered (counted %d), over the window (%d) and its slack", sends, d.total, dedupWindow)
 		}
 	}
 	old := dcall(1, 1, 1)
@@ -99,11 +99,20 @@ func TestDedupBounds(t *testing.T) {
 	if allocs := testing.AllocsPerRun(1000, func() { send(1) }); allocs != 0 {
 		t.Fatalf("%v allocations per send once warm", allocs)
 	}
+	// Over the total bound, a producer that sends keeps only dedupMin.
+	d.total += dedupMaxTotal
+	for i := 0; i < dedupWindow/4; i++ {
+		send(1)
+	}
+	if len(d.pids[1].sends) > dedupMin+dedupMin/8 {
+		t.Fatalf("%d sends of a producer remembered past the total bound, want at most %d", len(d.pids[1].sends), dedupMin+dedupMin/8)
+	}
+	d.total -= dedupMaxTotal
 	send(2)
 	now = now.Add(dedupExpiry + 2*time.Minute)
 	send(3) // sweeps
-	if producers, _ := d.stats(); producers != 1 {
-		t.Fatalf("%d producers remembered after the expiry, want 1 (the one that just sent)", producers)
+	if producers, sends := d.stats(); producers != 1 || sends != d.total {
+		t.Fatalf("%d producers remembered after the expiry, want 1 (the one that just sent); %d sends, counted %d", producers, sends, d.total)
 	}
 }
 
