@@ -1,8 +1,6 @@
 package itest
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,11 +9,6 @@ import (
 	"github.com/quivermq/quiver/internal/testbroker"
 	"github.com/quivermq/quiver/sdk"
 )
-
-func tokenHash(tok string) string {
-	s := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(s[:])
-}
 
 // With an ACL, brokers replicate only as principals with the peer right:
 // a follower whose certificate names one (here by its IP address, which
@@ -36,12 +29,12 @@ func TestPeersNeedThePeerRight(t *testing.T) {
 [[principal]]
 name = "brokers"
 cert_cn = "127.0.0.1"
-token_sha256 = "`+tokenHash("peer-secret")+`"
+token_sha256 = "`+testbroker.TokenSHA256("peer-secret")+`"
 peer = `+right+`
 
 [[principal]]
 name = "app"
-token_sha256 = "`+tokenHash("app-secret")+`"
+token_sha256 = "`+testbroker.TokenSHA256("app-secret")+`"
 produce = ["*"]
 admin = true
 `), 0o600)

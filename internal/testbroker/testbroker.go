@@ -8,8 +8,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -236,6 +238,12 @@ func (b *Broker) Stop() error {
 // Pause stops the process (SIGSTOP); Resume continues it (SIGCONT).
 func (b *Broker) Pause()  { b.signal(syscall.SIGSTOP) }
 func (b *Broker) Resume() { b.signal(syscall.SIGCONT) }
+
+// TokenSHA256 is tok's hash as an ACL file's token_sha256 holds it.
+func TokenSHA256(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
 
 // Reload sends SIGHUP (quiverd reloads its ACL file).
 func (b *Broker) Reload() { b.signal(syscall.SIGHUP) }

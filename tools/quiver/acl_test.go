@@ -5,11 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -24,11 +22,6 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-func sha(tok string) string {
-	s := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(s[:])
-}
-
 // The tokens of the contract's principals: long enough that finding one
 // in a file cannot be chance.
 const (
@@ -41,18 +34,18 @@ func aclFile(producePatterns string) string {
 	return `
 [[principal]]
 name = "orders-app"
-token_sha256 = "` + sha(producerTok) + `"
+token_sha256 = "` + testbroker.TokenSHA256(producerTok) + `"
 produce = [` + producePatterns + `]
 
 [[principal]]
 name = "billing"
-token_sha256 = "` + sha(consumerTok) + `"
+token_sha256 = "` + testbroker.TokenSHA256(consumerTok) + `"
 consume = ["orders*"]
 groups = ["billing*"]
 
 [[principal]]
 name = "ops"
-token_sha256 = "` + sha(adminTok) + `"
+token_sha256 = "` + testbroker.TokenSHA256(adminTok) + `"
 admin = true
 `
 }
@@ -267,7 +260,7 @@ produce = ["orders*"]
 
 [[principal]]
 name = "ops"
-token_sha256 = "`+sha(adminTok)+`"
+token_sha256 = "`+testbroker.TokenSHA256(adminTok)+`"
 admin = true
 `), 0o600)
 	b := testbroker.Start(t, "--acl", acl, "--client-ca", ca.File)
