@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -134,5 +135,31 @@ func BenchmarkDedup(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		send()
+	}
+}
+
+// BenchmarkDedupMemory measures what the leader keeps per remembered send:
+// 64 producers fill their windows; the heap grows by bytes/send.
+func BenchmarkDedupMemory(b *testing.B) {
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		d := newDedup(time.Now)
+		c := &ProduceCall{}
+		const producers = 64
+		for pid := uint64(1); pid <= producers; pid++ {
+			for seq := uint64(1); seq <= dedupWindow; seq++ {
+				*c = ProduceCall{In: wire.Produce{ProducerID: pid, Seq: seq, Count: 1}}
+				d.claim(c, "orders")
+				d.resolve(pid, c.dedup, wire.ProduceAck{Offset: seq}, false)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		_, sends := d.stats()
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(sends), "bytes/send")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/producers/(1<<20), "MiB/producer")
+		runtime.KeepAlive(d)
 	}
 }
