@@ -51,6 +51,7 @@ type dedup struct {
 
 type pidState struct {
 	sends    []*dedupSend // by first sequence number
+	pending  int          // of sends, not answered yet
 	lastSeen time.Time
 }
 
@@ -69,11 +70,13 @@ func newDedup(now func() time.Time) *dedup {
 	return &dedup{pids: map[uint64]*pidState{}, now: now}
 }
 
-// claim looks up c's send. It returns the remembered send to answer c
-// from (dup) and whether to answer it now (ready; else c waits for the
-// first copy), or, for a new send, registers it as pending on c. A range
-// that overlaps a remembered one without lying within it is an error.
-func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool, werr *wire.Error) {
+// claim looks up c's send. For a retry of a remembered send it returns dup
+// true and, if that send was answered, its answer for c (ready; else c
+// waits for the first copy: resolve). For a new send it registers it as
+// pending on c. A range that overlaps a remembered one without lying
+// within it is an error. Answers are copied under the lock: a send's
+// record may be forgotten and reused as soon as the lock is released.
+func (d *dedup) claim(c *ProduceCall, topic string) (dup, ready bool, ack wire.ProduceAck, werr *wire.Error) {
 	p := &c.In
 	n := uint64(max(p.Count, 1))
 	now := c.start // the time the produce arrived (Produce reads the clock once)
@@ -104,20 +107,22 @@ func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool,
 	if i < len(ps.sends) && ps.sends[i].seq < p.Seq+n {
 		s := ps.sends[i]
 		if s.seq > p.Seq || p.Seq+n > s.seq+s.n || s.topic != topic {
-			return nil, false, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf(
+			return false, false, ack, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf(
 				"sequence numbers %d..%d of producer %x overlap an earlier send of other messages (%d..%d to %s)",
 				p.Seq, p.Seq+n-1, p.ProducerID, s.seq, s.seq+s.n-1, s.topic)}
 		}
 		if !s.done {
 			s.waiters = append(s.waiters, c)
+			return true, false, ack, nil
 		}
-		return s, s.done, nil
+		return true, true, ackAt(s.ack, s.seq, p.Seq), nil
 	}
 	s := d.newSend()
 	s.seq, s.n, s.topic, s.epoch = p.Seq, n, topic, c.epoch
 	ps.sends = append(ps.sends, nil)
 	copy(ps.sends[i+1:], ps.sends[i:])
 	ps.sends[i] = s
+	ps.pending++
 	d.total++
 	limit := dedupWindow
 	if d.total > dedupMaxTotal {
@@ -127,37 +132,36 @@ func (d *dedup) claim(c *ProduceCall, topic string) (dup *dedupSend, ready bool,
 		d.trim(ps, limit) // in bulk: one move of the slice per limit/8 sends
 	}
 	c.dedup = s
-	return nil, false, nil
+	return false, false, ack, nil
 }
 
-// ackFor is the answer to c from the remembered send s (done).
-func (s *dedupSend) ackFor(c *ProduceCall) wire.ProduceAck {
-	a := s.ack
-	a.Offset += c.In.Seq - s.seq
-	return a
+// ackAt is the answer to the message with sequence number seq of a send
+// answered with ack whose first message had first.
+func ackAt(ack wire.ProduceAck, first, seq uint64) wire.ProduceAck {
+	ack.Offset += seq - first
+	return ack
 }
 
 // resolve records the outcome of the first copy of s and returns the
-// retries waiting for it. A failed send is forgotten: a later retry is
+// retries waiting for it and the sequence number of s's first message
+// (their answers: ackAt). A failed send is forgotten: a later retry is
 // stored.
-func (d *dedup) resolve(producer uint64, s *dedupSend, ack wire.ProduceAck, failed bool) []*ProduceCall {
+func (d *dedup) resolve(producer uint64, s *dedupSend, ack wire.ProduceAck, failed bool) ([]*ProduceCall, uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	w := s.waiters
+	w, first := s.waiters, s.seq
 	s.waiters = nil
+	ps := d.pids[producer] // a producer with a pending send is never dropped
+	ps.pending--
 	if !failed {
 		s.done, s.ack = true, ack
-		return w
+		return w, first
 	}
-	if ps := d.pids[producer]; ps != nil {
-		for i, x := range ps.sends {
-			if x == s {
-				d.removeAt(ps, i)
-				break
-			}
-		}
+	i := sort.Search(len(ps.sends), func(i int) bool { return ps.sends[i].seq >= first })
+	if i < len(ps.sends) && ps.sends[i] == s {
+		d.removeAt(ps, i)
 	}
-	return w
+	return w, first
 }
 
 func (d *dedup) newSend() *dedupSend {
@@ -209,7 +213,7 @@ func (d *dedup) evictProducer() {
 	var oldest uint64
 	var t time.Time
 	for id, ps := range d.pids {
-		if !ps.pending() && (t.IsZero() || ps.lastSeen.Before(t)) {
+		if ps.pending == 0 && (t.IsZero() || ps.lastSeen.Before(t)) {
 			oldest, t = id, ps.lastSeen
 		}
 	}
@@ -222,7 +226,7 @@ func (d *dedup) evictProducer() {
 func (d *dedup) sweep(now time.Time) {
 	d.lastSweep = now
 	for id, ps := range d.pids {
-		if now.Sub(ps.lastSeen) > dedupExpiry && !ps.pending() {
+		if now.Sub(ps.lastSeen) > dedupExpiry && ps.pending == 0 {
 			d.drop(id)
 		}
 	}
@@ -237,21 +241,9 @@ func (d *dedup) drop(id uint64) {
 	delete(d.pids, id)
 }
 
-func (ps *pidState) pending() bool {
-	for _, s := range ps.sends {
-		if !s.done {
-			return true
-		}
-	}
-	return false
-}
-
 // stats: producers remembered and sends remembered.
 func (d *dedup) stats() (producers, sends int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, ps := range d.pids {
-		sends += len(ps.sends)
-	}
-	return len(d.pids), sends
+	return len(d.pids), d.total
 }

@@ -21,24 +21,25 @@ func TestDedupClaims(t *testing.T) {
 	now := time.Unix(1000, 0)
 	d := newDedup(func() time.Time { return now })
 	first := dcall(7, 10, 5) // a coalesced batch of 5: sequences 10..14
-	if dup, _, werr := d.claim(first, "t"); dup != nil || werr != nil || first.dedup == nil {
+	if dup, _, _, werr := d.claim(first, "t"); dup || werr != nil || first.dedup == nil {
 		t.Fatalf("a new send: dup %v, err %v", dup, werr)
 	}
 	retry := dcall(7, 12, 1) // the third message, retried alone while the batch is stored
-	dup, ready, werr := d.claim(retry, "t")
-	if dup != first.dedup || ready || werr != nil {
-		t.Fatalf("a retry of a pending send: dup %v ready %v err %v; want it to wait", dup, ready, werr)
+	dup, ready, _, werr := d.claim(retry, "t")
+	if !dup || ready || werr != nil || len(first.dedup.waiters) != 1 || first.dedup.waiters[0] != retry {
+		t.Fatalf("a retry of a pending send: dup %v ready %v err %v; want it to wait on the first copy", dup, ready, werr)
 	}
 	ack := wire.ProduceAck{Queue: 3, Offset: 100, Epoch: 2}
-	if w := d.resolve(7, first.dedup, ack, false); len(w) != 1 || w[0] != retry {
-		t.Fatalf("waiters %v", w)
+	w, base := d.resolve(7, first.dedup, ack, false)
+	if len(w) != 1 || w[0] != retry || base != 10 {
+		t.Fatalf("waiters %v of a send from %d", w, base)
 	}
-	if a := first.dedup.ackFor(retry); a.Queue != 3 || a.Offset != 102 || a.Epoch != 2 {
+	if a := ackAt(ack, base, retry.In.Seq); a.Queue != 3 || a.Offset != 102 || a.Epoch != 2 {
 		t.Fatalf("the retry's answer %+v, want queue 3 offset 102", a)
 	}
 	late := dcall(7, 14, 1)
-	if dup, ready, _ := d.claim(late, "t"); dup == nil || !ready || dup.ackFor(late).Offset != 104 {
-		t.Fatalf("a retry of a stored send: dup %v ready %v", dup, ready)
+	if dup, ready, a, _ := d.claim(late, "t"); !dup || !ready || a.Queue != 3 || a.Offset != 104 || a.Epoch != 2 {
+		t.Fatalf("a retry of a stored send: dup %v ready %v answer %+v, want queue 3 offset 104", dup, ready, a)
 	}
 	for _, tc := range []struct {
 		c     *ProduceCall
@@ -47,19 +48,19 @@ func TestDedupClaims(t *testing.T) {
 		{dcall(7, 13, 3), "t"}, // 13..15 overlaps 10..14 without lying within it
 		{dcall(7, 11, 1), "u"}, // the same sequence for another topic
 	} {
-		if _, _, werr := d.claim(tc.c, tc.topic); werr == nil || werr.Code != wire.CodeInvalid {
+		if _, _, _, werr := d.claim(tc.c, tc.topic); werr == nil || werr.Code != wire.CodeInvalid {
 			t.Fatalf("seq %d count %d topic %s: %v, want INVALID", tc.c.In.Seq, tc.c.In.Count, tc.topic, werr)
 		}
 	}
 	// Another producer's sequence numbers are its own.
-	if dup, _, _ := d.claim(dcall(8, 12, 1), "t"); dup != nil {
+	if dup, _, _, _ := d.claim(dcall(8, 12, 1), "t"); dup {
 		t.Fatal("another producer's send was taken for a retry")
 	}
 	// A send remembered from an earlier leadership is not used: its first
 	// copy may have been truncated since.
 	newer := dcall(7, 12, 1)
 	newer.epoch = 3
-	if dup, _, _ := d.claim(newer, "t"); dup != nil || newer.dedup == nil {
+	if dup, _, _, _ := d.claim(newer, "t"); dup || newer.dedup == nil {
 		t.Fatal("a send of epoch 2 answered a retry in epoch 3")
 	}
 	// A send that failed is forgotten: its retry is stored.
@@ -67,7 +68,7 @@ func TestDedupClaims(t *testing.T) {
 	d.claim(failed, "t")
 	d.resolve(7, failed.dedup, wire.ProduceAck{}, true)
 	again := dcall(7, 20, 1)
-	if dup, _, _ := d.claim(again, "t"); dup != nil || again.dedup == nil {
+	if dup, _, _, _ := d.claim(again, "t"); dup || again.dedup == nil {
 		t.Fatal("the retry of a failed send was not stored")
 	}
 }
@@ -88,12 +89,12 @@ func TestDedupBounds(t *testing.T) {
 	}
 	for i := 0; i < 3*dedupWindow; i++ {
 		send(1)
-		if _, sends := d.stats(); sends > dedupWindow+dedupWindow/8 || sends != d.total {
+		if sends := countSends(d); sends > dedupWindow+dedupWindow/8 || sends != d.total {
 			t.Fatalf("%d sends remembered (counted %d), over the window (%d) and its slack", sends, d.total, dedupWindow)
 		}
 	}
 	old := dcall(1, 1, 1)
-	if dup, _, _ := d.claim(old, "t"); dup != nil {
+	if dup, _, _, _ := d.claim(old, "t"); dup {
 		t.Fatal("a send older than the window is still remembered")
 	}
 	d.resolve(1, old.dedup, wire.ProduceAck{}, true)
@@ -112,9 +113,19 @@ func TestDedupBounds(t *testing.T) {
 	send(2)
 	now = now.Add(dedupExpiry + 2*time.Minute)
 	send(3) // sweeps
-	if producers, sends := d.stats(); producers != 1 || sends != d.total {
+	if producers, sends := len(d.pids), countSends(d); producers != 1 || sends != d.total {
 		t.Fatalf("%d producers remembered after the expiry, want 1 (the one that just sent); %d sends, counted %d", producers, sends, d.total)
 	}
+}
+
+// countSends counts the remembered sends by walking them (d.total counts
+// them as they come and go).
+func countSends(d *dedup) int {
+	n := 0
+	for _, ps := range d.pids {
+		n += len(ps.sends)
+	}
+	return n
 }
 
 // BenchmarkDedup is what one idempotent send costs the leader: claim and

@@ -63,12 +63,13 @@ func (c *ProduceCall) reply(ack wire.ProduceAck, werr *wire.Error) {
 	}
 	// The retries of this send that arrived while it was stored get its
 	// answer (its failure: they may then be stored again).
-	for _, w := range b.dedup.resolve(producer, s, ack, werr != nil) {
+	waiters, first := b.dedup.resolve(producer, s, ack, werr != nil)
+	for _, w := range waiters {
 		if werr != nil {
 			w.reply(wire.ProduceAck{}, werr)
 			continue
 		}
-		w.reply(s.ackFor(w), nil)
+		w.reply(ackAt(ack, first, w.In.Seq), nil)
 	}
 }
 
@@ -99,22 +100,22 @@ func (b *Broker) Produce(c *ProduceCall) {
 		c.leader, werr = b.replicaCheck()
 	}
 	c.epoch = b.repl.epoch.Load()
-	var dup *dedupSend
-	ready := false
+	var dup, ready bool
+	var dupAck wire.ProduceAck
 	if werr == nil && p.ProducerID != 0 {
-		dup, ready, werr = b.dedup.claim(c, t.name)
+		dup, ready, dupAck, werr = b.dedup.claim(c, t.name)
 	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
 		return
 	}
-	if dup != nil {
+	if dup {
 		// A retry of a send this leader took: not stored again. It is
 		// answered now, or with the first copy (reply).
 		b.metrics.dedupHits.Inc()
 		if ready {
-			c.reply(dup.ackFor(c), nil)
+			c.reply(dupAck, nil)
 		}
 		return
 	}
