@@ -304,8 +304,7 @@ func (c *coalescer) sendBatch(bf *batchFrame, now time.Time) {
 	if c.key.idem {
 		// Consecutive sequence numbers, kept by each message for its
 		// retries (which go alone: see coalescable).
-		n := uint64(len(bf.ops))
-		req.ProducerID, req.Seq = c.cl.pid, c.cl.seq.Add(n)-n+1
+		req.ProducerID, req.Seq = c.cl.pid, c.cl.sequences(uint64(len(bf.ops)))
 		for i, op := range bf.ops {
 			op.req.Seq = req.Seq + uint64(i)
 		}

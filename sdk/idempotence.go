@@ -21,7 +21,7 @@ import (
 // landed, the message is in both groups), a retry that reaches the group
 // after its leader changed or restarted (the new leader does not know the
 // first copy yet), a retry of a send older than the broker's window for
-// the producer (see the broker's idempotence settings), a message resent
+// the producer (docs/operations.md, "Idempotent sends"), a message resent
 // from the outbox, and SendOneway (never retried).
 
 // newProducerID returns a random non-zero producer id.
@@ -41,10 +41,11 @@ func (op *sendOp) idempotent() {
 	if op.p.cfg.noIdempotence {
 		return
 	}
-	cl := op.p.cl
-	op.req.ProducerID = cl.pid
+	op.req.ProducerID = op.p.cl.pid
 	if op.req.Seq == 0 {
-		n := uint64(max(op.req.Count, 1))
-		op.req.Seq = cl.seq.Add(n) - n + 1
+		op.req.Seq = op.p.cl.sequences(uint64(max(op.req.Count, 1)))
 	}
 }
+
+// sequences reserves n consecutive sequence numbers and returns the first.
+func (cl *Client) sequences(n uint64) uint64 { return cl.seq.Add(n) - n + 1 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -80,12 +81,7 @@ func (id *Identity) Verify(chain []*x509.Certificate) error {
 	if len(chain) == 0 {
 		return ErrNoPeerCert
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: id.Roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if err := certs.VerifyChain(chain, id.Roots, x509.ExtKeyUsageAny); err != nil {
 		return fmt.Errorf("%w: %v", ErrNoPeerCert, err)
 	}
 	return nil

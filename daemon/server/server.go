@@ -28,6 +28,7 @@ import (
 
 	"github.com/quivermq/quiver/daemon/acl"
 	"github.com/quivermq/quiver/daemon/broker"
+	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -354,13 +355,7 @@ func verifyClientCert(chain []*x509.Certificate, roots *x509.CertPool) error {
 	if len(chain) == 0 {
 		return nil
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	_, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-	if err != nil {
+	if err := certs.VerifyChain(chain, roots, x509.ExtKeyUsageClientAuth); err != nil {
 		return fmt.Errorf("client certificate not accepted (client_ca): %w", err)
 	}
 	return nil
