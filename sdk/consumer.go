@@ -689,7 +689,7 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 // change (the principal lacks a right: FORBIDDEN). Run and Poll return it.
 func (c *Consumer) fail(err error) {
 	if c.failed.CompareAndSwap(nil, &err) {
-		c.cl.logger.Error("consumer stopped: the broker refuses it a right", "group", c.group, "member", c.member, "err", err)
+		c.cl.logger.Warn("consumer stopped: the broker refuses it a right (Run and Poll return the error)", "group", c.group, "member", c.member, "err", err)
 		c.cancel()
 	}
 }
