@@ -30,8 +30,9 @@ import (
 //
 // At most maxUnsynced batches are written and not yet synced at any time
 // (the flusher waits for a free slot before it writes). The recovery rule
-// depends on it: after a crash, valid records of at most maxUnsynced-1 later
-// commits may follow a torn one (see recover.go).
+// depends on it: after a crash, valid records of at most maxUnsynced
+// commits (the torn one's own included) may follow a torn record (see
+// recover.go).
 //
 // The partial last page is rewritten by the next write with the same bytes
 // before the new ones, and only after the write that laid it down has

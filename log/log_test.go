@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -474,7 +475,7 @@ func TestCorruptionNearTheEndIsNotMistakenForATornTail(t *testing.T) {
 		flipByte(t, segmentPath(dir, o, victim.Pos), victim.Pos%o.SegmentSize+HeaderSize+1)
 		o.Engine = newEngine(t, backend)
 		_, err := Open(o)
-		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "later group commits follow it") {
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "group commits follow it") {
 			t.Fatalf("open: %v, want a refusal naming the later commits", err)
 		}
 		o.Engine.Close()
@@ -572,4 +573,106 @@ func TestRecordLargerThanABatch(t *testing.T) {
 	if _, err := l.Append(&Message{Topic: "t", Body: make([]byte, MaxRecordSize)}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("record over MaxRecordSize: %v", err)
 	}
+}
+
+// A power cut with two commits written and not synced, X then Y: Y's write
+// began by rewriting X's last partial page (with X's bytes), so when X is
+// torn in its middle and Y lands, valid records of X itself follow the
+// damage, then Y's. That is two store times after the damaged record, from
+// the only two commits that were ever unsynced: a torn tail, which recovery
+// must truncate, not refuse (make crash found it: TestPowerCutLosesNoAck,
+// "valid records of 2 later group commits follow it").
+func TestTornCommitFollowedByItsOwnRewrittenPage(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		dir := t.TempDir()
+		faulty := ioengine.NewFaulty(newEngine(t, backend))
+		o := smallOpts(dir, faulty)
+		l := openLog(t, o)
+		msg := func(i int) *Message {
+			return &Message{Topic: "t", Key: []byte(fmt.Sprintf("key-%d", i)), Body: bytes.Repeat([]byte{byte('a' + i%26)}, 150)}
+		}
+		var results []AppendResult
+		for i := 0; i < 5; i++ { // W: commits before, synced
+			res, err := l.Append(msg(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			results = append(results, res)
+		}
+		// X: one commit of 60 records. The flusher is held in the engine
+		// with the first of them; the rest wait for it, and all go in the
+		// next commit.
+		const xn = 60
+		xres := make([]AppendResult, xn+1)
+		var wg sync.WaitGroup
+		wg.Add(xn + 1)
+		faulty.Stall()
+		for i := 0; i <= xn; i++ {
+			if i == 1 {
+				for faulty.Stalled() == 0 {
+					runtime.Gosched()
+				}
+			}
+			if err := l.AppendAsync(msg(5+i), func(res AppendResult, err error) {
+				if err != nil {
+					t.Error(err)
+				}
+				xres[i] = res
+				wg.Done()
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		faulty.Resume()
+		wg.Wait()
+		results = append(results, xres...)
+		x := results[6:]
+		for _, res := range x {
+			if res.StoreTime != x[0].StoreTime {
+				t.Fatalf("the held records went in more than one commit")
+			}
+		}
+		y, err := l.Append(msg(len(results))) // Y
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, y)
+		l.Close()
+		os.Remove(filepath.Join(dir, checkpointFile)) // the cut came before any checkpoint covered X
+
+		const page = ioengine.Alignment
+		xStart, yPage := x[0].Pos, y.Pos/page*page
+		tear := (xStart+page/2)/ioengine.SectorSize*ioengine.SectorSize + ioengine.SectorSize
+		if y.Pos%page == 0 || tear >= yPage || x[len(x)-1].Pos < yPage {
+			t.Fatalf("layout: X [%d, %d), Y at %d: no record of X after a tear in its middle", xStart, y.Pos, y.Pos)
+		}
+		// X's write kept up to the tear; its pages after it (but the last,
+		// which Y rewrote and which landed) were never written.
+		f, err := os.OpenFile(segmentPath(dir, o, xStart), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := xStart / o.SegmentSize * o.SegmentSize
+		if _, err := f.WriteAt(make([]byte, yPage-tear), tear-base); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+
+		o.Engine = newEngine(t, backend)
+		l, err = Open(o)
+		if err != nil {
+			t.Fatalf("recovery refused a torn tail: %v", err)
+		}
+		defer l.Close()
+		damaged := 0
+		for damaged < len(results) && results[damaged].Pos+int64(results[damaged].Size) <= tear {
+			damaged++
+		}
+		if p := l.Positions(); p.Written != results[damaged].Pos {
+			t.Fatalf("log ends at %d, want %d (the torn record)", p.Written, results[damaged].Pos)
+		}
+		for i, res := range results[:damaged] {
+			checkRecord(t, l, res, msg(i))
+		}
+	})
 }

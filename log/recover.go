@@ -24,8 +24,13 @@ import (
 //   - at most one segment follows its segment (a group commit spans two);
 //   - nothing but zeros lies more than maxUnsynced group commits beyond it
 //     (the commits written and not synced cannot reach further);
-//   - the valid records after it belong to at most maxUnsynced-1 group
-//     commits (see commitsAfter).
+//   - the valid records after it belong to at most maxUnsynced group
+//     commits (see commitsAfter). Its own commit may be one of them: the
+//     next commit's write begins by rewriting the torn commit's last
+//     partial page, and pages land in any order, so records of the torn
+//     commit can follow the damage. The price: damage to the last records
+//     of a synced commit, followed by no more than maxUnsynced commits, is
+//     taken for a torn tail; damage with more after it is refused.
 //
 // Those bounds hold only while every commit is synced before the next two:
 // once a run commits a batch without syncing it (async mode or async
@@ -264,8 +269,8 @@ func (l *Log) beyondTornTail(i int, pos int64) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if n > maxUnsynced-1 {
-		return fmt.Sprintf("valid records of %d later group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced), nil
+	if n > maxUnsynced {
+		return fmt.Sprintf("valid records of %d group commits follow it (at most %d commits are ever written and not synced)", n, maxUnsynced), nil
 	}
 	return "", nil
 }
@@ -273,9 +278,9 @@ func (l *Log) beyondTornTail(i int, pos int64) (string, error) {
 // commitsAfter counts the distinct group commits among the valid records
 // found within window bytes after pos (in segment i and the next one). All
 // records of one commit share its store time, and at most maxUnsynced
-// commits are written and not synced at any time, so records of
-// maxUnsynced later commits after a damaged record prove the damage hit
-// acknowledged data. Records are found by trying
+// commits are written and not synced at any time, the damaged one's own
+// included, so records of more than maxUnsynced commits after a damaged
+// record prove the damage hit acknowledged data. Records are found by trying
 // every byte offset: the damaged record's length cannot be trusted.
 func (l *Log) commitsAfter(i int, pos, window int64) (int, error) {
 	segs := l.segMu.segs
