@@ -1,5 +1,6 @@
 // Package index holds the data Quiver derives from the commit log: per-queue
-// consume queues (offset -> log position), a key index, and time lookups.
+// consume queues (offset -> log position), a key index, time lookups, and
+// the producer table of idempotent sends.
 // It is a log.Dispatcher: the log hands it every record in the same commit
 // step that acknowledges the append, so a message is findable the moment its
 // send returns. It is also a log.Resumer: it durably records the log
@@ -26,6 +27,15 @@
 // entries linked to the previous entry of the same slot, RocketMQ IndexFile
 // style. Files roll when full. Hits are verified by reading the record from
 // the log, so hash collisions never return a wrong message.
+//
+// # Producer table
+//
+//	DIR/producers
+//
+// The idempotent sends the log holds, by producer id (producers.go): the
+// leader answers a retry of one of them with its stored copy. Kept in
+// memory, snapshotted at most every 10 s; at open the log is replayed from
+// the older of the snapshot and the checkpoint.
 //
 // # Caveats
 //

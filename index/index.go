@@ -57,8 +57,9 @@ type Index struct {
 	qmu    sync.RWMutex
 	queues map[string]map[uint32]*cqueue
 
-	keys   *keyIndex
-	closed atomic.Bool
+	keys      *keyIndex
+	producers *producerTable // idempotent sends (producers.go)
+	closed    atomic.Bool
 	// failed is the first failed fsync of Checkpoint: after it no
 	// checkpoint is written again (the failed pages may be lost while the
 	// kernel calls them clean, so a later fsync proves nothing); the next
@@ -93,6 +94,22 @@ func Open(opts Options) (*Index, error) {
 		}
 	} else {
 		idx.resume = pos
+	}
+	// The producer table replays from its own snapshot's position when
+	// that is older than the checkpoint (the other indexes skip what they
+	// hold: Dispatch). Every checkpoint of this code is preceded by a
+	// snapshot (checkpoint), so none means no send before the checkpoint.
+	var snap int64
+	idx.producers, snap = loadProducers(opts.FS, opts.Dir, idx.logger)
+	idx.producers.every = opts.ProducerSnapshotEvery
+	switch {
+	case snap >= 0:
+		idx.producers.lastSnap = idx.producers.now() // the next one when due, not at once
+		if ok && snap < pos {
+			idx.resume = snap
+		}
+	case snap == -2:
+		idx.resume = -1 // unreadable: rebuilt from the whole log
 	}
 	if err := idx.loadQueues(); err != nil {
 		idx.closeFiles()
@@ -205,6 +222,7 @@ func (idx *Index) truncateFrom(end int64) error {
 	if err := idx.keys.truncateFrom(end); err != nil {
 		return err
 	}
+	idx.producers.truncateFrom(end)
 	if idx.pos > end {
 		idx.pos = end
 	}
@@ -220,6 +238,18 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 	}
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
+	// The producer table first: a replay from its snapshot's position
+	// brings records the other indexes hold already (before pos).
+	from := len(recs)
+	idx.producers.mu.Lock()
+	for i := range recs {
+		idx.producers.take(&recs[i])
+		if from == len(recs) && recs[i].Pos >= idx.pos {
+			from = i
+		}
+	}
+	idx.producers.mu.Unlock()
+	recs = recs[from:]
 	touched := idx.touched[:0]
 	defer func() {
 		if err != nil {
@@ -438,7 +468,10 @@ func (idx *Index) DropBefore(pos int64) {
 
 // Checkpoint makes the index durable up to the last dispatched record and
 // records that position, so that the next open replays only what follows.
-func (idx *Index) Checkpoint() error {
+// The producer table is written too when it is due (producers.go).
+func (idx *Index) Checkpoint() error { return idx.checkpoint(false) }
+
+func (idx *Index) checkpoint(closing bool) error {
 	if err := idx.failed.Load(); err != nil {
 		return *err
 	}
@@ -473,6 +506,14 @@ func (idx *Index) Checkpoint() error {
 		}
 		return idx.syncFailed(err)
 	}
+	if b := idx.producers.snapshot(closing); b != nil {
+		if err := writeProducers(idx.opts.FS, idx.opts.Dir, b); err != nil {
+			idx.producers.mu.Lock()
+			idx.producers.changed = true // the next checkpoint tries again
+			idx.producers.mu.Unlock()
+			return err
+		}
+	}
 	return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
 }
 
@@ -498,7 +539,7 @@ func (idx *Index) Close() error {
 	if idx.closed.Swap(true) {
 		return ErrClosed
 	}
-	err := idx.Checkpoint()
+	err := idx.checkpoint(true)
 	idx.closeFiles()
 	return err
 }

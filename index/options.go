@@ -3,6 +3,7 @@ package index
 import (
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/quivermq/quiver/internal/fsutil"
 )
@@ -28,6 +29,9 @@ type Options struct {
 	// FS is where the files are (default fsutil.OS; crash tests pass a
 	// fsutil.CrashFS, others one whose fsyncs fail).
 	FS fsutil.FS
+	// ProducerSnapshotEvery is how often, at most, an index checkpoint
+	// writes the producer table (default 10s; producers.go).
+	ProducerSnapshotEvery time.Duration
 }
 
 // EnsureDefaults fills zero fields.
@@ -46,6 +50,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.ProducerSnapshotEvery == 0 {
+		o.ProducerSnapshotEvery = 10 * time.Second
 	}
 	return o
 }

@@ -556,7 +556,8 @@ func (l *Log) layout(batch []*request, b *batch) error {
 		l.encodeAt(r.res.Pos, m, qoff, storeTime)
 		b.infos = append(b.infos, RecordInfo{
 			Pos: r.res.Pos, Size: r.res.Size, Topic: stringBytes(m.Topic), QueueID: m.QueueID,
-			QueueOffset: qoff, Count: m.count(), StoreTime: storeTime, Flags: m.Flags, Key: m.Key, Tags: m.Tags,
+			QueueOffset: qoff, Count: m.count(), StoreTime: storeTime, Flags: m.flags(), Key: m.Key, Tags: m.Tags,
+			ProducerID: m.ProducerID, Seq: m.Seq,
 		})
 		pos = r.res.Pos + int64(r.res.Size)
 	}

@@ -26,6 +26,8 @@ type RecordInfo struct {
 	Flags       uint8
 	Key         []byte // valid during Dispatch only
 	Tags        []byte // valid during Dispatch only
+	ProducerID  uint64 // the idempotent send it stores (0: none)
+	Seq         uint64 // its first sequence number
 }
 
 // infoOf fills ri from a decoded record at pos.
@@ -41,6 +43,8 @@ func infoOf(ri *RecordInfo, pos int64, r *Record) {
 		Flags:       r.Flags,
 		Key:         r.Key,
 		Tags:        r.Tags,
+		ProducerID:  r.ProducerID,
+		Seq:         r.Seq,
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 //	  0    4 length        (total record size - 4)
 //	  4    4 crc32c        (Castagnoli, of bytes [8, 4+length))
 //	  8    1 magic         (RecordMagic, the format version)
-//	  9    1 flags         (bits 0-1 compression, bit 2 batch, bit 3 control)
+//	  9    1 flags         (bits 0-1 compression, bit 2 batch, bit 3 control,
+//	                        bit 4 producer)
 //	 10    2 topic length  (1..MaxTopicLen)
 //	 12    4 queue id
 //	 16    8 queue offset  (of the first message in the record)
@@ -25,7 +26,12 @@ import (
 //	 46    2 tags length
 //	 48    4 headers length
 //	 52    4 body length
-//	 56      topic, key, tags, headers, body
+//	 56   16 producer id, first sequence number (only with the producer flag)
+//	         topic, key, tags, headers, body
+//
+// The producer fields name an idempotent send (see index/producers.go): they
+// are stored so that the sends a broker took can be known again after a
+// restart, and on the followers that took the records.
 const (
 	HeaderSize  = 56
 	RecordMagic = 1
@@ -49,7 +55,13 @@ const (
 	CompressionS2       uint8 = 2
 	FlagBatch           uint8 = 1 << 2 // body holds Count messages (see batch.go)
 	FlagControl         uint8 = 1 << 3 // internal record (offsets, metadata)
-	flagsKnown                = FlagCompressionMask | FlagBatch | FlagControl
+	// FlagProducer: the record names its idempotent send (ProducerID, Seq).
+	// The log sets it from Message.ProducerID; a Message may not.
+	FlagProducer uint8 = 1 << 4
+	flagsKnown         = FlagCompressionMask | FlagBatch | FlagControl | FlagProducer
+
+	// producerFieldsSize is what the producer flag adds to a record.
+	producerFieldsSize = 16
 )
 
 // Markers in the length field.
@@ -97,11 +109,19 @@ type Message struct {
 	Tags       []byte
 	Headers    []byte
 	Body       []byte
+	// ProducerID, when not 0, names an idempotent send, whose messages are
+	// the producer's sequence numbers Seq..Seq+count-1; both are stored.
+	ProducerID uint64
+	Seq        uint64
 }
 
 // EncodedSize is the size of m's record on disk.
 func (m *Message) EncodedSize() int {
-	return HeaderSize + len(m.Topic) + len(m.Key) + len(m.Tags) + len(m.Headers) + len(m.Body)
+	n := HeaderSize + len(m.Topic) + len(m.Key) + len(m.Tags) + len(m.Headers) + len(m.Body)
+	if m.ProducerID != 0 {
+		n += producerFieldsSize
+	}
+	return n
 }
 
 // Validate reports whether m can be stored, with a reason.
@@ -117,6 +137,8 @@ func (m *Message) Validate() error {
 		return fmt.Errorf("%w: tags are %d bytes, limit %d", ErrInvalid, len(m.Tags), MaxTagsLen)
 	case m.Flags&^flagsKnown != 0:
 		return fmt.Errorf("%w: unknown flags %#x", ErrInvalid, m.Flags)
+	case m.Flags&FlagProducer != 0:
+		return fmt.Errorf("%w: the producer flag is set by the log (from ProducerID)", ErrInvalid)
 	case m.Flags&FlagCompressionMask == 3:
 		return fmt.Errorf("%w: unknown compression 3", ErrInvalid)
 	case m.Flags&FlagBatch == 0 && m.Count > 1:
@@ -133,6 +155,14 @@ func (m *Message) wantsSync(d Durability) bool {
 	return m.Ack == AckSync || (m.Ack == AckDefault && d == Sync)
 }
 
+// flags are the record's flags as stored.
+func (m *Message) flags() uint8 {
+	if m.ProducerID != 0 {
+		return m.Flags | FlagProducer
+	}
+	return m.Flags
+}
+
 func (m *Message) count() uint32 {
 	if m.Count == 0 {
 		return 1
@@ -145,7 +175,13 @@ func encodeRecord(dst []byte, m *Message, queueOffset uint64, storeTime int64) {
 	le := binary.LittleEndian
 	le.PutUint32(dst[0:], uint32(len(dst)-4))
 	dst[8] = RecordMagic
-	dst[9] = m.Flags
+	dst[9] = m.flags()
+	p := HeaderSize
+	if m.ProducerID != 0 {
+		le.PutUint64(dst[p:], m.ProducerID)
+		le.PutUint64(dst[p+8:], m.Seq)
+		p += producerFieldsSize
+	}
 	le.PutUint16(dst[10:], uint16(len(m.Topic)))
 	le.PutUint32(dst[12:], m.QueueID)
 	le.PutUint64(dst[16:], queueOffset)
@@ -156,7 +192,6 @@ func encodeRecord(dst []byte, m *Message, queueOffset uint64, storeTime int64) {
 	le.PutUint16(dst[46:], uint16(len(m.Tags)))
 	le.PutUint32(dst[48:], uint32(len(m.Headers)))
 	le.PutUint32(dst[52:], uint32(len(m.Body)))
-	p := HeaderSize
 	p += copy(dst[p:], m.Topic)
 	p += copy(dst[p:], m.Key)
 	p += copy(dst[p:], m.Tags)
@@ -168,7 +203,7 @@ func encodeRecord(dst []byte, m *Message, queueOffset uint64, storeTime int64) {
 // Record is a decoded view of one stored record. Its slices alias the buffer
 // it was decoded from.
 type Record struct {
-	Flags       uint8
+	Flags       uint8 // as stored: FlagProducer says ProducerID and Seq are set
 	Topic       []byte
 	QueueID     uint32
 	QueueOffset uint64
@@ -179,11 +214,17 @@ type Record struct {
 	Tags        []byte
 	Headers     []byte
 	Body        []byte
+	ProducerID  uint64 // 0 without FlagProducer
+	Seq         uint64
 }
 
 // Size of the record on disk.
 func (r *Record) Size() int {
-	return HeaderSize + len(r.Topic) + len(r.Key) + len(r.Tags) + len(r.Headers) + len(r.Body)
+	n := HeaderSize + len(r.Topic) + len(r.Key) + len(r.Tags) + len(r.Headers) + len(r.Body)
+	if r.Flags&FlagProducer != 0 {
+		n += producerFieldsSize
+	}
+	return n
 }
 
 // RecordSize returns the size of the record that starts with hdr (at least
@@ -246,11 +287,21 @@ func DecodeRecord(b []byte, r *Record) (int, error) {
 	if topicLen == 0 || topicLen > MaxTopicLen || keyLen > MaxKeyLen || tagsLen > MaxTagsLen || r.Count == 0 {
 		return 0, fmt.Errorf("%w: field lengths out of range", ErrCorrupt)
 	}
+	p := HeaderSize
+	r.ProducerID, r.Seq = 0, 0
+	if r.Flags&FlagProducer != 0 {
+		p += producerFieldsSize
+	}
 	// Sum in int64 so that huge lengths cannot wrap.
-	if int64(HeaderSize)+int64(topicLen)+int64(keyLen)+int64(tagsLen)+int64(hdrLen)+int64(bodyLen) != int64(size) {
+	if int64(p)+int64(topicLen)+int64(keyLen)+int64(tagsLen)+int64(hdrLen)+int64(bodyLen) != int64(size) {
 		return 0, fmt.Errorf("%w: field lengths do not add up to %d", ErrCorrupt, size)
 	}
-	p := HeaderSize
+	if p > HeaderSize {
+		r.ProducerID, r.Seq = le.Uint64(b[HeaderSize:]), le.Uint64(b[HeaderSize+8:])
+		if r.ProducerID == 0 {
+			return 0, fmt.Errorf("%w: producer flag with producer id 0", ErrCorrupt)
+		}
+	}
 	r.Topic, p = b[p:p+topicLen:p+topicLen], p+topicLen
 	r.Key, p = b[p:p+keyLen:p+keyLen], p+keyLen
 	r.Tags, p = b[p:p+tagsLen:p+tagsLen], p+tagsLen

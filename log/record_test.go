@@ -28,6 +28,28 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
+// An idempotent send's record stores its producer id and first sequence
+// number (the producer flag), and decodes them back; without them the
+// record is as before.
+func TestRecordKeepsTheProducer(t *testing.T) {
+	m := &Message{Topic: "orders", Flags: FlagBatch, Count: 2, Body: []byte("two"), ProducerID: 0xfeed, Seq: 1 << 40}
+	b := encodeForTest(m, 5, 6)
+	var r Record
+	if n, err := DecodeRecord(b, &r); err != nil || n != len(b) || len(b) != m.EncodedSize() {
+		t.Fatalf("decode: %d %v", n, err)
+	}
+	if r.ProducerID != 0xfeed || r.Seq != 1<<40 || r.Flags != FlagBatch|FlagProducer || string(r.Body) != "two" || r.Size() != len(b) {
+		t.Fatalf("decoded %+v", r)
+	}
+	plain := encodeForTest(&Message{Topic: "orders", Body: []byte("x")}, 5, 6)
+	if _, err := DecodeRecord(plain, &r); err != nil || r.ProducerID != 0 || r.Seq != 0 || len(plain) != HeaderSize+len("orders")+1 {
+		t.Fatalf("a record without a producer: %+v %v", r, err)
+	}
+	if err := (&Message{Topic: "t", Flags: FlagProducer}).Validate(); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a message setting the producer flag itself: %v, want ErrInvalid", err)
+	}
+}
+
 func TestDecodeRejectsDamage(t *testing.T) {
 	good := encodeForTest(&Message{Topic: "t", Body: []byte("body")}, 1, 2)
 	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
@@ -62,6 +84,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeForTest(&Message{Topic: "t", Body: []byte("x")}, 0, 0))
 	f.Add(encodeForTest(&Message{Topic: "orders", QueueID: 3, Key: []byte("k"), Tags: []byte("tag"),
 		Headers: []byte("h"), Body: bytes.Repeat([]byte("b"), 300), Flags: FlagBatch, Count: 4}, 9, 10))
+	f.Add(encodeForTest(&Message{Topic: "p", Body: []byte("y"), ProducerID: 7, Seq: 9}, 1, 2))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Add(make([]byte, HeaderSize))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -73,8 +96,9 @@ func FuzzDecodeRecord(f *testing.F) {
 			}
 			return
 		}
-		m := &Message{Topic: string(r.Topic), QueueID: r.QueueID, Flags: r.Flags, Count: r.Count,
-			ClientTime: r.ClientTime, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: r.Body}
+		m := &Message{Topic: string(r.Topic), QueueID: r.QueueID, Flags: r.Flags &^ FlagProducer, Count: r.Count,
+			ClientTime: r.ClientTime, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: r.Body,
+			ProducerID: r.ProducerID, Seq: r.Seq}
 		if got := encodeForTest(m, r.QueueOffset, r.StoreTime); !bytes.Equal(got, b[:n]) {
 			t.Fatalf("re-encoding differs")
 		}

@@ -16,13 +16,16 @@ import (
 // lost (a timeout, a broker that froze, a connection that broke) and that
 // is retried on the same broker group is stored once.
 //
+// This holds across a restart of the broker and a failover of its group:
+// the stored record names the send, and every broker of the group knows
+// the sends its log holds.
+//
 // What is not deduplicated: a send retried on another broker group (a
 // keyless send moves on when its group fails; if the first attempt had
-// landed, the message is in both groups), a retry that reaches the group
-// after its leader changed or restarted (the new leader does not know the
-// first copy yet), a retry of a send older than the broker's window for
-// the producer (docs/operations.md, "Idempotent sends"), a message resent
-// from the outbox, and SendOneway (never retried).
+// landed, the message is in both groups), a retry of a send older than
+// the broker's window for the producer (docs/operations.md, "Idempotent
+// sends"), a message resent from the outbox, and SendOneway (never
+// retried).
 
 // newProducerID returns a random non-zero producer id.
 func newProducerID() uint64 {

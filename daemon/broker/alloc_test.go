@@ -3,6 +3,7 @@ package broker
 import (
 	"testing"
 
+	"github.com/quivermq/quiver/index"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -36,7 +37,7 @@ func TestProduceDoesNotAllocate(t *testing.T) {
 			b.Produce(c)
 			<-done
 		}
-		for i := 0; i < dedupWindow+dedupWindow/4; i++ {
+		for i := 0; i < index.ProducerWindow+index.ProducerWindow/4; i++ {
 			run() // warm the pools and fill the producer's window
 		}
 		if n := testing.AllocsPerRun(200, run); n > 0 {

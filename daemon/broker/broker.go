@@ -142,7 +142,8 @@ func New(o Options) (*Broker, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{}), dedup: newDedup(time.Now)}
+	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{})}
+	b.dedup = newDedup(b.storedSend)
 	b.topics.m = map[string]*topic{}
 	b.waiters.m = map[waitKey][]chan struct{}{}
 	b.metrics = newMetrics(b)

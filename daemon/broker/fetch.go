@@ -127,7 +127,7 @@ func (b *Broker) read(topic string, f *wire.Fetch, bounds index.QueueBounds, dst
 			return dst[:start], &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("reading %s/%d offset %d at log position %d: %v", topic, f.Queue, next, e.Pos, err)}
 		}
 		r := &fs.r
-		m := wire.FetchedMessage{Offset: first, StoreTime: r.StoreTime, ClientTime: r.ClientTime, Flags: r.Flags,
+		m := wire.FetchedMessage{Offset: first, StoreTime: r.StoreTime, ClientTime: r.ClientTime, Flags: r.Flags &^ qlog.FlagProducer,
 			Count: r.Count, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: r.Body}
 		dst = m.Append(dst)
 		count++

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quivermq/quiver/index"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/replica"
 	"github.com/quivermq/quiver/sdk/wire"
@@ -32,6 +33,7 @@ type ProduceCall struct {
 	b            *Broker
 	leader       *replica.Leader // min-insync: the leader it was accepted by
 	dedup        *dedupSend      // an idempotent send this call stores (dedup.go)
+	retry        bool            // answered with a copy the log holds (dedup.go)
 }
 
 var callPool sync.Pool
@@ -50,7 +52,7 @@ func init() {
 func NewProduceCall() *ProduceCall { return callPool.Get().(*ProduceCall) }
 
 func (c *ProduceCall) release() {
-	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader, c.dedup = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil, nil
+	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader, c.dedup, c.retry = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil, nil, false
 	callPool.Put(c)
 }
 
@@ -62,8 +64,9 @@ func (c *ProduceCall) reply(ack wire.ProduceAck, werr *wire.Error) {
 		return
 	}
 	// The retries of this send that arrived while it was stored get its
-	// answer (its failure: they may then be stored again).
-	waiters, first := b.dedup.resolve(producer, s, ack, werr != nil)
+	// answer (its failure: their own retries then find it in the log if
+	// it was stored, or store it).
+	waiters, first := b.dedup.resolve(producer, s)
 	for _, w := range waiters {
 		if werr != nil {
 			w.reply(wire.ProduceAck{}, werr)
@@ -100,23 +103,33 @@ func (b *Broker) Produce(c *ProduceCall) {
 		c.leader, werr = b.replicaCheck()
 	}
 	c.epoch = b.repl.epoch.Load()
-	var dup, ready bool
-	var dupAck wire.ProduceAck
+	kind := claimNew
+	var stored index.StoredSend
 	if werr == nil && p.ProducerID != 0 {
-		dup, ready, dupAck, werr = b.dedup.claim(c, t.name)
+		kind, stored, werr = b.dedup.claim(c, t.name)
 	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
 		return
 	}
-	if dup {
-		// A retry of a send this leader took: not stored again. It is
-		// answered now, or with the first copy (reply).
+	switch kind {
+	case claimWaiting:
+		// A retry of a send being stored: answered with the first copy (reply).
 		b.metrics.dedupHits.Inc()
-		if ready {
-			c.reply(dupAck, nil)
+		return
+	case claimStored:
+		// A retry of a send the log holds: not stored again. Answered with
+		// the stored copy once that is on the in-sync followers.
+		b.metrics.dedupHits.Inc()
+		c.retry = true
+		ack := ackAt(wire.ProduceAck{Queue: stored.Queue, Offset: stored.Offset, StoreTime: stored.StoreTime, Epoch: c.epoch}, stored.Seq, p.Seq)
+		if c.leader != nil {
+			c.ack = ack
+			c.leader.WaitAcks(stored.Pos+int64(stored.Size), time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
+			return
 		}
+		c.reply(ack, nil)
 		return
 	}
 	q := uint32(p.Queue)
@@ -128,7 +141,7 @@ func (b *Broker) Produce(c *ProduceCall) {
 		q = t.rr.Add(1) % t.queues
 	}
 	c.msg = qlog.Message{Topic: t.name, QueueID: q, Flags: p.Flags, Count: p.Count, ClientTime: p.ClientTime,
-		Key: p.Key, Tags: p.Tags, Headers: p.Headers, Body: p.Body}
+		Key: p.Key, Tags: p.Tags, Headers: p.Headers, Body: p.Body, ProducerID: p.ProducerID, Seq: p.Seq}
 	switch p.Durability {
 	case wire.DurabilitySync:
 		c.msg.Ack = qlog.AckSync
@@ -176,8 +189,17 @@ func (c *ProduceCall) replicated(err error) {
 		c.reply(wire.ProduceAck{}, werr)
 		return
 	}
-	b.metrics.produced(c.msg.Count, time.Since(c.start))
+	if !c.retry {
+		b.metrics.produced(c.msg.Count, time.Since(c.start))
+	}
 	c.reply(c.ack, nil)
+}
+
+// storedSend looks a send up in the index's producer table.
+func (b *Broker) storedSend(pid, seq uint64, n uint32) (index.StoredSend, string, bool, bool) {
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
+	return b.st.Index.StoredSend(pid, seq, n)
 }
 
 // produceTopic finds the topic, creating it when auto-create is on.
@@ -205,6 +227,8 @@ func checkProduce(p *wire.Produce, t *topic) *wire.Error {
 		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %s has %d queues, not %d", t.name, t.queues, p.Queue+1)}
 	case p.Flags&wire.FlagControl != 0:
 		return &wire.Error{Code: wire.CodeInvalid, Message: "the control flag is reserved for the broker"}
+	case p.Flags&^(wire.FlagCompressionMask|wire.FlagBatch) != 0:
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("unknown flags %#x", p.Flags)}
 	case p.Flags&wire.FlagBatch == 0 && p.Count > 1:
 		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("count %d without the batch flag", p.Count)}
 	case p.Flags&wire.FlagBatch != 0 && p.Count == 0:

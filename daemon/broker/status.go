@@ -213,15 +213,15 @@ func newMetrics(b *Broker) *metrics {
 	m.produceReqs = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produce_requests_total",
 		Help: "Produce requests (frames) received, answered or not yet."})
 	m.dedupHits = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produce_duplicates_total",
-		Help: "Sends not stored again: a retry of a send of the same producer id and sequence this leader took (idempotence)."})
+		Help: "Sends not stored again: a retry of a send of the same producer id and sequence that this leader is storing or its log holds (idempotence)."})
 	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.Log().Positions()) })
 	}
 	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes, m.elections, m.leaderless, m.dedupHits, m.produceReqs,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_producers", Help: "Producer ids whose recent sends this broker remembers (idempotence)."},
-			func() float64 { n, _ := b.dedup.stats(); return float64(n) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_sends", Help: "Sends remembered for idempotence, over every producer id."},
-			func() float64 { _, n := b.dedup.stats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_producers", Help: "Producer ids whose recent sends this broker's log holds, in the producer table (idempotence)."},
+			func() float64 { n, _ := b.producerStats(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_sends", Help: "Sends in the producer table (idempotence), over every producer id."},
+			func() float64 { _, n := b.producerStats(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_in_sync_followers", Help: "Followers in the committed in-sync set (on a leader; 0 elsewhere)."},
 			func() float64 {
 				if l := b.leader(); l != nil {

@@ -43,18 +43,19 @@ func TestStorePowerCut(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%d power cuts: %d acknowledged records verified through their queue offsets, %d through their keys; unsynced writes kept %d, dropped %d, torn %d; %d name changes undone",
-		rounds, total.acked, total.keyed, total.cut.Kept, total.cut.Dropped, total.cut.Torn, total.cut.NamesLost)
+	t.Logf("%d power cuts: %d acknowledged records verified through their queue offsets, %d through their keys, %d through their producer and sequence; unsynced writes kept %d, dropped %d, torn %d; %d name changes undone",
+		rounds, total.acked, total.keyed, total.sends, total.cut.Kept, total.cut.Dropped, total.cut.Torn, total.cut.NamesLost)
 }
 
 type cutTotals struct {
-	acked, keyed int
-	cut          fsutil.CutStats
+	acked, keyed, sends int
+	cut                 fsutil.CutStats
 }
 
 func (c *cutTotals) add(d cutTotals) {
 	c.acked += d.acked
 	c.keyed += d.keyed
+	c.sends += d.sends
 	c.cut.Add(d.cut)
 }
 
@@ -64,7 +65,23 @@ func cutMessage(i int) *qlog.Message {
 	if i%2 == 0 {
 		m.Key = []byte(fmt.Sprintf("key-%d", i))
 	}
+	if i%3 == 0 { // an idempotent send: found again through the producer table
+		m.ProducerID, m.Seq = uint64(1+i%4), uint64(i)
+	}
 	return m
+}
+
+// checkProducer asserts that the producer table knows m's send, stored at res.
+func checkProducer(t *testing.T, s *Store, m *qlog.Message, res qlog.AppendResult) bool {
+	t.Helper()
+	if m.ProducerID == 0 {
+		return false
+	}
+	ss, topic, found, within := s.Index.StoredSend(m.ProducerID, m.Seq, 1)
+	if !found || !within || ss.Pos != res.Pos || ss.Offset != res.QueueOffset || topic != m.Topic {
+		t.Fatalf("acknowledged send of producer %d seq %d (at %d): the producer table has %+v %q (found %v)", m.ProducerID, m.Seq, res.Pos, ss, topic, found)
+	}
+	return true
 }
 
 func cutOpts(dir, backend string, fs fsutil.FS, rng *rand.Rand) Options {
@@ -73,7 +90,8 @@ func cutOpts(dir, backend string, fs fsutil.FS, rng *rand.Rand) Options {
 		Log: qlog.Options{SegmentSize: 256 << 10, TailBytes: 64 << 10, MaxBatchBytes: 16 << 10,
 			CheckpointInterval: time.Duration(2+rng.IntN(30)) * time.Millisecond,
 			RetentionBytes:     4 * (256 << 10), RetentionCheck: 5 * time.Millisecond},
-		Index: index.Options{EntriesPerFile: 64, KeySlots: 61, KeyEntries: 100},
+		Index: index.Options{EntriesPerFile: 64, KeySlots: 61, KeyEntries: 100,
+			ProducerSnapshotEvery: time.Duration(2+rng.IntN(30)) * time.Millisecond},
 	}
 	return o
 }
@@ -177,6 +195,9 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 			}
 			out.keyed++
 		}
+		if checkProducer(t, s, m, res) {
+			out.sends++
+		}
 	}
 	// Every offset the index serves holds the record the log has there.
 	for _, q := range s.Index.Queues() {
@@ -208,6 +229,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 				t.Fatalf("record appended after recovery not found by key: %v %v", hits, err)
 			}
 		}
+		checkProducer(t, s, m, res)
 	}
 	return out
 }
