@@ -35,6 +35,10 @@ type consumerConfig struct {
 	fetchMax   int
 	maxWait    time.Duration
 	memberID   string
+
+	redeliver       bool // redelivery.go
+	maxRedeliveries int
+	backoff         []time.Duration
 }
 
 // WithStartFrom sets where a queue without a committed offset is read from.
@@ -92,6 +96,8 @@ type Consumer struct {
 	mu       sync.Mutex
 	members  map[string]*membership // by broker group
 	lastPoll []*Message
+
+	redo redeliverer // redelivery.go
 }
 
 // QueueRef names a queue: its broker group, topic and number in the group.
@@ -164,9 +170,13 @@ func (q *queueState) markDone(next uint64) {
 // NewConsumer joins group as a consumer of topics and starts fetching the
 // queues the group assigns to it.
 func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt) (*Consumer, error) {
-	cfg := consumerConfig{autoCommit: time.Second, heartbeat: time.Second, session: 10 * time.Second, fetchMax: 256, maxWait: 5 * time.Second}
+	cfg := consumerConfig{autoCommit: time.Second, heartbeat: time.Second, session: 10 * time.Second, fetchMax: 256, maxWait: 5 * time.Second,
+		redeliver: true, maxRedeliveries: DefaultMaxRedeliveries, backoff: DefaultBackoff}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if err := cfg.validateRedelivery(); err != nil {
+		return nil, err
 	}
 	if err := wire.ValidName("group", group); err != nil {
 		return nil, fmt.Errorf("quiver: %w", err)
@@ -185,7 +195,11 @@ func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt
 		cfg.memberID = cl.cfg.clientID + "-" + hex.EncodeToString(r[:])
 	}
 	ctx, cancel := context.WithCancel(cl.ctx)
-	c := &Consumer{cl: cl, group: group, topics: append([]string(nil), topics...), member: cfg.memberID, cfg: cfg,
+	topics = slices.Clone(topics)
+	if cfg.redeliver && !slices.Contains(topics, wire.RetryTopic(group)) {
+		topics = append(topics, wire.RetryTopic(group)) // the group's redeliveries come back to its members
+	}
+	c := &Consumer{cl: cl, group: group, topics: topics, member: cfg.memberID, cfg: cfg,
 		ctx: ctx, cancel: cancel, msgs: make(chan *Message, 4*cfg.fetchMax), done: make(chan struct{}),
 		members: map[string]*membership{}}
 	if err := cl.track(c); err != nil {
@@ -278,10 +292,14 @@ func (c *Consumer) Assigned() []QueueRef {
 // queue, until ctx is done (it then returns ctx.Err()), the consumer is
 // closed (ErrClosed) or a broker refuses it a right it needs (the
 // FORBIDDEN error: the group, or reading a topic; Poll returns it too). A message is marked processed when handler returns
-// nil; an error makes Run call handler again with the same message after a
-// growing pause (at least once: nothing is skipped). With auto-commit,
-// processed offsets are committed every interval. Run must not be called
-// from two goroutines at once, and handler must not call Close.
+// nil. When it returns an error, the message is set aside for redelivery
+// (redelivery.go: it comes back later, after a pause, while the rest of its
+// queue goes on; after MaxRedeliveries it goes to the group's dead-letter
+// topic) and marked processed once its copy is stored; WithoutRedelivery
+// makes Run call handler again with the same message after a growing
+// pause instead, holding its queue. Either way nothing is skipped. With
+// auto-commit, processed offsets are committed every interval. Run must not
+// be called from two goroutines at once, and handler must not call Close.
 func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Message) error) error {
 	for {
 		// A cancelled ctx wins over a waiting message: no new message is
@@ -306,6 +324,13 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 			if err == nil {
 				break
 			}
+			if c.cfg.redeliver {
+				serr := c.setAside(ctx, m, err)
+				if serr == nil {
+					break // the copy is stored: this one is processed
+				}
+				err = fmt.Errorf("%w (and setting it aside for redelivery failed: %v)", err, serr)
+			}
 			pause := min(100*time.Millisecond<<min(failures, 7), 10*time.Second)
 			c.cl.logger.Warn("message handler failed; retrying the same message", "group", c.group,
 				"topic", m.Topic, "queue", m.Queue, "offset", m.Offset, "failures", failures+1, "err", err, "retry_in", pause)
@@ -318,7 +343,7 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 				return ctx.Err()
 			}
 		}
-		q.markDone(m.Offset + 1)
+		q.markDone(m.doneAt())
 		q.exit()
 	}
 }
@@ -329,7 +354,7 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 func (c *Consumer) Poll(ctx context.Context) ([]*Message, error) {
 	if c.cfg.autoCommit > 0 {
 		for _, m := range c.lastPoll {
-			m.lease.markDone(m.Offset + 1)
+			m.lease.markDone(m.doneAt())
 		}
 	}
 	c.lastPoll = c.lastPoll[:0]
@@ -372,7 +397,7 @@ func (c *Consumer) Commit(ctx context.Context, msgs ...*Message) error {
 		if m.lease == nil {
 			return errors.New("quiver: Commit of a message that was not received by this consumer")
 		}
-		m.lease.markDone(m.Offset + 1)
+		m.lease.markDone(m.doneAt())
 	}
 	held := map[*queueState]bool{}
 	var errs []error
@@ -615,9 +640,11 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 	defer c.wg.Done()
 	defer close(q.fdone)
 	var next uint64
+	own := q.ref.Topic == wire.RetryTopic(c.group) // its redeliveries: all of them, whatever the start
 	switch {
 	case committed != wire.NoOffset:
 		next = uint64(committed)
+	case own:
 	case c.cfg.start == Latest:
 		h, _, err := c.fetch(q, 0, 1, 0)
 		for err != nil {
@@ -673,6 +700,11 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 			}
 			for _, m := range out {
 				m.lease, m.Group = q, q.m.bgroup
+				if own {
+					if due, ok := restore(m); ok && !c.waitDue(q, due) {
+						return
+					}
+				}
 				select {
 				case c.msgs <- m:
 				case <-q.ctx.Done():
@@ -682,6 +714,29 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 			next = max(next, recs[i].Offset+uint64(recs[i].Count))
 		}
 		next = max(next, h.Next)
+	}
+}
+
+// waitDue holds a redelivered message until it is due (at most the longest
+// pause: clocks differ); false if the queue was stopped meanwhile. Only
+// its queue of the redelivery topic waits: one queue per pause.
+func (c *Consumer) waitDue(q *queueState, due time.Time) bool {
+	wait := time.Until(due)
+	if wait <= 0 {
+		return true
+	}
+	return sleep(q, min(wait, slices.Max(c.cfg.backoff)))
+}
+
+// sleep waits d; false when q was stopped meanwhile.
+func sleep(q *queueState, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-q.ctx.Done():
+		return false
 	}
 }
 
@@ -710,17 +765,7 @@ func forbidden(err error) bool {
 
 // pause waits after a failed fetch; false when the queue was stopped.
 func (c *Consumer) pause(q *queueState, err *error) bool {
-	if q.ctx.Err() != nil {
-		return false
-	}
-	t := time.NewTimer(min(200*time.Millisecond, c.cfg.maxWait))
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-q.ctx.Done():
-		return false
-	}
+	return q.ctx.Err() == nil && sleep(q, min(200*time.Millisecond, c.cfg.maxWait))
 }
 
 // fetch asks for up to n messages from offset, waiting up to wait.
@@ -751,12 +796,13 @@ func (c *Consumer) Close() error {
 	if c.cfg.autoCommit > 0 {
 		// With auto-commit, what the last Poll returned counts as processed.
 		for _, m := range c.lastPoll {
-			m.lease.markDone(m.Offset + 1)
+			m.lease.markDone(m.doneAt())
 		}
 	}
 	c.cancel()
 	<-c.done
 	c.wg.Wait()
+	c.closeRedelivery()
 	c.cl.untrack(c)
 	var errs []error
 	for _, m := range c.memberships() {

@@ -34,6 +34,7 @@ type Message struct {
 	ClientTime time.Time
 
 	lease *queueState // the consumer's hold on the message's queue
+	redo  *redelivery // a redelivered message (redelivery.go)
 }
 
 // Compression of a batch.

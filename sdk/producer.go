@@ -207,6 +207,8 @@ type sendOp struct {
 	known      bool // the topic was in the routes
 	keyBound   bool // a keyed send kept to its key's queue (op.group, op.req.Queue)
 	alone      bool // never coalesced again (its batch was refused as a whole)
+	fixed      bool // a keyless send to queue fixedQ of whichever group (redelivery.go)
+	fixedQ     uint32
 	start      time.Time
 	attemptEnd time.Time  // its attempt's end, set when its coalesced frame goes
 	coal       *coalescer // the coalescer whose frame slot this lone attempt holds
@@ -668,7 +670,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		}
 		return ""
 	}
-	if len(op.req.Key) > 0 && op.known {
+	if len(op.req.Key) > 0 && op.known && !op.fixed {
 		g, q, idx, total := keyQueue(parts, op.req.Key)
 		if op.p.cfg.keyFailover {
 			for i := uint32(0); i < total; i++ {
@@ -691,10 +693,13 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		return cl.conn(l), nil
 	}
 	op.req.Queue = wire.AnyQueue
+	if op.fixed {
+		op.req.Queue = int32(op.fixedQ)
+	}
 	groups := t.names
 	if op.known {
 		groups = t.hosts[op.req.Topic]
-	} else if len(op.req.Key) > 0 && len(groups) > 0 {
+	} else if len(op.req.Key) > 0 && len(groups) > 0 && !op.fixed {
 		// A new topic: one group per key, so that its first messages stay
 		// together (the broker picks the key's queue).
 		g := groups[wire.KeyHash(op.req.Key)%uint32(len(groups))]

@@ -263,10 +263,22 @@ func validTopic(name string) *wire.Error {
 	if err := wire.ValidName("topic", name); err != nil {
 		return &wire.Error{Code: wire.CodeInvalid, Message: err.Error()}
 	}
-	if strings.HasPrefix(name, reservedPrefix) {
-		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: names starting with %q are reserved", name, reservedPrefix)}
+	if hidden(name) {
+		return &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %q: names starting with %q are reserved (but a consumer group's %sG and %sG)",
+			name, reservedPrefix, wire.RetryTopicPrefix, wire.DeadLetterTopicPrefix)}
 	}
 	return nil
+}
+
+// hidden reports a topic of the broker's own (reserved names but a
+// consumer group's redelivery and dead-letter topics): clients cannot
+// write it, and lists leave it out.
+func hidden(name string) bool {
+	if !strings.HasPrefix(name, reservedPrefix) {
+		return false
+	}
+	_, ok := wire.GroupTopic(name)
+	return !ok
 }
 
 // validGroup checks a consumer group's name.
@@ -327,7 +339,7 @@ func (b *Broker) Metadata(names []string) wire.MetaResp {
 	defer b.topics.RUnlock()
 	if len(names) == 0 {
 		for _, t := range b.topics.m {
-			if !strings.HasPrefix(t.name, reservedPrefix) {
+			if !hidden(t.name) {
 				resp.Topics = append(resp.Topics, wire.TopicInfo{Name: t.name, Queues: t.queues})
 			}
 		}

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -175,7 +174,7 @@ func (c *ProduceCall) appended(res qlog.AppendResult, err error) {
 		c.leader.WaitAcks(res.Pos+int64(res.Size), time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
 		return
 	}
-	b.metrics.produced(c.msg.Count, time.Since(c.start))
+	b.metrics.produced(c.msg.Topic, c.msg.Count, time.Since(c.start))
 	c.reply(ack, nil)
 }
 
@@ -190,7 +189,7 @@ func (c *ProduceCall) replicated(err error) {
 		return
 	}
 	if !c.retry {
-		b.metrics.produced(c.msg.Count, time.Since(c.start))
+		b.metrics.produced(c.msg.Topic, c.msg.Count, time.Since(c.start))
 	}
 	c.reply(c.ack, nil)
 }
@@ -204,7 +203,7 @@ func (b *Broker) storedSend(pid, seq uint64, n uint32) (index.StoredSend, string
 
 // produceTopic finds the topic, creating it when auto-create is on.
 func (b *Broker) produceTopic(name string) (*topic, *wire.Error) {
-	if strings.HasPrefix(name, reservedPrefix) {
+	if hidden(name) {
 		return nil, validTopic(name)
 	}
 	if t := b.topic(name); t != nil {

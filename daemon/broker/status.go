@@ -71,7 +71,7 @@ func (b *Broker) Status() wire.Status {
 	var cur *wire.TopicStatus
 	for _, q := range b.st.Index.Queues() {
 		maxOf[wire.QueueRef{Topic: q.Topic, Queue: q.Queue}] = q.Max
-		if strings.HasPrefix(q.Topic, reservedPrefix) {
+		if hidden(q.Topic) {
 			continue
 		}
 		if cur == nil || cur.Name != q.Topic {
@@ -88,7 +88,7 @@ func (b *Broker) Status() wire.Status {
 	// Topics created but never written have no queues in the index yet.
 	b.topics.RLock()
 	for name, t := range b.topics.m {
-		if strings.HasPrefix(name, reservedPrefix) {
+		if hidden(name) {
 			continue
 		}
 		i := sort.Search(len(s.Topics), func(i int) bool { return s.Topics[i].Name >= name })
@@ -192,6 +192,8 @@ type metrics struct {
 	elections    *prometheus.CounterVec
 	leaderless   prometheus.Histogram
 	dedupHits    prometheus.Counter
+	redelivered  *prometheus.CounterVec // by consumer group
+	deadLetters  *prometheus.CounterVec
 	produceReqs  prometheus.Counter
 }
 
@@ -217,6 +219,11 @@ func newMetrics(b *Broker) *metrics {
 	pos := func(name, help string, f func(p qlog.Positions) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(b.Log().Positions()) })
 	}
+	m.redelivered = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quiver_redeliveries_total",
+		Help: "Messages a consumer group's members set aside for redelivery after their handler failed (stored in the group's __retry topic)."}, []string{"group"})
+	m.deadLetters = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quiver_dead_letters_total",
+		Help: "Messages a consumer group's members gave up on after the maximum redeliveries (stored in the group's __dlq topic)."}, []string{"group"})
+	m.reg.MustRegister(m.redelivered, m.deadLetters)
 	m.reg.MustRegister(m.produced_, m.produceErr, m.produceLat, m.fetches, m.fetchedMsgs, m.fetchedBytes, m.elections, m.leaderless, m.dedupHits, m.produceReqs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_idempotent_producers", Help: "Producer ids whose recent sends this broker's log holds, in the producer table (idempotence)."},
 			func() float64 { n, _ := b.producerStats(); return float64(n) }),
@@ -270,9 +277,18 @@ func newMetrics(b *Broker) *metrics {
 	return m
 }
 
-func (m *metrics) produced(count uint32, took time.Duration) {
+func (m *metrics) produced(topic string, count uint32, took time.Duration) {
 	m.produced_.Add(float64(max(count, 1)))
 	m.produceLat.Observe(took.Seconds())
+	if strings.HasPrefix(topic, reservedPrefix) {
+		if g, ok := wire.GroupTopic(topic); ok {
+			if strings.HasPrefix(topic, wire.RetryTopicPrefix) {
+				m.redelivered.WithLabelValues(g).Add(float64(max(count, 1)))
+			} else {
+				m.deadLetters.WithLabelValues(g).Add(float64(max(count, 1)))
+			}
+		}
+	}
 }
 
 // elected counts an election of this broker's group.

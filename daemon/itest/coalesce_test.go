@@ -20,18 +20,7 @@ import (
 // the broker's /metrics.
 func metric(t *testing.T, b *testbroker.Broker, name string) float64 {
 	t.Helper()
-	sc := bufio.NewScanner(bytes.NewReader(b.Get("/metrics")))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, name+" ") {
-			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, name)), 64)
-			if err != nil {
-				t.Fatalf("metric %s: %q", name, line)
-			}
-			return v
-		}
-	}
-	return 0
+	return b.Metric(name)
 }
 
 // Natural batching: many concurrent keyless sends of one client's

@@ -48,10 +48,13 @@ func TestCheckMatrix(t *testing.T) {
 		"produce orders": {acl.Produce, "orders"}, "produce payments": {acl.Produce, "payments"},
 		"fetch orders": {acl.Consume, "orders"}, "group billing-1": {acl.Groups, "billing-1"},
 		"group audit": {acl.Groups, "audit"}, "create/promote/elect": {acl.Admin, ""}, "peer": {acl.Peer, ""},
+		// A consumer group's redelivery and dead-letter topics are its members'.
+		"redeliver billing-1": {acl.Produce, "__retry.billing-1"}, "fetch redeliveries of billing-1": {acl.Consume, "__retry.billing-1"},
+		"dead-letter billing-1": {acl.Produce, "__dlq.billing-1"}, "redeliver audit": {acl.Produce, "__retry.audit"},
 	}
 	allowed := map[string][]string{
 		"p0":   {"produce orders"},
-		"p1":   {"fetch orders", "group billing-1"},
+		"p1":   {"fetch orders", "group billing-1", "redeliver billing-1", "fetch redeliveries of billing-1", "dead-letter billing-1"},
 		"p2":   {"create/promote/elect"},
 		"gone": {}, // a principal a reload removed
 	}

@@ -100,6 +100,13 @@ func (c *conn) check(r acl.Right, name string) *wire.Error {
 	if h == nil {
 		return nil
 	}
+	if r == acl.Produce || r == acl.Consume {
+		// A consumer group's redelivery and dead-letter topics are the
+		// group's: its members write and read them.
+		if g, ok := wire.GroupTopic(name); ok {
+			r, name = acl.Groups, g
+		}
+	}
 	p := h.Load().Principal(c.principal)
 	if p != nil && p.Allowed(r, name) {
 		return nil

@@ -202,7 +202,11 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			bad(err)
 			return
 		}
-		if werr := st.c.check(acl.Admin, ""); werr != nil {
+		right, name := acl.Admin, ""
+		if g, ok := wire.GroupTopic(m.Topic); ok {
+			right, name = acl.Groups, g // a group's members create its redelivery topic
+		}
+		if werr := st.c.check(right, name); werr != nil {
 			st.sendError(id, werr)
 			return
 		}

@@ -339,6 +339,22 @@ func (b *Broker) Get(path string) []byte {
 	return body
 }
 
+// Metric is the value of a metric line of /metrics: its name, with its
+// labels as Prometheus prints them (`name{label="v"}`); 0 if absent.
+func (b *Broker) Metric(name string) float64 {
+	b.t.Helper()
+	for _, line := range strings.Split(string(b.Get("/metrics")), "\n") {
+		if rest, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			if err != nil {
+				b.t.Fatalf("metric %s: %q", name, line)
+			}
+			return v
+		}
+	}
+	return 0
+}
+
 // Post posts to a path of the admin endpoint (the /debug/faults drills).
 func (b *Broker) Post(path string) {
 	b.t.Helper()

@@ -115,6 +115,13 @@ func TestACLContract(t *testing.T) {
 		t.Fatalf("the consumer read %q, want o1 and o2", r.stdout)
 	}
 	refused(t, asConsumer("", "consume", "--topic", "orders", "--group", "audit", "--count", "1"), "FORBIDDEN", "the consumer in another group")
+	// Its group's redelivery and dead-letter topics are its own: a failing
+	// handler's message is set aside, redelivered, then dead-lettered, and
+	// shown, with the groups right alone.
+	dead(t, b, consumerTok, "billing-2", "o1")
+	if r := must(t, asConsumer("", "dlq", "show", "--group", "billing-2", "--count", "1")); !strings.Contains(r.stdout, "from orders/") {
+		t.Fatalf("dlq show as the group's principal:\n%s", r.stdout)
+	}
 	refused(t, asConsumer("c1\n", "produce", "--topic", "orders", "--acks"), "FORBIDDEN", "the consumer sending")
 
 	// Refusals are counted per principal and right.
@@ -149,6 +156,31 @@ func TestACLContract(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// dead runs a consumer of group on orders, with tok, whose handler always
+// fails on body, until body is in the group's dead-letter topic.
+func dead(t *testing.T, b *testbroker.Broker, tok, group, body string) {
+	t.Helper()
+	cl := b.Client(sdk.WithCredentials([]byte(tok)))
+	defer cl.Close()
+	c, err := cl.NewConsumer(group, []string{"orders"}, sdk.WithRedelivery(1, 10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx, func(_ context.Context, m *sdk.Message) error {
+		if string(m.Body) == body {
+			return errors.New("always fails")
+		}
+		return nil
+	})
+	testbroker.WaitFor(t, body+" dead-lettered", func() bool { return b.Metric(`quiver_dead_letters_total{group="`+group+`"}`) == 1 })
+	if r := b.Metric(`quiver_redeliveries_total{group="` + group + `"}`); r != 1 {
+		t.Fatalf("%v redeliveries, want 1", r)
+	}
 }
 
 // SIGHUP reloads the ACL without dropping connections: a producer refused
