@@ -29,6 +29,7 @@ type ConsumerOpt func(*consumerConfig)
 
 type consumerConfig struct {
 	start      StartFrom
+	startAt    time.Time // WithStartAt
 	autoCommit time.Duration
 	heartbeat  time.Duration
 	session    time.Duration
@@ -43,6 +44,10 @@ type consumerConfig struct {
 
 // WithStartFrom sets where a queue without a committed offset is read from.
 func WithStartFrom(s StartFrom) ConsumerOpt { return func(c *consumerConfig) { c.start = s } }
+
+// WithStartAt makes a queue without a committed offset start at its first
+// message stored at or after t (its end when there is none).
+func WithStartAt(t time.Time) ConsumerOpt { return func(c *consumerConfig) { c.startAt = t } }
 
 // WithAutoCommit commits processed offsets every interval (default 1s), and
 // when queues are revoked and at Close. WithManualCommit turns it off.
@@ -645,19 +650,21 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 	case committed != wire.NoOffset:
 		next = uint64(committed)
 	case own:
-	case c.cfg.start == Latest:
-		h, _, err := c.fetch(q, 0, 1, 0)
-		for err != nil {
-			if forbidden(err) {
-				c.fail(err)
-				return
-			}
-			if !c.pause(q, &err) {
-				return
-			}
-			h, _, err = c.fetch(q, 0, 1, 0)
+	case !c.cfg.startAt.IsZero():
+		off, ok := c.startOffset(q, func() (uint64, error) { return c.offsetAt(q) })
+		if !ok {
+			return
 		}
-		next = h.Max
+		next = off
+	case c.cfg.start == Latest:
+		off, ok := c.startOffset(q, func() (uint64, error) {
+			h, _, err := c.fetch(q, 0, 1, 0)
+			return h.Max, err
+		})
+		if !ok {
+			return
+		}
+		next = off
 	}
 	failures := 0
 	for q.ctx.Err() == nil {
@@ -738,6 +745,42 @@ func sleep(q *queueState, d time.Duration) bool {
 	case <-q.ctx.Done():
 		return false
 	}
+}
+
+// startOffset calls get until it answers; false once the queue or the
+// consumer stopped (a FORBIDDEN answer stops the consumer).
+func (c *Consumer) startOffset(q *queueState, get func() (uint64, error)) (uint64, bool) {
+	for {
+		off, err := get()
+		if err == nil {
+			return off, true
+		}
+		if forbidden(err) {
+			c.fail(err)
+			return 0, false
+		}
+		if !c.pause(q, &err) {
+			return 0, false
+		}
+	}
+}
+
+// offsetAt asks q's broker group for q's first offset stored at or after
+// the consumer's start time.
+func (c *Consumer) offsetAt(q *queueState) (uint64, error) {
+	ctx, cancel := context.WithTimeout(q.ctx, 10*time.Second)
+	defer cancel()
+	req := wire.Offsets{Topic: q.ref.Topic, At: c.cfg.startAt.UnixNano()}
+	resp, err := c.cl.Admin().offsetsCall(ctx, q.m.bgroup, wire.TypeOffsets, req.Append)
+	if err != nil {
+		return 0, err
+	}
+	for _, qo := range resp.Queues {
+		if qo.Queue == q.ref.Queue {
+			return qo.AtOffset, nil
+		}
+	}
+	return 0, fmt.Errorf("quiver: broker group %s has no queue %s/%d", q.m.bgroup, q.ref.Topic, q.ref.Queue)
 }
 
 // fail stops the consumer for good: err is a refusal that retrying cannot

@@ -97,7 +97,7 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.b.Produce(call)
 		return true
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeElect, wire.TypeRoute:
+		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -215,6 +215,63 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			return
 		}
 		st.ok(id)
+	case wire.TypeOffsets:
+		var m wire.Offsets
+		if err := wire.DecodeOffsets(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		werr := st.c.check(acl.Consume, m.Topic)
+		if werr == nil && m.Group != "" {
+			werr = st.c.check(acl.Groups, m.Group)
+		}
+		var resp wire.OffsetsResp
+		if werr == nil {
+			resp, werr = b.Offsets(&m)
+		}
+		if werr != nil {
+			st.sendError(id, werr)
+			return
+		}
+		buf, start := st.w.Begin(wire.Header{Type: wire.TypeOffsetsResp, RequestID: id})
+		st.w.End(resp.Append(buf), start)
+	case wire.TypeReset:
+		var m wire.Reset
+		if err := wire.DecodeReset(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		werr := st.c.check(acl.Groups, m.Group)
+		if werr == nil {
+			werr = st.c.check(acl.Consume, m.Topic)
+		}
+		var resp wire.OffsetsResp
+		if werr == nil {
+			resp, werr = b.Reset(&m)
+		}
+		if werr != nil {
+			st.sendError(id, werr)
+			return
+		}
+		buf, start := st.w.Begin(wire.Header{Type: wire.TypeOffsetsResp, RequestID: id})
+		st.w.End(resp.Append(buf), start)
+	case wire.TypeLookup:
+		var m wire.Lookup
+		if err := wire.DecodeLookup(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		werr := st.c.check(acl.Consume, m.Topic)
+		var resp wire.LookupResp
+		if werr == nil {
+			resp, werr = b.Lookup(&m)
+		}
+		if werr != nil {
+			st.sendError(id, werr)
+			return
+		}
+		buf, start := st.w.Begin(wire.Header{Type: wire.TypeLookupResp, RequestID: id})
+		st.w.End(resp.Append(buf), start)
 	case wire.TypeGroupSync:
 		var m wire.GroupSync
 		if err := wire.DecodeGroupSync(payload, &m); err != nil {

@@ -42,12 +42,19 @@ const (
 	TypeRaft       Type = 26 // the stream carries the controller quorum's raft traffic (hashicorp/raft's framing) from here on
 	TypeCtlSession Type = 27 // a broker's session with the controller: heartbeats and requests out, state and results back
 	TypeCtlMsg     Type = 28 // one message of a controller session (JSON, see daemon/controller)
-	typeLimit           = 29
+
+	TypeOffsets     Type = 29 // a topic's queues: bounds, offset at a time, a group's commits (offsets.go)
+	TypeOffsetsResp Type = 30
+	TypeReset       Type = 31 // admin: set a group's committed offsets (answered with OffsetsResp)
+	TypeLookup      Type = 32 // a topic's messages with a key
+	TypeLookupResp  Type = 33
+	typeLimit            = 34
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and
 // ReplAck carry the leader epoch; Elect. 3: Produce carries a producer id
-// and sequence (idempotent sends).
+// and sequence (idempotent sends); later Offsets, Reset and Lookup (new
+// requests: a broker without them answers INVALID, nothing else changed).
 const ProtocolVersion = 3
 
 // ALPN is the application protocol Quiver negotiates over QUIC's TLS.

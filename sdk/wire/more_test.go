@@ -28,6 +28,31 @@ func samples() map[Type]struct {
 			err := DecodeMetaResp(b, &m)
 			return m.Append(nil), err
 		}},
+		TypeOffsets: {(&Offsets{Group: "g", Topic: "orders", At: 1234}).Append(nil), func(b []byte) ([]byte, error) {
+			var m Offsets
+			err := DecodeOffsets(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeOffsetsResp: {(&OffsetsResp{Members: 2, Queues: []QueueOffsets{{0, 1, 9, 4, 7}, {1, 0, 0, 0, NoOffset}}}).Append(nil), func(b []byte) ([]byte, error) {
+			var m OffsetsResp
+			err := DecodeOffsetsResp(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeReset: {(&Reset{Group: "g", Topic: "orders", To: ResetTime, At: 99}).Append(nil), func(b []byte) ([]byte, error) {
+			var m Reset
+			err := DecodeReset(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeLookup: {(&Lookup{Topic: "orders", Key: []byte("k"), Max: 10}).Append(nil), func(b []byte) ([]byte, error) {
+			var m Lookup
+			err := DecodeLookup(b, &m)
+			return m.Append(nil), err
+		}},
+		TypeLookupResp: {(&LookupResp{Hits: []KeyHit{{1, 5}, {0, 2}}}).Append(nil), func(b []byte) ([]byte, error) {
+			var m LookupResp
+			err := DecodeLookupResp(b, &m)
+			return m.Append(nil), err
+		}},
 		TypeCreate: {(&Create{Topic: "orders", Queues: 8}).Append(nil), func(b []byte) ([]byte, error) {
 			var m Create
 			err := DecodeCreate(b, &m)

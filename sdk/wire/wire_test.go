@@ -222,6 +222,16 @@ func decodeAny(t Type, b []byte) {
 		DecodeMetaResp(b, &MetaResp{})
 	case TypeCreate:
 		DecodeCreate(b, &Create{})
+	case TypeOffsets:
+		DecodeOffsets(b, &Offsets{})
+	case TypeOffsetsResp:
+		DecodeOffsetsResp(b, &OffsetsResp{})
+	case TypeReset:
+		DecodeReset(b, &Reset{})
+	case TypeLookup:
+		DecodeLookup(b, &Lookup{})
+	case TypeLookupResp:
+		DecodeLookupResp(b, &LookupResp{})
 	case TypeOK, TypeStatus:
 		DecodeEmpty(b)
 	case TypeGroupSync:

@@ -18,19 +18,25 @@ import (
 
 func consumeCmd(g *globals) *cobra.Command {
 	var (
-		topic, group, from string
-		count              int
+		topic, group, from, format string
+		count                      int
 	)
 	cmd := &cobra.Command{
-		Use:   "consume --topic T --group G [--count N] [--from earliest|latest]",
+		Use:   "consume --topic T --group G [--count N] [--from earliest|latest|TIME] [--format F]",
 		Short: "Print a topic's messages, one body per line, as a member of a consumer group",
 		Long: `consume joins consumer group --group on --topic and prints each message's body
-followed by a newline. A message is committed only once it was written to
-stdout. With --count it exits after exactly N messages; otherwise it runs until
-interrupted (SIGINT or SIGTERM), then commits everything it printed, leaves the
-group and exits 0. A group that has not committed an offset in a queue starts
-there from the oldest stored message (--from earliest, the default) or from the
-messages stored after it joined (--from latest).`,
+followed by a newline (--format changes that). A message is committed only once
+it was written to stdout. With --count it exits after exactly N messages;
+otherwise it runs until interrupted (SIGINT or SIGTERM), then commits everything
+it printed, leaves the group and exits 0. A group that has not committed an
+offset in a queue starts there from the oldest stored message (--from earliest,
+the default), from the messages stored after it joined (--from latest), or from
+the first message stored at or after a time (RFC 3339, e.g.
+2026-12-01T09:30:00Z, or a duration ago, e.g. -15m). To move a group that did
+commit, see quiver group reset.
+
+--format, in kcat's -f convention: ` + formatHelp + `;
+\n, \t and \\ are escapes (default "%s\n").`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := requireTopic(topic); err != nil {
@@ -45,36 +51,44 @@ messages stored after it joined (--from latest).`,
 			if cmd.Flags().Changed("count") && count < 1 {
 				return usagef("--count %d: must be at least 1", count)
 			}
-			start, err := parseStartFrom(from)
+			start, err := parseStartFrom(from, time.Now())
 			if err != nil {
 				return err
 			}
-			return consume(cmd, g, topic, group, count, start)
+			f, err := parseFormat(format)
+			if err != nil {
+				return err
+			}
+			return consume(cmd, g, topic, group, count, start, f)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&topic, "topic", "", "topic to consume (required)")
 	f.StringVar(&group, "group", "", "consumer group (required)")
 	f.IntVar(&count, "count", 0, "exit after this many messages (default: until interrupted)")
-	f.StringVar(&from, "from", "earliest", "where a queue the group never committed starts: earliest or latest")
+	f.StringVar(&from, "from", "earliest", "where a queue the group never committed starts: earliest, latest, or a time (RFC 3339 or -DURATION ago)")
+	f.StringVar(&format, "format", `%s\n`, "how to print each message (see --help)")
 	return cmd
 }
 
-func parseStartFrom(s string) (sdk.StartFrom, error) {
+func parseStartFrom(s string, now time.Time) (sdk.ConsumerOpt, error) {
 	switch s {
 	case "earliest":
-		return sdk.Earliest, nil
+		return sdk.WithStartFrom(sdk.Earliest), nil
 	case "latest":
-		return sdk.Latest, nil
+		return sdk.WithStartFrom(sdk.Latest), nil
 	}
-	return 0, usagef("--from %q: want earliest or latest", s)
+	if t, ok := parseTime(s, now); ok {
+		return sdk.WithStartAt(t), nil
+	}
+	return nil, usagef("--from %q: want earliest, latest or a time (RFC 3339, or -DURATION ago)", s)
 }
 
 // commitTimeout bounds a commit; it is not cut short by an interrupt, so
 // that what was printed gets committed.
 const commitTimeout = 5 * time.Second
 
-func consume(cmd *cobra.Command, g *globals, topic, group string, count int, start sdk.StartFrom) error {
+func consume(cmd *cobra.Command, g *globals, topic, group string, count int, start sdk.ConsumerOpt, f format) error {
 	sigCtx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A broker that refuses the session (certificate, credentials) will
@@ -104,11 +118,11 @@ func consume(cmd *cobra.Command, g *globals, topic, group string, count int, sta
 		fmt.Fprintf(cmd.ErrOrStderr(), "quiver: topic %s does not exist yet; waiting for it\n", topic)
 	}
 
-	c, err := cl.NewConsumer(group, []string{topic}, sdk.WithStartFrom(start), sdk.WithManualCommit())
+	c, err := cl.NewConsumer(group, []string{topic}, start, sdk.WithManualCommit())
 	if err != nil {
 		return err
 	}
-	err = printMessages(ctx, cmd, c, count)
+	err = printMessages(ctx, cmd, c, count, f)
 	stop() // a second interrupt while closing ends the process at once
 	// Close commits what was marked processed and not yet committed, and
 	// leaves the group so that its queues go to other members at once.
@@ -121,10 +135,11 @@ func consume(cmd *cobra.Command, g *globals, topic, group string, count int, sta
 	return err
 }
 
-// printMessages prints message bodies until count were printed (count 0:
-// until ctx ends), committing each batch once it is on stdout.
-func printMessages(ctx context.Context, cmd *cobra.Command, c *sdk.Consumer, count int) error {
+// printMessages prints messages as f says until count were printed (count
+// 0: until ctx ends), committing each batch once it is on stdout.
+func printMessages(ctx context.Context, cmd *cobra.Command, c *sdk.Consumer, count int, f format) error {
 	out := bufio.NewWriterSize(cmd.OutOrStdout(), 64<<10)
+	var line []byte
 	printed := 0
 	for count == 0 || printed < count {
 		msgs, err := c.Poll(ctx)
@@ -138,8 +153,8 @@ func printMessages(ctx context.Context, cmd *cobra.Command, c *sdk.Consumer, cou
 			msgs = msgs[:count-printed] // the rest stays uncommitted for the next reader
 		}
 		for _, m := range msgs {
-			out.Write(m.Body)
-			out.WriteByte('\n')
+			line = f.format(line[:0], m)
+			out.Write(line)
 		}
 		if err := out.Flush(); err != nil {
 			return fmt.Errorf("writing stdout: %w", err)

@@ -31,20 +31,7 @@ type delivery struct {
 // dlq replay sends it back to its topic, where the group (its handler
 // healed) takes it once; a second replay sends nothing.
 func TestDeadLetters(t *testing.T) {
-	b := testbroker.Start(t)
-	cli := func(args ...string) result { return runCLI(t, noEnv, "", with(b, args...)...) }
-	cl := b.Client()
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := cl.Admin().CreateTopic(ctx, "orders", 1); err != nil {
-		t.Fatal(err)
-	}
-	p, err := cl.NewProducer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	b, cli, cl, p, ctx := withTopic(t, "orders", 1)
 	const n, poison, maxRedeliveries = 20, "m5", 16
 	for i := range n {
 		if _, err := p.Send(ctx, &sdk.Message{Topic: "orders", Key: []byte("k"), Headers: []sdk.Header{{Key: "trace", Value: []byte(fmt.Sprint(i))}},

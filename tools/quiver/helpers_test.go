@@ -271,3 +271,25 @@ func fingerprint(t *testing.T, path string) string {
 	sum := sha256.Sum256(blk.Bytes)
 	return hex.EncodeToString(sum[:])
 }
+
+// withTopic starts a broker with topic (queues queues) and returns it, a
+// way to run the CLI against it, a client, a producer and a context of a
+// minute; all are closed when the test ends.
+func withTopic(t *testing.T, topic string, queues int) (*testbroker.Broker, func(args ...string) result, *sdk.Client, *sdk.Producer, context.Context) {
+	t.Helper()
+	b := testbroker.Start(t)
+	cli := func(args ...string) result { return runCLI(t, noEnv, "", with(b, args...)...) }
+	cl := b.Client()
+	t.Cleanup(func() { cl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	if err := cl.Admin().CreateTopic(ctx, topic, queues); err != nil {
+		t.Fatal(err)
+	}
+	p, err := cl.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return b, cli, cl, p, ctx
+}

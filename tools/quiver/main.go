@@ -126,7 +126,7 @@ Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line
 	pf.StringVar(&g.token, "token", "", "the credentials to present (default $QUIVER_TOKEN): a token the broker's tokens or ACL accepts")
 	pf.StringVar(&g.cert, "cert", "", "client certificate (PEM) to present, for a broker with client_ca (mutual TLS; with --key)")
 	pf.StringVar(&g.key, "key", "", "private key (PEM) of --cert")
-	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g), dlqCmd(g))
+	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g), dlqCmd(g), groupCmd(g), lookupCmd(g))
 	return root
 }
 

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quivermq/quiver/internal/testbroker"
+	"github.com/quivermq/quiver/sdk"
+)
+
+// Rewinding a consumer group: describe shows its committed offsets and
+// lag; reset moves it to earliest, a time, latest or an offset (refused
+// while it has live members), and the next consume reads from there;
+// consume --from TIME starts a new group at a time; lookup finds a key's
+// messages; --format prints what kcat's -f would.
+func TestGroupResetAndLookup(t *testing.T) {
+	_, cli, cl, p, ctx := withTopic(t, "events", 2)
+	var mid time.Time // after e4 was stored, before e5 was sent
+	send := func(i int) {
+		if _, err := p.Send(ctx, &sdk.Message{Topic: "events", Key: []byte(fmt.Sprintf("user-%d", i%3)), Body: []byte(fmt.Sprintf("e%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		if i == 5 {
+			mid = time.Now()
+		}
+		send(i)
+	}
+	bodies := func(r result) []string { return lines(t, must(t, r).stdout) }
+	all := []string{"e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"}
+	sameMultiset(t, "first consume", bodies(cli("consume", "--topic", "events", "--group", "g", "--count", "10")), all)
+
+	describe := func() describeJSON {
+		return decodeJSON[describeJSON](t, cli("group", "describe", "--group", "g", "--json"))
+	}
+	d := describe()
+	if d.Members != 0 || len(d.Queues) != 2 {
+		t.Fatalf("describe: %+v", d)
+	}
+	for _, q := range d.Queues {
+		if q.Topic != "events" || q.Committed != int64(q.Max) || q.Lag != 0 || q.Max == 0 {
+			t.Fatalf("describe after consuming everything: %+v", q)
+		}
+	}
+	if gs := decodeJSON[[]groupJSON](t, cli("group", "list", "--json")); len(gs) != 1 || gs[0].Name != "g" || gs[0].Lag != 0 || !slices.Contains(gs[0].Topics, "events") {
+		t.Fatalf("group list: %+v", gs)
+	}
+
+	reset := func(to string) describeJSON {
+		return decodeJSON[describeJSON](t, cli("group", "reset", "--group", "g", "--topic", "events", "--to", to, "--json"))
+	}
+	for _, q := range reset("earliest").Queues {
+		if q.Committed != 0 || q.Lag != q.Max {
+			t.Fatalf("reset to earliest: %+v", q)
+		}
+	}
+	sameMultiset(t, "after reset to earliest", bodies(cli("consume", "--topic", "events", "--group", "g", "--count", "10")), all)
+
+	reset(mid.Format(time.RFC3339Nano))
+	if d := describe(); d.Queues[0].Lag+d.Queues[1].Lag != 5 {
+		t.Fatalf("reset to %v: lag %+v, want 5 in all", mid, d.Queues)
+	}
+	sameMultiset(t, "after reset to a time", bodies(cli("consume", "--topic", "events", "--group", "g", "--count", "5")), all[5:])
+
+	for _, q := range reset("1").Queues {
+		if q.Committed != 1 {
+			t.Fatalf("reset to offset 1: %+v", q)
+		}
+	}
+	for _, q := range reset("latest").Queues {
+		if q.Committed != int64(q.Max) || q.Lag != 0 {
+			t.Fatalf("reset to latest: %+v", q)
+		}
+	}
+	send(10)
+	sameMultiset(t, "after reset to latest", bodies(cli("consume", "--topic", "events", "--group", "g", "--count", "1")), []string{"e10"})
+
+	// A live member: refused, saying why.
+	c, err := cl.NewConsumer("g", []string{"events"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testbroker.WaitFor(t, "the member to join", func() bool { return describe().Members == 1 })
+	if r := cli("group", "reset", "--group", "g", "--topic", "events", "--to", "earliest"); r.code != 1 || !strings.Contains(r.stderr, "live member") {
+		t.Fatalf("reset with a live member: %v", r)
+	}
+	c.Close()
+	for _, bad := range []string{"", "soon", "-x", "-1"} {
+		if r := cli("group", "reset", "--group", "g", "--topic", "events", "--to", bad); r.code != 2 {
+			t.Fatalf("--to %q: %v", bad, r)
+		}
+	}
+
+	// A new group from a time; a key's messages; formats.
+	sameMultiset(t, "consume --from TIME", bodies(cli("consume", "--topic", "events", "--group", "h", "--count", "6", "--from", mid.Format(time.RFC3339Nano))),
+		append(slices.Clone(all[5:]), "e10"))
+	got := bodies(cli("lookup", "--topic", "events", "--key", "user-1", "--format", `%k %s\n`))
+	sameMultiset(t, "lookup user-1", got, []string{"user-1 e1", "user-1 e4", "user-1 e7", "user-1 e10"})
+	r := must(t, cli("consume", "--topic", "events", "--group", "fmt", "--count", "1", "--from", mid.Format(time.RFC3339Nano),
+		"--format", `%t|%p|%o|%k|%K|%s|%S|%R|%%\n`))
+	var q, o, size int
+	var key, body string
+	if n, err := fmt.Sscanf(strings.ReplaceAll(r.stdout, "|", " "), "events %d %d %s 6 %s %d 0 %%\n", &q, &o, &key, &body, &size); err != nil || n != 5 ||
+		!strings.HasPrefix(key, "user-") || !strings.HasPrefix(body, "e") || size != len(body) {
+		t.Fatalf("consume --format: %q (%v)", r.stdout, err)
+	}
+	if r := cli("consume", "--topic", "events", "--group", "x", "--format", "%z"); r.code != 2 || !strings.Contains(r.stderr, "unknown token %z") {
+		t.Fatalf("a bad --format: %v", r)
+	}
+	var dj describeJSON
+	if err := json.Unmarshal([]byte(must(t, cli("group", "describe", "--group", "h", "--topic", "events", "--json")).stdout), &dj); err != nil || len(dj.Queues) != 2 {
+		t.Fatalf("describe h: %+v %v", dj, err)
+	}
+}
