@@ -117,3 +117,49 @@ func TestGroupResetAndLookup(t *testing.T) {
 		t.Fatalf("describe h: %+v %v", dj, err)
 	}
 }
+
+// produce sends a key (--key, or per line with --key-delim), tags and
+// headers with every line; consume --format shows them back, and a key's
+// lines in one queue, in order. Bad flags are usage errors; a line
+// without the delimiter stops it, naming the line.
+func TestProduceKeysTagsHeaders(t *testing.T) {
+	b, cli, _, _, _ := withTopic(t, "keyed", 4)
+	produce := func(stdin string, args ...string) result {
+		return runCLI(t, noEnv, stdin, with(b, append([]string{"produce", "--topic", "keyed"}, args...)...)...)
+	}
+	must(t, produce("a:1\nb:2\na:3\nb:4\na:5\n", "--key-delim", ":", "--tag", "t1", "--header", "x=1", "--header", "y=a=b"))
+	must(t, produce("6\n", "--key", "c"))
+	got := lines(t, must(t, cli("consume", "--topic", "keyed", "--group", "k", "--count", "6", "--format", `%p %k|%a|%h|%s\n`)).stdout)
+	queueOf := map[string]string{}
+	var seen []string
+	for _, l := range got {
+		q, rest, _ := strings.Cut(l, " ")
+		key, _, _ := strings.Cut(rest, "|")
+		if prev, ok := queueOf[key]; ok && prev != q {
+			t.Fatalf("key %s in queues %s and %s", key, prev, q)
+		}
+		queueOf[key] = q
+		seen = append(seen, rest)
+	}
+	want := []string{"a|t1|x=1,y=a=b|1", "b|t1|x=1,y=a=b|2", "a|t1|x=1,y=a=b|3", "b|t1|x=1,y=a=b|4", "a|t1|x=1,y=a=b|5", "c|||6"}
+	sameMultiset(t, "consumed", seen, want)
+	for _, key := range []string{"a", "b"} { // in send order within the key
+		var order []string
+		for _, s := range seen {
+			if strings.HasPrefix(s, key+"|") {
+				order = append(order, s[strings.LastIndex(s, "|")+1:])
+			}
+		}
+		if !slices.IsSorted(order) {
+			t.Fatalf("key %s consumed in order %v", key, order)
+		}
+	}
+	for _, bad := range [][]string{{"--header", "novalue"}, {"--header", "=v"}, {"--key", "k", "--key-delim", ":"}} {
+		if r := produce("x\n", bad...); r.code != 2 {
+			t.Fatalf("produce %q: %v", bad, r)
+		}
+	}
+	if r := produce("a:1\nno delimiter\n", "--key-delim", ":"); r.code != 1 || !strings.Contains(r.stderr, "line 2: no key delimiter") {
+		t.Fatalf("a line without the delimiter: %v", r)
+	}
+}

@@ -18,12 +18,18 @@ func produceCmd(g *globals) *cobra.Command {
 		topic      string
 		acks       bool
 		durability string
+		spec       sendSpec
+		headers    []string
 	)
 	cmd := &cobra.Command{
-		Use:   "produce --topic T [--acks] [--durability sync|async]",
+		Use:   "produce --topic T [--key K | --key-delim D] [--tag T] [--header k=v]... [--acks] [--durability sync|async]",
 		Short: "Send each line of stdin as one message",
 		Long: `produce sends each line of stdin (without its newline) as one message to
 --topic, one at a time: a line is sent once the previous one was acknowledged.
+Every message gets the key --key, or, with --key-delim D, each line is
+"<key>D<body>" (split at the first D; a line without D is refused); the tags
+--tag; and the headers --header k=v (repeatable, in order). A message with a
+key goes to its key's queue, and a key's messages are consumed in order.
 With --acks it prints "<line number> <queue> <offset>" for each acknowledged
 line as soon as the acknowledgement arrives (line numbers start at 1). A send
 that fails stops it with the error, which names every attempt.`,
@@ -36,6 +42,9 @@ that fails stops it with the error, which names every attempt.`,
 			if err != nil {
 				return err
 			}
+			if err := spec.check(headers); err != nil {
+				return err
+			}
 			cl, err := g.client(cmd)
 			if err != nil {
 				return err
@@ -46,11 +55,15 @@ that fails stops it with the error, which names every attempt.`,
 				return err
 			}
 			defer p.Close()
-			return produce(cmd, p, topic, acks)
+			return produce(cmd, p, topic, acks, &spec)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&topic, "topic", "", "topic to send to (required)")
+	f.StringVar(&spec.key, "key", "", "the key of every message")
+	f.StringVar(&spec.delim, "key-delim", "", `each line is "<key><delim><body>"`)
+	f.StringVar(&spec.tags, "tag", "", "the tags of every message")
+	f.StringArrayVar(&headers, "header", nil, "a header k=v of every message (repeatable)")
 	f.BoolVar(&acks, "acks", false, `print "<line> <queue> <offset>" for each acknowledged line`)
 	f.StringVar(&durability, "durability", "", "sync (acknowledged once on disk) or async (once written); default: the broker's setting")
 	return cmd
@@ -72,7 +85,58 @@ func parseDurability(s string) (sdk.Durability, error) {
 // and its newline.
 const maxLine = wire.MaxBodyLen + 1
 
-func produce(cmd *cobra.Command, p *sdk.Producer, topic string, acks bool) error {
+// sendSpec is what produce adds to each line.
+type sendSpec struct {
+	key, delim, tags string
+	headers          []sdk.Header
+}
+
+// check validates the flags and parses the headers.
+func (s *sendSpec) check(headers []string) error {
+	switch {
+	case s.key != "" && s.delim != "":
+		return usagef("--key and --key-delim: give one")
+	case len(s.key) > wire.MaxKeyLen:
+		return usagef("--key of %d bytes: at most %d", len(s.key), wire.MaxKeyLen)
+	case len(s.tags) > wire.MaxTagsLen:
+		return usagef("--tag of %d bytes: at most %d", len(s.tags), wire.MaxTagsLen)
+	}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok || k == "" {
+			return usagef("--header %q: want key=value", h)
+		}
+		s.headers = append(s.headers, sdk.Header{Key: k, Value: []byte(v)})
+	}
+	if n := len(wire.AppendHeaders(nil, s.headers)); n > wire.MaxHeadersLen {
+		return usagef("--header: %d bytes of headers, at most %d", n, wire.MaxHeadersLen)
+	}
+	return nil
+}
+
+// message is the message of one input line.
+func (s *sendSpec) message(topic string, line []byte) (*sdk.Message, error) {
+	m := &sdk.Message{Topic: topic, Body: line, Headers: s.headers}
+	if s.tags != "" {
+		m.Tags = []byte(s.tags)
+	}
+	switch {
+	case s.key != "":
+		m.Key = []byte(s.key)
+	case s.delim != "":
+		k, body, ok := bytes.Cut(line, []byte(s.delim))
+		if !ok {
+			return nil, fmt.Errorf("no key delimiter %q in the line", s.delim)
+		}
+		if len(k) == 0 || len(k) > wire.MaxKeyLen {
+			return nil, fmt.Errorf("a key of %d bytes (1..%d)", len(k), wire.MaxKeyLen)
+		}
+		m.Key, m.Body = k, body
+	}
+	return m, nil
+}
+
+func produce(cmd *cobra.Command, p *sdk.Producer, topic string, acks bool, spec *sendSpec) error {
 	in := bufio.NewScanner(cmd.InOrStdin())
 	in.Buffer(make([]byte, 64<<10), maxLine)
 	in.Split(scanLines)
@@ -82,7 +146,11 @@ func produce(cmd *cobra.Command, p *sdk.Producer, topic string, acks bool) error
 		line++
 		// Send is synchronous and keeps no slice of the message once it
 		// returns, so the body may alias the scanner's buffer.
-		res, err := p.Send(cmd.Context(), &sdk.Message{Topic: topic, Body: in.Bytes()})
+		m, err := spec.message(topic, in.Bytes())
+		if err != nil {
+			return lineError{line, err}
+		}
+		res, err := p.Send(cmd.Context(), m)
 		if err != nil {
 			return lineError{line, err}
 		}
