@@ -15,6 +15,7 @@ import (
 
 	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // Errors.
@@ -324,16 +325,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 	return nil
 }
 
-func tagHash(tags []byte) uint64 {
-	if len(tags) == 0 {
-		return 0
-	}
-	h := uint64(14695981039346656037)
-	for _, c := range tags {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
-	return h
-}
+func tagHash(tags []byte) uint64 { return wire.TagHash(tags) }
 
 // Lookup returns the entry at offset.
 func (idx *Index) Lookup(topic string, queue uint32, offset uint64) (Entry, error) {

@@ -30,6 +30,8 @@ type ConsumerOpt func(*consumerConfig)
 type consumerConfig struct {
 	start      StartFrom
 	startAt    time.Time // WithStartAt
+	tags       string    // WithTagFilter ("" or "*": all)
+	filter     wire.TagFilter
 	autoCommit time.Duration
 	heartbeat  time.Duration
 	session    time.Duration
@@ -44,6 +46,15 @@ type consumerConfig struct {
 
 // WithStartFrom sets where a queue without a committed offset is read from.
 func WithStartFrom(s StartFrom) ConsumerOpt { return func(c *consumerConfig) { c.start = s } }
+
+// WithTagFilter subscribes to the messages whose tags are one of expr's:
+// "a || b || c" (exactly one of those tags), or "*" (every message, the
+// default). The brokers skip the others in their consume queues: they are
+// not read nor sent, and the committed offset passes them with the next
+// message handled after them. A batch sent with SendBatch
+// is sent whole, and its messages filtered here. The group's redeliveries
+// are not filtered (they passed once).
+func WithTagFilter(expr string) ConsumerOpt { return func(c *consumerConfig) { c.tags = expr } }
 
 // WithStartAt makes a queue without a committed offset start at its first
 // message stored at or after t (its end when there is none).
@@ -182,6 +193,15 @@ func (cl *Client) NewConsumer(group string, topics []string, opts ...ConsumerOpt
 	}
 	if err := cfg.validateRedelivery(); err != nil {
 		return nil, err
+	}
+	if cfg.tags != "" {
+		f, err := wire.ParseTagFilter(cfg.tags)
+		if err != nil {
+			return nil, fmt.Errorf("quiver: %w", err)
+		}
+		cfg.filter = f
+	} else {
+		cfg.filter.All = true
 	}
 	if err := wire.ValidName("group", group); err != nil {
 		return nil, fmt.Errorf("quiver: %w", err)
@@ -707,6 +727,9 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 			}
 			for _, m := range out {
 				m.lease, m.Group = q, q.m.bgroup
+				if recs[i].Flags&wire.FlagBatch != 0 && c.filters(q) && !c.cfg.filter.Match(m.Tags) {
+					continue // filtered out of its batch
+				}
 				if own {
 					if due, ok := restore(m); ok && !c.waitDue(q, due) {
 						return
@@ -811,13 +834,22 @@ func (c *Consumer) pause(q *queueState, err *error) bool {
 	return q.ctx.Err() == nil && sleep(q, min(200*time.Millisecond, c.cfg.maxWait))
 }
 
+// filters reports whether q's messages are filtered by tags.
+func (c *Consumer) filters(q *queueState) bool {
+	return !c.cfg.filter.All && q.ref.Topic != wire.RetryTopic(c.group)
+}
+
 // fetch asks for up to n messages from offset, waiting up to wait.
 func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration) (wire.FetchHeader, []wire.FetchedMessage, error) {
 	ctx, cancel := context.WithTimeout(q.ctx, wait+5*time.Second)
 	defer cancel()
-	req := wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
-		MaxWaitMs: uint32(wait.Milliseconds())}
-	call, err := c.cl.requestGroup(ctx, q.m.bgroup, streamFetch, wire.TypeFetch, req.Append)
+	req := wire.FetchTags{Fetch: wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
+		MaxWaitMs: uint32(wait.Milliseconds())}, Expr: c.cfg.tags}
+	typ, payload := wire.TypeFetch, req.Fetch.Append
+	if c.filters(q) {
+		typ, payload = wire.TypeFetchTags, req.Append
+	}
+	call, err := c.cl.requestGroup(ctx, q.m.bgroup, streamFetch, typ, payload)
 	if err != nil {
 		return wire.FetchHeader{}, nil, err
 	}

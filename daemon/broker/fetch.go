@@ -26,6 +26,53 @@ var fetchPool = sync.Pool{New: func() any { return &fetchState{} }}
 // the queue it waits for a record up to f.MaxWaitMs (capped by
 // MaxFetchWait), or until ctx is done or the broker closes.
 func (b *Broker) Fetch(ctx context.Context, f *wire.Fetch, dst []byte) ([]byte, *wire.Error) {
+	return b.fetch(ctx, f, nil, dst)
+}
+
+// TagFilter is a consumer's tag subscription as the fetch path uses it:
+// the consume queue's tag hashes of its tags.
+type TagFilter struct {
+	wire.TagFilter
+	hashes []uint64
+}
+
+// NewTagFilter prepares f (nil for "*": every message).
+func NewTagFilter(f wire.TagFilter) *TagFilter {
+	if f.All {
+		return nil
+	}
+	tf := &TagFilter{TagFilter: f}
+	for _, t := range f.Tags {
+		tf.hashes = append(tf.hashes, wire.TagHash([]byte(t)))
+	}
+	return tf
+}
+
+// maySkip reports an entry whose record's tags cannot match (read no
+// further): a hash of other tags. Entries without tags (hash 0) may be
+// batches, whose messages carry their own tags: read.
+func (tf *TagFilter) maySkip(hash uint64) bool {
+	if hash == 0 {
+		return false
+	}
+	for _, h := range tf.hashes {
+		if h == hash {
+			return false
+		}
+	}
+	return true
+}
+
+// FetchTags is Fetch of the messages whose tags pass tf: the others are
+// skipped in the consume queue (not read, not sent), and the answer's next
+// offset passes them; at the end of the queue, or when every message up to
+// it was skipped, it waits like Fetch. A batch record is sent whole (its
+// messages carry their own tags: the SDK filters them).
+func (b *Broker) FetchTags(ctx context.Context, f *wire.Fetch, tf *TagFilter, dst []byte) ([]byte, *wire.Error) {
+	return b.fetch(ctx, f, tf, dst)
+}
+
+func (b *Broker) fetch(ctx context.Context, f *wire.Fetch, tf *TagFilter, dst []byte) ([]byte, *wire.Error) {
 	t := b.topic(f.Topic)
 	switch {
 	case t == nil:
@@ -47,10 +94,21 @@ func (b *Broker) Fetch(ctx context.Context, f *wire.Fetch, dst []byte) ([]byte, 
 			return dst, &wire.Error{Code: wire.CodeOffsetOutOfRange, Message: fmt.Sprintf(
 				"%s/%d offset %d is past the end of the queue [%d, %d)", t.name, f.Queue, f.Offset, bounds.Min, bounds.Max)}
 		case f.Offset < bounds.Max:
-			return b.read(t.name, f, bounds, dst)
+			start := len(dst)
+			out, werr := b.read(t.name, f, tf, bounds, dst)
+			if werr != nil || tf == nil {
+				return out, werr
+			}
+			next := binary.LittleEndian.Uint64(out[start+offNext:])
+			if binary.LittleEndian.Uint32(out[start+offCount:]) > 0 || next == f.Offset {
+				return out, nil
+			}
+			// Everything read was filtered out: go on from past it.
+			dst, f.Offset = out[:start], next
+			continue
 		}
 		// At the end: wait for the next record of this queue.
-		if wait <= 0 || b.closed.Load() {
+		if wait <= 0 || b.closed.Load() || !deadline.IsZero() && !time.Now().Before(deadline) {
 			return wire.AppendFetchResp(dst, wire.FetchHeader{Next: f.Offset, Min: bounds.Min, Max: bounds.Max}), nil
 		}
 		if deadline.IsZero() {
@@ -94,7 +152,7 @@ const (
 
 // read appends the records from f.Offset on, up to f.MaxMessages messages
 // and about f.MaxBytes bytes (at least one record).
-func (b *Broker) read(topic string, f *wire.Fetch, bounds index.QueueBounds, dst []byte) ([]byte, *wire.Error) {
+func (b *Broker) read(topic string, f *wire.Fetch, tf *TagFilter, bounds index.QueueBounds, dst []byte) ([]byte, *wire.Error) {
 	b.stMu.RLock()
 	defer b.stMu.RUnlock()
 	fs := fetchPool.Get().(*fetchState)
@@ -113,6 +171,11 @@ func (b *Broker) read(topic string, f *wire.Fetch, bounds index.QueueBounds, dst
 	for i := 0; i < len(ents); {
 		e := ents[i]
 		first := next - uint64(e.Inner) // the record's first offset
+		if tf != nil && tf.maySkip(e.TagHash) {
+			next++ // one message's entry (a batch record's tags are empty)
+			i++
+			continue
+		}
 		if count > 0 && bytes+int(e.Size) > int(f.MaxBytes) {
 			break
 		}
@@ -127,6 +190,12 @@ func (b *Broker) read(topic string, f *wire.Fetch, bounds index.QueueBounds, dst
 			return dst[:start], &wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("reading %s/%d offset %d at log position %d: %v", topic, f.Queue, next, e.Pos, err)}
 		}
 		r := &fs.r
+		if tf != nil && r.Flags&qlog.FlagBatch == 0 && !tf.Match(r.Tags) {
+			// Untagged, or a hash collision: filtered out after all.
+			next = first + uint64(r.Count)
+			i += int(r.Count - e.Inner)
+			continue
+		}
 		m := wire.FetchedMessage{Offset: first, StoreTime: r.StoreTime, ClientTime: r.ClientTime, Flags: r.Flags &^ qlog.FlagProducer,
 			Count: r.Count, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: r.Body}
 		dst = m.Append(dst)

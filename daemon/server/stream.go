@@ -97,7 +97,7 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.b.Produce(call)
 		return true
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup:
+		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup, wire.TypeFetchTags:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -164,11 +164,22 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 	id := h.RequestID
 	bad := func(err error) { st.sendError(id, &wire.Error{Code: wire.CodeInvalid, Message: err.Error()}) }
 	switch h.Type {
-	case wire.TypeFetch:
+	case wire.TypeFetch, wire.TypeFetchTags:
 		var f wire.Fetch
-		if err := wire.DecodeFetch(payload, &f); err != nil {
-			bad(err)
-			return
+		var tf *broker.TagFilter
+		if h.Type == wire.TypeFetch {
+			if err := wire.DecodeFetch(payload, &f); err != nil {
+				bad(err)
+				return
+			}
+		} else {
+			var ft wire.FetchTags
+			if err := wire.DecodeFetchTags(payload, &ft); err != nil {
+				bad(err)
+				return
+			}
+			filter, _ := wire.ParseTagFilter(ft.Expr) // checked by the decoder
+			f, tf = ft.Fetch, broker.NewTagFilter(filter)
 		}
 		if werr := st.c.check(acl.Consume, f.Topic); werr != nil {
 			st.sendError(id, werr)
@@ -180,7 +191,7 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		}
 		out := getBuf()
 		defer putBuf(out)
-		resp, werr := b.Fetch(ctx, &f, (*out)[:0])
+		resp, werr := b.FetchTags(ctx, &f, tf, (*out)[:0])
 		*out = resp
 		if werr != nil {
 			st.sendError(id, werr)

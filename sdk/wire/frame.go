@@ -48,7 +48,8 @@ const (
 	TypeReset       Type = 31 // admin: set a group's committed offsets (answered with OffsetsResp)
 	TypeLookup      Type = 32 // a topic's messages with a key
 	TypeLookupResp  Type = 33
-	typeLimit            = 34
+	TypeFetchTags   Type = 34 // a Fetch of the messages with some tags (tags.go), answered with FetchResp
+	typeLimit            = 35
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and

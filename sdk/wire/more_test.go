@@ -43,6 +43,12 @@ func samples() map[Type]struct {
 			err := DecodeReset(b, &m)
 			return m.Append(nil), err
 		}},
+		TypeFetchTags: {(&FetchTags{Fetch: Fetch{Topic: "orders", Queue: 1, Offset: 5, MaxMessages: 10, MaxBytes: 1 << 20, MaxWaitMs: 100}, Expr: "a || b"}).Append(nil),
+			func(b []byte) ([]byte, error) {
+				var m FetchTags
+				err := DecodeFetchTags(b, &m)
+				return m.Append(nil), err
+			}},
 		TypeLookup: {(&Lookup{Topic: "orders", Key: []byte("k"), Max: 10}).Append(nil), func(b []byte) ([]byte, error) {
 			var m Lookup
 			err := DecodeLookup(b, &m)

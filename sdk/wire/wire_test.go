@@ -230,6 +230,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeReset(b, &Reset{})
 	case TypeLookup:
 		DecodeLookup(b, &Lookup{})
+	case TypeFetchTags:
+		DecodeFetchTags(b, &FetchTags{})
 	case TypeLookupResp:
 		DecodeLookupResp(b, &LookupResp{})
 	case TypeOK, TypeStatus:

@@ -19,6 +19,7 @@ import (
 func consumeCmd(g *globals) *cobra.Command {
 	var (
 		topic, group, from, format string
+		tags                       string
 		count                      int
 	)
 	cmd := &cobra.Command{
@@ -59,7 +60,14 @@ commit, see quiver group reset.
 			if err != nil {
 				return err
 			}
-			return consume(cmd, g, topic, group, count, start, f)
+			var opts []sdk.ConsumerOpt
+			if tags != "" {
+				if _, err := wire.ParseTagFilter(tags); err != nil {
+					return usagef("--tags: %v", err)
+				}
+				opts = append(opts, sdk.WithTagFilter(tags))
+			}
+			return consume(cmd, g, topic, group, count, append(opts, start), f)
 		},
 	}
 	f := cmd.Flags()
@@ -68,6 +76,7 @@ commit, see quiver group reset.
 	f.IntVar(&count, "count", 0, "exit after this many messages (default: until interrupted)")
 	f.StringVar(&from, "from", "earliest", "where a queue the group never committed starts: earliest, latest, or a time (RFC 3339 or -DURATION ago)")
 	f.StringVar(&format, "format", `%s\n`, "how to print each message (see --help)")
+	f.StringVar(&tags, "tags", "", `only the messages with one of these tags: "a || b" (the brokers filter)`)
 	return cmd
 }
 
@@ -88,7 +97,7 @@ func parseStartFrom(s string, now time.Time) (sdk.ConsumerOpt, error) {
 // that what was printed gets committed.
 const commitTimeout = 5 * time.Second
 
-func consume(cmd *cobra.Command, g *globals, topic, group string, count int, start sdk.ConsumerOpt, f format) error {
+func consume(cmd *cobra.Command, g *globals, topic, group string, count int, opts []sdk.ConsumerOpt, f format) error {
 	sigCtx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A broker that refuses the session (certificate, credentials) will
@@ -118,7 +127,7 @@ func consume(cmd *cobra.Command, g *globals, topic, group string, count int, sta
 		fmt.Fprintf(cmd.ErrOrStderr(), "quiver: topic %s does not exist yet; waiting for it\n", topic)
 	}
 
-	c, err := cl.NewConsumer(group, []string{topic}, start, sdk.WithManualCommit())
+	c, err := cl.NewConsumer(group, []string{topic}, append(opts, sdk.WithManualCommit())...)
 	if err != nil {
 		return err
 	}

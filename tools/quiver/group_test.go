@@ -163,3 +163,53 @@ func TestProduceKeysTagsHeaders(t *testing.T) {
 		t.Fatalf("a line without the delimiter: %v", r)
 	}
 }
+
+// A consumer subscribed to "a || b" gets exactly the messages tagged a or
+// b, a batch's included; the brokers send nothing else: the records sent
+// to consumers are those 9, not the 22 others.
+func TestTagFilter(t *testing.T) {
+	b, cli, _, p, ctx := withTopic(t, "tagged", 2)
+	produce := func(tag string, n int) []string {
+		var in strings.Builder
+		var bodies []string
+		for i := range n {
+			body := fmt.Sprintf("%s%d", tag, i)
+			if tag == "" {
+				body = fmt.Sprintf("none%d", i)
+			}
+			fmt.Fprintln(&in, body)
+			bodies = append(bodies, body)
+		}
+		args := []string{"produce", "--topic", "tagged"}
+		if tag != "" {
+			args = append(args, "--tag", tag)
+		}
+		must(t, runCLI(t, noEnv, in.String(), with(b, args...)...))
+		return bodies
+	}
+	want := append(produce("a", 5), produce("b", 3)...)
+	produce("c", 20)
+	produce("", 2)
+	if _, err := p.SendBatch(ctx, []*sdk.Message{{Topic: "tagged", Tags: []byte("a"), Body: []byte("batched-a")},
+		{Topic: "tagged", Tags: []byte("c"), Body: []byte("batched-c")}}); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, "batched-a")
+	before := b.Metric("quiver_fetched_records_total")
+	got := lines(t, must(t, cli("consume", "--topic", "tagged", "--group", "t", "--count", fmt.Sprint(len(want)), "--tags", "a || b", "--format", `%a %s\n`)).stdout)
+	var bodies []string
+	for _, l := range got {
+		tag, body, _ := strings.Cut(l, " ")
+		if tag != "a" && tag != "b" {
+			t.Fatalf("a message tagged %q reached a consumer of a || b: %q", tag, l)
+		}
+		bodies = append(bodies, body)
+	}
+	sameMultiset(t, "a || b", bodies, want)
+	if sent := b.Metric("quiver_fetched_records_total") - before; sent != 9 {
+		t.Fatalf("%v records sent to the consumer, want 9 (5 a, 3 b, the batch)", sent)
+	}
+	if r := cli("consume", "--topic", "tagged", "--group", "t", "--tags", "a ||"); r.code != 2 || !strings.Contains(r.stderr, "an empty tag") {
+		t.Fatalf("a bad tag expression: %v", r)
+	}
+}
