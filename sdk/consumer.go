@@ -153,17 +153,31 @@ type queueState struct {
 	hasDone   bool
 	committed uint64
 	hasCommit bool
+	// Seek: epoch counts the seeks; a message fetched in an earlier one is
+	// dropped. seekTo is where the fetcher goes on; cancel ends its fetch.
+	epoch       uint64
+	seekTo      *uint64
+	cancelFetch context.CancelFunc
 }
 
-// enter claims a message for processing; false if its queue was revoked.
-func (q *queueState) enter() bool {
+// enter claims m for processing; false if its queue was revoked or
+// sought since m was fetched.
+func (q *queueState) enter(m *Message) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.revoked {
+	if q.revoked || m.epoch != q.epoch {
 		return false
 	}
 	q.busy++
 	return true
+}
+
+// current reports whether m was fetched in the queue's current epoch (not
+// revoked, not sought since).
+func (q *queueState) current(m *Message) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.revoked && m.epoch == q.epoch
 }
 
 func (q *queueState) exit() {
@@ -175,9 +189,12 @@ func (q *queueState) exit() {
 	q.mu.Unlock()
 }
 
-func (q *queueState) markDone(next uint64) {
+// markDone marks m processed (nothing if the queue was sought since m was
+// fetched).
+func (q *queueState) markDone(m *Message) {
+	next := m.doneAt()
 	q.mu.Lock()
-	if !q.hasDone || next > q.done {
+	if m.epoch == q.epoch && (!q.hasDone || next > q.done) {
 		q.done, q.hasDone = next, true
 	}
 	q.mu.Unlock()
@@ -341,8 +358,8 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 			return c.stopped()
 		}
 		q := m.lease
-		if !q.enter() {
-			continue // its queue moved to another member
+		if !q.enter(m) {
+			continue // its queue moved to another member, or was sought
 		}
 		for failures := 0; ; failures++ {
 			err := handler(ctx, m)
@@ -368,7 +385,7 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 				return ctx.Err()
 			}
 		}
-		q.markDone(m.doneAt())
+		q.markDone(m)
 		q.exit()
 	}
 }
@@ -379,16 +396,13 @@ func (c *Consumer) Run(ctx context.Context, handler func(context.Context, *Messa
 func (c *Consumer) Poll(ctx context.Context) ([]*Message, error) {
 	if c.cfg.autoCommit > 0 {
 		for _, m := range c.lastPoll {
-			m.lease.markDone(m.doneAt())
+			m.lease.markDone(m)
 		}
 	}
 	c.lastPoll = c.lastPoll[:0]
 	var out []*Message
 	add := func(m *Message) {
-		m.lease.mu.Lock()
-		revoked := m.lease.revoked
-		m.lease.mu.Unlock()
-		if !revoked {
+		if m.lease.current(m) {
 			out = append(out, m)
 		}
 	}
@@ -422,7 +436,7 @@ func (c *Consumer) Commit(ctx context.Context, msgs ...*Message) error {
 		if m.lease == nil {
 			return errors.New("quiver: Commit of a message that was not received by this consumer")
 		}
-		m.lease.markDone(m.doneAt())
+		m.lease.markDone(m)
 	}
 	held := map[*queueState]bool{}
 	var errs []error
@@ -678,7 +692,7 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 		next = off
 	case c.cfg.start == Latest:
 		off, ok := c.startOffset(q, func() (uint64, error) {
-			h, _, err := c.fetch(q, 0, 1, 0)
+			h, _, err := c.fetch(q.ctx, q, 0, 1, 0)
 			return h.Max, err
 		})
 		if !ok {
@@ -688,13 +702,29 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 	}
 	failures := 0
 	for q.ctx.Err() == nil {
-		h, recs, err := c.fetch(q, next, c.cfg.fetchMax, c.cfg.maxWait)
+		q.mu.Lock()
+		if q.seekTo != nil {
+			next, q.seekTo = *q.seekTo, nil
+		}
+		epoch := q.epoch
+		fctx, cancel := context.WithCancel(q.ctx)
+		q.cancelFetch = cancel
+		q.mu.Unlock()
+		h, recs, err := c.fetch(fctx, q, next, c.cfg.fetchMax, c.cfg.maxWait)
+		cancel()
+		q.mu.Lock()
+		sought := q.epoch != epoch
+		q.mu.Unlock()
+		if sought {
+			continue // what it fetched is from before the seek
+		}
 		if err != nil {
 			var be *wire.Error
 			if errors.As(err, &be) && be.Code == wire.CodeOffsetOutOfRange {
 				// The queue ends before our offset (the broker lost data, or
-				// another log was promoted): resume at its end.
-				h, _, berr := c.fetch(q, 0, 1, 0)
+				// another log was promoted, or a seek went past it): resume
+				// at its end.
+				h, _, berr := c.fetch(q.ctx, q, 0, 1, 0)
 				if berr == nil {
 					c.cl.logger.Error("committed offset is past the end of the queue; resuming at the end",
 						"group", c.group, "topic", q.ref.Topic, "queue", q.ref.Queue, "offset", next, "end", h.Max)
@@ -726,9 +756,12 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 					"offset", recs[i].Offset, "err", err)
 			}
 			for _, m := range out {
-				m.lease, m.Group = q, q.m.bgroup
+				m.lease, m.Group, m.epoch = q, q.m.bgroup, epoch
 				if recs[i].Flags&wire.FlagBatch != 0 && c.filters(q) && !c.cfg.filter.Match(m.Tags) {
 					continue // filtered out of its batch
+				}
+				if !q.current(m) {
+					break // sought meanwhile: the rest is dropped too
 				}
 				if own {
 					if due, ok := restore(m); ok && !c.waitDue(q, due) {
@@ -834,14 +867,49 @@ func (c *Consumer) pause(q *queueState, err *error) bool {
 	return q.ctx.Err() == nil && sleep(q, min(200*time.Millisecond, c.cfg.maxWait))
 }
 
+// Seek moves the consumer's position in one of the queues it holds (ref:
+// as Assigned lists them) to offset: the messages fetched before are
+// dropped (a handler already running finishes, and is not marked
+// processed), the next ones are read from offset, and the next commit
+// commits offset, backwards too. An offset past the queue's end resumes at
+// the end; one before its start, at the start. It fails for a queue the
+// consumer does not hold (see Assigned; queues move between members).
+func (c *Consumer) Seek(ref QueueRef, offset uint64) error {
+	c.mu.Lock()
+	m := c.members[ref.Group]
+	c.mu.Unlock()
+	var q *queueState
+	if m != nil {
+		m.mu.Lock()
+		q = m.queues[wire.QueueRef{Topic: ref.Topic, Queue: ref.Queue}]
+		m.mu.Unlock()
+	}
+	if q == nil {
+		return fmt.Errorf("quiver: %s/%d of broker group %s is not assigned to this consumer", ref.Topic, ref.Queue, ref.Group)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.revoked {
+		return fmt.Errorf("quiver: %s/%d of broker group %s moved to another member", ref.Topic, ref.Queue, ref.Group)
+	}
+	q.epoch++
+	q.seekTo = &offset
+	q.done, q.hasDone = offset, true
+	q.hasCommit = false // commit it even if it is behind the last commit
+	if q.cancelFetch != nil {
+		q.cancelFetch()
+	}
+	return nil
+}
+
 // filters reports whether q's messages are filtered by tags.
 func (c *Consumer) filters(q *queueState) bool {
 	return !c.cfg.filter.All && q.ref.Topic != wire.RetryTopic(c.group)
 }
 
 // fetch asks for up to n messages from offset, waiting up to wait.
-func (c *Consumer) fetch(q *queueState, offset uint64, n int, wait time.Duration) (wire.FetchHeader, []wire.FetchedMessage, error) {
-	ctx, cancel := context.WithTimeout(q.ctx, wait+5*time.Second)
+func (c *Consumer) fetch(ctx context.Context, q *queueState, offset uint64, n int, wait time.Duration) (wire.FetchHeader, []wire.FetchedMessage, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait+5*time.Second)
 	defer cancel()
 	req := wire.FetchTags{Fetch: wire.Fetch{Topic: q.ref.Topic, Queue: q.ref.Queue, Offset: offset, MaxMessages: uint32(n), MaxBytes: 4 << 20,
 		MaxWaitMs: uint32(wait.Milliseconds())}, Expr: c.cfg.tags}
@@ -871,7 +939,7 @@ func (c *Consumer) Close() error {
 	if c.cfg.autoCommit > 0 {
 		// With auto-commit, what the last Poll returned counts as processed.
 		for _, m := range c.lastPoll {
-			m.lease.markDone(m.doneAt())
+			m.lease.markDone(m)
 		}
 	}
 	c.cancel()

@@ -35,6 +35,7 @@ type Message struct {
 
 	lease *queueState // the consumer's hold on the message's queue
 	redo  *redelivery // a redelivered message (redelivery.go)
+	epoch uint64      // its queue's seek epoch when it was fetched
 }
 
 // Compression of a batch.

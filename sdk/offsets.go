@@ -131,18 +131,23 @@ type ResetTo struct {
 	Earliest, Latest bool
 	Time             time.Time
 	Offset           *uint64
+	// Force resets a group with live members: the brokers take the topic's
+	// queues back from them (their commits for those queues are refused)
+	// and hand them out again, read from the new offsets; what a member
+	// was handling when they were taken is delivered again.
+	Force bool
 }
 
 // ResetOffsets sets consumer group's committed offsets in every queue of
-// topic (Kafka's kafka-consumer-groups --reset-offsets). It is refused on a
-// broker group where the group has live members (INVALID, saying so): they
-// consume from the positions they hold and would commit over it; stop them
-// first. It returns the new committed offsets.
+// topic (Kafka's kafka-consumer-groups --reset-offsets). Without
+// to.Force it is refused on a broker group where the group has live
+// members (INVALID, saying so): they consume from the positions they hold
+// and would commit over it. It returns the new committed offsets.
 func (a *Admin) ResetOffsets(ctx context.Context, group, topic string, to ResetTo) (GroupOffsets, error) {
 	if err := wire.ValidName("group", group); err != nil {
 		return GroupOffsets{}, fmt.Errorf("quiver: %w", err)
 	}
-	req := wire.Reset{Group: group, Topic: topic}
+	req := wire.Reset{Group: group, Topic: topic, Force: to.Force}
 	n := 0
 	if to.Earliest {
 		req.To, n = wire.ResetEarliest, n+1

@@ -146,7 +146,7 @@ func (c *Consumer) Redeliver(ctx context.Context, m *Message, cause error) error
 	if err := c.setAside(ctx, m, cause); err != nil {
 		return err
 	}
-	m.lease.markDone(m.doneAt())
+	m.lease.markDone(m)
 	return nil
 }
 

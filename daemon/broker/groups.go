@@ -21,6 +21,7 @@ const (
 type coordinator struct {
 	b         *Broker
 	topicsGen atomic.Uint64 // bumped when a topic is added: assignments are recomputed
+	resetMu   sync.RWMutex  // commits (read) against forced resets (write)
 	mu        sync.Mutex
 	groups    map[string]*group
 	// running is when the coordinator last saw its process run (the real
@@ -45,6 +46,10 @@ type group struct {
 	// is who should. A queue moves when its owner releases it.
 	owner  map[wire.QueueRef]string
 	target map[wire.QueueRef]string
+	// revoked: queues a forced reset took back from their owner (value),
+	// left out of its assignments and refused its commits until it
+	// reports them released.
+	revoked map[wire.QueueRef]string
 }
 
 type member struct {
@@ -126,7 +131,8 @@ func (c *coordinator) sync(req *wire.GroupSync) wire.Assignment {
 	c.noteRunning(time.Now())
 	g := c.groups[req.Group]
 	if g == nil {
-		g = &group{name: req.Group, members: map[string]*member{}, owner: map[wire.QueueRef]string{}, target: map[wire.QueueRef]string{}}
+		g = &group{name: req.Group, members: map[string]*member{}, owner: map[wire.QueueRef]string{}, target: map[wire.QueueRef]string{},
+			revoked: map[wire.QueueRef]string{}}
 		c.groups[req.Group] = g
 	}
 	changed := g.expire(now, c.b)
@@ -178,12 +184,19 @@ func (c *coordinator) sync(req *wire.GroupSync) wire.Assignment {
 			delete(g.owner, q)
 		}
 	}
+	for q, o := range g.revoked {
+		if o == m.id && !owned[q] || g.members[o] == nil {
+			delete(g.revoked, q) // released: it may be handed out again
+		}
+	}
 	a := wire.Assignment{Generation: g.generation}
 	for q, t := range g.target {
 		if t != m.id {
 			continue
 		}
 		switch o := g.owner[q]; {
+		case g.revoked[q] != "":
+			a.Pending = true // a forced reset took it back: released first
 		case o == "" && now.Before(c.b.graceUntil()):
 			// A leader that took over from another has no memberships yet:
 			// the members still consuming (from followers, while there was no
@@ -282,6 +295,10 @@ func (b *Broker) Commit(req *wire.Commit) *wire.Error {
 	if werr := b.writable(); werr != nil {
 		return werr
 	}
+	// A forced reset must not be overwritten by a commit that passed the
+	// owner check before it (resetMu).
+	b.groups.resetMu.RLock()
+	defer b.groups.resetMu.RUnlock()
 	if werr := b.groups.checkOwner(req); werr != nil {
 		return werr
 	}
@@ -301,6 +318,9 @@ func (c *coordinator) checkOwner(req *wire.Commit) *wire.Error {
 	for _, o := range req.Offsets {
 		if g.owner[o.QueueRef] != req.Member {
 			return &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d is not owned by %s in group %s", o.Topic, o.Queue, req.Member, req.Group)}
+		}
+		if g.revoked[o.QueueRef] == req.Member {
+			return &wire.Error{Code: wire.CodeFenced, Message: fmt.Sprintf("%s/%d of group %s was reset: it resumes from the new offset", o.Topic, o.Queue, req.Group)}
 		}
 	}
 	return nil

@@ -56,7 +56,9 @@ func (b *Broker) queueOffsets(topic string, q uint32, at int64) (wire.QueueOffse
 // the answer). Refused while the group has live members here: they
 // consume from the positions they hold in memory and would commit over
 // it; stop them first (their sessions end at their Close, or after the
-// session timeout).
+// session timeout). With Force the broker takes the topic's queues back
+// from their members first (revoke) and hands them out again from the new
+// offsets.
 func (b *Broker) Reset(req *wire.Reset) (wire.OffsetsResp, *wire.Error) {
 	if b.closed.Load() {
 		return wire.OffsetsResp{}, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"}
@@ -64,9 +66,15 @@ func (b *Broker) Reset(req *wire.Reset) (wire.OffsetsResp, *wire.Error) {
 	if werr := b.writable(); werr != nil {
 		return wire.OffsetsResp{}, werr
 	}
-	if n := b.groups.liveMembers(req.Group); n > 0 {
+	b.groups.resetMu.Lock()
+	defer b.groups.resetMu.Unlock()
+	if req.Force {
+		if n := b.groups.revoke(req.Group, req.Topic); n > 0 {
+			b.logger.Warn("forced reset: queues taken back from the group's live members", "group", req.Group, "topic", req.Topic, "queues", n)
+		}
+	} else if n := b.groups.liveMembers(req.Group); n > 0 {
 		return wire.OffsetsResp{}, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf(
-			"group %s has %d live member(s) on this broker group: stop its consumers before resetting its offsets", req.Group, n)}
+			"group %s has %d live member(s) on this broker group: stop its consumers before resetting its offsets (or force it)", req.Group, n)}
 	}
 	at := int64(0)
 	if req.To == wire.ResetTime {
@@ -119,20 +127,40 @@ func (b *Broker) Lookup(req *wire.Lookup) (wire.LookupResp, *wire.Error) {
 	return resp, nil
 }
 
+// revoke takes the topic's queues back from the group's members (a forced
+// reset) and returns how many it took.
+func (c *coordinator) revoke(name, topic string) int {
+	n := 0
+	c.withGroup(name, func(g *group) {
+		for q, o := range g.owner {
+			if q.Topic == topic && o != "" {
+				g.revoked[q] = o
+				n++
+			}
+		}
+	})
+	return n
+}
+
 // liveMembers counts the group's members whose session has not run out.
-func (c *coordinator) liveMembers(group string) int {
+func (c *coordinator) liveMembers(name string) int {
 	now := c.b.opts.Now()
+	n := 0
+	c.withGroup(name, func(g *group) {
+		for _, m := range g.members {
+			if now.Sub(m.lastSeen) <= m.session {
+				n++
+			}
+		}
+	})
+	return n
+}
+
+// withGroup calls fn with the group, if there is one, under c.mu.
+func (c *coordinator) withGroup(name string, fn func(g *group)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	g := c.groups[group]
-	if g == nil {
-		return 0
+	if g := c.groups[name]; g != nil {
+		fn(g)
 	}
-	n := 0
-	for _, m := range g.members {
-		if now.Sub(m.lastSeen) <= m.session {
-			n++
-		}
-	}
-	return n
 }

@@ -38,7 +38,7 @@ func samples() map[Type]struct {
 			err := DecodeOffsetsResp(b, &m)
 			return m.Append(nil), err
 		}},
-		TypeReset: {(&Reset{Group: "g", Topic: "orders", To: ResetTime, At: 99}).Append(nil), func(b []byte) ([]byte, error) {
+		TypeReset: {(&Reset{Group: "g", Topic: "orders", To: ResetTime, At: 99, Force: true}).Append(nil), func(b []byte) ([]byte, error) {
 			var m Reset
 			err := DecodeReset(b, &m)
 			return m.Append(nil), err

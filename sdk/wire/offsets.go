@@ -84,20 +84,28 @@ const (
 )
 
 // Reset sets Group's committed offsets in the queues of Topic that the
-// broker holds (admin; refused while the group has live members there).
-// Answered with OffsetsResp (the new committed offsets).
+// broker holds. Refused while the group has live members there, unless
+// Force: then their queues of Topic are taken back (their commits for them
+// refused) and handed out again from the new offsets. Answered with
+// OffsetsResp (the new committed offsets).
 type Reset struct {
 	Group string
 	Topic string
 	To    uint8
 	At    int64
+	Force bool
 }
 
 func (m *Reset) Append(dst []byte) []byte {
 	dst = appendShortString(dst, m.Group)
 	dst = appendShortString(dst, m.Topic)
 	dst = append(dst, m.To)
-	return binary.LittleEndian.AppendUint64(dst, uint64(m.At))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(m.At))
+	var f uint8
+	if m.Force {
+		f = 1
+	}
+	return append(dst, f)
 }
 
 func DecodeReset(b []byte, m *Reset) error {
@@ -106,9 +114,14 @@ func DecodeReset(b []byte, m *Reset) error {
 	m.Topic = d.name("topic", MaxTopicLen)
 	m.To = d.u8("to")
 	m.At = int64(d.u64("at"))
+	f := d.u8("force")
 	if err := d.end(); err != nil {
 		return err
 	}
+	if f > 1 {
+		return errorf("force %d", f)
+	}
+	m.Force = f == 1
 	if m.To > ResetOffset {
 		return errorf("reset to %d", m.To)
 	}

@@ -299,13 +299,13 @@ admin = true
 	must(t, runBin(t, "", "", with(b, "--token", adminTok, "topic", "create", "orders")...))
 
 	crt, key := ca.issue("orders-app.clients")
-	must(t, runBin(t, "", "m1\n", with(b, "--cert", crt, "--key", key, "produce", "--topic", "orders", "--acks")...))
-	r := runBin(t, "", "m2\n", with(b, "--cert", crt, "--key", key, "produce", "--topic", "payments", "--acks")...)
+	must(t, runBin(t, "", "m1\n", with(b, "--cert", crt, "--cert-key", key, "produce", "--topic", "orders", "--acks")...))
+	r := runBin(t, "", "m2\n", with(b, "--cert", crt, "--cert-key", key, "produce", "--topic", "payments", "--acks")...)
 	refused(t, r, "FORBIDDEN", "the certificate's principal sending to payments")
 	if !strings.Contains(r.stderr, "orders-app") {
 		t.Fatalf("the refusal does not name the certificate's principal: %v", r)
 	}
-	if r := runBin(t, "", "", with(b, "--cert", crt, "topic", "list")...); r.code != 2 || !strings.Contains(r.stderr, "--cert and --key") {
+	if r := runBin(t, "", "", with(b, "--cert", crt, "topic", "list")...); r.code != 2 || !strings.Contains(r.stderr, "--cert and --cert-key") {
 		t.Fatalf("a certificate without its key: want a usage error; %v", r)
 	}
 
@@ -324,7 +324,7 @@ admin = true
 	// A certificate of another CA is refused in the handshake, one of the
 	// right CA naming no principal at the Hello, and so is no credential.
 	octr, okey := other.issue("orders-app.clients")
-	refused(t, runBin(t, "", "", with(b, "--cert", octr, "--key", okey, "topic", "list")...), "bad certificate", "a certificate of another CA")
+	refused(t, runBin(t, "", "", with(b, "--cert", octr, "--cert-key", okey, "topic", "list")...), "bad certificate", "a certificate of another CA")
 	// The broker says why, per source, where the client only sees "bad certificate".
 	seen := false
 	for _, f := range b.Status().Connections.FailedHandshakes {
@@ -334,6 +334,6 @@ admin = true
 		t.Errorf("the refused certificate is not in /status (%+v) or the log", b.Status().Connections.FailedHandshakes)
 	}
 	scrt, skey := ca.issue("stranger")
-	refused(t, runBin(t, "", "", with(b, "--cert", scrt, "--key", skey, "topic", "list")...), "UNAUTHORIZED", "a certificate naming no principal")
+	refused(t, runBin(t, "", "", with(b, "--cert", scrt, "--cert-key", skey, "topic", "list")...), "UNAUTHORIZED", "a certificate naming no principal")
 	refused(t, runBin(t, "", "", with(b, "topic", "list")...), "UNAUTHORIZED", "no credential")
 }

@@ -29,7 +29,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "0"}, "--count 0: must be at least 1"},
 		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "-3"}, "--count -3: must be at least 1"},
 		{[]string{"consume", "--topic", "t", "--group", "g", "--count", "many"}, `invalid argument "many" for "--count"`},
-		{[]string{"consume", "--topic", "t", "--group", "g", "--from", "middle"}, `--from "middle": want earliest or latest`},
+		{[]string{"consume", "--topic", "t", "--group", "g", "--from", "middle"}, `--from "middle": want earliest, latest or a time`},
 		{[]string{"consume", "--topic", "t", "--group", strings.Repeat("g", 256)}, "--group of 256 bytes"},
 		{[]string{"topic"}, "topic needs a command"},
 		{[]string{"admin"}, "admin needs a command: promote or elect"},

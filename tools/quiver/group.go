@@ -209,10 +209,10 @@ func printQueues(cmd *cobra.Command, qs []queueJSON) error {
 func groupResetCmd(g *globals) *cobra.Command {
 	var (
 		group, topic, to string
-		asJSON           bool
+		asJSON, force    bool
 	)
 	cmd := &cobra.Command{
-		Use:   "reset --group G --topic T --to earliest|latest|TIME|OFFSET",
+		Use:   "reset --group G --topic T --to earliest|latest|TIME|OFFSET [--force]",
 		Short: "Move a consumer group's committed offsets in every queue of a topic",
 		Long: `group reset sets the committed offset of consumer group --group in every queue of
 --topic, in every broker group that hosts it: to each queue's oldest stored
@@ -221,7 +221,10 @@ first message stored at or after TIME (RFC 3339, e.g. 2026-12-01T09:30:00Z, or
 a duration ago, e.g. -15m), or OFFSET in every queue (within its bounds). The
 group's consumers read from there when they next start. It is refused while
 the group has live members (they read from the positions they hold and would
-commit over it): stop them first. It prints the new committed offsets.`,
+commit over it), unless --force: then the brokers take the topic's queues back
+from the live members and hand them out again, read from the new offsets
+(what a member was handling then is delivered again). It prints the new
+committed offsets.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := wire.ValidName("group", group); err != nil {
@@ -234,6 +237,7 @@ commit over it): stop them first. It prints the new committed offsets.`,
 			if err != nil {
 				return err
 			}
+			target.Force = force
 			var offs sdk.GroupOffsets
 			err = g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
 				offs, err = a.ResetOffsets(ctx, group, topic, target)
@@ -254,6 +258,7 @@ commit over it): stop them first. It prints the new committed offsets.`,
 	f.StringVar(&topic, "topic", "", "topic (required)")
 	f.StringVar(&to, "to", "", "earliest, latest, a time (RFC 3339, or -DURATION ago) or an offset (required)")
 	f.BoolVar(&asJSON, "json", false, "print the new offsets as JSON")
+	f.BoolVar(&force, "force", false, "reset even while the group has live members (they are moved to the new offsets)")
 	return cmd
 }
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -89,6 +91,43 @@ func TestGroupResetAndLookup(t *testing.T) {
 	if r := cli("group", "reset", "--group", "g", "--topic", "events", "--to", "earliest"); r.code != 1 || !strings.Contains(r.stderr, "live member") {
 		t.Fatalf("reset with a live member: %v", r)
 	}
+	// Forced, it moves the live member: it gets everything again.
+	var mu sync.Mutex
+	var seen []string
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(rctx, func(_ context.Context, m *sdk.Message) error {
+			mu.Lock()
+			seen = append(seen, string(m.Body))
+			mu.Unlock()
+			return nil
+		})
+	}()
+	received := func(body string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, s := range seen {
+			if s == body {
+				n++
+			}
+		}
+		return n
+	}
+	send(11)
+	testbroker.WaitFor(t, "the live member to handle e11", func() bool { return received("e11") == 1 })
+	must(t, cli("group", "reset", "--group", "g", "--topic", "events", "--to", "earliest", "--force"))
+	testbroker.WaitFor(t, "the live member to read everything again", func() bool {
+		for i := range 12 {
+			if received(fmt.Sprintf("e%d", i)) < 1 || i == 11 && received("e11") < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	stop()
+	<-done
 	c.Close()
 	for _, bad := range []string{"", "soon", "-x", "-1"} {
 		if r := cli("group", "reset", "--group", "g", "--topic", "events", "--to", bad); r.code != 2 {
@@ -212,4 +251,65 @@ func TestTagFilter(t *testing.T) {
 	if r := cli("consume", "--topic", "tagged", "--group", "t", "--tags", "a ||"); r.code != 2 || !strings.Contains(r.stderr, "an empty tag") {
 		t.Fatalf("a bad tag expression: %v", r)
 	}
+}
+
+// Seek moves a consumer's position in a queue it holds: its handler gets
+// the messages from there again, and the group's commit follows it back.
+func TestSeek(t *testing.T) {
+	_, cli, cl, p, ctx := withTopic(t, "seek", 1)
+	for i := range 6 {
+		if _, err := p.Send(ctx, &sdk.Message{Topic: "seek", Body: []byte(fmt.Sprintf("s%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := cl.NewConsumer("sk", []string{"seek"}, sdk.WithAutoCommit(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	var got []string
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(rctx, func(_ context.Context, m *sdk.Message) error {
+			mu.Lock()
+			got = append(got, string(m.Body))
+			mu.Unlock()
+			return nil
+		})
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
+	testbroker.WaitFor(t, "the six messages", func() bool { return count() == 6 })
+	committed := func() int64 {
+		d := decodeJSON[describeJSON](t, cli("group", "describe", "--group", "sk", "--topic", "seek", "--json"))
+		return d.Queues[0].Committed
+	}
+	testbroker.WaitFor(t, "the commit of all six", func() bool { return committed() == 6 })
+	if err := c.Seek(sdk.QueueRef{Group: "default", Topic: "seek", Queue: 9}, 0); err == nil {
+		t.Fatal("Seek of a queue the consumer does not hold succeeded")
+	}
+	ref := c.Assigned()
+	var seekRef sdk.QueueRef
+	for _, r := range ref {
+		if r.Topic == "seek" {
+			seekRef = r
+		}
+	}
+	if err := c.Seek(seekRef, 2); err != nil {
+		t.Fatal(err)
+	}
+	testbroker.WaitFor(t, "s2..s5 again", func() bool { return count() == 10 })
+	mu.Lock()
+	again := slices.Clone(got[6:])
+	mu.Unlock()
+	if !slices.Equal(again, []string{"s2", "s3", "s4", "s5"}) {
+		t.Fatalf("after Seek to 2: %v", again)
+	}
+	if err := c.Seek(seekRef, 1); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	<-done
+	testbroker.WaitFor(t, "the commit to follow the seek back", func() bool { return committed() == 1 })
 }

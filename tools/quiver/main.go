@@ -105,7 +105,7 @@ or with --fingerprint, the SHA-256 fingerprint quiverd prints when it starts.
 Without either, ./quiver-data/tls/cert.pem is trusted if it exists.
 
 A broker that checks who calls (tokens, acl) takes --token (or QUIVER_TOKEN),
-or a client certificate (--cert and --key) where it has client_ca.
+or a client certificate (--cert and --cert-key) where it has client_ca.
 
 Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line.`,
 		SilenceUsage:  true,
@@ -125,7 +125,7 @@ Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line
 	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long a send or an admin request may take, retries included")
 	pf.StringVar(&g.token, "token", "", "the credentials to present (default $QUIVER_TOKEN): a token the broker's tokens or ACL accepts")
 	pf.StringVar(&g.cert, "cert", "", "client certificate (PEM) to present, for a broker with client_ca (mutual TLS; with --key)")
-	pf.StringVar(&g.key, "key", "", "private key (PEM) of --cert")
+	pf.StringVar(&g.key, "cert-key", "", "private key (PEM) of --cert")
 	root.AddCommand(produceCmd(g), consumeCmd(g), topicCmd(g), statusCmd(g), clusterCmd(g), adminCmd(g), dlqCmd(g), groupCmd(g), lookupCmd(g))
 	return root
 }
@@ -192,7 +192,7 @@ func (g *globals) client(cmd *cobra.Command, opts ...sdk.Opt) (*sdk.Client, erro
 	}
 	switch {
 	case (g.cert == "") != (g.key == ""):
-		return nil, usagef("--cert and --key go together")
+		return nil, usagef("--cert and --cert-key go together")
 	case g.cert != "":
 		opts = append(opts, sdk.WithClientCertificateFiles(g.cert, g.key))
 	}
