@@ -271,7 +271,8 @@ func (c *Consumer) watch() {
 			}
 			if len(groups) == 0 && !warned {
 				warned = true
-				c.cl.logger.Warn("consumer subscribed to topics that do not exist; waiting for them", "group", c.group, "topics", c.topics)
+				c.cl.logger.Warn("consumer subscribed to topics that do not exist; waiting for them", "group", c.group,
+					"topics", slices.DeleteFunc(slices.Clone(c.topics), func(t string) bool { return t == wire.RetryTopic(c.group) }))
 			}
 			c.mu.Lock()
 			for g := range groups {
