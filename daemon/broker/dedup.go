@@ -29,11 +29,17 @@ import (
 // forgets (its bounds: index/producers.go) is stored again on a retry.
 type dedup struct {
 	mu   sync.Mutex
-	pids map[uint64][]*dedupSend // pending sends by first sequence number
-	free []*dedupSend            // answered, reused: no allocation per send once warm
-	n    int                     // pending sends
+	pids map[uint64]*pidPending
+	free []*dedupSend // answered, reused: no allocation per send once warm
+	n    int          // pending sends
 
 	stored storedLookup // the log's sends; nil in some unit tests
+}
+
+// pidPending is a producer id's sends being stored.
+type pidPending struct {
+	sends    []*dedupSend // by first sequence number
+	resolved uint64       // sends answered so far (claim looks again if it moved)
 }
 
 // dedupSend is one send being stored.
@@ -45,7 +51,7 @@ type dedupSend struct {
 }
 
 func newDedup(stored storedLookup) *dedup {
-	return &dedup{pids: map[uint64][]*dedupSend{}, stored: stored}
+	return &dedup{pids: map[uint64]*pidPending{}, stored: stored}
 }
 
 // claimKind is what claim found.
@@ -60,39 +66,85 @@ const (
 // storedLookup is the index's producer table (Index.StoredSend).
 type storedLookup func(pid, seq uint64, n uint32) (s index.StoredSend, topic string, found, within bool)
 
-// claim looks up c's send (see dedup).
+// claim looks up c's send (see dedup). The producer table is asked
+// without d.mu held (it takes the store's lock, which a store reopen holds
+// while the log's callbacks, which take d.mu, run out); so after it the
+// pending sends are looked at again, and if one of the producer's sends
+// was answered meanwhile (its record may have been stored after the
+// table was asked), the table is asked again.
 func (d *dedup) claim(c *ProduceCall, topic string) (claimKind, index.StoredSend, *wire.Error) {
 	p := &c.In
 	n := uint64(max(p.Count, 1))
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	sends := d.pids[p.ProducerID]
-	i := sort.Search(len(sends), func(i int) bool { return sends[i].seq+sends[i].n > p.Seq })
-	if i < len(sends) && sends[i].seq < p.Seq+n {
-		s := sends[i]
-		if s.seq > p.Seq || p.Seq+n > s.seq+s.n || s.topic != topic {
-			return 0, index.StoredSend{}, overlapErr(p, s.seq, s.n, s.topic)
+	for {
+		d.mu.Lock()
+		if kind, werr, ok := d.pendingLocked(c, topic, n); ok {
+			d.mu.Unlock()
+			return kind, index.StoredSend{}, werr
 		}
-		s.waiters = append(s.waiters, c)
-		return claimWaiting, index.StoredSend{}, nil
-	}
-	if d.stored != nil {
-		if ss, stopic, found, within := d.stored(p.ProducerID, p.Seq, uint32(n)); found {
+		seen := d.pids[p.ProducerID]
+		resolved := uint64(0)
+		if seen != nil {
+			resolved = seen.resolved
+		}
+		d.mu.Unlock()
+		var ss index.StoredSend
+		var stopic string
+		var found, within bool
+		if d.stored != nil {
+			ss, stopic, found, within = d.stored(p.ProducerID, p.Seq, uint32(n))
+		}
+		d.mu.Lock()
+		if cur := d.pids[p.ProducerID]; cur != seen || cur != nil && cur.resolved != resolved {
+			d.mu.Unlock()
+			continue // a send was answered meanwhile: ask again
+		}
+		if kind, werr, ok := d.pendingLocked(c, topic, n); ok {
+			d.mu.Unlock() // claimed meanwhile by a copy of it
+			return kind, index.StoredSend{}, werr
+		}
+		if found {
+			d.mu.Unlock()
 			if !within || stopic != topic {
 				return 0, ss, overlapErr(p, ss.Seq, uint64(ss.Count), stopic)
 			}
 			return claimStored, ss, nil
 		}
+		pp := d.pids[p.ProducerID]
+		if pp == nil {
+			pp = &pidPending{}
+			d.pids[p.ProducerID] = pp
+		}
+		i := sort.Search(len(pp.sends), func(i int) bool { return pp.sends[i].seq+pp.sends[i].n > p.Seq })
+		s := d.newSend()
+		s.seq, s.n, s.topic = p.Seq, n, topic
+		pp.sends = append(pp.sends, nil)
+		copy(pp.sends[i+1:], pp.sends[i:])
+		pp.sends[i] = s
+		d.n++
+		c.dedup = s
+		d.mu.Unlock()
+		return claimNew, index.StoredSend{}, nil
 	}
-	s := d.newSend()
-	s.seq, s.n, s.topic = p.Seq, n, topic
-	sends = append(sends, nil)
-	copy(sends[i+1:], sends[i:])
-	sends[i] = s
-	d.pids[p.ProducerID] = sends
-	d.n++
-	c.dedup = s
-	return claimNew, index.StoredSend{}, nil
+}
+
+// pendingLocked finds c's send among those being stored: ok with
+// claimWaiting (c waits for it) or with an error for an overlap. (d.mu held)
+func (d *dedup) pendingLocked(c *ProduceCall, topic string, n uint64) (claimKind, *wire.Error, bool) {
+	p := &c.In
+	pp := d.pids[p.ProducerID]
+	if pp == nil {
+		return 0, nil, false
+	}
+	i := sort.Search(len(pp.sends), func(i int) bool { return pp.sends[i].seq+pp.sends[i].n > p.Seq })
+	if i == len(pp.sends) || pp.sends[i].seq >= p.Seq+n {
+		return 0, nil, false
+	}
+	s := pp.sends[i]
+	if s.seq > p.Seq || p.Seq+n > s.seq+s.n || s.topic != topic {
+		return 0, overlapErr(p, s.seq, s.n, s.topic), true
+	}
+	s.waiters = append(s.waiters, c)
+	return claimWaiting, nil, true
 }
 
 func overlapErr(p *wire.Produce, seq, n uint64, topic string) *wire.Error {
@@ -116,17 +168,17 @@ func (d *dedup) resolve(producer uint64, s *dedupSend) ([]*ProduceCall, uint64) 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	w, first := s.waiters, s.seq
-	sends := d.pids[producer]
-	i := sort.Search(len(sends), func(i int) bool { return sends[i].seq >= first })
-	if i < len(sends) && sends[i] == s {
-		sends = append(sends[:i], sends[i+1:]...)
-		clear(sends[len(sends):cap(sends)][:1])
-		if len(sends) == 0 && len(d.pids) > 1024 {
-			delete(d.pids, producer) // else kept, empty: no allocation at its next send
-		} else {
-			d.pids[producer] = sends
+	if pp := d.pids[producer]; pp != nil {
+		pp.resolved++
+		i := sort.Search(len(pp.sends), func(i int) bool { return pp.sends[i].seq >= first })
+		if i < len(pp.sends) && pp.sends[i] == s {
+			pp.sends = append(pp.sends[:i], pp.sends[i+1:]...)
+			clear(pp.sends[len(pp.sends):cap(pp.sends)][:1])
+			if len(pp.sends) == 0 && len(d.pids) > 1024 {
+				delete(d.pids, producer) // else kept, empty: no allocation at its next send
+			}
+			d.n--
 		}
-		d.n--
 	}
 	if len(w) > 0 {
 		// The caller answers them after the lock is released: hand over a

@@ -118,3 +118,37 @@ func BenchmarkDedup(b *testing.B) {
 		d.resolve(1, c.dedup)
 	}
 }
+
+// The producer table is asked without the dedup lock held (a store reopen
+// holds the store's lock while the log's callbacks take the dedup lock);
+// a send of the producer answered while it was asked makes claim ask
+// again. Here the retry's first lookup runs just before the first copy's
+// record is stored, and the first copy is answered during it: the retry
+// must then find the stored copy, not be stored again.
+func TestDedupAsksAgainWhenASendWasAnsweredMeanwhile(t *testing.T) {
+	var d *dedup
+	first := &ProduceCall{In: wire.Produce{ProducerID: 7, Seq: 50, Count: 1}}
+	stored, lookups := false, 0
+	d = newDedup(func(pid, seq uint64, n uint32) (index.StoredSend, string, bool, bool) {
+		lookups++
+		if lookups == 1 {
+			stored = true             // the first copy's record lands...
+			d.resolve(7, first.dedup) // ...and it is answered, while this lookup missed it
+			return index.StoredSend{}, "", false, false
+		}
+		if stored && pid == 7 && seq == 50 {
+			return index.StoredSend{Seq: 50, Count: 1, Offset: 9, Pos: 1, Size: 1}, "t", true, true
+		}
+		return index.StoredSend{}, "", false, false
+	})
+	// The first copy was claimed and is being stored (not pending any
+	// more by the time the retry looks at the pending sends: it resolves
+	// during the lookup).
+	d.pids[7] = &pidPending{}
+	first.dedup = d.newSend()
+	retry := dcall(7, 50, 1)
+	kind, ss, werr := d.claim(retry, "t")
+	if werr != nil || kind != claimStored || ss.Offset != 9 || lookups != 2 {
+		t.Fatalf("claim: kind %v %+v %v after %d lookups; want the stored copy after asking again", kind, ss, werr, lookups)
+	}
+}
