@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller clean
+.PHONY: all build test test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
 
 all: build
 
@@ -136,6 +136,13 @@ bench-compare: build
 # (benchmarks/replication.sh; JSON in benchmarks/results/replication/).
 bench-replication: build
 	BIN=$(BIN) BENCH_DURATION=$(BENCH_DURATION) ./benchmarks/replication.sh
+
+# The broker's memory with DELAY_PENDING (default 1,000,000) delayed
+# messages waiting (due 2 h to 30 days ahead): heap after a GC before and
+# after, and RSS.
+DELAY_PENDING ?= 1000000
+bench-delay:
+	QUIVER_DELAY_PENDING=$(DELAY_PENDING) $(GO) test $(LDFLAGS) -count=1 -timeout 30m -run 'TestDelayedPendingMemory' -v ./daemon/itest/ | grep -E 'delayed messages pending|^(ok|FAIL|---)'
 
 # What automatic failover costs the send path: sync sends to a single
 # broker, to three brokers run by hand and to the same three under the

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -675,4 +676,41 @@ func TestTornCommitFollowedByItsOwnRewrittenPage(t *testing.T) {
 			checkRecord(t, l, res, msg(i))
 		}
 	})
+}
+
+// Retention keeps the segment holding RetentionHold's position and every
+// later one, however far over its bounds the log is; with the hold lifted
+// it removes them.
+func TestRetentionKeepsTheHold(t *testing.T) {
+	dir := t.TempDir()
+	o := smallOpts(dir, newEngine(t, "portable"))
+	o.RetentionBytes = o.SegmentSize // one segment
+	o.RetentionCheck = time.Hour     // driven by hand below
+	var hold atomic.Int64
+	o.RetentionHold = hold.Load
+	l := openLog(t, o)
+	defer l.Close()
+	var results []AppendResult
+	for i := 0; i < 2000; i++ {
+		res, err := l.Append(testMessage(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = append(results, res)
+	}
+	if l.Positions().Written < 3*o.SegmentSize {
+		t.Fatalf("only %d bytes written", l.Positions().Written)
+	}
+	held := results[300] // in an early segment
+	hold.Store(held.Pos)
+	l.ApplyRetention()
+	if start := l.Positions().Start; start > held.Pos {
+		t.Fatalf("retention removed up to %d, past the hold at %d", start, held.Pos)
+	}
+	checkRecord(t, l, held, testMessage(300))
+	hold.Store(-1)
+	l.ApplyRetention()
+	if start := l.Positions().Start; start <= held.Pos {
+		t.Fatalf("with the hold lifted the log still starts at %d", start)
+	}
 }

@@ -80,6 +80,10 @@ type Options struct {
 	RetentionAge time.Duration
 	// RetentionBytes deletes the oldest segments while the log is larger (0: no limit).
 	RetentionBytes int64
+	// RetentionHold, when set, is the oldest log position retention must
+	// keep (-1: none): a segment that holds it or anything after it stays
+	// (the broker's undelivered delayed messages).
+	RetentionHold func() int64
 	// RetentionCheck is how often retention runs (default 1 minute).
 	RetentionCheck time.Duration
 	// Truncate cuts the log back to TruncateTo (a record boundary) at open,

@@ -35,6 +35,10 @@ func (l *Log) retainer() {
 // and returns how many it deleted. It runs on a timer; tests call it directly.
 func (l *Log) ApplyRetention() int {
 	now := l.opts.Now()
+	hold := int64(-1)
+	if l.opts.RetentionHold != nil {
+		hold = l.opts.RetentionHold()
+	}
 	l.segMu.Lock()
 	segs := l.segMu.segs
 	drop := 0
@@ -43,6 +47,9 @@ func (l *Log) ApplyRetention() int {
 		s := segs[drop]
 		if s.base+l.opts.SegmentSize > durable {
 			break // not all synced yet (async mode may still sync it)
+		}
+		if hold >= 0 && s.base+l.opts.SegmentSize > hold {
+			break // holds what must be kept
 		}
 		tooOld := false
 		if l.opts.RetentionAge > 0 {

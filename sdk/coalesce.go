@@ -65,7 +65,7 @@ type coalescer struct {
 
 // coalescable reports whether op may share a frame.
 func (op *sendOp) coalescable() bool {
-	return !op.p.cfg.noCoalesce && !op.alone && !op.fixed && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
+	return !op.p.cfg.noCoalesce && !op.alone && !op.fixed && op.deliverAt == 0 && len(op.req.Key) == 0 && len(op.req.Tags) == 0 &&
 		op.req.Count == 1 && op.req.Flags == 0 && op.req.Seq == 0 // a retry keeps its own sequence number
 }
 

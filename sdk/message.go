@@ -25,6 +25,11 @@ type Message struct {
 	Tags    []byte
 	Headers []Header
 	Body    []byte
+	// DeliverAt, for Send and SendAsync, makes the message visible to
+	// consumers at that time (1 s to 30 days ahead; sooner: at once). The
+	// broker keeps it until then, across restarts and failovers; its
+	// SendResult is the position of that scheduled copy.
+	DeliverAt time.Time
 
 	// Set on received messages.
 	Group      string // the broker group of its queue

@@ -158,8 +158,8 @@ func outboxable(err error) bool {
 // fsyncs.
 func (p *Producer) settle(op *sendOp) {
 	o := p.out
-	if o == nil || op.fromOutbox || op.err == nil {
-		return
+	if o == nil || op.fromOutbox || op.err == nil || op.deliverAt != 0 {
+		return // (the outbox keeps no delivery time: a delayed send is not outboxed)
 	}
 	behind := errors.Is(op.err, errBehindKey)
 	if !behind && !outboxable(op.err) {

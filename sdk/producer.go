@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -209,6 +210,7 @@ type sendOp struct {
 	alone      bool // never coalesced again (its batch was refused as a whole)
 	fixed      bool // a keyless send to queue fixedQ of whichever group (redelivery.go)
 	fixedQ     uint32
+	deliverAt  int64 // a delayed send (unix ns; Message.DeliverAt)
 	start      time.Time
 	attemptEnd time.Time  // its attempt's end, set when its coalesced frame goes
 	coal       *coalescer // the coalescer whose frame slot this lone attempt holds
@@ -281,6 +283,9 @@ func (p *Producer) startAsync(ctx context.Context, op *sendOp, cb func(SendResul
 // is never reported and never retried. Use Send or SendAsync for anything
 // that matters.
 func (p *Producer) SendOneway(ctx context.Context, m *Message) error {
+	if !m.DeliverAt.IsZero() {
+		return errors.New("quiver: SendOneway with DeliverAt: use Send or SendAsync")
+	}
 	op, err := p.newOp(ctx, m)
 	if err != nil {
 		return err
@@ -331,9 +336,12 @@ func (p *Producer) newBatchOp(ctx context.Context, msgs []*Message) (*sendOp, er
 		return nil, errors.New("quiver: empty batch")
 	}
 	topic := msgs[0].Topic
-	for _, m := range msgs[1:] {
+	for _, m := range msgs {
 		if m.Topic != topic {
 			return nil, fmt.Errorf("quiver: a batch goes to one topic, not %s and %s", topic, m.Topic)
+		}
+		if !m.DeliverAt.IsZero() {
+			return nil, errors.New("quiver: a batch with DeliverAt: delayed messages go with Send or SendAsync")
 		}
 	}
 	body, flags, err := packBatch(msgs, p.cfg.compression)
@@ -362,6 +370,13 @@ func (p *Producer) newOp(ctx context.Context, m *Message) (*sendOp, error) {
 		return nil, err
 	}
 	op.req.ClientTime = op.start.UnixNano()
+	if !m.DeliverAt.IsZero() {
+		if m.DeliverAt.After(op.start.Add(time.Duration(wire.MaxDelay))) {
+			p.release(op)
+			return nil, fmt.Errorf("quiver: deliver at %s: more than 30 days ahead", m.DeliverAt.Format(time.RFC3339))
+		}
+		op.deliverAt = m.DeliverAt.UnixNano()
+	}
 	op.queued = p.out != nil && p.out.keyPending(m.Topic, m.Key)
 	return op, nil
 }
@@ -491,7 +506,11 @@ func (op *sendOp) sendFrame(s *session, now, attemptEnd time.Time) {
 	c.cb = op.onAnswer
 	op.start = now
 	st := s.streams[streamProduce]
-	b, start, err := st.begin(c, wire.TypeProduce, attemptEnd.UnixNano())
+	typ := wire.TypeProduce
+	if op.deliverAt != 0 {
+		typ = wire.TypeProduceAt
+	}
+	b, start, err := st.begin(c, typ, attemptEnd.UnixNano())
 	if err != nil {
 		c.release()
 		co := op.coal
@@ -505,6 +524,9 @@ func (op *sendOp) sendFrame(s *session, now, attemptEnd time.Time) {
 	op.sending = true
 	p.cl.faults.begin(bc.addr)
 	op.idempotent()
+	if op.deliverAt != 0 {
+		b = binary.LittleEndian.AppendUint64(b, uint64(op.deliverAt)) // ProduceAt: the time, then the Produce
+	}
 	// After end the answer may complete (and recycle) op at once: nothing
 	// of op is touched past this line.
 	st.end(c, op.req.Append(b), start)

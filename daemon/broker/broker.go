@@ -103,7 +103,8 @@ type Broker struct {
 	// its log to follow a new leader. Readers hold it shared only while
 	// they use them, never while they wait.
 	stMu  sync.RWMutex
-	dedup *dedup // idempotent sends (dedup.go)
+	dedup *dedup   // idempotent sends (dedup.go)
+	delay *delayer // delayed delivery (delay.go)
 	st    *store.Store
 	log   *qlog.Log
 	disk  *diskWatch
@@ -144,6 +145,7 @@ func New(o Options) (*Broker, error) {
 	}
 	b := &Broker{opts: o, logger: o.Logger.With("component", "broker"), start: time.Now(), stop: make(chan struct{})}
 	b.dedup = newDedup(b.storedSend)
+	b.delay = newDelayer(b)
 	b.topics.m = map[string]*topic{}
 	b.waiters.m = map[waitKey][]chan struct{}{}
 	b.metrics = newMetrics(b)
@@ -167,7 +169,11 @@ func New(o Options) (*Broker, error) {
 		return nil, err
 	}
 	b.startCluster()
-	b.bg.Add(3)
+	b.bg.Add(4)
+	go func() {
+		defer b.bg.Done()
+		b.delay.run(b.stop)
+	}()
 	go b.ctl.snapshotLoop()
 	go func() {
 		defer b.bg.Done()
@@ -187,6 +193,7 @@ func (b *Broker) openStore(truncate bool, to int64) error {
 	so.Dir = b.opts.Dir
 	so.Logger = b.opts.Logger
 	so.Notify = b.dispatched
+	so.Log.RetentionHold = b.delay.Hold
 	so.Log.Truncate, so.Log.TruncateTo = truncate, to
 	st, err := store.Open(so)
 	if err != nil {

@@ -98,7 +98,12 @@ func (c *control) committed(group string, q wire.QueueRef) int64 {
 func (c *control) hasGroups() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return len(c.offs) > 0
+	for g := range c.offs {
+		if g != delayGroup { // the delayer's progress
+			return true
+		}
+	}
+	return false
 }
 
 // groupOffsets returns a copy of a group's committed offsets.

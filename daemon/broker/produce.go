@@ -22,6 +22,9 @@ type ProduceCall struct {
 	Owner any    // the caller's (the stream that answers)
 	ReqID uint64 // the caller's
 	Buf   *[]byte
+	// DeliverAt (unix ns), when set, makes the send's messages visible at
+	// that time (delay.go): stored in the delay topic until then.
+	DeliverAt int64
 
 	msg          qlog.Message
 	onAppend     func(qlog.AppendResult, error) // bound once per pooled call
@@ -33,6 +36,7 @@ type ProduceCall struct {
 	leader       *replica.Leader // min-insync: the leader it was accepted by
 	dedup        *dedupSend      // an idempotent send this call stores (dedup.go)
 	retry        bool            // answered with a copy the log holds (dedup.go)
+	delayed      []byte          // a delayed send's envelope and body (delay.go)
 }
 
 var callPool sync.Pool
@@ -52,6 +56,10 @@ func NewProduceCall() *ProduceCall { return callPool.Get().(*ProduceCall) }
 
 func (c *ProduceCall) release() {
 	c.In, c.Owner, c.Buf, c.Reply, c.msg, c.b, c.leader, c.dedup, c.retry = wire.Produce{}, nil, nil, nil, qlog.Message{}, nil, nil, nil, false
+	c.DeliverAt, c.delayed = 0, c.delayed[:0]
+	if cap(c.delayed) > 64<<10 {
+		c.delayed = nil // a pooled call keeps no large body
+	}
 	callPool.Put(c)
 }
 
@@ -102,10 +110,18 @@ func (b *Broker) Produce(c *ProduceCall) {
 		c.leader, werr = b.replicaCheck()
 	}
 	c.epoch = b.repl.epoch.Load()
+	// A delayed send is stored in the delay topic until its time.
+	stored := t
+	if werr == nil && c.DeliverAt != 0 {
+		var dt *topic
+		if dt, werr = b.delayTopic(c.DeliverAt, c.start); dt != nil {
+			stored = dt
+		}
+	}
 	kind := claimNew
-	var stored index.StoredSend
+	var found index.StoredSend
 	if werr == nil && p.ProducerID != 0 {
-		kind, stored, werr = b.dedup.claim(c, t.name)
+		kind, found, werr = b.dedup.claim(c, stored.name)
 	}
 	if werr != nil {
 		b.metrics.produceFailed(werr.Code)
@@ -122,10 +138,10 @@ func (b *Broker) Produce(c *ProduceCall) {
 		// the stored copy once that is on the in-sync followers.
 		b.metrics.dedupHits.Inc()
 		c.retry = true
-		ack := ackAt(wire.ProduceAck{Queue: stored.Queue, Offset: stored.Offset, StoreTime: stored.StoreTime, Epoch: c.epoch}, stored.Seq, p.Seq)
+		ack := ackAt(wire.ProduceAck{Queue: found.Queue, Offset: found.Offset, StoreTime: found.StoreTime, Epoch: c.epoch}, found.Seq, p.Seq)
 		if c.leader != nil {
 			c.ack = ack
-			c.leader.WaitAcks(stored.Pos+int64(stored.Size), time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
+			c.leader.WaitAcks(found.Pos+int64(found.Size), time.Now().Add(b.opts.Replication.AckTimeout), c.onReplicated)
 			return
 		}
 		c.reply(ack, nil)
@@ -141,6 +157,10 @@ func (b *Broker) Produce(c *ProduceCall) {
 	}
 	c.msg = qlog.Message{Topic: t.name, QueueID: q, Flags: p.Flags, Count: p.Count, ClientTime: p.ClientTime,
 		Key: p.Key, Tags: p.Tags, Headers: p.Headers, Body: p.Body, ProducerID: p.ProducerID, Seq: p.Seq}
+	if stored != t {
+		c.delayed = appendEnvelope(c.delayed[:0], t.name, q, c.DeliverAt, p.Body)
+		c.msg.Topic, c.msg.QueueID, c.msg.Body = stored.name, delayQueue(c.DeliverAt), c.delayed
+	}
 	switch p.Durability {
 	case wire.DurabilitySync:
 		c.msg.Ack = qlog.AckSync

@@ -111,7 +111,9 @@ func (b *Broker) Status() wire.Status {
 	}
 	b.topics.RUnlock()
 
-	s.Groups = b.groups.status(now, b.ctl.groupOffsets(), maxOf)
+	offs := b.ctl.groupOffsets()
+	delete(offs, delayGroup) // the delayer's progress, not a consumer group
+	s.Groups = b.groups.status(now, offs, maxOf)
 	s.Replication = b.replicationStatus()
 	return s
 }

@@ -71,9 +71,18 @@ func (st *stream) serve() {
 func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 	s := st.c.s
 	switch h.Type {
-	case wire.TypeProduce:
+	case wire.TypeProduce, wire.TypeProduceAt:
 		call := broker.NewProduceCall()
-		if err := wire.DecodeProduce(payload, &call.In); err != nil {
+		var err error
+		if h.Type == wire.TypeProduce {
+			err = wire.DecodeProduce(payload, &call.In)
+		} else {
+			var pa wire.ProduceAt
+			if err = wire.DecodeProduceAt(payload, &pa); err == nil {
+				call.In, call.DeliverAt = pa.Produce, pa.DeliverAt
+			}
+		}
+		if err != nil {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeInvalid, Message: err.Error()})
 			return true

@@ -339,6 +339,29 @@ func (b *Broker) Get(path string) []byte {
 	return body
 }
 
+// RSS is the broker process's resident memory (VmRSS), in bytes.
+func (b *Broker) RSS() int64 {
+	b.t.Helper()
+	b.mu.Lock()
+	pid := b.cmd.Process.Pid
+	b.mu.Unlock()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				b.t.Fatalf("VmRSS %q", rest)
+			}
+			return kb << 10
+		}
+	}
+	b.t.Fatal("no VmRSS in /proc/PID/status")
+	return 0
+}
+
 // Metric is the value of a metric line of /metrics: its name, with its
 // labels as Prometheus prints them (`name{label="v"}`); 0 if absent.
 func (b *Broker) Metric(name string) float64 {

@@ -49,7 +49,8 @@ const (
 	TypeLookup      Type = 32 // a topic's messages with a key
 	TypeLookupResp  Type = 33
 	TypeFetchTags   Type = 34 // a Fetch of the messages with some tags (tags.go), answered with FetchResp
-	typeLimit            = 35
+	TypeProduceAt   Type = 35 // a Produce delivered at a time (delay.go), answered with ProduceAck
+	typeLimit            = 36
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and

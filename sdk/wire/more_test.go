@@ -49,6 +49,12 @@ func samples() map[Type]struct {
 				err := DecodeFetchTags(b, &m)
 				return m.Append(nil), err
 			}},
+		TypeProduceAt: {(&ProduceAt{DeliverAt: 1 << 60, Produce: Produce{Topic: "orders", Queue: AnyQueue, Count: 1, Body: []byte("b"), ProducerID: 3, Seq: 4}}).Append(nil),
+			func(b []byte) ([]byte, error) {
+				var m ProduceAt
+				err := DecodeProduceAt(b, &m)
+				return m.Append(nil), err
+			}},
 		TypeLookup: {(&Lookup{Topic: "orders", Key: []byte("k"), Max: 10}).Append(nil), func(b []byte) ([]byte, error) {
 			var m Lookup
 			err := DecodeLookup(b, &m)

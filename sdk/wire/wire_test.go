@@ -232,6 +232,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeLookup(b, &Lookup{})
 	case TypeFetchTags:
 		DecodeFetchTags(b, &FetchTags{})
+	case TypeProduceAt:
+		DecodeProduceAt(b, &ProduceAt{})
 	case TypeLookupResp:
 		DecodeLookupResp(b, &LookupResp{})
 	case TypeOK, TypeStatus:

@@ -313,3 +313,27 @@ func TestSeek(t *testing.T) {
 	<-done
 	testbroker.WaitFor(t, "the commit to follow the seek back", func() bool { return committed() == 1 })
 }
+
+// produce --delay: the line is consumed only once its delay passed.
+func TestProduceDelay(t *testing.T) {
+	b, cli, _, _, _ := withTopic(t, "delayed", 1)
+	sent := time.Now()
+	must(t, runCLI(t, noEnv, "soon\n", with(b, "produce", "--topic", "delayed", "--delay", "2s")...))
+	r := must(t, cli("consume", "--topic", "delayed", "--group", "d", "--count", "1", "--format", `%s %T\n`))
+	var body string
+	var ms int64
+	if _, err := fmt.Sscanf(r.stdout, "%s %d", &body, &ms); err != nil || body != "soon" {
+		t.Fatalf("consume: %q %v", r.stdout, err)
+	}
+	if got := time.Since(sent); got < 2*time.Second {
+		t.Fatalf("a message sent with --delay 2s was consumed after %v", got)
+	}
+	if time.UnixMilli(ms).Before(sent.Add(2 * time.Second)) {
+		t.Fatalf("stored (visible) at %v, %v after it was sent", time.UnixMilli(ms), time.UnixMilli(ms).Sub(sent))
+	}
+	for _, bad := range [][]string{{"--delay", "-1s"}, {"--delay", "800h"}, {"--delay", "2s", "--deliver-at", "2030-01-01T00:00:00Z"}, {"--deliver-at", "tomorrow"}} {
+		if r := runCLI(t, noEnv, "x\n", with(b, append([]string{"produce", "--topic", "delayed"}, bad...)...)...); r.code != 2 {
+			t.Fatalf("produce %q: %v", bad, r)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,9 +21,11 @@ func produceCmd(g *globals) *cobra.Command {
 		durability string
 		spec       sendSpec
 		headers    []string
+		delay      time.Duration
+		deliverAt  string
 	)
 	cmd := &cobra.Command{
-		Use:   "produce --topic T [--key K | --key-delim D] [--tag T] [--header k=v]... [--acks] [--durability sync|async]",
+		Use:   "produce --topic T [--key K | --key-delim D] [--tag T] [--header k=v]... [--delay D | --deliver-at TIME] [--acks] [--durability sync|async]",
 		Short: "Send each line of stdin as one message",
 		Long: `produce sends each line of stdin (without its newline) as one message to
 --topic, one at a time: a line is sent once the previous one was acknowledged.
@@ -30,6 +33,9 @@ Every message gets the key --key, or, with --key-delim D, each line is
 "<key>D<body>" (split at the first D; a line without D is refused); the tags
 --tag; and the headers --header k=v (repeatable, in order). A message with a
 key goes to its key's queue, and a key's messages are consumed in order.
+With --delay or --deliver-at consumers see each message only from then on
+(the broker keeps it until its time; --acks then prints the position of that
+scheduled copy).
 With --acks it prints "<line number> <queue> <offset>" for each acknowledged
 line as soon as the acknowledgement arrives (line numbers start at 1). A send
 that fails stops it with the error, which names every attempt.`,
@@ -44,6 +50,20 @@ that fails stops it with the error, which names every attempt.`,
 			}
 			if err := spec.check(headers); err != nil {
 				return err
+			}
+			switch {
+			case delay != 0 && deliverAt != "":
+				return usagef("--delay and --deliver-at: give one")
+			case delay < 0 || delay > 30*24*time.Hour:
+				return usagef("--delay %v: 1s to 30 days", delay)
+			case delay > 0:
+				spec.delay = delay
+			case deliverAt != "":
+				t, err := time.Parse(time.RFC3339Nano, deliverAt)
+				if err != nil {
+					return usagef("--deliver-at %q: want an RFC 3339 time", deliverAt)
+				}
+				spec.at = t
 			}
 			cl, err := g.client(cmd)
 			if err != nil {
@@ -64,6 +84,8 @@ that fails stops it with the error, which names every attempt.`,
 	f.StringVar(&spec.delim, "key-delim", "", `each line is "<key><delim><body>"`)
 	f.StringVar(&spec.tags, "tag", "", "the tags of every message")
 	f.StringArrayVar(&headers, "header", nil, "a header k=v of every message (repeatable)")
+	f.DurationVar(&delay, "delay", 0, "make each message visible to consumers this long after it is sent (1s to 30 days)")
+	f.StringVar(&deliverAt, "deliver-at", "", "make the messages visible to consumers at this time (RFC 3339, up to 30 days ahead)")
 	f.BoolVar(&acks, "acks", false, `print "<line> <queue> <offset>" for each acknowledged line`)
 	f.StringVar(&durability, "durability", "", "sync (acknowledged once on disk) or async (once written); default: the broker's setting")
 	return cmd
@@ -89,6 +111,8 @@ const maxLine = wire.MaxBodyLen + 1
 type sendSpec struct {
 	key, delim, tags string
 	headers          []sdk.Header
+	delay            time.Duration // from each line's send
+	at               time.Time
 }
 
 // check validates the flags and parses the headers.
@@ -116,7 +140,10 @@ func (s *sendSpec) check(headers []string) error {
 
 // message is the message of one input line.
 func (s *sendSpec) message(topic string, line []byte) (*sdk.Message, error) {
-	m := &sdk.Message{Topic: topic, Body: line, Headers: s.headers}
+	m := &sdk.Message{Topic: topic, Body: line, Headers: s.headers, DeliverAt: s.at}
+	if s.delay > 0 {
+		m.DeliverAt = time.Now().Add(s.delay)
+	}
 	if s.tags != "" {
 		m.Tags = []byte(s.tags)
 	}
