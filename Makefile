@@ -139,10 +139,11 @@ bench-replication: build
 
 # The broker's memory with DELAY_PENDING (default 1,000,000) delayed
 # messages waiting (due 2 h to 30 days ahead): heap after a GC before and
-# after, and RSS.
+# after, and RSS; and how fast DELAY_BURST (20,000) due at once arrive.
 DELAY_PENDING ?= 1000000
 bench-delay:
-	QUIVER_DELAY_PENDING=$(DELAY_PENDING) $(GO) test $(LDFLAGS) -count=1 -timeout 30m -run 'TestDelayedPendingMemory' -v ./daemon/itest/ | grep -E 'delayed messages pending|^(ok|FAIL|---)'
+	QUIVER_DELAY_PENDING=$(DELAY_PENDING) QUIVER_DELAY_BURST=$${DELAY_BURST:-20000} $(GO) test $(LDFLAGS) -count=1 -timeout 30m \
+		-run 'TestDelayedPendingMemory|TestDelayedBurst' -v ./daemon/itest/ | grep -E 'delayed messages|^(ok|FAIL|---)'
 
 # What automatic failover costs the send path: sync sends to a single
 # broker, to three brokers run by hand and to the same three under the

@@ -468,11 +468,13 @@ func (m *membership) commit(ctx context.Context, qs []*queueState) error {
 	defer m.commitMu.Unlock()
 	req := wire.Commit{Group: c.group, Member: c.member}
 	var sent []*queueState
+	var epochs []uint64
 	for _, q := range qs {
 		q.mu.Lock()
 		if q.hasDone && (!q.hasCommit || q.done > q.committed) {
 			req.Offsets = append(req.Offsets, wire.OffsetCommit{QueueRef: q.ref, Offset: q.done})
 			sent = append(sent, q)
+			epochs = append(epochs, q.epoch)
 		}
 		q.mu.Unlock()
 	}
@@ -488,7 +490,8 @@ func (m *membership) commit(ctx context.Context, qs []*queueState) error {
 	call.release()
 	for i, q := range sent {
 		q.mu.Lock()
-		if !q.hasCommit || req.Offsets[i].Offset > q.committed {
+		// A Seek while it was on its way: the sought offset is committed next.
+		if q.epoch == epochs[i] && (!q.hasCommit || req.Offsets[i].Offset > q.committed) {
 			q.committed, q.hasCommit = req.Offsets[i].Offset, true
 		}
 		q.mu.Unlock()

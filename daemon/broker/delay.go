@@ -210,8 +210,13 @@ func (d *delayer) tick(now time.Time) {
 	for len(d.h) > 0 && d.h[0].at <= nowNs {
 		m := d.h[0]
 		if err := d.deliver(m); err != nil {
-			d.b.logger.Warn("delayed message not delivered yet; retried", "queue", m.queue, "offset", m.off, "err", err)
-			return // retried at the next tick
+			var werr *wire.Error
+			if !errors.As(err, &werr) || werr.Retryable() {
+				d.b.logger.Warn("delayed message not delivered yet; retried", "queue", m.queue, "offset", m.off, "err", err)
+				return // retried at the next tick
+			}
+			// It can never be stored (it would hold up every later one).
+			d.b.logger.Error("delayed message cannot be delivered; left in the delay topic", "queue", m.queue, "offset", m.off, "err", err)
 		}
 		heap.Pop(&d.h)
 		d.waiting[m.queue]--
@@ -347,7 +352,7 @@ func (d *delayer) deliver(m delayed) error {
 	c.Reply = func(_ *ProduceCall, _ wire.ProduceAck, werr *wire.Error) { done <- werr }
 	d.b.Produce(c)
 	if werr := <-done; werr != nil {
-		return werr
+		return werr // a *wire.Error (tick tells permanent refusals)
 	}
 	return nil
 }

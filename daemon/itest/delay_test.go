@@ -259,3 +259,51 @@ func heapAlloc(t *testing.T, b *testbroker.Broker) int64 {
 	t.Fatal("no HeapAlloc in the heap profile")
 	return 0
 }
+
+// How fast the delayer stores a burst: QUIVER_DELAY_BURST messages (make
+// bench-delay runs 20,000) due at the same instant; the time from then to
+// the last one's arrival at a consumer.
+func TestDelayedBurst(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("QUIVER_DELAY_BURST"))
+	if n <= 0 {
+		t.Skip("set QUIVER_DELAY_BURST (make bench-delay)")
+	}
+	_, ctx, p, a := later(t)
+	due := time.Now().Add(5 * time.Second)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		if err := p.SendAsync(ctx, &sdk.Message{Topic: "later", Body: []byte(fmt.Sprint(i)), DeliverAt: due}, func(_ sdk.SendResult, err error) {
+			if err != nil {
+				t.Error(err)
+			}
+			wg.Done()
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	if time.Now().After(due) {
+		t.Fatalf("sending %d took past their time", n)
+	}
+	for deadline := due.Add(10 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		a.mu.Lock()
+		got := len(a.got)
+		a.mu.Unlock()
+		if got == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d delivered 10 minutes after their time", got, n)
+		}
+	}
+	var last time.Time
+	a.mu.Lock()
+	for _, ts := range a.got {
+		if ts[0].After(last) {
+			last = ts[0]
+		}
+	}
+	a.mu.Unlock()
+	t.Logf("%d delayed messages due at once: the last arrived %v after their time (%.0f/s)", n, last.Sub(due).Round(time.Millisecond), float64(n)/last.Sub(due).Seconds())
+}
