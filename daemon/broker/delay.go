@@ -40,6 +40,7 @@ const (
 	delaySlack     = time.Hour // beyond wire.MaxDelay, for clocks
 	delayTick      = 100 * time.Millisecond
 	delayPID       = uint64(0xde1a7) << 40
+	delayBatch     = 256 // due messages stored at once
 )
 
 // delayQueue is the delay queue of a delivery time.
@@ -128,6 +129,7 @@ type delayer struct {
 	peekOff  [delayQueues]uint64
 	peekHour [delayQueues]int64
 	h        delayHeap
+	batch    []delayed
 	ents     []index.Entry
 	rec      []byte
 	r        qlog.Record
@@ -208,18 +210,32 @@ func (d *delayer) tick(now time.Time) {
 		d.load(q, nowNs)
 	}
 	for len(d.h) > 0 && d.h[0].at <= nowNs {
-		m := d.h[0]
-		if err := d.deliver(m); err != nil {
-			var werr *wire.Error
-			if !errors.As(err, &werr) || werr.Retryable() {
-				d.b.logger.Warn("delayed message not delivered yet; retried", "queue", m.queue, "offset", m.off, "err", err)
-				return // retried at the next tick
-			}
-			// It can never be stored (it would hold up every later one).
-			d.b.logger.Error("delayed message cannot be delivered; left in the delay topic", "queue", m.queue, "offset", m.off, "err", err)
+		// Up to delayBatch due messages at once, in due order.
+		batch := d.batch[:0]
+		for len(d.h) > 0 && d.h[0].at <= nowNs && len(batch) < delayBatch {
+			batch = append(batch, heap.Pop(&d.h).(delayed))
 		}
-		heap.Pop(&d.h)
-		d.waiting[m.queue]--
+		d.batch = batch
+		errs := d.deliverAll(batch)
+		retry := false
+		for i, m := range batch {
+			err := errs[i]
+			if err != nil {
+				var werr *wire.Error
+				if !errors.As(err, &werr) || werr.Retryable() {
+					d.b.logger.Warn("delayed message not delivered yet; retried", "queue", m.queue, "offset", m.off, "err", err)
+					heap.Push(&d.h, m) // retried at the next tick
+					retry = true
+					continue
+				}
+				// It can never be stored (it would hold up every later one).
+				d.b.logger.Error("delayed message cannot be delivered; left in the delay topic", "queue", m.queue, "offset", m.off, "err", err)
+			}
+			d.waiting[m.queue]--
+		}
+		if retry {
+			break
+		}
 	}
 	for q := range uint32(delayQueues) {
 		if d.hour[q] != 0 && d.waiting[q] == 0 && !d.more(q) {
@@ -327,32 +343,45 @@ func (d *delayer) complete(q uint32) {
 	d.from[q], d.hour[q] = d.end[q], 0
 }
 
-// deliver stores m in its target queue, as a produce of the broker's own.
-func (d *delayer) deliver(m delayed) error {
-	d.b.stMu.RLock()
-	var err error
-	d.rec, err = d.b.log.ReadRecord(m.pos, m.size, d.rec)
-	d.b.stMu.RUnlock()
-	if err != nil {
-		return err
+// deliverAll stores each message of ms in its target queue, as produces
+// of the broker's own, all at once; it returns each one's error.
+func (d *delayer) deliverAll(ms []delayed) []error {
+	errs := make([]error, len(ms))
+	done := make(chan struct{}, len(ms))
+	started := 0
+	for i, m := range ms {
+		d.b.stMu.RLock()
+		rec, err := d.b.log.ReadRecord(m.pos, m.size, nil) // its own: the produce keeps it until answered
+		d.b.stMu.RUnlock()
+		var r qlog.Record
+		if err == nil {
+			_, err = qlog.DecodeRecord(rec, &r)
+		}
+		var topic string
+		var queue uint32
+		var body []byte
+		if err == nil {
+			topic, queue, _, body, err = openEnvelope(r.Body)
+		}
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		c := NewProduceCall()
+		c.In = wire.Produce{Topic: topic, Queue: int32(queue), Flags: r.Flags &^ (qlog.FlagProducer | qlog.FlagControl), Count: r.Count,
+			ClientTime: r.ClientTime, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: body,
+			ProducerID: delayPID | uint64(m.queue), Seq: m.off + 1}
+		c.Reply = func(_ *ProduceCall, _ wire.ProduceAck, werr *wire.Error) {
+			if werr != nil {
+				errs[i] = werr // a *wire.Error: tick tells permanent refusals
+			}
+			done <- struct{}{}
+		}
+		started++
+		d.b.Produce(c)
 	}
-	r := &d.r
-	if _, err := qlog.DecodeRecord(d.rec, r); err != nil {
-		return err
+	for range started {
+		<-done
 	}
-	topic, queue, _, body, err := openEnvelope(r.Body)
-	if err != nil {
-		return err
-	}
-	done := make(chan *wire.Error, 1)
-	c := NewProduceCall()
-	c.In = wire.Produce{Topic: topic, Queue: int32(queue), Flags: r.Flags &^ (qlog.FlagProducer | qlog.FlagControl), Count: r.Count,
-		ClientTime: r.ClientTime, Key: r.Key, Tags: r.Tags, Headers: r.Headers, Body: body,
-		ProducerID: delayPID | uint64(m.queue), Seq: m.off + 1}
-	c.Reply = func(_ *ProduceCall, _ wire.ProduceAck, werr *wire.Error) { done <- werr }
-	d.b.Produce(c)
-	if werr := <-done; werr != nil {
-		return werr // a *wire.Error (tick tells permanent refusals)
-	}
-	return nil
+	return errs
 }
