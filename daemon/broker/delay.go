@@ -120,6 +120,7 @@ type delayer struct {
 
 	// Owned by the delayer's goroutine.
 	leading bool
+	held    time.Time           // when hold was computed
 	from    [delayQueues]uint64 // first offset not known delivered
 	hour    [delayQueues]int64  // the hour loaded (0: none)
 	end     [delayQueues]uint64 // loaded up to
@@ -158,7 +159,12 @@ func (d *delayer) step() {
 		d.leading = leading
 	}
 	d.loadProgress()
-	d.updateHold()
+	if time.Since(d.held) >= time.Second {
+		// Once a second is enough: a stale hold is older, keeping more;
+		// a message stored since is in the newest segment, never removed.
+		d.updateHold()
+		d.held = time.Now()
+	}
 	if leading {
 		d.tick(time.Now())
 	}

@@ -239,6 +239,11 @@ func TestDelayedPendingMemory(t *testing.T) {
 	took := time.Since(start)
 	rss1 := b.RSS()
 	heap1 := heapAlloc(t, b)
+	// What the waiting messages cost the broker when nothing else happens.
+	cpu0 := b.CPU()
+	time.Sleep(5 * time.Second) // the span measured
+	idle := b.CPU() - cpu0
+	t.Logf("idle with %d delayed messages waiting: %.1f%% of a core", n, 100*idle.Seconds()/5)
 	t.Logf("%d delayed messages pending (sent in %v, %.0f/s): broker heap in use after a GC %.1f MiB before, %.1f MiB after (%.1f bytes per pending message); RSS %.1f MiB, %.1f MiB (the log's and the server's fixed buffers fill as they are touched)",
 		n, took.Round(time.Second), float64(n)/took.Seconds(), float64(heap0)/(1<<20), float64(heap1)/(1<<20), float64(heap1-heap0)/float64(n),
 		float64(rss0)/(1<<20), float64(rss1)/(1<<20))

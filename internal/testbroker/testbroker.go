@@ -339,13 +339,31 @@ func (b *Broker) Get(path string) []byte {
 	return body
 }
 
+// CPU is the CPU time the broker process has used so far.
+func (b *Broker) CPU() time.Duration {
+	b.t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", b.pid()))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	// The fields after the command (in parentheses): utime and stime are
+	// the 14th and 15th of the line, in clock ticks (100 a second on Linux).
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+func (b *Broker) pid() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cmd.Process.Pid
+}
+
 // RSS is the broker process's resident memory (VmRSS), in bytes.
 func (b *Broker) RSS() int64 {
 	b.t.Helper()
-	b.mu.Lock()
-	pid := b.cmd.Process.Pid
-	b.mu.Unlock()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.pid()))
 	if err != nil {
 		b.t.Fatal(err)
 	}
