@@ -35,6 +35,7 @@ import (
 // undelivered message needs, which retention keeps (Hold).
 const (
 	delayTopicName = "__delay"
+	delayAtTopic   = "__delay-at" // the group's commits for it: each queue's time watermark
 	delayGroup     = "__delay"
 	delayQueues    = 744
 	delaySlack     = time.Hour // beyond wire.MaxDelay, for clocks
@@ -122,9 +123,17 @@ type delayer struct {
 	leading bool
 	held    time.Time           // when hold was computed
 	from    [delayQueues]uint64 // first offset not known delivered
-	hour    [delayQueues]int64  // the hour loaded (0: none)
-	end     [delayQueues]uint64 // loaded up to
-	waiting [delayQueues]int    // of its loaded messages, not stored yet
+	// upto: in the hour being delivered, every message due at or before
+	// it was stored (committed as group __delay's offset of __delay-at/q,
+	// at most every second): a new leader skips them. done counts the
+	// deliveries since the last such commit.
+	upto     [delayQueues]int64
+	uptoSent [delayQueues]int64
+	done     [delayQueues]int
+	uptoAt   time.Time
+	hour     [delayQueues]int64  // the hour loaded (0: none)
+	end      [delayQueues]uint64 // loaded up to
+	waiting  [delayQueues]int    // of its loaded messages, not stored yet
 	// The hour of the first message at peekOff, when that hour had not
 	// begun: the queue is not read again until it begins.
 	peekOff  [delayQueues]uint64
@@ -177,13 +186,45 @@ func (d *delayer) reset() {
 	d.peekHour = [delayQueues]int64{}
 }
 
-// loadProgress raises each queue's start to its committed progress (a
-// new leader's, or after a commit of the old one replicated here).
+// loadProgress raises each queue's start and time watermark to its
+// committed progress (a new leader's, or after a commit of the old one
+// replicated here).
 func (d *delayer) loadProgress() {
 	for q := range uint32(delayQueues) {
 		if c := d.b.ctl.committed(delayGroup, wire.QueueRef{Topic: delayTopicName, Queue: q}); c != wire.NoOffset && uint64(c) > d.from[q] {
 			d.from[q] = uint64(c)
 		}
+		if c := d.b.ctl.committed(delayGroup, wire.QueueRef{Topic: delayAtTopic, Queue: q}); c != wire.NoOffset && c > d.upto[q] {
+			d.upto[q] = c
+			d.uptoSent[q] = max(d.uptoSent[q], c)
+		}
+	}
+}
+
+// commitUpto commits the time watermarks that moved: at most every second,
+// or at once for a queue with 4,096 deliveries since its last (a new
+// leader re-stores what was delivered after the last commit, and the
+// producer table answers for the last 16,384 of a queue).
+func (d *delayer) commitUpto(force bool) {
+	due := force || time.Since(d.uptoAt) >= time.Second
+	cm := wire.Commit{Group: delayGroup, Member: "quiver-delay"}
+	for q := range uint32(delayQueues) {
+		if d.upto[q] > d.uptoSent[q] && (due || d.done[q] >= 4096) {
+			cm.Offsets = append(cm.Offsets, wire.OffsetCommit{QueueRef: wire.QueueRef{Topic: delayAtTopic, Queue: q}, Offset: uint64(d.upto[q])})
+		}
+	}
+	if due {
+		d.uptoAt = time.Now()
+	}
+	if len(cm.Offsets) == 0 {
+		return
+	}
+	if err := d.b.ctl.appendCommit(&cm); err != nil {
+		d.b.logger.Warn("delay progress not committed; retried", "err", err)
+		return
+	}
+	for _, o := range cm.Offsets {
+		d.uptoSent[o.Queue], d.done[o.Queue] = int64(o.Offset), 0
 	}
 }
 
@@ -224,6 +265,7 @@ func (d *delayer) tick(now time.Time) {
 		d.batch = batch
 		errs := d.deliverAll(batch)
 		retry := false
+		var last [delayQueues]int64 // the latest time stored, per queue
 		for i, m := range batch {
 			err := errs[i]
 			if err != nil {
@@ -238,11 +280,23 @@ func (d *delayer) tick(now time.Time) {
 				d.b.logger.Error("delayed message cannot be delivered; left in the delay topic", "queue", m.queue, "offset", m.off, "err", err)
 			}
 			d.waiting[m.queue]--
+			d.done[m.queue]++
+			last[m.queue] = max(last[m.queue], m.at)
 		}
 		if retry {
 			break
 		}
+		// Every message of a queue due before the latest stored was stored
+		// (the heap gives them in time order); one due at the same time may
+		// still wait: the watermark stays just below.
+		for q, at := range last {
+			if at-1 > d.upto[q] {
+				d.upto[q] = at - 1
+			}
+		}
+		d.commitUpto(false)
 	}
+	d.commitUpto(false)
 	for q := range uint32(delayQueues) {
 		if d.hour[q] != 0 && d.waiting[q] == 0 && !d.more(q) {
 			d.complete(q)
@@ -314,9 +368,12 @@ func (d *delayer) load(q uint32, now int64) {
 			if hour != d.hour[q] {
 				return // the next cycle's: after this hour is done
 			}
+			d.end[q] = o + 1
+			if at <= d.upto[q] {
+				continue // stored before (a new leader's: below the committed watermark)
+			}
 			heap.Push(&d.h, delayed{at: at, queue: q, off: o, pos: e.Pos, size: e.Size})
 			d.waiting[q]++
-			d.end[q] = o + 1
 		}
 		off += uint64(len(ents))
 		d.end[q] = max(d.end[q], off)
