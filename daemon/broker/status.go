@@ -238,6 +238,16 @@ func newMetrics(b *Broker) *metrics {
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_min_insync", Help: "Followers of the in-sync set that must have a send durable before it is acknowledged (min_insync; 0: none)."},
+			func() float64 { return float64(b.opts.Replication.MinInsync) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_replication_lag_bytes", Help: "On a leader: the largest lag of a follower, in bytes of the log (0 elsewhere)."},
+			func() float64 {
+				return b.replicationLag(func(r wire.ReplicaStatus) float64 { return float64(r.LagBytes) })
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_replication_lag_seconds", Help: "On a leader: the longest time a follower has not had everything the leader had (0 elsewhere)."},
+			func() float64 {
+				return b.replicationLag(func(r wire.ReplicaStatus) float64 { return max(float64(r.LagMs), 0) / 1000 })
+			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_controller_lease_seconds",
 			Help: "How much longer the controller vouches for this broker's session (negative: lapsed; brokers under a controller only)."},
 			func() float64 {
@@ -322,3 +332,16 @@ func (m *metrics) fetched(records uint32, bytes int) {
 // Registry is the broker's metrics registry; the server and the admin
 // endpoint add theirs to it.
 func (b *Broker) Registry() *prometheus.Registry { return b.metrics.reg }
+
+// replicationLag is the largest f of the leader's followers (0 elsewhere).
+func (b *Broker) replicationLag(f func(wire.ReplicaStatus) float64) float64 {
+	l := b.leader()
+	if l == nil {
+		return 0
+	}
+	lag := 0.0
+	for _, r := range l.Status() {
+		lag = max(lag, f(r))
+	}
+	return lag
+}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -17,6 +19,7 @@ import (
 type handshakes struct {
 	logger   *slog.Logger
 	accepted atomic.Int64
+	failed   prometheus.Counter // quiver_handshakes_failed_total (nil without a registry)
 	mu       sync.Mutex
 	m        map[hsKey]*hsEntry
 	now      func() time.Time
@@ -60,6 +63,9 @@ func (h *handshakes) record(source, clientID, reason string) {
 		h.m[k] = e
 	}
 	e.count++
+	if h.failed != nil {
+		h.failed.Inc()
+	}
 	if now.Sub(e.minute) >= time.Minute {
 		e.minute, e.inMinute = now, 0
 	}

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
 	"github.com/quivermq/quiver/daemon/acl"
@@ -192,6 +193,17 @@ func Listen(o Options) (*Server, error) {
 		return nil, fmt.Errorf("server: listen on %s: %w", o.Listen, err)
 	}
 	s.forbidden.init(s.logger, o.Broker.Registry())
+	if reg := o.Broker.Registry(); reg != nil {
+		// Incident 004: clients that reconnect in a loop show as a rate of
+		// accepted connections with sessions flat, or of failed handshakes.
+		s.hs.failed = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_handshakes_failed_total",
+			Help: "Connections closed before a session was established (refused credentials, certificates, version)."})
+		reg.MustRegister(s.hs.failed,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_connections_accepted_total", Help: "QUIC connections accepted."},
+				func() float64 { return float64(s.hs.accepted.Load()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_sessions", Help: "Client sessions open now."},
+				func() float64 { return float64(s.sessions.Load()) }))
+	}
 	return s, nil
 }
 
