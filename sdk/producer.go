@@ -715,8 +715,20 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		return cl.conn(l), nil
 	}
 	op.req.Queue = wire.AnyQueue
-	if op.fixed {
-		op.req.Queue = int32(op.fixedQ)
+	// A fixed queue, within the chosen group's queues (a redelivery topic
+	// another member made with fewer pauses has fewer).
+	pick := func(g string) {
+		op.group = g
+		if !op.fixed {
+			return
+		}
+		q := op.fixedQ
+		for _, p := range parts {
+			if p.group == g && p.queues > 0 {
+				q = min(q, p.queues-1)
+			}
+		}
+		op.req.Queue = int32(q)
 	}
 	groups := t.names
 	if op.known {
@@ -747,7 +759,8 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		}
 	}
 	if i, probe := cl.faults.choose(leaders, start); i >= 0 {
-		op.group, op.probe = cands[i], probe
+		pick(cands[i])
+		op.probe = probe
 		return cl.conn(leaders[i]), nil
 	}
 	var g string
@@ -760,7 +773,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 	if g == "" {
 		return nil, &NetError{Broker: "topic " + op.req.Topic, Err: errors.New("no group hosting it has a known leader")}
 	}
-	op.group = g
+	pick(g)
 	return cl.conn(leader(g)), nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -217,23 +216,25 @@ func (c *Consumer) redelivery(ctx context.Context, topic string) (*Producer, err
 		r.p, r.created = p, map[string]bool{}
 	}
 	if !r.created[topic] {
-		queues := 1
-		if topic == wire.RetryTopic(c.group) {
-			queues = len(c.cfg.backoff)
-		}
-		if err := c.cl.Admin().CreateTopic(ctx, topic, queues); err != nil && !exists(err) {
+		// Made already (perhaps by a member with other pauses, with another
+		// number of queues: a redelivery then goes to the last queue there
+		// is, see sendOp.target), or made now.
+		infos, err := c.cl.Admin().Topics(ctx, topic)
+		if err != nil {
 			return nil, err
+		}
+		if infos[0].Queues == 0 {
+			queues := 1
+			if topic == wire.RetryTopic(c.group) {
+				queues = len(c.cfg.backoff)
+			}
+			if err := c.cl.Admin().CreateTopic(ctx, topic, queues); err != nil {
+				return nil, err // made meanwhile with other queues: the next failure finds it
+			}
 		}
 		r.created[topic] = true
 	}
 	return r.p, nil
-}
-
-// exists reports a CreateTopic refused because the topic is there already
-// (with another number of queues: a member with other pauses made it).
-func exists(err error) bool {
-	var we *wire.Error
-	return errors.As(err, &we) && we.Code == wire.CodeInvalid && strings.Contains(we.Message, " exists with ")
 }
 
 // closeRedelivery closes the consumer's producer.

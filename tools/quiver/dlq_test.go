@@ -159,3 +159,28 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A redelivery topic made with fewer queues than a member has pauses (by
+// a member with fewer): the later redeliveries go to its last queue, and
+// the message still reaches the dead-letter topic.
+func TestRedeliveryTopicWithFewerQueues(t *testing.T) {
+	b, _, cl, p, ctx := withTopic(t, "orders", 1)
+	if err := cl.Admin().CreateTopic(ctx, "__retry.short", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Send(ctx, &sdk.Message{Topic: "orders", Body: []byte("poison")}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := cl.NewConsumer("short", []string{"orders"}, sdk.WithRedelivery(3, 10*time.Millisecond, 20*time.Millisecond, 30*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go c.Run(rctx, func(context.Context, *sdk.Message) error { return errors.New("always") })
+	testbroker.WaitFor(t, "the dead letter", func() bool { return b.Metric(`quiver_dead_letters_total{group="short"}`) == 1 })
+	if r := b.Metric(`quiver_redeliveries_total{group="short"}`); r != 3 {
+		t.Fatalf("%v redeliveries, want 3", r)
+	}
+}
