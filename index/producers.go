@@ -99,8 +99,9 @@ func (t *producerTable) take(ri *qlog.RecordInfo) {
 	if ri.ProducerID == 0 {
 		return
 	}
-	now := t.now()
-	if now.Sub(t.lastSweep) > time.Minute {
+	// The record's store time is the clock here (no clock read per record;
+	// a replay sweeps as the log's time then was).
+	if now := time.Unix(0, ri.StoreTime); now.Sub(t.lastSweep) > time.Minute {
 		t.sweep(now)
 	}
 	ps := t.pids[ri.ProducerID]

@@ -297,8 +297,10 @@ func (d *delayer) tick(now time.Time) {
 		d.commitUpto(false)
 	}
 	d.commitUpto(false)
+	// An hour is done once it has ended and all of it was stored (until it
+	// ends, more of it may come: the time watermark keeps its progress).
 	for q := range uint32(delayQueues) {
-		if d.hour[q] != 0 && d.waiting[q] == 0 && !d.more(q) {
+		if h := d.hour[q]; h != 0 && (h+1)*int64(time.Hour) <= nowNs && d.waiting[q] == 0 && !d.more(q) {
 			d.complete(q)
 		}
 	}
