@@ -1,7 +1,6 @@
 package sdk
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -52,25 +51,17 @@ const (
 	S2
 )
 
-// maxUnpacked bounds a decompressed batch, so that a hostile or corrupt
-// batch cannot make a consumer allocate without bound.
-const maxUnpacked = 64 << 20
-
 var (
 	zenc     *zstd.Encoder
-	zdec     *zstd.Decoder
 	zOnce    sync.Once
 	errZInit error
 )
 
-func zstdCodec() (*zstd.Encoder, *zstd.Decoder, error) {
+func zstdEncoder() (*zstd.Encoder, error) {
 	zOnce.Do(func() {
 		zenc, errZInit = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
-		if errZInit == nil {
-			zdec, errZInit = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(maxUnpacked))
-		}
 	})
-	return zenc, zdec, errZInit
+	return zenc, errZInit
 }
 
 // packBatch encodes msgs as one batch body, compressed as asked; it
@@ -95,7 +86,7 @@ func compressBatch(raw []byte, comp Compression) ([]byte, uint8, error) {
 	case NoCompression:
 		return raw, flags, nil
 	case Zstd:
-		enc, _, err := zstdCodec()
+		enc, err := zstdEncoder()
 		if err != nil {
 			return nil, 0, err
 		}
@@ -107,7 +98,7 @@ func compressBatch(raw []byte, comp Compression) ([]byte, uint8, error) {
 }
 
 // ErrBadBatch is a fetched batch that does not decode.
-var ErrBadBatch = errors.New("quiver: batch does not decode")
+var ErrBadBatch = wire.ErrBadBatch
 
 // unpack turns one fetched record into messages, skipping those before from.
 func unpack(dst []*Message, topic string, queue uint32, m *wire.FetchedMessage, from uint64) ([]*Message, error) {
@@ -126,28 +117,9 @@ func unpack(dst []*Message, topic string, queue uint32, m *wire.FetchedMessage, 
 		msg.Headers = hs
 		return append(dst, &msg), nil
 	}
-	raw := m.Body
-	switch m.Flags & wire.FlagCompressionMask {
-	case wire.CompressionZstd:
-		_, dec, err := zstdCodec()
-		if err != nil {
-			return dst, err
-		}
-		if raw, err = dec.DecodeAll(m.Body, nil); err != nil {
-			return dst, fmt.Errorf("%w: zstd: %v", ErrBadBatch, err)
-		}
-	case wire.CompressionS2:
-		n, err := s2.DecodedLen(m.Body)
-		if err != nil || n > maxUnpacked {
-			return dst, fmt.Errorf("%w: s2 length %d: %v", ErrBadBatch, n, err)
-		}
-		if raw, err = s2.Decode(nil, m.Body); err != nil {
-			return dst, fmt.Errorf("%w: s2: %v", ErrBadBatch, err)
-		}
-	}
-	entries, err := wire.DecodeBatch(raw, m.Count, nil)
+	entries, err := wire.BatchEntries(m, nil)
 	if err != nil {
-		return dst, fmt.Errorf("%w: %v", ErrBadBatch, err)
+		return dst, err
 	}
 	for i, e := range entries {
 		off := m.Offset + uint64(i)
