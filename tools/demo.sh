@@ -39,5 +39,6 @@ echo "The broker keeps running: try"
 echo "  echo hello | bin/quiver produce --topic demo --acks"
 echo "  bin/quiver consume --topic demo --group me"
 echo "  curl -s http://$ADMIN/status"
+echo "The web console: http://$ADMIN/ui/ (live charts, cluster, topics, groups, a message browser)"
 echo "Ctrl-C stops it (gracefully: every accepted message is synced)."
 wait $broker

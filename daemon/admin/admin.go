@@ -1,5 +1,6 @@
 // Package admin is quiverd's admin HTTP endpoint: /healthz, /metrics
-// (Prometheus), /status (the JSON status document), /debug/pprof when the
+// (Prometheus), /status (the JSON status document), the web console under
+// /ui/ (package console; / redirects to it), /debug/pprof when the
 // broker runs with admin_pprof, and /debug/faults to stall its disk when it
 // runs with --debug-faults. With a token (admin_token_sha256) every
 // endpoint but /healthz needs it as a bearer token.
@@ -32,8 +33,13 @@ type Options struct {
 	// Pprof serves Go's profiles under /debug/pprof/.
 	Pprof bool
 	// TokenSHA256, when set, is the SHA-256 of the bearer token that every
-	// endpoint but /healthz requires ("Authorization: Bearer <token>").
+	// endpoint but /healthz and the console's pages requires
+	// ("Authorization: Bearer <token>").
 	TokenSHA256 []byte
+	// UI serves the console's pages under /ui/ (they hold no data, and ask
+	// for the token when the API answers 401), UIAPI their data under
+	// /ui/api/ (with the token).
+	UI, UIAPI http.Handler
 }
 
 // Handler returns the admin endpoints.
@@ -48,6 +54,12 @@ func Handler(o Options) http.Handler {
 	})
 	guarded := http.NewServeMux()
 	mux.Handle("/", bearer(o.TokenSHA256, guarded))
+	if o.UI != nil {
+		mux.Handle("GET /ui/", o.UI)
+		mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+		mux.Handle("GET /ui/api/", bearer(o.TokenSHA256, o.UIAPI))
+	}
 	guarded.Handle("GET /metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
 	if o.Pprof {
 		// Profiles, for the operator who must find out where the time goes.

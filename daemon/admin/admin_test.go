@@ -11,12 +11,15 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Who may read what on the admin address: /healthz is open; with a token,
-// everything else needs it; profiles exist only when asked for.
+// Who may read what on the admin address: /healthz and the console's pages
+// (which hold no data) are open; with a token, everything else needs it,
+// the console's data included; profiles exist only when asked for.
 func TestAdminAccess(t *testing.T) {
 	sum := sha256.Sum256([]byte("s3cret"))
 	base := Options{Registry: prometheus.NewRegistry(), Status: func() wire.Status { return wire.Status{} },
-		Healthy: func() error { return nil }}
+		Healthy: func() error { return nil },
+		UI:      http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("page")) }),
+		UIAPI:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{}")) })}
 	get := func(h http.Handler, path, token string) int {
 		r := httptest.NewRequest("GET", path, nil)
 		if token != "" {
@@ -47,6 +50,15 @@ func TestAdminAccess(t *testing.T) {
 		{locked, "/metrics", "s3cret", 200},
 		{locked, "/status", "s3cret", 200},
 		{locked, "/debug/pprof/", "s3cret", 200},
+		{open, "/", "", 302}, // to /ui/
+		{open, "/ui/", "", 200},
+		{open, "/ui/api/status", "", 200},
+		{locked, "/", "", 302},
+		{locked, "/ui/", "", 200},
+		{locked, "/ui/app.js", "", 200},
+		{locked, "/ui/api/status", "", 401},
+		{locked, "/ui/api/messages?topic=a&queue=0", "wrong", 401},
+		{locked, "/ui/api/status", "s3cret", 200},
 	} {
 		if got := get(tc.h, tc.path, tc.token); got != tc.want {
 			t.Errorf("GET %s with token %q: %d, want %d", tc.path, tc.token, got, tc.want)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quivermq/quiver/daemon/console"
 	"github.com/quivermq/quiver/daemon/controller"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
@@ -197,10 +198,12 @@ type metrics struct {
 	redelivered  *prometheus.CounterVec // by consumer group
 	deadLetters  *prometheus.CounterVec
 	produceReqs  prometheus.Counter
+	consoleCounters
 }
 
 func newMetrics(b *Broker) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
+	m.lat.cur = console.NewLatencyHistogram()
 	m.produced_ = prometheus.NewCounter(prometheus.CounterOpts{Name: "quiver_produced_messages_total", Help: "Messages acknowledged to producers."})
 	m.produceErr = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "quiver_produce_errors_total", Help: "Produce requests failed, by wire code."}, []string{"code"})
 	m.produceLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "quiver_produce_latency_seconds",
@@ -292,6 +295,8 @@ func newMetrics(b *Broker) *metrics {
 func (m *metrics) produced(topic string, count uint32, took time.Duration) {
 	m.produced_.Add(float64(max(count, 1)))
 	m.produceLat.Observe(took.Seconds())
+	m.sends.Add(int64(max(count, 1)))
+	m.lat.record(took)
 	if strings.HasPrefix(topic, reservedPrefix) {
 		if g, ok := wire.GroupTopic(topic); ok {
 			if strings.HasPrefix(topic, wire.RetryTopicPrefix) {
@@ -322,10 +327,17 @@ func (m *metrics) elected(e controller.Election) {
 	}
 }
 
-func (m *metrics) produceFailed(code wire.Code) { m.produceErr.WithLabelValues(code.String()).Inc() }
+func (m *metrics) produceFailed(code wire.Code) {
+	m.produceErr.WithLabelValues(code.String()).Inc()
+	m.errors.Add(1)
+	if code == wire.CodeDiskFull {
+		m.diskFull.Add(1)
+	}
+}
 
 func (m *metrics) fetched(records uint32, bytes int) {
 	m.fetchedMsgs.Add(float64(records))
+	m.fetchedRecs.Add(int64(records))
 	m.fetchedBytes.Add(float64(bytes))
 }
 

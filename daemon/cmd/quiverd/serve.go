@@ -26,6 +26,7 @@ import (
 	"github.com/quivermq/quiver/daemon/broker"
 	"github.com/quivermq/quiver/daemon/certs"
 	"github.com/quivermq/quiver/daemon/config"
+	"github.com/quivermq/quiver/daemon/console"
 	"github.com/quivermq/quiver/daemon/controller"
 	"github.com/quivermq/quiver/daemon/logging"
 	"github.com/quivermq/quiver/daemon/peer"
@@ -215,6 +216,7 @@ func serve(c config.Config) error {
 
 	var hs *http.Server
 	adminAddr := ""
+	stopConsole := func() {} // the console samples the broker: stopped before it closes
 	if c.Admin != "" {
 		ln, err := net.Listen("tcp", c.Admin)
 		if err != nil {
@@ -224,8 +226,15 @@ func serve(c config.Config) error {
 		}
 		adminAddr = ln.Addr().String()
 		adminTok, _ := hex.DecodeString(c.AdminToken) // checked by Validate
+		con := console.New(console.Options{Broker: b, Status: status})
+		conCtx, cancelConsole := context.WithCancel(context.Background())
+		conDone := make(chan struct{})
+		go func() { defer close(conDone); con.Run(conCtx) }()
+		stopConsole = func() { cancelConsole(); <-conDone }
+		defer stopConsole() // every return from here on; twice is harmless
 		hs = &http.Server{Handler: admin.Handler(admin.Options{Registry: b.Registry(), Status: status,
-			Healthy: func() error { return b.Log().Err() }, Faults: faults, Pprof: c.AdminPprof, TokenSHA256: adminTok}),
+			Healthy: func() error { return b.Log().Err() }, Faults: faults, Pprof: c.AdminPprof, TokenSHA256: adminTok,
+			UI: con.Pages(), UIAPI: con.API()}),
 			ReadHeaderTimeout: 5 * time.Second}
 		go hs.Serve(ln)
 	}
@@ -276,6 +285,7 @@ wait:
 	if hs != nil {
 		hs.Shutdown(ctx)
 	}
+	stopConsole()
 	if err := b.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("closing the log: %w", err))
 	}
