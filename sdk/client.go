@@ -137,7 +137,8 @@ type Client struct {
 	rr     atomic.Uint32
 	router router
 	faults *faultTracker
-	coal   sync.Map // coalesceKey -> *coalescer (natural batching, coalesce.go)
+	aside  asideReporter // router goroutine only
+	coal   sync.Map      // coalesceKey -> *coalescer (natural batching, coalesce.go)
 	// pid and seq number the client's idempotent sends (idempotence.go).
 	pid uint64
 	seq atomic.Uint64

@@ -3,6 +3,8 @@ package sdk
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -92,6 +94,7 @@ type brokerHealth struct {
 	avg        float64   // EWMA of good sends' latency, ns
 	avgAt      time.Time // when avg was last updated
 	isolations int64     // times set aside (not while already aside), for status and tests
+	reason     string    // why it was last set aside (ClientReport)
 }
 
 func newFaultTracker(mode FaultAvoidance) *faultTracker {
@@ -329,6 +332,11 @@ func (f *faultTracker) sentLocked(h *brokerHealth, addr string, lat time.Duratio
 		if !now.Before(h.until) {
 			h.isolations++
 		}
+		if err != nil {
+			h.reason = "failed: " + err.Error()
+		} else {
+			h.reason = fmt.Sprintf("slow: answered in %v", lat.Round(time.Millisecond))
+		}
 		if until := now.Add(isolate); until.After(h.until) {
 			h.until = until
 		}
@@ -370,6 +378,37 @@ type BrokerHealth struct {
 	Isolations int64
 	// AvgLatency is the recent average of its good sends (adaptive).
 	AvgLatency time.Duration
+}
+
+// asideReport lists the brokers set aside now, for a ClientReport.
+func (f *faultTracker) asideReport() []wire.AsideReport {
+	if f.mode == AvoidOff {
+		return nil
+	}
+	now := f.now()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []wire.AsideReport
+	for a, h := range f.m {
+		stalled := f.stalledLocked(h, now)
+		if !now.Before(h.until) && !stalled {
+			continue
+		}
+		r := wire.AsideReport{Addr: a, Isolations: uint32(min(h.isolations, 1<<32-1)), Reason: h.reason}
+		if now.Before(h.until) {
+			r.ForMs = uint32(min(h.until.Sub(now).Milliseconds()+1, 1<<32-1))
+		} else {
+			r.Reason = fmt.Sprintf("no answer for %v with %d sends waiting", now.Sub(h.waiting).Round(time.Millisecond), h.inflight)
+		}
+		if len(r.Reason) > wire.MaxAsideReason {
+			r.Reason = r.Reason[:wire.MaxAsideReason]
+		}
+		if len(a) <= wire.MaxAddrLen && len(out) < wire.MaxAsideReports {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
 }
 
 func (f *faultTracker) health() []BrokerHealth {

@@ -263,6 +263,7 @@ func (r *router) loop() {
 			r.cl.logger.Debug("route refresh failed", "err", err)
 		}
 		cancel()
+		r.cl.reportAside()
 		next := every
 		if r.cl.faults.troubled() {
 			next = min(every, troubledRefresh)

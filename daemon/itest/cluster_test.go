@@ -12,6 +12,7 @@ import (
 
 	"github.com/quivermq/quiver/internal/testbroker"
 	"github.com/quivermq/quiver/sdk"
+	"github.com/quivermq/quiver/sdk/wire"
 )
 
 // clusterClient is a client that starts from one broker of the cluster,
@@ -373,4 +374,57 @@ func TestCutOffBootstrapBrokerCostsNoDialTimeout(t *testing.T) {
 		p.Close()
 		cl.Close()
 	}
+}
+
+// Clients tell the brokers which brokers they set aside, and the status
+// (and the web console's cluster page) shows it: a group whose disk
+// stalls answers BUSY, the client sets it aside and the other groups
+// report it, with the reason; once its time aside is over, they stop.
+func TestClientsReportBrokersTheySetAside(t *testing.T) {
+	c := testbroker.StartCluster(t, 3, 0, []string{"--debug-faults", "--max-queue-wait", "200ms"}, nil)
+	cl := clusterClient(t, c)
+	ctx := ctxT(t, 90*time.Second)
+	if err := cl.Admin().CreateTopic(ctx, "pay", 2); err != nil {
+		t.Fatal(err)
+	}
+	stalled, other := c.Groups[2].Leader, c.Groups[0].Leader
+	reported := func() *wire.SetAside {
+		for _, a := range other.Status().ClientsSetAside {
+			if a.Addr == stalled.Public {
+				return &a
+			}
+		}
+		return nil
+	}
+	if a := reported(); a != nil {
+		t.Fatalf("set aside before any fault: %+v", a)
+	}
+	stalled.Post("/debug/faults/stall")
+	p, _ := cl.NewProducer()
+	defer p.Close()
+	busy := 0
+	for i := 0; busy == 0; i++ {
+		if i == 2000 {
+			t.Fatal("2,000 sends and none met the stalled group")
+		}
+		res, err := p.Send(ctx, &sdk.Message{Topic: "pay", Body: []byte("x")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range res.Failed {
+			if a.Code == "BUSY" {
+				busy++
+			}
+		}
+	}
+	var got *wire.SetAside
+	testbroker.WaitFor(t, "the other group's status to show the stalled broker set aside", func() bool {
+		got = reported()
+		return got != nil
+	})
+	if got.Clients != 1 || !strings.Contains(got.Reason, "BUSY") || got.Last == "" {
+		t.Errorf("reported %+v, want 1 client and the BUSY", got)
+	}
+	stalled.Post("/debug/faults/resume")
+	testbroker.WaitFor(t, "the report to clear once the broker's time aside is over", func() bool { return reported() == nil })
 }

@@ -129,6 +129,7 @@ type Server struct {
 	seq       atomic.Uint64
 	hs        handshakes
 	forbidden forbidden
+	asides    asides
 	served    chan struct{}
 }
 
@@ -184,6 +185,7 @@ func Listen(o Options) (*Server, error) {
 	s := &Server{opts: o, logger: o.Logger.With("component", "server"), udp: udp, b: o.Broker, served: make(chan struct{})}
 	s.conns.m = map[*conn]struct{}{}
 	s.hs.init(s.logger)
+	s.asides.now = time.Now
 	if tlsConf.VerifyConnection != nil {
 		tlsConf = s.countRefusedCerts(tlsConf)
 	}
@@ -328,6 +330,10 @@ func (s *Server) Connections() *wire.Connections {
 	}
 	return doc
 }
+
+// ClientsSetAside are the brokers this broker's clients report they set
+// aside now (wire.ClientReport).
+func (s *Server) ClientsSetAside() []wire.SetAside { return s.asides.report() }
 
 func (s *Server) removeConn(c *conn) {
 	s.conns.Lock()

@@ -106,7 +106,7 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.b.Produce(call)
 		return true
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup, wire.TypeFetchTags:
+		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup, wire.TypeFetchTags, wire.TypeClientReport:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -374,6 +374,14 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		resp := b.Route(m)
 		buf, start := st.w.Begin(wire.Header{Type: wire.TypeRouteResp, RequestID: id})
 		st.w.End(resp.Append(buf), start)
+	case wire.TypeClientReport:
+		var m wire.ClientReport
+		if err := wire.DecodeClientReport(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		st.c.s.asides.record(st.c.clientID+" "+st.c.source, &m)
+		st.ok(id)
 	case wire.TypeStatus:
 		if err := wire.DecodeEmpty(payload); err != nil {
 			bad(err)
@@ -397,5 +405,6 @@ func (s *Server) status() wire.Status {
 	}
 	doc := s.b.Status()
 	doc.Connections = s.Connections()
+	doc.ClientsSetAside = s.ClientsSetAside()
 	return doc
 }

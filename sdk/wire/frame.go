@@ -43,14 +43,15 @@ const (
 	TypeCtlSession Type = 27 // a broker's session with the controller: heartbeats and requests out, state and results back
 	TypeCtlMsg     Type = 28 // one message of a controller session (JSON, see daemon/controller)
 
-	TypeOffsets     Type = 29 // a topic's queues: bounds, offset at a time, a group's commits (offsets.go)
-	TypeOffsetsResp Type = 30
-	TypeReset       Type = 31 // admin: set a group's committed offsets (answered with OffsetsResp)
-	TypeLookup      Type = 32 // a topic's messages with a key
-	TypeLookupResp  Type = 33
-	TypeFetchTags   Type = 34 // a Fetch of the messages with some tags (tags.go), answered with FetchResp
-	TypeProduceAt   Type = 35 // a Produce delivered at a time (delay.go), answered with ProduceAck
-	typeLimit            = 36
+	TypeOffsets      Type = 29 // a topic's queues: bounds, offset at a time, a group's commits (offsets.go)
+	TypeOffsetsResp  Type = 30
+	TypeReset        Type = 31 // admin: set a group's committed offsets (answered with OffsetsResp)
+	TypeLookup       Type = 32 // a topic's messages with a key
+	TypeLookupResp   Type = 33
+	TypeFetchTags    Type = 34 // a Fetch of the messages with some tags (tags.go), answered with FetchResp
+	TypeProduceAt    Type = 35 // a Produce delivered at a time (delay.go), answered with ProduceAck
+	TypeClientReport Type = 36 // the brokers a client sets aside (report.go), answered with OK
+	typeLimit             = 37
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and

@@ -55,6 +55,12 @@ func samples() map[Type]struct {
 				err := DecodeProduceAt(b, &m)
 				return m.Append(nil), err
 			}},
+		TypeClientReport: {(&ClientReport{Aside: []AsideReport{{Addr: "10.0.0.1:7420", ForMs: 1500, Isolations: 3, Reason: "slow: 250ms"}, {Addr: "b:1"}}}).Append(nil),
+			func(b []byte) ([]byte, error) {
+				var m ClientReport
+				err := DecodeClientReport(b, &m)
+				return m.Append(nil), err
+			}},
 		TypeLookup: {(&Lookup{Topic: "orders", Key: []byte("k"), Max: 10}).Append(nil), func(b []byte) ([]byte, error) {
 			var m Lookup
 			err := DecodeLookup(b, &m)

@@ -17,6 +17,18 @@ type Status struct {
 	Replication *Replication  `json:"replication,omitempty"`
 	Cluster     []RouteBroker `json:"cluster,omitempty"` // the other brokers this one knows of
 	Connections *Connections  `json:"connections,omitempty"`
+	// ClientsSetAside are the brokers this broker's clients report they
+	// set aside now (fault avoidance; SDK reports, wire.ClientReport).
+	ClientsSetAside []SetAside `json:"clients_set_aside,omitempty"`
+}
+
+// SetAside is one broker that clients set aside, as they reported it.
+type SetAside struct {
+	Addr    string `json:"addr"`
+	Clients int    `json:"clients"` // how many clients report it
+	// Reason and Last are the newest report's.
+	Reason string `json:"reason"`
+	Last   string `json:"last"`
 }
 
 // Disk is the data file system's free space, with the unused room of the

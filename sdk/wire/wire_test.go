@@ -234,6 +234,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeFetchTags(b, &FetchTags{})
 	case TypeProduceAt:
 		DecodeProduceAt(b, &ProduceAt{})
+	case TypeClientReport:
+		DecodeClientReport(b, &ClientReport{})
 	case TypeLookupResp:
 		DecodeLookupResp(b, &LookupResp{})
 	case TypeOK, TypeStatus:

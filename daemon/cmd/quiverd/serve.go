@@ -209,6 +209,7 @@ func serve(c config.Config) error {
 		s := b.Status()
 		s.Broker.Listen, s.Broker.Admin = srv.Addr().String(), c.Admin
 		s.Connections = srv.Connections()
+		s.ClientsSetAside = srv.ClientsSetAside()
 		return s
 	}
 	srvErr := make(chan error, 1)
