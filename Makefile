@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
+.PHONY: all build test browser console-shots bench-console test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
 
 all: build
 
@@ -21,10 +21,16 @@ build:
 # benchmarks module (its own go.mod, so that the broker does not depend on
 # nats-server): unit tests and a short smoke run of quiver-bench against a
 # quiverd and both NATS configurations.
-test: vet fmt-check
+test: vet fmt-check browser
 	$(GO) test $(LDFLAGS) -race -count=1 -timeout 12m $(PKGS)
 	$(GO) test $(LDFLAGS) -count=1 -run 'Alloc' $(PKGS)
 	cd benchmarks && $(GO) test -race -count=1 -timeout 5m ./...
+
+# The web console's tests drive a headless chromium: installed here where
+# that is possible (root with apt-get); elsewhere they skip, saying so (CI
+# sets QUIVER_BROWSER=require, which makes a missing browser a failure).
+browser:
+	@tools/install-browser.sh || echo "the console's browser tests will skip"
 
 vet:
 	$(GO) vet $(LDFLAGS) $(PKGS)
@@ -145,6 +151,16 @@ DELAY_PENDING ?= 1000000
 bench-delay:
 	QUIVER_DELAY_PENDING=$(DELAY_PENDING) QUIVER_DELAY_BURST=$${DELAY_BURST:-20000} $(GO) test $(LDFLAGS) -count=1 -timeout 30m \
 		-run 'TestDelayedPendingMemory|TestDelayedBurst' -v ./daemon/itest/ | grep -E 'delayed messages|^(ok|FAIL|---)'
+
+# The web console's screenshots (docs/img/console-*.png) from its browser
+# tests, and what it costs: page weight, the bytes an open page reads, the
+# broker's CPU with a page open against none (idle and at 2,000 sends/s).
+console-shots: browser
+	mkdir -p docs/img
+	cd benchmarks && QUIVER_CONSOLE_SHOTS=$(abspath docs/img) $(GO) test -count=1 -run 'TestConsole(Pages|ChartMovesUnderLoad|Cluster)$$' ./console/
+
+bench-console: browser
+	cd benchmarks && QUIVER_CONSOLE_COST=1 QUIVER_CONSOLE_WINDOW=$${WINDOW:-30s} $(GO) test -count=1 -timeout 30m -run 'TestConsoleCost' -v ./console/ | grep -E 'console:|_test.go|^(ok|FAIL|---)'
 
 # What automatic failover costs the send path: sync sends to a single
 # broker, to three brokers run by hand and to the same three under the

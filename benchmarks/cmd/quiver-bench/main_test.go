@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quivermq/quiver/benchmarks/internal/proc"
 )
 
 // The smoke tests run quiver-bench as scripts do: built with go build,
@@ -24,47 +26,17 @@ import (
 var binDir string // quiver-bench and quiverd, side by side
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "quiver-bench-test-")
+	// quiver-bench with the race detector when the tests have it (the
+	// packages are then already compiled so), quiverd as make build does.
+	dir, err := proc.Build(raceEnabled)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	binDir = dir
-	if err := build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func build(dir string) error {
-	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/quivermq/quiver").Output()
-	if err != nil {
-		return fmt.Errorf("go list: %w", err)
-	}
-	// quiver-bench with the race detector when the tests have it (the
-	// packages are then already compiled so), quiverd as make build does.
-	args := []string{"build", "-o", dir}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	for _, b := range []struct {
-		dir  string
-		args []string
-	}{
-		{".", append(args, ".")},
-		{strings.TrimSpace(string(root)), []string{"build", "-ldflags=-checklinkname=0", "-o", dir, "./daemon/cmd/quiverd"}},
-	} {
-		cmd := exec.Command("go", b.args...)
-		cmd.Dir = b.dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go %s: %v\n%s", strings.Join(b.args, " "), err, out)
-		}
-	}
-	return nil
 }
 
 // runBench runs quiver-bench with args and returns its stdout, stderr and

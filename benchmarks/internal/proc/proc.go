@@ -109,6 +109,9 @@ func Start(name, bin string, args []string, dir string, ready *regexp.Regexp, ti
 	return nil, nil, err
 }
 
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Tail returns the last n lines of the process's log.
 func (p *Process) Tail(n int) string {
 	data, _ := os.ReadFile(p.LogPath)
@@ -162,4 +165,41 @@ func Find(name, explicit string) (string, error) {
 		return p, nil
 	}
 	return "", errors.New(name + " not found")
+}
+
+// Build builds quiver-bench (with the race detector when race) and quiverd
+// (as make build does) into a new temporary directory, for tests that run
+// them as scripts do; the caller removes it.
+func Build(race bool) (string, error) {
+	mods := map[string]string{}
+	for _, m := range []string{"github.com/quivermq/quiver/benchmarks", "github.com/quivermq/quiver"} {
+		out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", m).Output()
+		if err != nil {
+			return "", fmt.Errorf("go list -m %s: %w", m, err)
+		}
+		mods[m] = strings.TrimSpace(string(out))
+	}
+	dir, err := os.MkdirTemp("", "quiver-bins-")
+	if err != nil {
+		return "", err
+	}
+	bench := []string{"build", "-o", dir}
+	if race {
+		bench = append(bench, "-race")
+	}
+	for _, b := range []struct {
+		dir  string
+		args []string
+	}{
+		{mods["github.com/quivermq/quiver/benchmarks"], append(bench, "./cmd/quiver-bench")},
+		{mods["github.com/quivermq/quiver"], []string{"build", "-ldflags=-checklinkname=0", "-o", dir, "./daemon/cmd/quiverd"}},
+	} {
+		cmd := exec.Command("go", b.args...)
+		cmd.Dir = b.dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			os.RemoveAll(dir)
+			return "", fmt.Errorf("go %s: %v\n%s", strings.Join(b.args, " "), err, out)
+		}
+	}
+	return dir, nil
 }
