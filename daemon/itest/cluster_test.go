@@ -379,7 +379,8 @@ func TestCutOffBootstrapBrokerCostsNoDialTimeout(t *testing.T) {
 // Clients tell the brokers which brokers they set aside, and the status
 // (and the web console's cluster page) shows it: a group whose disk
 // stalls answers BUSY, the client sets it aside and the other groups
-// report it, with the reason; once its time aside is over, they stop.
+// report it, with the reason (the BUSY, or its sends waiting with no
+// answer); once its time aside is over, they stop.
 func TestClientsReportBrokersTheySetAside(t *testing.T) {
 	c := testbroker.StartCluster(t, 3, 0, []string{"--debug-faults", "--max-queue-wait", "200ms"}, nil)
 	cl := clusterClient(t, c)
@@ -422,8 +423,10 @@ func TestClientsReportBrokersTheySetAside(t *testing.T) {
 		got = reported()
 		return got != nil
 	})
-	if got.Clients != 1 || !strings.Contains(got.Reason, "BUSY") || got.Last == "" {
-		t.Errorf("reported %+v, want 1 client and the BUSY", got)
+	// Set aside while its sends waited (no answer past the stall floor),
+	// or after their BUSY: either is what the client saw.
+	if got.Clients != 1 || !strings.Contains(got.Reason, "BUSY") && !strings.Contains(got.Reason, "no answer for") || got.Last == "" {
+		t.Errorf("reported %+v, want 1 client and the BUSY or the wait", got)
 	}
 	stalled.Post("/debug/faults/resume")
 	testbroker.WaitFor(t, "the report to clear once the broker's time aside is over", func() bool { return reported() == nil })
