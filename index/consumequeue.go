@@ -59,8 +59,9 @@ type cqueue struct {
 	per   uint64 // entries per file
 
 	fs    fsutil.FS
+	cache *fileCache // the index's open files
 	mu    sync.RWMutex
-	files map[uint64]fsutil.File // by first offset
+	segs  map[uint64]struct{} // the first offsets of its files
 
 	min, max  atomic.Uint64 // readable offsets are [min, max)
 	lastStore atomic.Int64
@@ -78,19 +79,20 @@ func (q *cqueue) fileName(first uint64) string {
 	return filepath.Join(q.dir, fmt.Sprintf("%020d.cq", first))
 }
 
-// file returns the file holding offset off, opening or creating it; the
+// file returns the file holding offset off, from the index's file cache
+// (give it back with q.cache.put), creating it when create is set; the
 // directories whose names a creation changed go in dirs (for the next
 // checkpoint to sync).
-func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (fsutil.File, error) {
+func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (*cachedFile, error) {
 	first := off / q.per * q.per
 	q.mu.RLock()
-	f := q.files[first]
+	_, ok := q.segs[first]
 	q.mu.RUnlock()
-	if f != nil || !create {
-		if f == nil {
-			return nil, fmt.Errorf("%w: %s/%d offset %d has no file", ErrNotFound, q.topic, q.id, off)
-		}
-		return f, nil
+	if ok {
+		return q.cache.get(q.fileName(first), os.O_RDWR)
+	}
+	if !create {
+		return nil, fmt.Errorf("%w: %s/%d offset %d has no file", ErrNotFound, q.topic, q.id, off)
 	}
 	for d := q.dir; ; d = filepath.Dir(d) {
 		if _, err := os.Stat(d); err == nil {
@@ -101,15 +103,15 @@ func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (fsutil
 	if err := q.fs.MkdirAll(q.dir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := q.fs.OpenFile(q.fileName(first), os.O_RDWR|os.O_CREATE, 0o644)
+	cf, err := q.cache.get(q.fileName(first), osCreate)
 	if err != nil {
 		return nil, err
 	}
 	dirs[q.dir] = struct{}{}
 	q.mu.Lock()
-	q.files[first] = f
+	q.segs[first] = struct{}{}
 	q.mu.Unlock()
-	return f, nil
+	return cf, nil
 }
 
 // readEntry reads the entry at off (which must be below max).
@@ -117,12 +119,13 @@ func (q *cqueue) readEntry(off uint64) (Entry, error) {
 	bp := entryBufs.Get().(*entryBuf)
 	defer entryBufs.Put(bp)
 	b := bp[:entrySize]
-	f, err := q.file(off, false, nil)
+	cf, err := q.file(off, false, nil)
 	if err != nil {
 		return Entry{}, err
 	}
-	if _, err := f.ReadAt(b[:entrySize], int64(off%q.per)*entrySize); err != nil {
-		return Entry{}, fmt.Errorf("index: read %s: %w", f.Name(), err)
+	defer q.cache.put(cf)
+	if _, err := cf.f.ReadAt(b[:entrySize], int64(off%q.per)*entrySize); err != nil {
+		return Entry{}, fmt.Errorf("index: read %s: %w", cf.path, err)
 	}
 	return getEntry(b), nil
 }
@@ -139,19 +142,21 @@ func (q *cqueue) stage(off uint64, e Entry) {
 
 // flush writes the staged entries and publishes them; it returns the files
 // it wrote, for the next checkpoint's fsync.
-func (q *cqueue) flush(dirty map[fsutil.File]struct{}, dirs map[string]struct{}) error {
+func (q *cqueue) flush(dirty, dirs map[string]struct{}) error {
 	b, off := q.buf, q.bufFrom
 	for len(b) > 0 {
-		f, err := q.file(off, true, dirs)
+		cf, err := q.file(off, true, dirs)
 		if err != nil {
 			return fmt.Errorf("index: %w", err)
 		}
 		room := (q.per - off%q.per) * entrySize
 		n := min(uint64(len(b)), room)
-		if _, err := f.WriteAt(b[:n], int64(off%q.per)*entrySize); err != nil {
-			return fmt.Errorf("index: write %s: %w", f.Name(), err)
+		_, err = cf.f.WriteAt(b[:n], int64(off%q.per)*entrySize)
+		q.cache.put(cf)
+		if err != nil {
+			return fmt.Errorf("index: write %s: %w", cf.path, err)
 		}
-		dirty[f] = struct{}{}
+		dirty[cf.path] = struct{}{}
 		b = b[n:]
 		off += n / entrySize
 	}
@@ -167,11 +172,11 @@ func (q *cqueue) flush(dirty map[fsutil.File]struct{}, dirs map[string]struct{})
 // truncateFrom drops entries whose record lies at or after end (the tail of
 // the queue, since positions grow with offsets) and entries that were never
 // completely written (size 0).
-func (q *cqueue) truncateFrom(end int64, dirty map[fsutil.File]struct{}, dirs map[string]struct{}) error {
+func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error {
 	max := q.max.Load()
 	for max > q.min.Load() {
 		e, err := q.readEntry(max - 1)
-		if errors.Is(err, io.EOF) || errors.Is(err, ErrNotFound) {
+		if errors.Is(err, io.EOF) || errors.Is(err, ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 			// Past the end of a file that is not the last, or a file that
 			// is gone: a power cut took back the entries there (after the
 			// checkpoint, which synced everything before it).
@@ -190,53 +195,54 @@ func (q *cqueue) truncateFrom(end int64, dirty map[fsutil.File]struct{}, dirs ma
 	}
 	q.max.Store(max)
 	// Drop whole files past the end and cut the last one.
+	last := max / q.per * q.per
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	for first, f := range q.files {
+	var cut bool
+	for first := range q.segs {
 		switch {
-		case first >= max && !(first == max/q.per*q.per):
-			f.Close()
-			q.fs.Remove(f.Name())
-			delete(q.files, first)
-			delete(dirty, f)
+		case first > last:
+			path := q.fileName(first)
+			q.cache.forget(path)
+			q.fs.Remove(path)
+			delete(q.segs, first)
+			delete(dirty, path)
 			dirs[q.dir] = struct{}{}
-		case first == max/q.per*q.per:
-			if err := f.Truncate(int64(max-first) * entrySize); err != nil {
-				return fmt.Errorf("index: truncate %s: %w", f.Name(), err)
-			}
+		case first == last:
+			cut = true
 		}
 	}
+	q.mu.Unlock()
+	if cut {
+		cf, err := q.cache.get(q.fileName(last), os.O_RDWR)
+		if err != nil {
+			return fmt.Errorf("index: truncate: %w", err)
+		}
+		err = cf.f.Truncate(int64(max-last) * entrySize)
+		q.cache.put(cf)
+		if err != nil {
+			return fmt.Errorf("index: truncate %s: %w", cf.path, err)
+		}
+		dirty[cf.path] = struct{}{}
+	}
 	if max > q.min.Load() {
-		e, err := q.readEntryLocked(max - 1)
-		if err == nil {
+		if e, err := q.readEntry(max - 1); err == nil {
 			q.lastStore.Store(e.StoreTime)
 		}
 	}
 	return nil
 }
 
-func (q *cqueue) readEntryLocked(off uint64) (Entry, error) {
-	bp := entryBufs.Get().(*entryBuf)
-	defer entryBufs.Put(bp)
-	b := bp[:entrySize]
-	f := q.files[off/q.per*q.per]
-	if f == nil {
-		return Entry{}, ErrNotFound
-	}
-	if _, err := f.ReadAt(b[:entrySize], int64(off%q.per)*entrySize); err != nil {
-		return Entry{}, err
-	}
-	return getEntry(b), nil
-}
-
-// load opens an existing queue directory.
-func loadQueue(fs fsutil.FS, dir, topic string, id uint32, per uint64) (*cqueue, error) {
-	q := &cqueue{dir: dir, topic: topic, id: id, per: per, files: map[uint64]fsutil.File{}, fs: fs}
+// loadQueue finds an existing queue directory's files. It opens none: the
+// last one's size gives the queue's end, and the cache opens files as
+// they are read.
+func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per uint64) (*cqueue, error) {
+	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]struct{}{}, fs: fs, cache: cache}
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
 	var firsts []uint64
+	sizes := map[uint64]int64{}
 	for _, e := range ents {
 		name := e.Name()
 		if !strings.HasSuffix(name, ".cq") {
@@ -246,41 +252,25 @@ func loadQueue(fs fsutil.FS, dir, topic string, id uint32, per uint64) (*cqueue,
 		if err != nil || first%per != 0 {
 			return nil, fmt.Errorf("%w: unexpected file %s (was EntriesPerFile changed?)", ErrCorrupt, filepath.Join(dir, name))
 		}
-		firsts = append(firsts, first)
-	}
-	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
-	for _, first := range firsts {
-		f, err := fs.OpenFile(q.fileName(first), os.O_RDWR, 0)
+		fi, err := e.Info()
 		if err != nil {
-			q.close()
 			return nil, err
 		}
-		q.files[first] = f
+		firsts = append(firsts, first)
+		sizes[first] = fi.Size()
+		q.segs[first] = struct{}{}
 	}
 	if len(firsts) == 0 {
 		return q, nil
 	}
-	last := q.files[firsts[len(firsts)-1]]
-	fi, err := last.Stat()
-	if err != nil {
-		q.close()
-		return nil, err
-	}
+	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
+	lastFirst := firsts[len(firsts)-1]
 	q.min.Store(firsts[0])
-	q.max.Store(firsts[len(firsts)-1] + uint64(fi.Size())/entrySize)
+	q.max.Store(lastFirst + uint64(sizes[lastFirst])/entrySize)
 	if max := q.max.Load(); max > firsts[0] {
 		if e, err := q.readEntry(max - 1); err == nil {
 			q.lastStore.Store(e.StoreTime)
 		}
 	}
 	return q, nil
-}
-
-func (q *cqueue) close() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for k, f := range q.files {
-		f.Close()
-		delete(q.files, k)
-	}
 }

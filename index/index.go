@@ -49,8 +49,9 @@ type Index struct {
 	// mu serialises the writers: Dispatch (the log's flusher), Truncated,
 	// DropBefore and the bookkeeping part of Checkpoint.
 	mu      sync.Mutex
-	dirty   map[fsutil.File]struct{}
+	dirty   map[string]struct{} // consume-queue files written since the last checkpoint
 	dirs    map[string]struct{} // directories whose names changed since the last checkpoint
+	cache   *fileCache          // the consume-queue files open now (at most MaxOpenFiles)
 	touched []*cqueue
 	pos     int64 // end of the last dispatched record
 	resume  int64 // checkpointed position at open, -1 if none
@@ -78,7 +79,8 @@ func Open(opts Options) (*Index, error) {
 		return nil, err
 	}
 	idx := &Index{opts: opts, logger: opts.Logger.With("component", "index"),
-		dirty: map[fsutil.File]struct{}{}, dirs: map[string]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1}
+		dirty: map[string]struct{}{}, dirs: map[string]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1,
+		cache: newFileCache(opts.FS, opts.MaxOpenFiles)}
 	if err := fsutil.MkdirAll(opts.FS, opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("index: %w", err)
 	}
@@ -156,7 +158,7 @@ func (idx *Index) loadQueues() error {
 			if err != nil {
 				return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, qd.Name())
 			}
-			q, err := loadQueue(idx.opts.FS, filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
+			q, err := loadQueue(idx.opts.FS, idx.cache, filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
 			if err != nil {
 				return fmt.Errorf("index: %w", err)
 			}
@@ -270,7 +272,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		if q == nil {
 			topic := string(ri.Topic)
 			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
-				per: uint64(idx.opts.EntriesPerFile), files: map[uint64]fsutil.File{}, fs: idx.opts.FS}
+				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]struct{}{}, fs: idx.opts.FS, cache: idx.cache}
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
 			idx.addQueue(q)
@@ -356,13 +358,15 @@ func (idx *Index) Read(topic string, queue uint32, from uint64, dst []Entry) ([]
 	b := bp[:]
 	for off := from; off < hi && len(dst) < cap(dst); {
 		n := min(hi-off, uint64(cap(dst)-len(dst)), uint64(len(b)/entrySize), q.per-off%q.per)
-		f, err := q.file(off, false, nil)
+		cf, err := q.file(off, false, nil)
 		if err != nil {
 			return dst, err
 		}
 		chunk := b[:n*entrySize]
-		if _, err := f.ReadAt(chunk, int64(off%q.per)*entrySize); err != nil {
-			return dst, fmt.Errorf("index: read %s: %w", f.Name(), err)
+		_, err = cf.f.ReadAt(chunk, int64(off%q.per)*entrySize)
+		q.cache.put(cf)
+		if err != nil {
+			return dst, fmt.Errorf("index: read %s: %w", cf.path, err)
 		}
 		for i := uint64(0); i < n; i++ {
 			dst = append(dst, getEntry(chunk[i*entrySize:]))
@@ -444,12 +448,13 @@ func (idx *Index) DropBefore(pos int64) {
 		newMin := min + uint64(n)
 		q.min.Store(newMin)
 		q.mu.Lock()
-		for first, f := range q.files {
+		for first := range q.segs {
 			if first+q.per <= newMin {
-				f.Close()
-				idx.opts.FS.Remove(f.Name())
-				delete(q.files, first)
-				delete(idx.dirty, f)
+				path := q.fileName(first)
+				idx.cache.forget(path)
+				idx.opts.FS.Remove(path)
+				delete(q.segs, first)
+				delete(idx.dirty, path)
 				idx.dirs[q.dir] = struct{}{}
 			}
 		}
@@ -469,7 +474,7 @@ func (idx *Index) checkpoint(closing bool) error {
 	}
 	idx.mu.Lock()
 	pos := idx.pos
-	files := make([]fsutil.File, 0, len(idx.dirty))
+	files := make([]string, 0, len(idx.dirty))
 	for f := range idx.dirty {
 		files = append(files, f)
 		delete(idx.dirty, f)
@@ -481,8 +486,8 @@ func (idx *Index) checkpoint(closing bool) error {
 	}
 	idx.mu.Unlock()
 	for _, f := range files {
-		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
-			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f.Name(), err))
+		if err := idx.cache.sync(f); err != nil {
+			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f, err))
 		}
 	}
 	// The names of new queue files and directories, and of removed ones.
@@ -537,13 +542,7 @@ func (idx *Index) Close() error {
 }
 
 func (idx *Index) closeFiles() {
-	idx.qmu.Lock()
-	for _, m := range idx.queues {
-		for _, q := range m {
-			q.close()
-		}
-	}
-	idx.qmu.Unlock()
+	idx.cache.closeAll()
 	if idx.keys != nil {
 		idx.keys.close()
 	}

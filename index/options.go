@@ -32,7 +32,16 @@ type Options struct {
 	// ProducerSnapshotEvery is how often, at most, an index checkpoint
 	// writes the producer table (default 10s; producers.go).
 	ProducerSnapshotEvery time.Duration
+	// MaxOpenFiles bounds the consume-queue files kept open (default
+	// DefaultMaxOpenFiles): beyond it the least recently used are closed,
+	// and opened again when read or written (filecache.go).
+	MaxOpenFiles int
 }
+
+// DefaultMaxOpenFiles is the default Options.MaxOpenFiles: far below
+// common limits (a soft limit of 1,024 is common, and quiverd raises it to
+// the hard one), and more than the files a broker's active queues use.
+const DefaultMaxOpenFiles = 4096
 
 // EnsureDefaults fills zero fields.
 func (o *Options) EnsureDefaults() *Options {
@@ -51,6 +60,9 @@ func (o *Options) EnsureDefaults() *Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.MaxOpenFiles == 0 {
+		o.MaxOpenFiles = DefaultMaxOpenFiles
+	}
 	if o.ProducerSnapshotEvery == 0 {
 		o.ProducerSnapshotEvery = 10 * time.Second
 	}
@@ -64,6 +76,8 @@ func (o *Options) Validate() error {
 		return errors.New("index: Options.Dir is empty")
 	case o.EntriesPerFile < 1 || o.KeySlots < 1 || o.KeyEntries < 1:
 		return errors.New("index: sizes must be positive")
+	case o.MaxOpenFiles < 16:
+		return errors.New("index: MaxOpenFiles must be at least 16")
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/quivermq/quiver/daemon/console"
 	"github.com/quivermq/quiver/daemon/controller"
+	"github.com/quivermq/quiver/index"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -282,6 +283,11 @@ func newMetrics(b *Broker) *metrics {
 			func() float64 { return float64(b.Log().Stats().Queued) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_send_queue_busy_total", Help: "Produces failed with BUSY (waited past max-queue-wait, or the queue was full)."},
 			func() float64 { return float64(b.Log().Stats().Busy) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_index_files_open", Help: "Consume-queue files open now (at most max_open_files)."},
+			func() float64 { return float64(b.indexFiles().Open) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_index_file_opens_total",
+			Help: "Consume-queue files opened (a high rate: more queues are in use than max_open_files keeps open)."},
+			func() float64 { return float64(b.indexFiles().Opens) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_commits_total", Help: "Group commits."},
 			func() float64 { return float64(b.Log().Stats().Commits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_syncs_total", Help: "fdatasyncs of the log."},
@@ -339,6 +345,12 @@ func (m *metrics) fetched(records uint32, bytes int) {
 	m.fetchedMsgs.Add(float64(records))
 	m.fetchedRecs.Add(int64(records))
 	m.fetchedBytes.Add(float64(bytes))
+}
+
+func (b *Broker) indexFiles() index.FileStats {
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
+	return b.st.Index.Files()
 }
 
 // Registry is the broker's metrics registry; the server and the admin

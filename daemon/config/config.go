@@ -54,6 +54,7 @@ type Config struct {
 	SegmentSize   int64    `toml:"segment_size" help:"bytes per log segment (fixed once the log exists)"`
 	RetentionAge  Duration `toml:"retention_age" help:"delete log segments older than this (0: keep)"`
 	RetentionSize int64    `toml:"retention_bytes" help:"delete the oldest segments while the log is larger (0: no limit)"`
+	MaxOpenFiles  int      `toml:"max_open_files" help:"consume-queue files kept open at most (the least recently used are closed, and opened again when needed); quiverd raises its soft file limit to the hard one and keeps this below it"`
 	DiskReserve   int64    `toml:"disk_reserve" help:"refuse sends (DISK_FULL, retryable) while the data file system's free bytes plus the unused room of the log's preallocated segments are fewer than this; reads, commits and topic changes go on (0: a segment and an eighth)"`
 
 	AutoCreateTopics bool `toml:"auto_create_topics" help:"create a topic on its first send"`
@@ -112,7 +113,7 @@ func Default() Config {
 		Data: "./quiver-data", Listen: "127.0.0.1:7420", Admin: "127.0.0.1:7421", BrokerID: "quiverd",
 		Engine: "auto", Durability: "sync", AsyncInterval: Duration{100 * time.Millisecond},
 		MaxQueueWait: Duration{200 * time.Millisecond}, QueueDepth: 8192, SegmentSize: 1 << 30,
-		AutoCreateTopics: true, DefaultQueues: 4,
+		AutoCreateTopics: true, DefaultQueues: 4, MaxOpenFiles: 4096,
 		LogLevel: "info", LogFormat: "text", LogMax: 64 << 20,
 		ReplicaHeartbeat: Duration{replica.DefaultHeartbeat}, ReplicaTimeout: Duration{replica.DefaultTimeout},
 		ReplicaLag: Duration{replica.DefaultInsyncLag}, ReplicaAckWait: Duration{replica.DefaultAckTimeout}, ReplicaCatchup: replica.DefaultCatchupMiB,
@@ -172,6 +173,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: a follower needs leader (the leader's address)")
 	case c.DiskReserve < 0:
 		return fmt.Errorf("config: disk_reserve %d must not be negative", c.DiskReserve)
+	case c.MaxOpenFiles < 64:
+		return fmt.Errorf("config: max_open_files %d (at least 64)", c.MaxOpenFiles)
 	case c.MinInsync < 0:
 		return fmt.Errorf("config: min_insync %d", c.MinInsync)
 	case c.ReplicaHeartbeat.Duration <= 0 || c.ReplicaTimeout.Duration <= 0 || c.ReplicaLag.Duration <= 0 || c.ReplicaAckWait.Duration <= 0:

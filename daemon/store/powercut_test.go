@@ -43,12 +43,16 @@ func TestStorePowerCut(t *testing.T) {
 			break
 		}
 	}
-	t.Logf("%d power cuts: %d acknowledged records verified through their queue offsets, %d through their keys, %d through their producer and sequence; unsynced writes kept %d, dropped %d, torn %d; %d name changes undone",
-		rounds, total.acked, total.keyed, total.sends, total.cut.Kept, total.cut.Dropped, total.cut.Torn, total.cut.NamesLost)
+	t.Logf("%d power cuts: %d acknowledged records verified through their queue offsets, %d through their keys, %d through their producer and sequence; unsynced writes kept %d, dropped %d, torn %d; %d name changes undone; %d consume-queue files closed before the cut (at most 16 open)",
+		rounds, total.acked, total.keyed, total.sends, total.cut.Kept, total.cut.Dropped, total.cut.Torn, total.cut.NamesLost, total.reopened)
+	if !t.Failed() && total.reopened == 0 {
+		t.Error("no consume-queue file was ever closed for MaxOpenFiles: the cuts did not test it")
+	}
 }
 
 type cutTotals struct {
 	acked, keyed, sends int
+	reopened            int64 // consume-queue files closed and opened again (MaxOpenFiles)
 	cut                 fsutil.CutStats
 }
 
@@ -56,6 +60,7 @@ func (c *cutTotals) add(d cutTotals) {
 	c.acked += d.acked
 	c.keyed += d.keyed
 	c.sends += d.sends
+	c.reopened += d.reopened
 	c.cut.Add(d.cut)
 }
 
@@ -90,7 +95,7 @@ func cutOpts(dir, backend string, fs fsutil.FS, rng *rand.Rand) Options {
 		Log: qlog.Options{SegmentSize: 256 << 10, TailBytes: 64 << 10, MaxBatchBytes: 16 << 10,
 			CheckpointInterval: time.Duration(2+rng.IntN(30)) * time.Millisecond,
 			RetentionBytes:     4 * (256 << 10), RetentionCheck: 5 * time.Millisecond},
-		Index: index.Options{EntriesPerFile: 64, KeySlots: 61, KeyEntries: 100,
+		Index: index.Options{EntriesPerFile: 64, KeySlots: 61, KeyEntries: 100, MaxOpenFiles: 16, // files closed and reopened under the power cuts
 			ProducerSnapshotEvery: time.Duration(2+rng.IntN(30)) * time.Millisecond},
 	}
 	return o
@@ -156,6 +161,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 		t.Fatal(err)
 	}
 	wg.Wait()
+	files := s.Index.Files()
 	s.Close() // fails: the disk is gone
 
 	s, err = Open(cutOpts(dir, backend, fsutil.OS, rng))
@@ -168,6 +174,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 	start := s.Log.Positions().Start
 	var out cutTotals
 	out.cut = st
+	out.reopened = files.Closes
 	var r qlog.Record
 	for i, res := range acked {
 		if async && res.Pos+int64(res.Size) > durable {

@@ -111,6 +111,9 @@ type Broker struct {
 	Public  string
 	CAFile  string // the broker's self-signed certificate
 	LogPath string // its stderr, kept across restarts
+	// FileLimit, when set, is the process's open-file limit (soft and
+	// hard: prlimit --nofile) from its next start on.
+	FileLimit int
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -119,6 +122,32 @@ type Broker struct {
 }
 
 var readyRE = regexp.MustCompile(`quiverd ready: quic (\S+), admin (\S+),`)
+
+// StartLimited starts a broker as Start does, with an open-file limit
+// (soft and hard) of files; it skips the test where prlimit (util-linux)
+// is missing.
+func StartLimited(t testing.TB, files int, args ...string) *Broker {
+	t.Helper()
+	if _, err := exec.LookPath("prlimit"); err != nil {
+		t.Skip("no prlimit (util-linux) to set the broker's open-file limit")
+	}
+	dir := t.TempDir()
+	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0", FileLimit: files,
+		CAFile: filepath.Join(dir, "tls", "cert.pem"), LogPath: filepath.Join(dir, "quiverd.log")}
+	b.Restart()
+	t.Cleanup(func() { b.Kill(); b.keepLog() })
+	return b
+}
+
+// OpenFiles counts the broker process's open file descriptors.
+func (b *Broker) OpenFiles() int {
+	b.t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", b.pid()))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	return len(ents)
+}
 
 // Start starts a broker with its data in a new temporary directory; extra
 // args are quiverd flags. It stops (SIGKILL) at the end of the test.
@@ -161,6 +190,10 @@ func (b *Broker) Restart() {
 	defer logf.Close()
 	args := append([]string{"--data", b.Dir, "--listen", b.Addr, "--admin", b.Admin}, b.Args...)
 	cmd := exec.Command(Binary(b.t), args...)
+	if b.FileLimit > 0 {
+		// prlimit execs the broker: the limit holds from its first instruction.
+		cmd = exec.Command("prlimit", append([]string{fmt.Sprintf("--nofile=%d:%d", b.FileLimit, b.FileLimit), "--", Binary(b.t)}, args...)...)
+	}
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
 	stdout, err := cmd.StdoutPipe()
@@ -924,6 +957,14 @@ func (c *Conn) Produce(ctx context.Context, p wire.Produce) (wire.ProduceAck, er
 		p.Count = 1
 	}
 	p.Queue = wire.AnyQueue
+	return c.ProduceTo(ctx, p)
+}
+
+// ProduceTo is Produce to the queue p names.
+func (c *Conn) ProduceTo(ctx context.Context, p wire.Produce) (wire.ProduceAck, error) {
+	if p.Count == 0 {
+		p.Count = 1
+	}
 	h, b, err := c.request(ctx, wire.TypeProduce, p.Append(nil))
 	if err != nil {
 		return wire.ProduceAck{}, err

@@ -32,6 +32,7 @@ import (
 	"github.com/quivermq/quiver/daemon/peer"
 	"github.com/quivermq/quiver/daemon/server"
 	"github.com/quivermq/quiver/daemon/store"
+	"github.com/quivermq/quiver/index"
 	"github.com/quivermq/quiver/ioengine"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk"
@@ -99,7 +100,7 @@ func serve(c config.Config) error {
 		SegmentSize: c.SegmentSize, Durability: dur, AsyncInterval: c.AsyncInterval.Duration,
 		MaxQueueWait: c.MaxQueueWait.Duration, QueueDepth: c.QueueDepth,
 		RetentionAge: c.RetentionAge.Duration, RetentionBytes: c.RetentionSize,
-	}}
+	}, Index: index.Options{MaxOpenFiles: fileBudget(c.MaxOpenFiles, logger)}}
 	if c.DebugFaults {
 		logger.Warn("debug faults are enabled: POST /debug/faults/stall on the admin address stalls the disk; never use this in production")
 		so.WrapEngine = func(e ioengine.Engine) ioengine.Engine { faults = ioengine.NewFaulty(e); return faults }
