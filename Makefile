@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test browser console-shots bench-console test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
+.PHONY: all build test browser console-shots bench-console bench-topics test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
 
 all: build
 
@@ -151,6 +151,13 @@ DELAY_PENDING ?= 1000000
 bench-delay:
 	QUIVER_DELAY_PENDING=$(DELAY_PENDING) QUIVER_DELAY_BURST=$${DELAY_BURST:-20000} $(GO) test $(LDFLAGS) -count=1 -timeout 30m \
 		-run 'TestDelayedPendingMemory|TestDelayedBurst' -v ./daemon/itest/ | grep -E 'delayed messages|^(ok|FAIL|---)'
+
+# What many topics cost: a new broker per count of topics (4 queues each),
+# 16 closed-loop producers of 1 KiB sync sends over all of them; sends/s,
+# topic creations/s, RSS, open files, restart time (issue 17).
+TOPICS_SWEEP ?= 10,100,1000,5000,25000
+bench-topics:
+	QUIVER_TOPICS_SWEEP=$(TOPICS_SWEEP) $(GO) test $(LDFLAGS) -count=1 -timeout 60m -run 'TestManyTopicsSweep' -v ./daemon/itest/ | grep -E '^\||many topics|_test.go|^(ok|FAIL|---)'
 
 # The web console's screenshots (docs/img/console-*.png) from its browser
 # tests, and what it costs: page weight, the bytes an open page reads, the

@@ -325,10 +325,41 @@ func TestAsyncSendsSpreadAroundAndReturnToARestartedBroker(t *testing.T) {
 	dead := c.Groups[1].Leader
 	dead.Kill()
 	asyncBurst(t, ctx, p, "events", 300) // the broker is found dead and set aside
-	got := asyncBurst(t, ctx, p, "events", 600)
-	t.Logf("while g1 is down: %v", got)
-	if got["g0"] < 240 || got["g2"] < 240 {
-		t.Fatalf("g1's share went unevenly to the others (each should have about 300 of 600): %v", got)
+	// Adaptive fault avoidance may also set a live group aside for a
+	// moment when its sends slow down (a busy VM: g0 at 18 ms against 1 ms
+	// once): a burst in which that happened says nothing of how g1's share
+	// is spread, and is sent again.
+	isolations := func() (n int64) {
+		for _, h := range cl.BrokerHealth() {
+			if h.Addr != dead.Public {
+				n += h.Isolations
+			}
+		}
+		return n
+	}
+	for attempt := 1; ; attempt++ {
+		testbroker.WaitFor(t, "the live groups usable", func() bool {
+			for _, h := range cl.BrokerHealth() {
+				if h.Addr != dead.Public && h.Aside {
+					return false
+				}
+			}
+			return true
+		})
+		before := isolations()
+		got := asyncBurst(t, ctx, p, "events", 600)
+		if isolations() != before {
+			t.Logf("burst %d: a live group was set aside meanwhile (%v; %+v): again", attempt, got, cl.BrokerHealth())
+			if attempt == 5 {
+				t.Fatal("in 5 bursts a live group was set aside each time: the spread cannot be judged")
+			}
+			continue
+		}
+		t.Logf("while g1 is down: %v", got)
+		if got["g0"] < 240 || got["g2"] < 240 {
+			t.Fatalf("g1's share went unevenly to the others (each should have about 300 of 600): %v; fault avoidance: %+v", got, cl.BrokerHealth())
+		}
+		break
 	}
 	dead.Restart()
 	restarted := time.Now()
