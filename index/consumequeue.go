@@ -61,7 +61,7 @@ type cqueue struct {
 	fs    fsutil.FS
 	cache *fileCache // the index's open files
 	mu    sync.RWMutex
-	segs  map[uint64]struct{} // the first offsets of its files
+	segs  map[uint64]string // its files' paths by their first offsets (made once: no allocation per read or write)
 
 	min, max  atomic.Uint64 // readable offsets are [min, max)
 	lastStore atomic.Int64
@@ -86,10 +86,10 @@ func (q *cqueue) fileName(first uint64) string {
 func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (*cachedFile, error) {
 	first := off / q.per * q.per
 	q.mu.RLock()
-	_, ok := q.segs[first]
+	path, ok := q.segs[first]
 	q.mu.RUnlock()
 	if ok {
-		return q.cache.get(q.fileName(first), os.O_RDWR)
+		return q.cache.get(path, os.O_RDWR)
 	}
 	if !create {
 		return nil, fmt.Errorf("%w: %s/%d offset %d has no file", ErrNotFound, q.topic, q.id, off)
@@ -103,13 +103,14 @@ func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (*cache
 	if err := q.fs.MkdirAll(q.dir, 0o755); err != nil {
 		return nil, err
 	}
-	cf, err := q.cache.get(q.fileName(first), osCreate)
+	path = q.fileName(first)
+	cf, err := q.cache.get(path, osCreate)
 	if err != nil {
 		return nil, err
 	}
 	dirs[q.dir] = struct{}{}
 	q.mu.Lock()
-	q.segs[first] = struct{}{}
+	q.segs[first] = path
 	q.mu.Unlock()
 	return cf, nil
 }
@@ -198,10 +199,9 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	last := max / q.per * q.per
 	q.mu.Lock()
 	var cut bool
-	for first := range q.segs {
+	for first, path := range q.segs {
 		switch {
 		case first > last:
-			path := q.fileName(first)
 			q.cache.forget(path)
 			q.fs.Remove(path)
 			delete(q.segs, first)
@@ -236,7 +236,7 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 // last one's size gives the queue's end, and the cache opens files as
 // they are read.
 func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per uint64) (*cqueue, error) {
-	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]struct{}{}, fs: fs, cache: cache}
+	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]string{}, fs: fs, cache: cache}
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -258,7 +258,7 @@ func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per
 		}
 		firsts = append(firsts, first)
 		sizes[first] = fi.Size()
-		q.segs[first] = struct{}{}
+		q.segs[first] = filepath.Join(dir, name)
 	}
 	if len(firsts) == 0 {
 		return q, nil

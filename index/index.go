@@ -272,7 +272,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		if q == nil {
 			topic := string(ri.Topic)
 			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
-				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]struct{}{}, fs: idx.opts.FS, cache: idx.cache}
+				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{}, fs: idx.opts.FS, cache: idx.cache}
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
 			idx.addQueue(q)
@@ -448,9 +448,8 @@ func (idx *Index) DropBefore(pos int64) {
 		newMin := min + uint64(n)
 		q.min.Store(newMin)
 		q.mu.Lock()
-		for first := range q.segs {
+		for first, path := range q.segs {
 			if first+q.per <= newMin {
-				path := q.fileName(first)
 				idx.cache.forget(path)
 				idx.opts.FS.Remove(path)
 				delete(q.segs, first)
