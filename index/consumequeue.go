@@ -65,6 +65,10 @@ type cqueue struct {
 
 	min, max  atomic.Uint64 // readable offsets are [min, max)
 	lastStore atomic.Int64
+	// tailPos is the log position of the entry at max-1 when known and
+	// whole (-1: read it): truncateFrom checks a queue without a read.
+	// (dispatcher-owned: written and read under Index.mu)
+	tailPos int64
 
 	// Dispatcher-owned staging of new entries.
 	buf     []byte
@@ -164,6 +168,7 @@ func (q *cqueue) flush(dirty, dirs map[string]struct{}) error {
 	if len(q.buf) > 0 {
 		last := getEntry(q.buf[len(q.buf)-entrySize:])
 		q.lastStore.Store(last.StoreTime)
+		q.tailPos = last.Pos
 		q.max.Store(off)
 	}
 	q.buf = q.buf[:0]
@@ -175,6 +180,10 @@ func (q *cqueue) flush(dirty, dirs map[string]struct{}) error {
 // completely written (size 0).
 func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error {
 	max := q.max.Load()
+	if q.tailPos >= 0 && q.tailPos < end {
+		return nil // its newest entry is whole and before end: nothing to cut
+	}
+	q.tailPos = -1
 	for max > q.min.Load() {
 		e, err := q.readEntry(max - 1)
 		if errors.Is(err, io.EOF) || errors.Is(err, ErrNotFound) || errors.Is(err, os.ErrNotExist) {
@@ -227,6 +236,9 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	if max > q.min.Load() {
 		if e, err := q.readEntry(max - 1); err == nil {
 			q.lastStore.Store(e.StoreTime)
+			if e.Size > 0 {
+				q.tailPos = e.Pos
+			}
 		}
 	}
 	return nil
@@ -236,7 +248,7 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 // last one's size gives the queue's end, and the cache opens files as
 // they are read.
 func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per uint64) (*cqueue, error) {
-	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]string{}, fs: fs, cache: cache}
+	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]string{}, fs: fs, cache: cache, tailPos: -1}
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -270,6 +282,9 @@ func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per
 	if max := q.max.Load(); max > firsts[0] {
 		if e, err := q.readEntry(max - 1); err == nil {
 			q.lastStore.Store(e.StoreTime)
+			if e.Size > 0 {
+				q.tailPos = e.Pos
+			}
 		}
 	}
 	return q, nil

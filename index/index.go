@@ -272,7 +272,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		if q == nil {
 			topic := string(ri.Topic)
 			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
-				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{}, fs: idx.opts.FS, cache: idx.cache}
+				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{}, fs: idx.opts.FS, cache: idx.cache, tailPos: -1}
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
 			idx.addQueue(q)

@@ -188,6 +188,8 @@ type router struct {
 	changed chan struct{} // closed (and replaced) by each refresh
 	started sync.Once
 	boot    map[string]bool
+	// lastStart is when the last refresh that succeeded began (mu held).
+	lastStart time.Time
 }
 
 // updated returns a channel closed when the routes are next refreshed.
@@ -284,7 +286,29 @@ func (r *router) loop() {
 func (r *router) refresh(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.refreshLocked(ctx)
+	return r.refreshRecorded(ctx)
+}
+
+// refreshSince refreshes the routes unless a refresh that began after
+// since succeeded while this call waited for its turn: many concurrent
+// callers (CreateTopic, to see their topic) share a refresh instead of
+// queueing one each, each of which lists every topic.
+func (r *router) refreshSince(ctx context.Context, since time.Time) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lastStart.After(since) {
+		return nil
+	}
+	return r.refreshRecorded(ctx)
+}
+
+func (r *router) refreshRecorded(ctx context.Context) error {
+	start := time.Now()
+	err := r.refreshLocked(ctx)
+	if err == nil {
+		r.lastStart = start
+	}
+	return err
 }
 
 func (r *router) refreshLocked(ctx context.Context) error {

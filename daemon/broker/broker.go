@@ -114,7 +114,12 @@ type Broker struct {
 		sync.RWMutex
 		m map[string]*topic
 	}
-	createMu sync.Mutex // serialises topic creation
+	// creating holds the topics whose creation is in flight (their control
+	// record being stored): a second creation of one waits for the first;
+	// creations of different topics go on at once, and the log's group
+	// commit syncs them together.
+	createMu sync.Mutex
+	creating map[string]chan struct{}
 	ctl      *control
 	groups   *coordinator
 	waiters  waiters
@@ -322,11 +327,27 @@ func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *w
 		return t, nil
 	}
 	b.createMu.Lock()
-	defer b.createMu.Unlock()
-	if t := b.topic(name); t != nil { // created while we waited
+	if wait, ok := b.creating[name]; ok {
+		b.createMu.Unlock()
+		<-wait // being created: use it, or try again if that failed
 		return b.ensureTopic(name, queues, exact)
 	}
-	if err := b.ctl.appendTopic(name, queues); err != nil {
+	if t := b.topic(name); t != nil { // created meanwhile
+		b.createMu.Unlock()
+		return b.ensureTopic(name, queues, exact)
+	}
+	if b.creating == nil {
+		b.creating = map[string]chan struct{}{}
+	}
+	done := make(chan struct{})
+	b.creating[name] = done
+	b.createMu.Unlock()
+	err := b.ctl.appendTopic(name, queues)
+	b.createMu.Lock()
+	delete(b.creating, name)
+	b.createMu.Unlock()
+	close(done)
+	if err != nil {
 		return nil, b.storageErr(err)
 	}
 	t := b.topic(name)

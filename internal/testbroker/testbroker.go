@@ -95,8 +95,14 @@ func RemoveBuilds() {
 	}
 }
 
-// Binary builds quiverd (once per test process) and returns its path.
-func Binary(t testing.TB) string { return Build(t, "./daemon/cmd/quiverd") }
+// Binary builds quiverd (once per test process) and returns its path;
+// $QUIVER_QUIVERD names another build instead (a benchmark's baseline).
+func Binary(t testing.TB) string {
+	if p := os.Getenv("QUIVER_QUIVERD"); p != "" {
+		return p
+	}
+	return Build(t, "./daemon/cmd/quiverd")
+}
 
 // Broker is one quiverd process.
 type Broker struct {
