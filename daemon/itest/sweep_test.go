@@ -81,6 +81,7 @@ func sweepOne(t *testing.T, topics int, dur time.Duration) string {
 	body := make([]byte, 1024)
 	var sent atomic.Int64
 	var failed atomic.Int64
+	var firstErr atomic.Pointer[error]
 	var turn atomic.Int64
 	sctx, cancel := context.WithTimeout(ctx, dur)
 	defer cancel()
@@ -99,6 +100,7 @@ func sweepOne(t *testing.T, topics int, dur time.Duration) string {
 				if _, err := pr.Send(sctx, &sdk.Message{Topic: name(i), Body: body}); err != nil {
 					if sctx.Err() == nil {
 						failed.Add(1)
+						firstErr.CompareAndSwap(nil, &err)
 					}
 					continue
 				}
@@ -111,7 +113,7 @@ func sweepOne(t *testing.T, topics int, dur time.Duration) string {
 	rate := float64(sent.Load()) / time.Since(runStart).Seconds()
 	rss, files := b.RSS(), b.OpenFiles()
 	if failed.Load() > 0 {
-		t.Errorf("%d topics: %d sends failed", topics, failed.Load())
+		t.Errorf("%d topics: %d sends failed, the first: %v", topics, failed.Load(), *firstErr.Load())
 	}
 
 	b.Kill()
