@@ -207,22 +207,19 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	// Drop whole files past the end and cut the last one.
 	last := max / q.per * q.per
 	q.mu.Lock()
-	var cut bool
+	cut := q.segs[last] // the file that holds max, if any
 	for first, path := range q.segs {
-		switch {
-		case first > last:
+		if first > last {
 			q.cache.forget(path)
 			q.fs.Remove(path)
 			delete(q.segs, first)
 			delete(dirty, path)
 			dirs[q.dir] = struct{}{}
-		case first == last:
-			cut = true
 		}
 	}
 	q.mu.Unlock()
-	if cut {
-		cf, err := q.cache.get(q.fileName(last), os.O_RDWR)
+	if cut != "" {
+		cf, err := q.cache.get(cut, os.O_RDWR)
 		if err != nil {
 			return fmt.Errorf("index: truncate: %w", err)
 		}

@@ -67,8 +67,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for {
-		since := time.Now()
-		if err := a.cl.router.refreshSince(wait, since); err == nil && len(a.cl.router.table().topics[name]) >= len(t.names) {
+		if err := a.cl.router.refresh(wait); err == nil && len(a.cl.router.table().topics[name]) >= len(t.names) {
 			return nil
 		}
 		select {

@@ -283,26 +283,17 @@ func (r *router) loop() {
 // refresh asks one broker for the cluster (the last one that answered
 // first, then the others), and each bootstrap broker the answer does not
 // describe for itself.
+// refresh fetches the routes, unless a refresh that began after this call
+// succeeded while it waited for its turn: concurrent callers (many
+// CreateTopic at once, each to see its topic) share one refresh instead
+// of queueing one each, each of which lists every topic.
 func (r *router) refresh(ctx context.Context) error {
+	called := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.refreshRecorded(ctx)
-}
-
-// refreshSince refreshes the routes unless a refresh that began after
-// since succeeded while this call waited for its turn: many concurrent
-// callers (CreateTopic, to see their topic) share a refresh instead of
-// queueing one each, each of which lists every topic.
-func (r *router) refreshSince(ctx context.Context, since time.Time) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.lastStart.After(since) {
+	if r.lastStart.After(called) {
 		return nil
 	}
-	return r.refreshRecorded(ctx)
-}
-
-func (r *router) refreshRecorded(ctx context.Context) error {
 	start := time.Now()
 	err := r.refreshLocked(ctx)
 	if err == nil {

@@ -92,7 +92,6 @@ type Console struct {
 	prev   Counters
 	prevAt time.Time
 	n      int // samples taken
-	start  time.Time
 }
 
 // Point is one sample: rates over the interval before T, gauges at T.
@@ -123,7 +122,7 @@ func New(o Options) *Console {
 	if o.MaxLagSeries <= 0 {
 		o.MaxLagSeries = 4096
 	}
-	c := &Console{o: o, points: newRing[Point](o.Keep), spare: NewLatencyHistogram(), start: time.Now()}
+	c := &Console{o: o, points: newRing[Point](o.Keep), spare: NewLatencyHistogram()}
 	c.lags.init(o.LagKeep, o.MaxLagSeries)
 	return c
 }

@@ -137,12 +137,7 @@ func StartLimited(t testing.TB, files int, args ...string) *Broker {
 	if _, err := exec.LookPath("prlimit"); err != nil {
 		t.Skip("no prlimit (util-linux) to set the broker's open-file limit")
 	}
-	dir := t.TempDir()
-	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0", FileLimit: files,
-		CAFile: filepath.Join(dir, "tls", "cert.pem"), LogPath: filepath.Join(dir, "quiverd.log")}
-	b.Restart()
-	t.Cleanup(func() { b.Kill(); b.keepLog() })
-	return b
+	return start(t, t.TempDir(), files, args)
 }
 
 // OpenFiles counts the broker process's open file descriptors.
@@ -165,7 +160,12 @@ func Start(t testing.TB, args ...string) *Broker {
 // StartIn starts a broker on an existing data directory.
 func StartIn(t testing.TB, dir string, args ...string) *Broker {
 	t.Helper()
-	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0",
+	return start(t, dir, 0, args)
+}
+
+func start(t testing.TB, dir string, fileLimit int, args []string) *Broker {
+	t.Helper()
+	b := &Broker{t: t, Dir: dir, Args: args, Addr: "127.0.0.1:0", Admin: "127.0.0.1:0", FileLimit: fileLimit,
 		CAFile: filepath.Join(dir, "tls", "cert.pem"), LogPath: filepath.Join(dir, "quiverd.log")}
 	b.Restart()
 	t.Cleanup(func() { b.Kill(); b.keepLog() })
