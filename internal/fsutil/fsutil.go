@@ -6,6 +6,7 @@
 package fsutil
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -174,4 +175,21 @@ func MkdirAll(fs FS, path string, perm os.FileMode) error {
 		}
 	}
 	return nil
+}
+
+// SyncAll makes everything written to the file system that holds path
+// durable in one call where fs can (the real one on Linux: syncfs(2)). It
+// returns false, and does nothing, where fs cannot: the caller fsyncs each
+// file. (A CrashFS and a WithSync wrapper cannot, so crash and fault tests
+// see every fsync.)
+func SyncAll(fs FS, path string) (bool, error) {
+	s, ok := fs.(interface{ SyncFS(string) error })
+	if !ok {
+		return false, nil
+	}
+	err := s.SyncFS(path)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return false, nil
+	}
+	return true, err
 }
