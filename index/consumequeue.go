@@ -73,14 +73,26 @@ type cqueue struct {
 	// Dispatcher-owned staging of new entries.
 	buf     []byte
 	bufFrom uint64
+
+	// Published entries not yet written to their files (guarded by mu):
+	// offsets [memFrom, memFrom+len(mem)/entrySize), which end at max.
+	// Dispatch appends here and does no file I/O, so its cost does not
+	// depend on how many queues a commit touches; Checkpoint writes them
+	// out, each queue once (Index.writeOut), and so does Dispatch when
+	// more than Options.MaxBufferedEntries wait.
+	mem     []byte
+	memFrom uint64
+	listed  bool // in Index.pending (guarded by Index.mu)
 }
 
-func queueDir(root, topic string, id uint32) string {
-	return filepath.Join(root, "cq", fmt.Sprintf("%x", topic), strconv.FormatUint(uint64(id), 10))
+// topicDir is where a topic's queue files are: one directory per topic
+// (not per queue: a new queue costs a file, not a directory too).
+func topicDir(root, topic string) string {
+	return filepath.Join(root, "cq", fmt.Sprintf("%x", topic))
 }
 
 func (q *cqueue) fileName(first uint64) string {
-	return filepath.Join(q.dir, fmt.Sprintf("%020d.cq", first))
+	return filepath.Join(q.dir, fmt.Sprintf("%d.%020d.cq", q.id, first))
 }
 
 // file returns the file holding offset off, from the index's file cache
@@ -98,14 +110,16 @@ func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (*cache
 	if !create {
 		return nil, fmt.Errorf("%w: %s/%d offset %d has no file", ErrNotFound, q.topic, q.id, off)
 	}
-	for d := q.dir; ; d = filepath.Dir(d) {
-		if _, err := os.Stat(d); err == nil {
-			break
+	if _, err := os.Stat(q.dir); err != nil {
+		for d := q.dir; ; d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				break
+			}
+			dirs[filepath.Dir(d)] = struct{}{} // a directory the next checkpoint syncs
 		}
-		dirs[filepath.Dir(d)] = struct{}{} // a directory the next checkpoint syncs
-	}
-	if err := q.fs.MkdirAll(q.dir, 0o755); err != nil {
-		return nil, err
+		if err := q.fs.MkdirAll(q.dir, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	path = q.fileName(first)
 	cf, err := q.cache.get(path, osCreate)
@@ -121,6 +135,15 @@ func (q *cqueue) file(off uint64, create bool, dirs map[string]struct{}) (*cache
 
 // readEntry reads the entry at off (which must be below max).
 func (q *cqueue) readEntry(off uint64) (Entry, error) {
+	q.mu.RLock()
+	if off >= q.memFrom {
+		if i := (off - q.memFrom) * entrySize; i < uint64(len(q.mem)) {
+			e := getEntry(q.mem[i:])
+			q.mu.RUnlock()
+			return e, nil
+		}
+	}
+	q.mu.RUnlock()
 	bp := entryBufs.Get().(*entryBuf)
 	defer entryBufs.Put(bp)
 	b := bp[:entrySize]
@@ -145,39 +168,83 @@ func (q *cqueue) stage(off uint64, e Entry) {
 	q.buf = append(q.buf, tmp[:]...)
 }
 
-// flush writes the staged entries and publishes them; it returns the files
-// it wrote, for the next checkpoint's fsync.
-func (q *cqueue) flush(dirty, dirs map[string]struct{}) error {
-	b, off := q.buf, q.bufFrom
-	for len(b) > 0 {
+// publish makes the staged entries readable: it moves them to mem (no
+// I/O) and moves max. It returns how many it published. (dispatcher, under
+// Index.mu)
+func (q *cqueue) publish(idx *Index) int {
+	n := len(q.buf) / entrySize
+	if n == 0 {
+		return 0
+	}
+	last := getEntry(q.buf[len(q.buf)-entrySize:])
+	q.mu.Lock()
+	if len(q.mem) == 0 {
+		q.memFrom = q.bufFrom
+		if q.mem == nil {
+			q.mem = idx.bufs.get()
+		}
+	}
+	q.mem = append(q.mem, q.buf...)
+	q.mu.Unlock()
+	q.lastStore.Store(last.StoreTime)
+	q.tailPos = last.Pos
+	q.max.Store(q.bufFrom + uint64(n))
+	q.buf = q.buf[:0]
+	return n
+}
+
+// writeOut writes the queue's published entries that are still in mem to
+// its files, creating files and directories as needed; the files written
+// go in dirty and the directories whose names changed in dirs, for the
+// next checkpoint to sync. It returns how many entries it wrote.
+// (Index.wmu held: one writer at a time)
+func (q *cqueue) writeOut(bufs *bufPool, dirty, dirs map[string]struct{}) (int, error) {
+	q.mu.RLock()
+	// Only the writer shrinks mem and the dispatcher only appends: the
+	// first len(b) bytes stay as they are while the lock is not held.
+	b, from := q.mem, q.memFrom
+	q.mu.RUnlock()
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for rest, off := b, from; len(rest) > 0; {
 		cf, err := q.file(off, true, dirs)
 		if err != nil {
-			return fmt.Errorf("index: %w", err)
+			return 0, fmt.Errorf("index: %w", err)
 		}
 		room := (q.per - off%q.per) * entrySize
-		n := min(uint64(len(b)), room)
-		_, err = cf.f.WriteAt(b[:n], int64(off%q.per)*entrySize)
+		n := min(uint64(len(rest)), room)
+		_, err = cf.f.WriteAt(rest[:n], int64(off%q.per)*entrySize)
 		q.cache.put(cf)
 		if err != nil {
-			return fmt.Errorf("index: write %s: %w", cf.path, err)
+			return 0, fmt.Errorf("index: write %s: %w", cf.path, err)
 		}
 		dirty[cf.path] = struct{}{}
-		b = b[n:]
+		rest = rest[n:]
 		off += n / entrySize
 	}
-	if len(q.buf) > 0 {
-		last := getEntry(q.buf[len(q.buf)-entrySize:])
-		q.lastStore.Store(last.StoreTime)
-		q.tailPos = last.Pos
-		q.max.Store(off)
+	q.mu.Lock()
+	left := copy(q.mem, q.mem[len(b):])
+	q.mem = q.mem[:left]
+	q.memFrom += uint64(len(b) / entrySize)
+	if left == 0 {
+		bufs.put(q.mem)
+		q.mem = nil
 	}
-	q.buf = q.buf[:0]
-	return nil
+	q.mu.Unlock()
+	return len(b) / entrySize, nil
+}
+
+// buffered is how many entries wait in mem.
+func (q *cqueue) buffered() int {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return len(q.mem) / entrySize
 }
 
 // truncateFrom drops entries whose record lies at or after end (the tail of
 // the queue, since positions grow with offsets) and entries that were never
-// completely written (size 0).
+// completely written (size 0). Its entries must all be written out.
 func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error {
 	max := q.max.Load()
 	if q.tailPos >= 0 && q.tailPos < end {
@@ -207,6 +274,7 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	// Drop whole files past the end and cut the last one.
 	last := max / q.per * q.per
 	q.mu.Lock()
+	q.memFrom = max     // mem is empty: the caller wrote it out
 	cut := q.segs[last] // the file that holds max, if any
 	for first, path := range q.segs {
 		if first > last {
@@ -241,48 +309,67 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	return nil
 }
 
-// loadQueue finds an existing queue directory's files. It opens none: the
-// last one's size gives the queue's end, and the cache opens files as
-// they are read.
-func loadQueue(fs fsutil.FS, cache *fileCache, dir, topic string, id uint32, per uint64) (*cqueue, error) {
-	q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: map[uint64]string{}, fs: fs, cache: cache, tailPos: -1}
+// queueFile is one consume-queue file found at open.
+type queueFile struct {
+	first uint64
+	size  int64
+	path  string
+}
+
+// loadTopic finds an existing topic directory's queue files and makes its
+// queues. It opens none but the last file of each queue (its last entry
+// is the queue's newest message): the last file's size gives the queue's
+// end, and the cache opens files as they are read.
+func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([]*cqueue, error) {
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	var firsts []uint64
-	sizes := map[uint64]int64{}
+	files := map[uint32][]queueFile{}
 	for _, e := range ents {
 		name := e.Name()
-		if !strings.HasSuffix(name, ".cq") {
-			continue
-		}
-		first, err := strconv.ParseUint(strings.TrimSuffix(name, ".cq"), 10, 64)
-		if err != nil || first%per != 0 {
+		id, first, ok := parseQueueFile(name)
+		if !ok || first%per != 0 {
 			return nil, fmt.Errorf("%w: unexpected file %s (was EntriesPerFile changed?)", ErrCorrupt, filepath.Join(dir, name))
 		}
 		fi, err := e.Info()
 		if err != nil {
 			return nil, err
 		}
-		firsts = append(firsts, first)
-		sizes[first] = fi.Size()
-		q.segs[first] = filepath.Join(dir, name)
+		files[id] = append(files[id], queueFile{first: first, size: fi.Size(), path: filepath.Join(dir, name)})
 	}
-	if len(firsts) == 0 {
-		return q, nil
-	}
-	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
-	lastFirst := firsts[len(firsts)-1]
-	q.min.Store(firsts[0])
-	q.max.Store(lastFirst + uint64(sizes[lastFirst])/entrySize)
-	if max := q.max.Load(); max > firsts[0] {
-		if e, err := q.readEntry(max - 1); err == nil {
-			q.lastStore.Store(e.StoreTime)
-			if e.Size > 0 {
-				q.tailPos = e.Pos
+	qs := make([]*cqueue, 0, len(files))
+	for id, fl := range files {
+		q := &cqueue{dir: dir, topic: topic, id: id, per: per, segs: make(map[uint64]string, len(fl)), fs: fs, cache: cache, tailPos: -1}
+		sort.Slice(fl, func(i, j int) bool { return fl[i].first < fl[j].first })
+		for _, f := range fl {
+			q.segs[f.first] = f.path
+		}
+		last := fl[len(fl)-1]
+		q.min.Store(fl[0].first)
+		q.max.Store(last.first + uint64(last.size)/entrySize)
+		q.memFrom = q.max.Load()
+		if max := q.max.Load(); max > fl[0].first {
+			if e, err := q.readEntry(max - 1); err == nil {
+				q.lastStore.Store(e.StoreTime)
+				if e.Size > 0 {
+					q.tailPos = e.Pos
+				}
 			}
 		}
+		qs = append(qs, q)
 	}
-	return q, nil
+	return qs, nil
+}
+
+// parseQueueFile reads a queue file's name: "<queue id>.<first offset>.cq".
+func parseQueueFile(name string) (id uint32, first uint64, ok bool) {
+	idS, rest, ok1 := strings.Cut(name, ".")
+	firstS, ok2 := strings.CutSuffix(rest, ".cq")
+	if !ok1 || !ok2 {
+		return 0, 0, false
+	}
+	i, err1 := strconv.ParseUint(idS, 10, 32)
+	f, err2 := strconv.ParseUint(firstS, 10, 64)
+	return uint32(i), f, err1 == nil && err2 == nil
 }

@@ -151,11 +151,14 @@ func (c *fileCache) closeAll() {
 type FileStats struct {
 	Open          int
 	Opens, Closes int64
+	// Buffered is the consume-queue entries readable from memory and not
+	// yet written to their files (the next checkpoint writes them).
+	Buffered int64
 }
 
 // Files reports the index's open consume-queue files.
 func (idx *Index) Files() FileStats {
-	return FileStats{Open: idx.cache.open(), Opens: idx.cache.opens.Load(), Closes: idx.cache.closes.Load()}
+	return FileStats{Open: idx.cache.open(), Opens: idx.cache.opens.Load(), Closes: idx.cache.closes.Load(), Buffered: idx.buffered.Load()}
 }
 
 const osCreate = os.O_RDWR | os.O_CREATE

@@ -25,8 +25,10 @@ func TestManyQueuesWithFewOpenFiles(t *testing.T) {
 		}
 	}
 	// 150 queues; 30 of them roll over several files (16 entries each).
+	// Checkpoints write the entries out (Dispatch keeps them in memory)
+	// every fifth batch, as the store's do every second.
 	var batch []qlog.RecordInfo
-	for i := 0; i < 150*3+30*40; i++ {
+	for i, n := 0, 0; i < 150*3+30*40; i++ {
 		q := i % 150
 		if i >= 150*3 {
 			q = i % 30
@@ -38,6 +40,12 @@ func TestManyQueuesWithFewOpenFiles(t *testing.T) {
 			}
 			batch = batch[:0]
 			check("dispatching")
+			if n++; n%5 == 0 {
+				if err := idx.Checkpoint(); err != nil {
+					t.Fatal(err)
+				}
+				check("writing out")
+			}
 		}
 	}
 	if err := idx.Dispatch(batch); err != nil {

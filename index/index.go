@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 
@@ -49,12 +48,22 @@ type Index struct {
 	// mu serialises the writers: Dispatch (the log's flusher), Truncated,
 	// DropBefore and the bookkeeping part of Checkpoint.
 	mu      sync.Mutex
-	dirty   map[string]struct{} // consume-queue files written since the last checkpoint
-	dirs    map[string]struct{} // directories whose names changed since the last checkpoint
-	cache   *fileCache          // the consume-queue files open now (at most MaxOpenFiles)
+	cache   *fileCache // the consume-queue files open now (at most MaxOpenFiles)
 	touched []*cqueue
-	pos     int64 // end of the last dispatched record
-	resume  int64 // checkpointed position at open, -1 if none
+	pending []*cqueue // queues with entries in memory (cqueue.mem) since the last checkpoint took them
+	spare   []*cqueue // the previous pending slice, reused
+	pos     int64     // end of the last dispatched record
+	resume  int64     // checkpointed position at open, -1 if none
+
+	// wmu serialises the writing out of buffered entries (cqueue.writeOut)
+	// and the changes to queue files; taken after mu when both are.
+	wmu   sync.Mutex
+	dirty map[string]struct{} // consume-queue files written since the last checkpoint
+	dirs  map[string]struct{} // directories whose names changed since the last checkpoint
+
+	bufs     bufPool      // mem buffers of queues that had none left
+	buffered atomic.Int64 // entries in the queues' mem
+	warned   atomic.Bool  // a forced write-out failed and said so
 
 	qmu    sync.RWMutex
 	queues map[string]map[uint32]*cqueue
@@ -146,22 +155,14 @@ func (idx *Index) loadQueues() error {
 	}
 	for _, t := range topics {
 		var topic []byte
-		if _, err := fmt.Sscanf(t.Name(), "%x", &topic); err != nil {
-			return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, filepath.Join(root, t.Name()))
+		if _, err := fmt.Sscanf(t.Name(), "%x", &topic); err != nil || !t.IsDir() {
+			return fmt.Errorf("%w: unexpected %s", ErrCorrupt, filepath.Join(root, t.Name()))
 		}
-		qs, err := idx.opts.FS.ReadDir(filepath.Join(root, t.Name()))
+		qs, err := loadTopic(idx.opts.FS, idx.cache, filepath.Join(root, t.Name()), string(topic), uint64(idx.opts.EntriesPerFile))
 		if err != nil {
 			return fmt.Errorf("index: %w", err)
 		}
-		for _, qd := range qs {
-			id, err := strconv.ParseUint(qd.Name(), 10, 32)
-			if err != nil {
-				return fmt.Errorf("%w: unexpected directory %s", ErrCorrupt, qd.Name())
-			}
-			q, err := loadQueue(idx.opts.FS, idx.cache, filepath.Join(root, t.Name(), qd.Name()), string(topic), uint32(id), uint64(idx.opts.EntriesPerFile))
-			if err != nil {
-				return fmt.Errorf("index: %w", err)
-			}
+		for _, q := range qs {
 			idx.addQueue(q)
 		}
 	}
@@ -216,6 +217,12 @@ func (idx *Index) Truncated(end int64) error {
 func (idx *Index) truncateFrom(end int64) error {
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
+	idx.wmu.Lock()
+	defer idx.wmu.Unlock()
+	// Files are cut: every entry goes to its file first.
+	if err := idx.writeOut(idx.pending); err != nil {
+		return err
+	}
 	qs := idx.allQueues()
 	for _, q := range qs {
 		if err := q.truncateFrom(end, idx.dirty, idx.dirs); err != nil {
@@ -271,7 +278,7 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		q := idx.queueBytes(ri.Topic, ri.QueueID)
 		if q == nil {
 			topic := string(ri.Topic)
-			q = &cqueue{dir: queueDir(idx.opts.Dir, topic, ri.QueueID), topic: topic, id: ri.QueueID,
+			q = &cqueue{dir: topicDir(idx.opts.Dir, topic), topic: topic, id: ri.QueueID,
 				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{}, fs: idx.opts.FS, cache: idx.cache, tailPos: -1}
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
@@ -316,15 +323,82 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		return err
 	}
 	for _, q := range touched {
-		if err := q.flush(idx.dirty, idx.dirs); err != nil {
-			return err
+		idx.buffered.Add(int64(q.publish(idx)))
+		if !q.listed {
+			q.listed = true
+			idx.pending = append(idx.pending, q)
 		}
 	}
 	idx.touched = touched[:0]
 	if n := len(recs); n > 0 {
 		idx.pos = recs[n-1].Pos + int64(recs[n-1].Size)
 	}
+	if idx.buffered.Load() > int64(idx.opts.MaxBufferedEntries) {
+		// Checkpoints do not keep up (a slow or full disk): write out here,
+		// which slows the log down to the disk's pace. The entries are
+		// readable already; a failure leaves them for the next checkpoint.
+		idx.wmu.Lock()
+		err := idx.writeOut(idx.pending)
+		idx.wmu.Unlock()
+		if err != nil && !idx.warned.Swap(true) {
+			idx.logger.Warn("index write-out failed; the entries stay in memory and the next checkpoint tries again", "buffered", idx.buffered.Load(), "err", err)
+		}
+	}
 	return nil
+}
+
+// Pending is how many queues have entries in memory, not written out
+// since the last checkpoint, and how many entries those are: what the
+// next checkpoint writes (a page or two of each queue's file).
+func (idx *Index) Pending() (queues, entries int) {
+	idx.mu.Lock()
+	queues = len(idx.pending)
+	idx.mu.Unlock()
+	return queues, int(idx.buffered.Load())
+}
+
+// writeOut writes the buffered entries of qs to their files. (wmu held)
+func (idx *Index) writeOut(qs []*cqueue) error {
+	for _, q := range qs {
+		n, err := q.writeOut(&idx.bufs, idx.dirty, idx.dirs)
+		idx.buffered.Add(-int64(n))
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bufPool keeps the mem buffers of queues that wrote everything out, for
+// queues that publish next: a steady stream over many queues allocates
+// nothing, and an idle queue holds no buffer.
+type bufPool struct {
+	mu   sync.Mutex
+	free [][]byte
+}
+
+func (p *bufPool) get() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free = p.free[:n-1]
+		return b
+	}
+	return make([]byte, 0, 8*entrySize)
+}
+
+// put keeps b for reuse unless 256 wait already or it is over 16 KiB (a
+// burst's): memory stays with active queues.
+func (p *bufPool) put(b []byte) {
+	if cap(b) > 16<<10 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) < 256 {
+		p.free = append(p.free, b[:0])
+	}
 }
 
 func tagHash(tags []byte) uint64 { return wire.TagHash(tags) }
@@ -357,7 +431,22 @@ func (idx *Index) Read(topic string, queue uint32, from uint64, dst []Entry) ([]
 	defer entryBufs.Put(bp)
 	b := bp[:]
 	for off := from; off < hi && len(dst) < cap(dst); {
-		n := min(hi-off, uint64(cap(dst)-len(dst)), uint64(len(b)/entrySize), q.per-off%q.per)
+		q.mu.RLock()
+		if len(q.mem) > 0 && off >= q.memFrom {
+			// Not written out yet: from memory. mem reaches max, and so hi.
+			for i := (off - q.memFrom) * entrySize; i < uint64(len(q.mem)) && off < hi && len(dst) < cap(dst); i += entrySize {
+				dst = append(dst, getEntry(q.mem[i:]))
+				off++
+			}
+			q.mu.RUnlock()
+			break
+		}
+		end := hi // the entries below end are in files
+		if len(q.mem) > 0 {
+			end = min(hi, q.memFrom)
+		}
+		q.mu.RUnlock()
+		n := min(end-off, uint64(cap(dst)-len(dst)), uint64(len(b)/entrySize), q.per-off%q.per)
 		cf, err := q.file(off, false, nil)
 		if err != nil {
 			return dst, err
@@ -438,6 +527,8 @@ func (idx *Index) LookupKey(topic string, key []byte, max int) ([]KeyHit, error)
 func (idx *Index) DropBefore(pos int64) {
 	idx.mu.Lock()
 	defer idx.mu.Unlock()
+	idx.wmu.Lock()
+	defer idx.wmu.Unlock()
 	qs := idx.allQueues()
 	for _, q := range qs {
 		min, max := q.min.Load(), q.max.Load()
@@ -448,6 +539,14 @@ func (idx *Index) DropBefore(pos int64) {
 		newMin := min + uint64(n)
 		q.min.Store(newMin)
 		q.mu.Lock()
+		if len(q.mem) > 0 && newMin > q.memFrom {
+			// Dropped before they were written out.
+			k := int(newMin-q.memFrom) * entrySize
+			left := copy(q.mem, q.mem[k:])
+			q.mem = q.mem[:left]
+			q.memFrom = newMin
+			idx.buffered.Add(-int64(k / entrySize))
+		}
 		for first, path := range q.segs {
 			if first+q.per <= newMin {
 				idx.cache.forget(path)
@@ -471,19 +570,59 @@ func (idx *Index) checkpoint(closing bool) error {
 	if err := idx.failed.Load(); err != nil {
 		return *err
 	}
+	// The queues with entries in memory, and the position they reach:
+	// every entry before pos is in the memory of a queue taken here, or
+	// written out already (by a Dispatch over MaxBufferedEntries: its
+	// files are in dirty).
 	idx.mu.Lock()
 	pos := idx.pos
-	files := make([]string, 0, len(idx.dirty))
-	for f := range idx.dirty {
-		files = append(files, f)
-		delete(idx.dirty, f)
+	qs := idx.pending
+	for _, q := range qs {
+		q.listed = false
 	}
-	dirs := make([]string, 0, len(idx.dirs))
-	for d := range idx.dirs {
-		dirs = append(dirs, d)
-		delete(idx.dirs, d)
-	}
+	idx.pending, idx.spare = idx.spare[:0], nil
 	idx.mu.Unlock()
+
+	idx.wmu.Lock()
+	err := idx.writeOut(qs)
+	files := make([]string, 0, len(idx.dirty))
+	dirs := make([]string, 0, len(idx.dirs))
+	if err == nil {
+		for f := range idx.dirty {
+			files = append(files, f)
+			delete(idx.dirty, f)
+		}
+		for d := range idx.dirs {
+			dirs = append(dirs, d)
+			delete(idx.dirs, d)
+		}
+	}
+	idx.wmu.Unlock()
+	idx.mu.Lock()
+	if err != nil {
+		// A full disk: what is left stays in memory for the next one.
+		for _, q := range qs {
+			if !q.listed && q.buffered() > 0 {
+				q.listed = true
+				idx.pending = append(idx.pending, q)
+			}
+		}
+		idx.mu.Unlock()
+		return err
+	}
+	idx.spare = qs[:0]
+	idx.mu.Unlock()
+	if len(files)+len(dirs) > syncAllOver {
+		// Many files (many queues written since the last one): one
+		// syncfs instead of an fsync of each.
+		ok, err := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir)
+		if err != nil {
+			return idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, err))
+		}
+		if ok {
+			files, dirs = files[:0], dirs[:0]
+		}
+	}
 	for _, f := range files {
 		if err := idx.cache.sync(f); err != nil {
 			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f, err))
@@ -512,6 +651,10 @@ func (idx *Index) checkpoint(closing bool) error {
 	}
 	return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
 }
+
+// syncAllOver is how many files and directories a checkpoint syncs one by
+// one; over it, it syncs the file system instead (fsutil.SyncAll).
+const syncAllOver = 64
 
 // syncFailed stops checkpoints for good (see failed) and returns err.
 func (idx *Index) syncFailed(err error) error {
@@ -547,12 +690,13 @@ func (idx *Index) closeFiles() {
 	}
 }
 
-// checkpoint file: "QIX1" | pos i64 | crc32c u32
+// checkpoint file: "QIX2" | pos i64 | crc32c u32. (QIX1 was the layout with
+// a directory per queue: an index with one is rebuilt from the log.)
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 func readIndexCheckpoint(fs fsutil.FS, path string) (int64, bool) {
 	b, err := fsutil.ReadFile(fs, path)
-	if err != nil || len(b) != 16 || string(b[:4]) != "QIX1" ||
+	if err != nil || len(b) != 16 || string(b[:4]) != "QIX2" ||
 		crc32.Checksum(b[:12], crcTable) != binary.LittleEndian.Uint32(b[12:]) {
 		return 0, false
 	}
@@ -560,7 +704,7 @@ func readIndexCheckpoint(fs fsutil.FS, path string) (int64, bool) {
 }
 
 func writeIndexCheckpoint(fs fsutil.FS, dir string, pos int64) error {
-	b := append([]byte("QIX1"), make([]byte, 12)...)
+	b := append([]byte("QIX2"), make([]byte, 12)...)
 	binary.LittleEndian.PutUint64(b[4:], uint64(pos))
 	binary.LittleEndian.PutUint32(b[12:], crc32.Checksum(b[:12], crcTable))
 	err := fsutil.WriteAtomic(fs, filepath.Join(dir, checkpointName), b, 0o644)

@@ -238,23 +238,49 @@ func TestReopenWithAndWithoutCheckpoint(t *testing.T) {
 	}
 	idx.Close()
 
+	rebuild := func(when string) {
+		t.Helper()
+		idx = mustOpen(t, testOpts(dir, f))
+		defer idx.Close()
+		if idx.ResumeFrom() >= 0 {
+			t.Fatalf("%s: ResumeFrom %d", when, idx.ResumeFrom())
+		}
+		for i := 0; i < len(f.all); i += 9 {
+			if err := idx.Dispatch(f.all[i:min(i+9, len(f.all))]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: answers differ after a rebuild from the log", when)
+		}
+	}
+	// An index of the previous layout (a directory per queue, checkpoint
+	// QIX1): rebuilt from the log, its files removed.
+	cp := filepath.Join(dir, checkpointName)
+	b, err := os.ReadFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(b, "QIX1")
+	old := filepath.Join(dir, "cq", fmt.Sprintf("%x", "t0"), "0")
+	if err := os.MkdirAll(old, 0o755); err == nil {
+		err = os.WriteFile(filepath.Join(old, fmt.Sprintf("%020d.cq", 0)), make([]byte, 64), 0o644)
+	}
+	if err == nil {
+		err = os.WriteFile(cp, b, 0o644)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rebuild("an index of the previous layout")
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("the previous layout's directory is still there: %v", err)
+	}
 	// Without the index directory at all: rebuilt from the log.
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	idx = mustOpen(t, testOpts(dir, f))
-	defer idx.Close()
-	if idx.ResumeFrom() >= 0 {
-		t.Fatalf("ResumeFrom %d without a checkpoint", idx.ResumeFrom())
-	}
-	for i := 0; i < len(f.all); i += 9 {
-		if err := idx.Dispatch(f.all[i:min(i+9, len(f.all))]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
-		t.Fatal("answers differ after a rebuild from the log")
-	}
+	rebuild("no index")
 }
 
 func TestTruncatedDropsTheTail(t *testing.T) {
@@ -312,20 +338,83 @@ func TestGapIsCorruption(t *testing.T) {
 
 func TestDropBefore(t *testing.T) {
 	f := newFakeLog()
-	idx := mustOpen(t, testOpts(t.TempDir(), f))
-	defer idx.Close()
+	o := testOpts(t.TempDir(), f)
+	idx := mustOpen(t, o)
 	fill(t, idx, f, 200)
-	start := f.all[150].Pos
+	// The first 200 records in files, the next 30 in memory only: the
+	// cut below falls among those.
+	if err := idx.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	fill(t, idx, f, 30)
+	start := f.all[215].Pos
 	idx.DropBefore(start)
-	for _, q := range idx.Queues() {
-		e, err := idx.Lookup(q.Topic, q.Queue, q.Min)
-		if err != nil || e.Pos < start {
-			t.Fatalf("queue %s/%d min %d points at %d, below %d (%v)", q.Topic, q.Queue, q.Min, e.Pos, start, err)
+	check := func(when string) {
+		t.Helper()
+		for _, q := range idx.Queues() {
+			ents, err := idx.Read(q.Topic, q.Queue, q.Min, make([]Entry, 0, 1000))
+			if err != nil || len(ents) != int(q.Max-q.Min) {
+				t.Fatalf("%s: queue %s/%d [%d, %d) read %d entries (%v)", when, q.Topic, q.Queue, q.Min, q.Max, len(ents), err)
+			}
+			for i, e := range ents {
+				if e.Pos < start || e.Size == 0 || i > 0 && e.Pos < ents[i-1].Pos {
+					t.Fatalf("%s: queue %s/%d offset %d: %+v (the log starts at %d)", when, q.Topic, q.Queue, q.Min+uint64(i), e, start)
+				}
+			}
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join(idx.opts.Dir, "cq", "*", "*", "*.cq"))
+	check("after the cut")
+	files, _ := filepath.Glob(filepath.Join(idx.opts.Dir, "cq", "*", "*.cq"))
 	if len(files) >= 6*4 {
 		t.Fatalf("%d queue files left; retention deleted none", len(files))
+	}
+	want := answers(t, idx)
+	if err := idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	idx = mustOpen(t, o)
+	defer idx.Close()
+	idx.DropBefore(start) // as the store does at open
+	check("reopened")
+	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+		t.Fatal("answers differ after reopening")
+	}
+}
+
+// Dispatch keeps new entries in memory, and a checkpoint writes them out:
+// reads answer the same before and after, and after a reopen. Over
+// MaxBufferedEntries, Dispatch writes them out itself: memory stays
+// bounded when checkpoints do not come.
+func TestEntriesInMemoryUntilWrittenOut(t *testing.T) {
+	f := newFakeLog()
+	o := testOpts(t.TempDir(), f)
+	o.MaxBufferedEntries = 50
+	idx := mustOpen(t, o)
+	fill(t, idx, f, 40) // 56 entries: over the bound once
+	if n := idx.buffered.Load(); n > int64(o.MaxBufferedEntries) {
+		t.Fatalf("%d entries in memory, bound %d", n, o.MaxBufferedEntries)
+	}
+	fill(t, idx, f, 10) // under it again: these stay in memory
+	if n := idx.buffered.Load(); n == 0 {
+		t.Fatal("no entries in memory: Dispatch wrote them out under the bound")
+	}
+	want := answers(t, idx)
+	if err := idx.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if n := idx.buffered.Load(); n != 0 {
+		t.Fatalf("%d entries still in memory after a checkpoint", n)
+	}
+	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+		t.Fatal("answers differ once written out")
+	}
+	if err := idx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	idx = mustOpen(t, o)
+	defer idx.Close()
+	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+		t.Fatal("answers differ after reopening")
 	}
 }
 
@@ -353,11 +442,37 @@ func TestConcurrentReadersDuringDispatch(t *testing.T) {
 						t.Errorf("published offset %d unreadable: %+v %v", b.Max-1, e, err)
 						return
 					}
-					idx.Read("t0", 0, b.Min, dst[:0])
+					ents, err := idx.Read("t0", 0, b.Min, dst[:0])
+					if want := min(int(b.Max-b.Min), cap(dst)); err != nil || len(ents) < want {
+						t.Errorf("read %d entries from [%d, %d), want %d: %v", len(ents), b.Min, b.Max, want, err)
+						return
+					}
+					for i, e := range ents {
+						if e.Size == 0 || i > 0 && e.Pos < ents[i-1].Pos {
+							t.Errorf("offset %d: %+v after %+v", b.Min+uint64(i), e, ents[max(i-1, 0)])
+							return
+						}
+					}
 				}
 			}
 		}()
 	}
+	// Checkpoints write entries out while they are read.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := idx.Checkpoint(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
 	fill(t, idx, f, 600)
 	close(done)
 	wg.Wait()

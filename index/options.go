@@ -36,6 +36,10 @@ type Options struct {
 	// DefaultMaxOpenFiles): beyond it the least recently used are closed,
 	// and opened again when read or written (filecache.go).
 	MaxOpenFiles int
+	// MaxBufferedEntries bounds the consume-queue entries kept in memory
+	// between checkpoints (default 1<<20: 32 MiB); past it Dispatch
+	// writes them out itself.
+	MaxBufferedEntries int
 }
 
 // DefaultMaxOpenFiles is the default Options.MaxOpenFiles: far below
@@ -62,6 +66,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.MaxOpenFiles == 0 {
 		o.MaxOpenFiles = DefaultMaxOpenFiles
+	}
+	if o.MaxBufferedEntries == 0 {
+		o.MaxBufferedEntries = 1 << 20
 	}
 	if o.ProducerSnapshotEvery == 0 {
 		o.ProducerSnapshotEvery = 10 * time.Second

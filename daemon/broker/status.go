@@ -87,19 +87,28 @@ func (b *Broker) Status() wire.Status {
 		cur.Queues = append(cur.Queues, qs)
 	}
 	b.stMu.RUnlock()
-	// Topics created but never written have no queues in the index yet.
+	// Topics created but never written have no queues in the index yet
+	// (appended, then one sort: with tens of thousands of topics an insert
+	// each would move the list each time).
 	b.topics.RLock()
+	indexed := len(s.Topics)
 	for name, t := range b.topics.m {
 		if hidden(name) {
 			continue
 		}
-		i := sort.Search(len(s.Topics), func(i int) bool { return s.Topics[i].Name >= name })
-		if i == len(s.Topics) || s.Topics[i].Name != name {
-			s.Topics = append(s.Topics, wire.TopicStatus{})
-			copy(s.Topics[i+1:], s.Topics[i:])
-			s.Topics[i] = wire.TopicStatus{Name: name}
+		i := sort.Search(indexed, func(i int) bool { return s.Topics[i].Name >= name })
+		if i == indexed || s.Topics[i].Name != name {
+			ts := wire.TopicStatus{Name: name, Queues: make([]wire.QueueStatus, t.queues)}
+			for q := range ts.Queues {
+				ts.Queues[q].Queue = uint32(q)
+			}
+			s.Topics = append(s.Topics, ts)
+			continue
 		}
 		ts := &s.Topics[i]
+		if len(ts.Queues) >= int(t.queues) {
+			continue
+		}
 		have := map[uint32]bool{}
 		for _, q := range ts.Queues {
 			have[q.Queue] = true
@@ -112,6 +121,9 @@ func (b *Broker) Status() wire.Status {
 		sort.Slice(ts.Queues, func(i, j int) bool { return ts.Queues[i].Queue < ts.Queues[j].Queue })
 	}
 	b.topics.RUnlock()
+	if len(s.Topics) > indexed {
+		sort.Slice(s.Topics, func(i, j int) bool { return s.Topics[i].Name < s.Topics[j].Name })
+	}
 
 	offs := b.ctl.groupOffsets()
 	delete(offs, delayGroup) // the delayer's progress, not a consumer group
@@ -288,6 +300,9 @@ func newMetrics(b *Broker) *metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_index_file_opens_total",
 			Help: "Consume-queue files opened (a high rate: more queues are in use than max_open_files keeps open)."},
 			func() float64 { return float64(b.indexFiles().Opens) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quiver_index_buffered_entries",
+			Help: "Consume-queue entries kept in memory until the next index checkpoint writes them to their files."},
+			func() float64 { return float64(b.indexFiles().Buffered) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_commits_total", Help: "Group commits."},
 			func() float64 { return float64(b.Log().Stats().Commits) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "quiver_log_syncs_total", Help: "fdatasyncs of the log."},

@@ -27,7 +27,9 @@ type Options struct {
 	Log qlog.Options
 	// Index holds the indexes' file sizes; Dir, Reader, FS and Logger are set by Open.
 	Index index.Options
-	// IndexCheckpoint is how often the indexes are made durable (default 1s).
+	// IndexCheckpoint is how often the indexes are made durable (default
+	// 1s) while few queues are written; with many, up to 10 times less
+	// often (checkpointDue).
 	IndexCheckpoint time.Duration
 	// FS holds everything but the segments (checkpoints, indexes; the
 	// broker's state files too): default fsutil.OS; crash tests pass a
@@ -135,9 +137,14 @@ func (s *Store) checkpointLoop(every time.Duration, logger *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var logged time.Time
+	last := time.Now()
 	for {
 		select {
 		case <-t.C:
+			if queues, entries := s.Index.Pending(); !checkpointDue(queues, entries, time.Since(last), every) {
+				continue
+			}
+			last = time.Now()
 			// A failed fsync stops checkpoints for good and the index said
 			// so once; others (a full disk) are retried, and logged at
 			// most once a minute.
@@ -149,6 +156,18 @@ func (s *Store) checkpointLoop(every time.Duration, logger *slog.Logger) {
 			return
 		}
 	}
+}
+
+// checkpointDue says whether an index checkpoint is due, since after the
+// last one. A checkpoint writes a page of each queue written since the
+// last one and syncs them: with thousands of queues each holding one or
+// two new entries, that is thousands of random page writes for a few
+// bytes each, and the disk that syncs the log does them. So with more
+// than 256 such queues it waits until they hold 4 entries each on
+// average, or 10 intervals have passed (what a restart replays from the
+// log stays bounded: at most 10 intervals of sends).
+func checkpointDue(queues, entries int, since, every time.Duration) bool {
+	return queues <= 256 || entries >= 4*queues || since >= 10*every
 }
 
 // Close closes the log (committing what it accepted) and then the indexes.
