@@ -422,6 +422,8 @@ func TestStatusReportsPositionsAndQueues(t *testing.T) {
 	defer b.Close()
 	b.CreateTopic("orders", 2)
 	b.CreateTopic("empty", 1)
+	b.CreateTopic("zz", 3)
+	b.CreateTopic("a", 2)
 	for i := 0; i < 3; i++ {
 		if _, werr := produce(b, wire.Produce{Topic: "orders", Queue: 1, Body: []byte("x")}); werr != nil {
 			t.Fatal(werr)
@@ -439,12 +441,16 @@ func TestStatusReportsPositionsAndQueues(t *testing.T) {
 	for _, ts := range s.Topics {
 		names = append(names, ts.Name)
 	}
-	if strings.Join(names, ",") != "empty,orders" {
-		t.Fatalf("topics in status: %v (reserved topics must not show)", names)
+	if strings.Join(names, ",") != "a,empty,orders,zz" {
+		t.Fatalf("topics in status: %v (sorted; reserved topics must not show)", names)
 	}
-	q := s.Topics[1].Queues
-	if len(q) != 2 || q[1].Max != 3 || q[1].LastStore == "" || q[0].Max != 0 {
+	q := s.Topics[2].Queues
+	if len(q) != 2 || q[1].Max != 3 || q[1].LastStore == "" || q[0].Max != 0 || q[0].Queue != 0 {
 		t.Fatalf("orders queues: %+v", q)
+	}
+	// Topics never written list their queues too.
+	if q := s.Topics[3].Queues; len(q) != 3 || q[0].Queue != 0 || q[2].Queue != 2 || q[2].Max != 0 {
+		t.Fatalf("queues of a topic never written: %+v", q)
 	}
 }
 
