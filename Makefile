@@ -157,7 +157,7 @@ bench-delay:
 # topic creations/s, RSS, open files, restart time (issue 17).
 TOPICS_SWEEP ?= 10,100,1000,5000,25000
 bench-topics:
-	QUIVER_TOPICS_SWEEP=$(TOPICS_SWEEP) $(GO) test $(LDFLAGS) -count=1 -timeout 60m -run 'TestManyTopicsSweep' -v ./daemon/itest/ | grep -E '[|] |many topics|_test.go|^(ok|FAIL|---)'
+	QUIVER_TOPICS_SWEEP=$(TOPICS_SWEEP) QUIVER_SWEEP_DURATION=$${SWEEP_DURATION:-20s} $(GO) test $(LDFLAGS) -count=1 -timeout 60m -run 'TestManyTopicsSweep' -v ./daemon/itest/ | grep -E '[|] |many topics|sends/s against|_test.go|^(ok|FAIL|---)'
 
 # The web console's screenshots (docs/img/console-*.png) from its browser
 # tests, and what it costs: page weight, the bytes an open page reads, the
