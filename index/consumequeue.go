@@ -83,6 +83,7 @@ type cqueue struct {
 	mem     []byte
 	memFrom uint64
 	listed  bool // in Index.pending (guarded by Index.mu)
+	deleted bool // its topic was deleted: nothing more is written (set under Index.mu and wmu)
 }
 
 // topicDir is where a topic's queue files are: one directory per topic
@@ -199,6 +200,9 @@ func (q *cqueue) publish(idx *Index) int {
 // next checkpoint to sync. It returns how many entries it wrote.
 // (Index.wmu held: one writer at a time)
 func (q *cqueue) writeOut(bufs *bufPool, dirty, dirs map[string]struct{}) (int, error) {
+	if q.deleted {
+		return 0, nil
+	}
 	q.mu.RLock()
 	// Only the writer shrinks mem and the dispatcher only appends: the
 	// first len(b) bytes stay as they are while the lock is not held.
@@ -349,6 +353,9 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		q.min.Store(fl[0].first)
 		q.max.Store(last.first + uint64(last.size)/entrySize)
 		q.memFrom = q.max.Load()
+		if err := q.skipGap(); err != nil {
+			return nil, err
+		}
 		if max := q.max.Load(); max > fl[0].first {
 			if e, err := q.readEntry(max - 1); err == nil {
 				q.lastStore.Store(e.StoreTime)
@@ -360,6 +367,39 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		qs = append(qs, q)
 	}
 	return qs, nil
+}
+
+// skipGap moves min past the entries at the start of the queue's first
+// file that were never written (all zeros): a queue that started past its
+// file's first offset (a topic created again after its deletion; a queue
+// whose files retention had all removed). Usually one read of a file the
+// open reads anyway.
+func (q *cqueue) skipGap() error {
+	bp := entryBufs.Get().(*entryBuf)
+	defer entryBufs.Put(bp)
+	lo, hi := q.min.Load(), q.max.Load()
+	for lo < hi {
+		n := min(hi-lo, uint64(len(bp)/entrySize), q.per-lo%q.per)
+		cf, err := q.file(lo, false, nil)
+		if err != nil {
+			return err
+		}
+		chunk := bp[:n*entrySize]
+		_, err = cf.f.ReadAt(chunk, int64(lo%q.per)*entrySize)
+		q.cache.put(cf)
+		if err != nil {
+			return fmt.Errorf("index: read %s: %w", cf.path, err)
+		}
+		for i := uint64(0); i < n; i++ {
+			if e := getEntry(chunk[i*entrySize:]); e.Size != 0 || e.Pos != 0 {
+				q.min.Store(lo + i)
+				return nil
+			}
+		}
+		lo += n
+	}
+	q.min.Store(hi)
+	return nil
 }
 
 // parseQueueFile reads a queue file's name: "<queue id>.<first offset>.cq".

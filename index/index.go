@@ -275,6 +275,13 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 	}()
 	for i := range recs {
 		ri := &recs[i]
+		if f := idx.opts.DeletedTopic; f != nil {
+			if name, ok := f(ri); ok {
+				if err := idx.dropTopic(string(name)); err != nil {
+					return err
+				}
+			}
+		}
 		q := idx.queueBytes(ri.Topic, ri.QueueID)
 		if q == nil {
 			topic := string(ri.Topic)
@@ -323,6 +330,10 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		return err
 	}
 	for _, q := range touched {
+		if q.deleted {
+			q.buf = q.buf[:0] // staged before its topic's deletion, in this call
+			continue
+		}
 		idx.buffered.Add(int64(q.publish(idx)))
 		if !q.listed {
 			q.listed = true
@@ -344,6 +355,36 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 			idx.logger.Warn("index write-out failed; the entries stay in memory and the next checkpoint tries again", "buffered", idx.buffered.Load(), "err", err)
 		}
 	}
+	return nil
+}
+
+// dropTopic forgets a deleted topic's queues and removes their files.
+// A queue of the same name dispatched later starts anew. (mu held)
+func (idx *Index) dropTopic(topic string) error {
+	idx.qmu.Lock()
+	qs := idx.queues[topic]
+	delete(idx.queues, topic)
+	idx.qmu.Unlock()
+	if len(qs) == 0 {
+		return nil
+	}
+	idx.wmu.Lock()
+	defer idx.wmu.Unlock()
+	for _, q := range qs {
+		q.deleted = true
+		q.mu.Lock()
+		idx.buffered.Add(-int64(len(q.mem) / entrySize))
+		q.mem = nil
+		for _, path := range q.segs {
+			idx.cache.forget(path)
+			delete(idx.dirty, path)
+		}
+		q.mu.Unlock()
+	}
+	if err := idx.opts.FS.RemoveAll(topicDir(idx.opts.Dir, topic)); err != nil {
+		return fmt.Errorf("index: removing deleted topic %s: %w", topic, err)
+	}
+	idx.dirs[filepath.Join(idx.opts.Dir, "cq")] = struct{}{}
 	return nil
 }
 
@@ -519,7 +560,17 @@ func (idx *Index) LookupKey(topic string, key []byte, max int) ([]KeyHit, error)
 	if idx.opts.Reader == nil {
 		return nil, errors.New("index: no RecordReader to verify key hits")
 	}
-	return idx.keys.lookup([]byte(topic), key, max)
+	hits, err := idx.keys.lookup([]byte(topic), key, max)
+	// The key index keeps what retention or a topic's deletion dropped
+	// from the queues: a hit counts only while its queue still reaches it
+	// (a topic created again after a deletion starts past its offsets).
+	kept := hits[:0]
+	for _, h := range hits {
+		if q := idx.queue(topic, h.Queue); q != nil && h.QueueOffset >= q.min.Load() && h.QueueOffset < q.max.Load() {
+			kept = append(kept, h)
+		}
+	}
+	return kept, err
 }
 
 // DropBefore implements log.Retainer: queues no longer reach below the log's

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -590,5 +591,97 @@ func TestFailedSyncStopsCheckpoints(t *testing.T) {
 	defer idx.Close()
 	if from := idx.ResumeFrom(); from != good {
 		t.Fatalf("the next open resumes from %d, want the last good checkpoint %d", from, good)
+	}
+}
+
+// A topic's deletion, met in log order: its queues and their files go, its
+// records before the deletion are not readable again nor found by key (a
+// replay included), and its records after it (the topic created again)
+// start new queues, past the old offsets; other topics are untouched.
+func TestDeletedTopic(t *testing.T) {
+	dir := t.TempDir()
+	f := newFakeLog()
+	o := testOpts(dir, f)
+	o.DeletedTopic = func(ri *qlog.RecordInfo) ([]byte, bool) { return ri.Key, string(ri.Topic) == "del" }
+	idx := mustOpen(t, o)
+	var batch []qlog.RecordInfo
+	for i := 0; i < 80; i++ { // 20 entries in each queue: two files (16 entries each)
+		batch = append(batch, f.append(fmt.Sprintf("t%d", i%2), uint32(i%4/2), 1, fmt.Sprintf("old%d", i)))
+	}
+	if err := idx.Dispatch(batch); err != nil {
+		t.Fatal(err)
+	}
+	if err := idx.Checkpoint(); err != nil { // some in files
+		t.Fatal(err)
+	}
+	// One call: more of t0 (in memory only), the deletion, t0 again.
+	batch = []qlog.RecordInfo{f.append("t0", 0, 1, "old-staged"), f.append("del", 0, 1, "t0"),
+		f.append("t0", 0, 1, "new0"), f.append("t0", 1, 1, "new1"), f.append("t1", 0, 1, "t1-after")}
+	if err := idx.Dispatch(batch); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		for q, key := range []string{"new0", "new1"} {
+			b, ok := idx.Bounds("t0", uint32(q))
+			if !ok || b.Max-b.Min != 1 || b.Min == 0 {
+				t.Fatalf("%s: t0/%d after its deletion: %+v %v, want one entry past the old offsets", when, q, b, ok)
+			}
+			hits, err := idx.LookupKey("t0", []byte(key), 10)
+			if err != nil || len(hits) != 1 || hits[0].QueueOffset != b.Min {
+				t.Fatalf("%s: key %s: %+v %v", when, key, hits, err)
+			}
+		}
+		for _, key := range []string{"old0", "old2", "old-staged"} {
+			if hits, err := idx.LookupKey("t0", []byte(key), 10); err != nil || len(hits) != 0 {
+				t.Fatalf("%s: key %s of the deleted topic found: %+v %v", when, key, hits, err)
+			}
+		}
+		if hits, err := idx.LookupKey("t1", []byte("old1"), 10); err != nil || len(hits) != 1 {
+			t.Fatalf("%s: key old1 of t1: %+v %v", when, hits, err)
+		}
+		if b, _ := idx.Bounds("t1", 0); b.Min != 0 || b.Max != 21 {
+			t.Fatalf("%s: t1/0 %+v, want [0, 21)", when, b)
+		}
+	}
+	check("dispatched")
+	want := answers(t, idx)
+	if err := idx.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	// Only the new queues' files, which hold nothing of the old topic.
+	files, _ := filepath.Glob(filepath.Join(dir, "cq", fmt.Sprintf("%x", "t0"), "*.cq"))
+	if len(files) != 2 {
+		t.Errorf("t0's files after its deletion: %v, want one of each new queue", files)
+	}
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _ := idx.Bounds("t0", uint32(p[len(p)-25]-'0'))
+		if lead := (first.Min % 16) * entrySize; !bytes.Equal(b[:lead], make([]byte, lead)) {
+			t.Errorf("%s holds entries of the deleted topic", p)
+		}
+	}
+	idx.Close()
+	idx = mustOpen(t, o)
+	check("reopened")
+	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+		t.Fatal("answers differ after reopening")
+	}
+	idx.Close()
+	// Rebuilt from the whole log: the deletion is met again in order.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	idx = mustOpen(t, o)
+	defer idx.Close()
+	if err := idx.Dispatch(f.all); err != nil {
+		t.Fatal(err)
+	}
+	check("rebuilt from the log")
+	if got := answers(t, idx); !reflect.DeepEqual(got, want) {
+		t.Fatal("answers differ after a rebuild from the log")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/quivermq/quiver/internal/fsutil"
+	qlog "github.com/quivermq/quiver/log"
 )
 
 // RecordReader reads record bytes from the log, for verifying key hits.
@@ -40,6 +41,12 @@ type Options struct {
 	// between checkpoints (default 1<<20: 32 MiB); past it Dispatch
 	// writes them out itself.
 	MaxBufferedEntries int
+	// DeletedTopic, when set, recognises a record that deletes a topic
+	// (the broker's control record) and returns the topic's name: Dispatch
+	// then drops the topic's queues and removes their files, in log order,
+	// so that its records before the deletion are not readable again
+	// (replays included) and its records after it start new queues.
+	DeletedTopic func(ri *qlog.RecordInfo) (topic []byte, ok bool)
 }
 
 // DefaultMaxOpenFiles is the default Options.MaxOpenFiles: far below

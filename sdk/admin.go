@@ -24,6 +24,52 @@ type Admin struct{ cl *Client }
 // Admin returns the client's admin interface.
 func (cl *Client) Admin() *Admin { return &Admin{cl: cl} }
 
+// DeleteTopic deletes a topic on every broker group of the cluster: its
+// messages are no longer readable (the log's records go with retention),
+// its consume-queue files are removed, the consumer groups' committed
+// offsets of it are dropped, and its name is free. Sends to it fail
+// (UNKNOWN_TOPIC; with auto-create on, a send creates it again, empty).
+// Deleting a topic that does not exist fails with UNKNOWN_TOPIC.
+func (a *Admin) DeleteTopic(ctx context.Context, name string) error {
+	t, err := a.cl.router.routes(ctx)
+	if err != nil {
+		return err
+	}
+	req := wire.DeleteTopic{Topic: name}
+	err = a.everyGroup(ctx, t.names, wire.TypeDeleteTopic, req.Append)
+	a.cl.router.stale()
+	if err != nil {
+		return fmt.Errorf("quiver: deleting topic %s: %w", name, err)
+	}
+	return nil
+}
+
+// everyGroup sends one request to every broker group at once, each
+// retried while it fails with a retryable error, and joins the failures,
+// each naming its group.
+func (a *Admin) everyGroup(ctx context.Context, groups []string, typ wire.Type, payload func([]byte) []byte) error {
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := retrying(ctx, func() error {
+				call, err := a.cl.requestGroup(ctx, g, streamControl, typ, payload)
+				if err == nil {
+					call.release()
+				}
+				return err
+			})
+			if err != nil {
+				errs[i] = fmt.Errorf("broker group %s: %w", g, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // CreateTopic creates a topic with the given number of queues on every
 // broker group of the cluster (on every one it was not created on yet).
 // Creating a topic that exists with the same number of queues succeeds. A
@@ -38,26 +84,7 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		return err
 	}
 	req := wire.Create{Topic: name, Queues: uint32(queues)}
-	errs := make([]error, len(t.names))
-	var wg sync.WaitGroup
-	for i, g := range t.names {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			err := retrying(ctx, func() error {
-				call, err := a.cl.requestGroup(ctx, g, streamControl, wire.TypeCreate, req.Append)
-				if err == nil {
-					call.release()
-				}
-				return err
-			})
-			if err != nil {
-				errs[i] = fmt.Errorf("broker group %s: %w", g, err)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := a.everyGroup(ctx, t.names, wire.TypeCreate, req.Append); err != nil {
 		a.cl.router.stale()
 		return fmt.Errorf("quiver: creating topic %s: %w", name, err)
 	}

@@ -749,8 +749,10 @@ func (c *Consumer) fetchLoop(q *queueState, committed int64) {
 		}
 		failures = 0
 		if len(recs) == 0 && h.Next > next {
-			c.cl.logger.Warn("messages were removed by retention before this group read them",
-				"group", c.group, "topic", q.ref.Topic, "queue", q.ref.Queue, "from", next, "to", h.Next)
+			if committed != wire.NoOffset || next > 0 {
+				c.cl.logger.Warn("messages were removed (by retention, or with their topic's deletion) before this group read them",
+					"group", c.group, "topic", q.ref.Topic, "queue", q.ref.Queue, "from", next, "to", h.Next)
+			}
 		}
 		var out []*Message
 		for i := range recs {

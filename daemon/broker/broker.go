@@ -136,6 +136,11 @@ type topic struct {
 	name   string
 	queues uint32
 	rr     atomic.Uint32 // round-robin queue choice
+	// gate orders sends before the topic's deletion: a send holds it (read)
+	// while its record is handed to the log, a deletion (write) while its
+	// record is, so no send of the topic lands after the deletion record.
+	gate    sync.RWMutex
+	deleted bool // guarded by gate
 }
 
 // ErrClosed is returned after Close.
@@ -198,6 +203,7 @@ func (b *Broker) openStore(truncate bool, to int64) error {
 	so.Dir = b.opts.Dir
 	so.Logger = b.opts.Logger
 	so.Notify = b.dispatched
+	so.Index.DeletedTopic = DeletedTopic
 	so.Log.RetentionHold = b.delay.Hold
 	so.Log.Truncate, so.Log.TruncateTo = truncate, to
 	st, err := store.Open(so)
@@ -357,6 +363,36 @@ func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *w
 	b.logger.Info("topic created", "topic", name, "queues", queues)
 	b.topicCreated()
 	return t, nil
+}
+
+// DeleteTopic deletes a topic: a control record (synced, and replicated
+// with min-insync like a creation) that removes it from the topic table,
+// drops the consumer groups' offsets of it and, through the index, its
+// queues and their files, in log order (index.Options.DeletedTopic).
+// The log's records go with retention.
+func (b *Broker) DeleteTopic(name string) *wire.Error {
+	if werr := validTopic(name); werr != nil {
+		return werr
+	}
+	if werr := b.writable(); werr != nil {
+		return werr
+	}
+	t := b.topic(name)
+	if t == nil {
+		return &wire.Error{Code: wire.CodeUnknownTopic, Message: fmt.Sprintf("topic %s does not exist", name)}
+	}
+	t.gate.Lock()
+	defer t.gate.Unlock()
+	if t.deleted {
+		return &wire.Error{Code: wire.CodeUnknownTopic, Message: fmt.Sprintf("topic %s does not exist", name)}
+	}
+	if err := b.ctl.appendTopicDelete(name); err != nil {
+		return b.storageErr(err)
+	}
+	t.deleted = true
+	b.logger.Info("topic deleted", "topic", name)
+	b.topicCreated() // the routes change
+	return nil
 }
 
 // Metadata lists the asked topics (all when none), with 0 queues for a

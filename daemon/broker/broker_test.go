@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -560,5 +562,63 @@ func TestNames(t *testing.T) {
 	}
 	if got := len(b.Metadata(nil).Topics); got != 3 {
 		t.Fatalf("%d topics exist, want the 3 valid ones", got)
+	}
+}
+
+// Sends racing a topic's deletion either land before it (and go with the
+// topic) or fail UNKNOWN_TOPIC: none is stored after the deletion record,
+// where it would turn up in a topic created again under the name.
+func TestSendsRacingADeletion(t *testing.T) {
+	o := testOpts(t.TempDir())
+	o.NoAutoCreate = true
+	b := open(t, o)
+	defer b.Close()
+	for round := 0; round < 20; round++ {
+		if werr := b.CreateTopic("t", 2); werr != nil {
+			t.Fatal(werr)
+		}
+		var wg sync.WaitGroup
+		var acked atomic.Int64
+		stop := make(chan struct{})
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					_, werr := produce(b, wire.Produce{Topic: "t", Queue: wire.AnyQueue, Count: 1, Body: []byte("x")})
+					switch {
+					case werr == nil:
+						acked.Add(1)
+					case werr.Code != wire.CodeUnknownTopic:
+						t.Errorf("send racing the deletion: %v", werr)
+						return
+					}
+				}
+			}()
+		}
+		for acked.Load() < 10 {
+			runtime.Gosched()
+		}
+		if werr := b.DeleteTopic("t"); werr != nil {
+			t.Fatal(werr)
+		}
+		close(stop)
+		wg.Wait()
+		if werr := b.CreateTopic("t", 2); werr != nil {
+			t.Fatal(werr)
+		}
+		for q := uint32(0); q < 2; q++ {
+			if bd, ok := b.st.Index.Bounds("t", q); ok && bd.Max > bd.Min {
+				t.Fatalf("round %d: queue %d of the topic created again holds %d sends made before it", round, q, bd.Max-bd.Min)
+			}
+		}
+		if werr := b.DeleteTopic("t"); werr != nil {
+			t.Fatal(werr)
+		}
 	}
 }

@@ -26,20 +26,25 @@ type control struct {
 	mu   sync.RWMutex                        // guards what follows; catchUp holds it to apply
 	next map[string]uint64                   // per control topic: next queue offset to apply
 	offs map[string]map[wire.QueueRef]uint64 // group -> queue -> committed offset
+	// deletedAt is the log position of each topic's latest deletion
+	// applied: the two control topics are applied one after the other, so
+	// a commit stored before a deletion may be applied after it, and must
+	// not bring the deleted topic's offsets back.
+	deletedAt map[string]int64
 	// changed since the last snapshot
 	dirty bool
 }
 
 func newControl(b *Broker) *control {
 	return &control{b: b, kc: make(chan struct{}, 1), next: map[string]uint64{},
-		offs: map[string]map[wire.QueueRef]uint64{}}
+		offs: map[string]map[wire.QueueRef]uint64{}, deletedAt: map[string]int64{}}
 }
 
 // reset forgets what was applied (the log was cut): loadLocked applies
 // the log again from the start.
 func (c *control) reset() {
 	c.mu.Lock()
-	c.next, c.offs, c.dirty = map[string]uint64{}, map[string]map[wire.QueueRef]uint64{}, true
+	c.next, c.offs, c.deletedAt, c.dirty = map[string]uint64{}, map[string]map[wire.QueueRef]uint64{}, map[string]int64{}, true
 	c.mu.Unlock()
 }
 
@@ -77,6 +82,24 @@ func (c *control) appendTopic(name string, queues uint32) error {
 	var body [4]byte
 	binary.LittleEndian.PutUint32(body[:], queues)
 	return c.appendControl(&qlog.Message{Topic: topicsTopic, Key: []byte(name), Body: body[:]})
+}
+
+// appendTopicDelete stores a topic's deletion: queues 0, tagged
+// topicDeleteTag (the index drops the topic's queues on it).
+func (c *control) appendTopicDelete(name string) error {
+	return c.appendControl(&qlog.Message{Topic: topicsTopic, Key: []byte(name), Tags: []byte(topicDeleteTag), Body: make([]byte, 4)})
+}
+
+// topicDeleteTag marks a topic record that deletes the topic.
+const topicDeleteTag = "delete"
+
+// DeletedTopic recognises a topic deletion record for the index
+// (index.Options.DeletedTopic).
+func DeletedTopic(ri *qlog.RecordInfo) ([]byte, bool) {
+	if ri.Flags&qlog.FlagControl == 0 || string(ri.Topic) != topicsTopic || string(ri.Tags) != topicDeleteTag {
+		return nil, false
+	}
+	return ri.Key, true
 }
 
 // appendCommit stores a group's committed offsets (the Commit's encoding).
@@ -168,7 +191,7 @@ func (c *control) catchUpLocked(topic string) error {
 			if err != nil {
 				return fmt.Errorf("broker: %s offset %d: %w", topic, next, err)
 			}
-			if err := c.applyLocked(topic, &r); err != nil {
+			if err := c.applyLocked(topic, e.Pos, &r); err != nil {
 				// A record this version cannot apply is skipped, loudly: the
 				// tables are derived data and the log keeps it.
 				c.b.logger.Error("control record not applied", "topic", topic, "offset", next, "err", err)
@@ -181,13 +204,18 @@ func (c *control) catchUpLocked(topic string) error {
 	return nil
 }
 
-func (c *control) applyLocked(topic string, r *qlog.Record) error {
+func (c *control) applyLocked(topic string, pos int64, r *qlog.Record) error {
 	switch topic {
 	case topicsTopic:
 		if len(r.Body) != 4 || len(r.Key) == 0 {
 			return errors.New("bad topic record")
 		}
-		c.b.addTopic(string(r.Key), binary.LittleEndian.Uint32(r.Body))
+		if q := binary.LittleEndian.Uint32(r.Body); q > 0 {
+			c.b.addTopic(string(r.Key), q)
+		} else {
+			c.removeTopicLocked(string(r.Key))
+			c.deletedAt[string(r.Key)] = pos
+		}
 	case offsetsTopic:
 		var cm wire.Commit
 		if err := wire.DecodeCommit(r.Body, &cm); err != nil {
@@ -199,10 +227,35 @@ func (c *control) applyLocked(topic string, r *qlog.Record) error {
 			c.offs[cm.Group] = m
 		}
 		for _, o := range cm.Offsets {
+			if at, ok := c.deletedAt[o.Topic]; ok && pos < at {
+				continue // committed before its topic's deletion
+			}
 			m[o.QueueRef] = o.Offset
 		}
 	}
 	return nil
+}
+
+// removeTopicLocked applies a topic's deletion: out of the table, and
+// the groups' committed offsets of it dropped (c.mu held).
+func (c *control) removeTopicLocked(name string) {
+	b := c.b
+	b.topics.Lock()
+	if _, ok := b.topics.m[name]; ok {
+		delete(b.topics.m, name)
+		b.groups.topicsChanged()
+	}
+	b.topics.Unlock()
+	for g, m := range c.offs {
+		for q := range m {
+			if q.Topic == name {
+				delete(m, q)
+			}
+		}
+		if len(m) == 0 {
+			delete(c.offs, g)
+		}
+	}
 }
 
 // addTopic puts a topic in the table (first definition wins).

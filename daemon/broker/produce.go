@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -167,15 +168,30 @@ func (b *Broker) Produce(c *ProduceCall) {
 	case wire.DurabilityAsync:
 		c.msg.Ack = qlog.AckAsync
 	}
-	b.stMu.RLock()
-	err := b.log.AppendAsync(&c.msg, c.onAppend)
-	b.stMu.RUnlock()
+	t.gate.RLock()
+	var err error
+	if t.deleted {
+		err = errTopicDeleted
+	} else {
+		b.stMu.RLock()
+		err = b.log.AppendAsync(&c.msg, c.onAppend)
+		b.stMu.RUnlock()
+	}
+	t.gate.RUnlock()
+	if err == errTopicDeleted {
+		werr := &wire.Error{Code: wire.CodeUnknownTopic, Message: fmt.Sprintf("topic %s was deleted", t.name)}
+		b.metrics.produceFailed(werr.Code)
+		c.reply(wire.ProduceAck{}, werr)
+		return
+	}
 	if err != nil {
 		werr := b.storageErr(err)
 		b.metrics.produceFailed(werr.Code)
 		c.reply(wire.ProduceAck{}, werr)
 	}
 }
+
+var errTopicDeleted = errors.New("topic deleted")
 
 // appended is the log's callback (on the flusher or the janitor).
 func (c *ProduceCall) appended(res qlog.AppendResult, err error) {

@@ -114,6 +114,7 @@ func TestRequestRights(t *testing.T) {
 		"join audit":       {wire.TypeGroupSync, (&wire.GroupSync{Group: "audit", Member: "m", SessionMs: 10000, Topics: []string{"orders"}}).Append(nil)},
 		"commit billing-1": {wire.TypeCommit, (&wire.Commit{Group: "billing-1", Member: "m"}).Append(nil)},
 		"create":           {wire.TypeCreate, (&wire.Create{Topic: "new", Queues: 1}).Append(nil)},
+		"delete":           {wire.TypeDeleteTopic, (&wire.DeleteTopic{Topic: "gone"}).Append(nil)},
 		"promote":          {wire.TypePromote, nil},
 		"elect":            {wire.TypeElect, (&wire.Elect{Group: "g"}).Append(nil)},
 		"metadata":         {wire.TypeMetadata, (&wire.Metadata{}).Append(nil)},
@@ -123,7 +124,7 @@ func TestRequestRights(t *testing.T) {
 	allowed := map[string][]string{
 		"token-0": {"produce orders", "metadata", "route", "status"},
 		"token-1": {"fetch orders", "join billing-1", "commit billing-1", "metadata", "route", "status"},
-		"token-2": {"create", "promote", "elect", "metadata", "route", "status"},
+		"token-2": {"create", "delete", "promote", "elect", "metadata", "route", "status"},
 	}
 	for tok, may := range allowed {
 		c := f.dial(t)

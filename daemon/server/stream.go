@@ -106,7 +106,7 @@ func (st *stream) dispatch(h wire.Header, payload []byte, bp *[]byte) bool {
 		s.b.Produce(call)
 		return true
 	case wire.TypeFetch, wire.TypeMetadata, wire.TypeCreate, wire.TypeGroupSync, wire.TypeCommit, wire.TypeStatus,
-		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup, wire.TypeFetchTags, wire.TypeClientReport:
+		wire.TypePromote, wire.TypeElect, wire.TypeRoute, wire.TypeOffsets, wire.TypeReset, wire.TypeLookup, wire.TypeFetchTags, wire.TypeClientReport, wire.TypeDeleteTopic:
 		if s.stopping.Load() {
 			putBuf(bp)
 			st.sendError(h.RequestID, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
@@ -231,6 +231,21 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 			return
 		}
 		if werr := b.CreateTopic(m.Topic, m.Queues); werr != nil {
+			st.sendError(id, werr)
+			return
+		}
+		st.ok(id)
+	case wire.TypeDeleteTopic:
+		var m wire.DeleteTopic
+		if err := wire.DecodeDeleteTopic(payload, &m); err != nil {
+			bad(err)
+			return
+		}
+		if werr := st.c.check(acl.Admin, ""); werr != nil {
+			st.sendError(id, werr)
+			return
+		}
+		if werr := b.DeleteTopic(m.Topic); werr != nil {
 			st.sendError(id, werr)
 			return
 		}

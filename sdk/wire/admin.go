@@ -88,6 +88,19 @@ func DecodeCreate(b []byte, m *Create) error {
 	return nil
 }
 
+// DeleteTopic asks a broker to delete a topic (TypeDeleteTopic).
+type DeleteTopic struct {
+	Topic string
+}
+
+func (m *DeleteTopic) Append(dst []byte) []byte { return appendShortString(dst, m.Topic) }
+
+func DecodeDeleteTopic(b []byte, m *DeleteTopic) error {
+	d := decoder{b: b}
+	m.Topic = d.name("topic", MaxTopicLen)
+	return d.end()
+}
+
 // AppendStatusResp encodes the broker's status document (JSON).
 func AppendStatusResp(dst, doc []byte) []byte { return appendLong(dst, doc) }
 

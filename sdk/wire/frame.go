@@ -51,7 +51,8 @@ const (
 	TypeFetchTags    Type = 34 // a Fetch of the messages with some tags (tags.go), answered with FetchResp
 	TypeProduceAt    Type = 35 // a Produce delivered at a time (delay.go), answered with ProduceAck
 	TypeClientReport Type = 36 // the brokers a client sets aside (report.go), answered with OK
-	typeLimit             = 37
+	TypeDeleteTopic  Type = 37 // admin: delete a topic, answered with OK
+	typeLimit             = 38
 )
 
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and

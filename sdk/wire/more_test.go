@@ -76,6 +76,11 @@ func samples() map[Type]struct {
 			err := DecodeCreate(b, &m)
 			return m.Append(nil), err
 		}},
+		TypeDeleteTopic: {(&DeleteTopic{Topic: "orders"}).Append(nil), func(b []byte) ([]byte, error) {
+			var m DeleteTopic
+			err := DecodeDeleteTopic(b, &m)
+			return m.Append(nil), err
+		}},
 		TypeGroupSync: {(&GroupSync{Group: "g", Member: "m-1", SessionMs: 5000, Topics: []string{"orders"},
 			Owned: []QueueRef{{"orders", 0}, {"orders", 3}}}).Append(nil), func(b []byte) ([]byte, error) {
 			var m GroupSync

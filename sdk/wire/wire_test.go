@@ -222,6 +222,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeMetaResp(b, &MetaResp{})
 	case TypeCreate:
 		DecodeCreate(b, &Create{})
+	case TypeDeleteTopic:
+		DecodeDeleteTopic(b, &DeleteTopic{})
 	case TypeOffsets:
 		DecodeOffsets(b, &Offsets{})
 	case TypeOffsetsResp:

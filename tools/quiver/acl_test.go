@@ -91,6 +91,17 @@ func TestACLContract(t *testing.T) {
 	// Reading the broker's state needs only a valid credential.
 	must(t, runBin(t, "", "", withTok(producerTok, "status")...))
 	must(t, runBin(t, "", "", withTok(producerTok, "topic", "list")...))
+	// Deleting a topic: the admin right, and --yes.
+	refused(t, runBin(t, "", "", withTok(producerTok, "topic", "delete", "payments", "--yes")...), "FORBIDDEN", "the producer deleting a topic")
+	if r := runBin(t, "", "", withTok(adminTok, "topic", "delete", "payments")...); r.code != 2 || !strings.Contains(r.stderr, "--yes") {
+		t.Fatalf("topic delete without --yes: %v", r)
+	}
+	if r := must(t, runBin(t, "", "", withTok(adminTok, "topic", "delete", "payments", "--yes")...)); !strings.Contains(r.stdout, "topic payments deleted") {
+		t.Fatalf("topic delete: %v", r)
+	}
+	if r := must(t, runBin(t, "", "", withTok(adminTok, "topic", "list")...)); strings.Contains(r.stdout, "payments") || !strings.Contains(r.stdout, "orders") {
+		t.Fatalf("topic list after deleting payments: %v", r)
+	}
 
 	// The consumer's token comes from QUIVER_TOKEN.
 	asConsumer := func(stdin string, args ...string) result {

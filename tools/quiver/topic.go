@@ -16,13 +16,13 @@ import (
 func topicCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "topic",
-		Short: "Create, list and inspect topics",
+		Short: "Create, list, inspect and delete topics",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return usagef("topic needs a command: create, list or status")
+			return usagef("topic needs a command: create, list, status or delete")
 		},
 	}
-	cmd.AddCommand(topicCreateCmd(g), topicListCmd(g), topicStatusCmd(g))
+	cmd.AddCommand(topicCreateCmd(g), topicListCmd(g), topicStatusCmd(g), topicDeleteCmd(g))
 	return cmd
 }
 
@@ -59,6 +59,35 @@ func topicCreateCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&queues, "queues", 4, "number of queues")
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"name": T, "queues": N} as JSON`)
+	return cmd
+}
+
+func topicDeleteCmd(g *globals) *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "delete T --yes",
+		Short: "Delete a topic: its messages, queue files and consumer groups' offsets (needs --yes)",
+		Long: `topic delete removes a topic on every broker group: its messages are no
+longer readable and its consume-queue files are removed at once (the log's
+records go with retention), the consumer groups' committed offsets of it are
+dropped, and its name is free for a new topic. It cannot be undone, so it
+needs --yes. Reserved topics (__*) cannot be deleted.`,
+		Args: exactArgs(1, "the topic name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				return usagef("deleting topic %s cannot be undone: add --yes", args[0])
+			}
+			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) error {
+				return a.DeleteTopic(ctx, args[0])
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "topic %s deleted\n", args[0])
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&yes, "yes", false, "delete it (it cannot be undone)")
 	return cmd
 }
 
