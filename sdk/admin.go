@@ -216,7 +216,14 @@ func (a *Admin) Describe(ctx context.Context, addr string) (wire.RouteBroker, er
 
 // Status returns the status document of one broker (the first reachable).
 func (a *Admin) Status(ctx context.Context) (*Status, error) {
-	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeStatus, func(b []byte) []byte { return b })
+	return a.StatusOf(ctx, wire.StatusSel{})
+}
+
+// StatusOf is Status with the topics sel selects: one topic, or a page of
+// them (Status lists the first wire.DefaultStatusTopics; the document
+// counts them all and names the next page's From in TopicsNext).
+func (a *Admin) StatusOf(ctx context.Context, sel wire.StatusSel) (*Status, error) {
+	call, err := a.cl.requestAny(ctx, streamControl, wire.TypeStatus, sel.Append)
 	if err != nil {
 		return nil, err
 	}

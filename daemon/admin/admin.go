@@ -25,7 +25,7 @@ import (
 // Options of the handler.
 type Options struct {
 	Registry *prometheus.Registry
-	Status   func() wire.Status
+	Status   func(wire.StatusSel) wire.Status
 	// Healthy returns nil when the broker can take writes.
 	Healthy func() error
 	// Faults, when set, is served under /debug/faults.
@@ -68,10 +68,15 @@ func Handler(o Options) http.Handler {
 		guarded.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	guarded.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		sel, err := wire.ParseStatusQuery(r.URL.Query())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		enc.Encode(o.Status())
+		enc.Encode(o.Status(sel))
 	})
 	if f := o.Faults; f != nil {
 		// POST /debug/faults/stall holds every disk flush until

@@ -16,7 +16,7 @@ import (
 // the console's data included; profiles exist only when asked for.
 func TestAdminAccess(t *testing.T) {
 	sum := sha256.Sum256([]byte("s3cret"))
-	base := Options{Registry: prometheus.NewRegistry(), Status: func() wire.Status { return wire.Status{} },
+	base := Options{Registry: prometheus.NewRegistry(), Status: func(wire.StatusSel) wire.Status { return wire.Status{} },
 		Healthy: func() error { return nil },
 		UI:      http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("page")) }),
 		UIAPI:   http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("{}")) })}
@@ -62,6 +62,32 @@ func TestAdminAccess(t *testing.T) {
 	} {
 		if got := get(tc.h, tc.path, tc.token); got != tc.want {
 			t.Errorf("GET %s with token %q: %d, want %d", tc.path, tc.token, got, tc.want)
+		}
+	}
+}
+
+// /status passes its query's topic selection to the broker, and refuses a
+// bad one.
+func TestStatusSelection(t *testing.T) {
+	var got wire.StatusSel
+	h := Handler(Options{Registry: prometheus.NewRegistry(), Healthy: func() error { return nil },
+		Status: func(sel wire.StatusSel) wire.Status { got = sel; return wire.Status{} }})
+	for _, tc := range []struct {
+		path string
+		code int
+		sel  wire.StatusSel
+	}{
+		{"/status", 200, wire.StatusSel{}},
+		{"/status?topic=orders", 200, wire.StatusSel{Topic: "orders"}},
+		{"/status?topics_from=m&topics_limit=50", 200, wire.StatusSel{From: "m", Limit: 50}},
+		{"/status?topics_limit=10001", 400, wire.StatusSel{}},
+		{"/status?topics_limit=x", 400, wire.StatusSel{}},
+	} {
+		got = wire.StatusSel{}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", tc.path, nil))
+		if w.Code != tc.code || got != tc.sel {
+			t.Errorf("GET %s: %d with %+v, want %d with %+v", tc.path, w.Code, got, tc.code, tc.sel)
 		}
 	}
 }

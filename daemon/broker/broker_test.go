@@ -454,6 +454,27 @@ func TestStatusReportsPositionsAndQueues(t *testing.T) {
 	if q := s.Topics[3].Queues; len(q) != 3 || q[0].Queue != 0 || q[2].Queue != 2 || q[2].Max != 0 {
 		t.Fatalf("queues of a topic never written: %+v", q)
 	}
+	if s.TopicsTotal != 4 || s.QueuesTotal != 8 || s.TopicsNext != "" {
+		t.Fatalf("totals %d topics, %d queues, next %q; want 4, 8, none", s.TopicsTotal, s.QueuesTotal, s.TopicsNext)
+	}
+	// Pages, and one topic.
+	listed := func(s wire.Status) string {
+		var n []string
+		for _, ts := range s.Topics {
+			n = append(n, ts.Name)
+		}
+		return strings.Join(n, ",") + " next=" + s.TopicsNext
+	}
+	p1 := b.StatusOf(wire.StatusSel{Limit: 2})
+	p2 := b.StatusOf(wire.StatusSel{From: p1.TopicsNext, Limit: 2})
+	one := b.StatusOf(wire.StatusSel{Topic: "orders"})
+	none := b.StatusOf(wire.StatusSel{Topic: "nope"})
+	if got := listed(p1) + " | " + listed(p2) + " | " + listed(one) + " | " + listed(none); got != "a,empty next=empty | orders,zz next= | orders next= |  next=" {
+		t.Fatalf("pages: %s", got)
+	}
+	if one.Topics[0].Queues[1].Max != 3 || p2.TopicsTotal != 4 || one.TopicsTotal != 4 {
+		t.Fatalf("topic orders alone: %+v (totals %d, %d)", one.Topics, p2.TopicsTotal, one.TopicsTotal)
+	}
 }
 
 // The log's errors reach producers with the right code: BUSY, retryable,

@@ -26,8 +26,12 @@ func rfc3339(ns int64) string {
 }
 
 // Status returns the broker's status document (without connections, which
-// the server adds).
-func (b *Broker) Status() wire.Status {
+// the server adds), with the first wire.DefaultStatusTopics topics.
+func (b *Broker) Status() wire.Status { return b.StatusOf(wire.StatusSel{}) }
+
+// StatusOf returns the status document with the topics sel selects. Its
+// cost grows with the topics listed, not with every queue the broker has.
+func (b *Broker) StatusOf(sel wire.StatusSel) wire.Status {
 	now := time.Now()
 	// stMu only while the store is read: the replication status takes it
 	// again through Log, and a read lock taken twice deadlocks once a
@@ -69,65 +73,17 @@ func (b *Broker) Status() wire.Status {
 		s.Warnings = append(s.Warnings, werr.Message)
 	}
 
-	maxOf := map[wire.QueueRef]uint64{}
-	var cur *wire.TopicStatus
-	for _, q := range b.st.Index.Queues() {
-		maxOf[wire.QueueRef{Topic: q.Topic, Queue: q.Queue}] = q.Max
-		if hidden(q.Topic) {
-			continue
-		}
-		if cur == nil || cur.Name != q.Topic {
-			s.Topics = append(s.Topics, wire.TopicStatus{Name: q.Topic})
-			cur = &s.Topics[len(s.Topics)-1]
-		}
-		qs := wire.QueueStatus{Queue: q.Queue, Min: q.Min, Max: q.Max, LastStore: rfc3339(q.LastStore)}
-		if q.LastStore != 0 {
-			qs.LastStoreAgeMs = now.Sub(time.Unix(0, q.LastStore)).Milliseconds()
-		}
-		cur.Queues = append(cur.Queues, qs)
-	}
 	b.stMu.RUnlock()
-	// Topics created but never written have no queues in the index yet
-	// (appended, then one sort: with tens of thousands of topics an insert
-	// each would move the list each time).
-	b.topics.RLock()
-	indexed := len(s.Topics)
-	for name, t := range b.topics.m {
-		if hidden(name) {
-			continue
-		}
-		i := sort.Search(indexed, func(i int) bool { return s.Topics[i].Name >= name })
-		if i == indexed || s.Topics[i].Name != name {
-			ts := wire.TopicStatus{Name: name, Queues: make([]wire.QueueStatus, t.queues)}
-			for q := range ts.Queues {
-				ts.Queues[q].Queue = uint32(q)
-			}
-			s.Topics = append(s.Topics, ts)
-			continue
-		}
-		ts := &s.Topics[i]
-		if len(ts.Queues) >= int(t.queues) {
-			continue
-		}
-		have := map[uint32]bool{}
-		for _, q := range ts.Queues {
-			have[q.Queue] = true
-		}
-		for q := uint32(0); q < t.queues; q++ {
-			if !have[q] {
-				ts.Queues = append(ts.Queues, wire.QueueStatus{Queue: q})
-			}
-		}
-		sort.Slice(ts.Queues, func(i, j int) bool { return ts.Queues[i].Queue < ts.Queues[j].Queue })
-	}
-	b.topics.RUnlock()
-	if len(s.Topics) > indexed {
-		sort.Slice(s.Topics, func(i, j int) bool { return s.Topics[i].Name < s.Topics[j].Name })
-	}
+	s.Topics, s.TopicsTotal, s.QueuesTotal, s.TopicsNext = b.topicPage(sel, now)
 
 	offs := b.ctl.groupOffsets()
 	delete(offs, delayGroup) // the delayer's progress, not a consumer group
-	s.Groups = b.groups.status(now, offs, maxOf)
+	s.Groups = b.groups.status(now, offs, func(q wire.QueueRef) uint64 {
+		b.stMu.RLock()
+		defer b.stMu.RUnlock()
+		bd, _ := b.st.Index.Bounds(q.Topic, q.Queue)
+		return bd.Max
+	})
 	s.Replication = b.replicationStatus()
 	return s
 }
@@ -150,7 +106,7 @@ func lagOf(p qlog.Positions, now time.Time) wire.Lag {
 	return l
 }
 
-func (c *coordinator) status(now time.Time, offs map[string]map[wire.QueueRef]uint64, maxOf map[wire.QueueRef]uint64) []wire.GroupStatus {
+func (c *coordinator) status(now time.Time, offs map[string]map[wire.QueueRef]uint64, maxOf func(wire.QueueRef) uint64) []wire.GroupStatus {
 	c.mu.Lock()
 	out := []wire.GroupStatus{}
 	seen := map[string]bool{}
@@ -181,7 +137,7 @@ func (c *coordinator) status(now time.Time, offs map[string]map[wire.QueueRef]ui
 		gs := &out[i]
 		gs.Offsets = []wire.GroupOffset{}
 		for q, o := range offs[gs.Name] {
-			max := maxOf[q]
+			max := maxOf(q)
 			var lag uint64
 			if max > o {
 				lag = max - o
@@ -194,6 +150,66 @@ func (c *coordinator) status(now time.Time, offs map[string]map[wire.QueueRef]ui
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// topicPage lists the topics sel selects, sorted by name, each with all
+// its queues (a topic never written too), and counts every topic and
+// queue; next is the From of the next page ("" when this one is the last).
+func (b *Broker) topicPage(sel wire.StatusSel, now time.Time) (page []wire.TopicStatus, topics, queues int, next string) {
+	type named struct {
+		name   string
+		queues uint32
+	}
+	b.topics.RLock()
+	all := make([]named, 0, len(b.topics.m))
+	for name, t := range b.topics.m {
+		if !hidden(name) {
+			all = append(all, named{name, t.queues})
+			queues += int(t.queues)
+		}
+	}
+	b.topics.RUnlock()
+	topics = len(all)
+	sort.Slice(all, func(i, j int) bool { return all[i].name < all[j].name })
+	limit := int(sel.Limit)
+	if limit == 0 {
+		limit = wire.DefaultStatusTopics
+	}
+	sel.Limit = uint32(min(limit, wire.MaxStatusTopics))
+	from := 0
+	switch {
+	case sel.Topic != "":
+		from = sort.Search(len(all), func(i int) bool { return all[i].name >= sel.Topic })
+		if from < len(all) && all[from].name == sel.Topic {
+			all = all[from : from+1]
+		} else {
+			all = nil
+		}
+		from = 0
+	case sel.From != "":
+		from = sort.Search(len(all), func(i int) bool { return all[i].name > sel.From })
+	}
+	chosen := all[from:]
+	if len(chosen) > int(sel.Limit) {
+		chosen = chosen[:sel.Limit]
+		next = chosen[len(chosen)-1].name
+	}
+	page = make([]wire.TopicStatus, 0, len(chosen))
+	b.stMu.RLock()
+	defer b.stMu.RUnlock()
+	for _, t := range chosen {
+		ts := wire.TopicStatus{Name: t.name, Queues: make([]wire.QueueStatus, t.queues)}
+		for q := range ts.Queues {
+			bd, _ := b.st.Index.Bounds(t.name, uint32(q))
+			qs := wire.QueueStatus{Queue: uint32(q), Min: bd.Min, Max: bd.Max, LastStore: rfc3339(bd.LastStore)}
+			if bd.LastStore != 0 {
+				qs.LastStoreAgeMs = now.Sub(time.Unix(0, bd.LastStore)).Milliseconds()
+			}
+			ts.Queues[q] = qs
+		}
+		page = append(page, ts)
+	}
+	return page, topics, queues, next
 }
 
 // metrics are the broker's Prometheus metrics, in its own registry.

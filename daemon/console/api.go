@@ -18,7 +18,12 @@ import (
 // The read-only JSON the pages use.
 func (c *Console) api(mux *http.ServeMux) {
 	mux.HandleFunc("GET /ui/api/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, c.o.Status())
+		sel, err := wire.ParseStatusQuery(r.URL.Query())
+		if err != nil {
+			apiError(w, http.StatusBadRequest, err)
+			return
+		}
+		writeJSON(w, c.o.Status(sel))
 	})
 	mux.HandleFunc("GET /ui/api/series", c.serveSeries)
 	mux.HandleFunc("GET /ui/api/lag", func(w http.ResponseWriter, r *http.Request) {

@@ -63,7 +63,7 @@ type Broker interface {
 type Options struct {
 	Broker Broker
 	// Status is the status document (/status).
-	Status func() wire.Status
+	Status func(wire.StatusSel) wire.Status
 	// Interval between samples (default 1 s) and how many are kept
 	// (default 600: 10 minutes).
 	Interval time.Duration

@@ -139,7 +139,9 @@ func (f *fakeBroker) Offsets(req *wire.Offsets) (wire.OffsetsResp, *wire.Error) 
 }
 
 func newConsole(f *fakeBroker) *Console {
-	return New(Options{Broker: f, Status: func() wire.Status { return wire.Status{Broker: wire.BrokerInfo{ID: "b1"}, Warnings: []string{}} }})
+	return New(Options{Broker: f, Status: func(wire.StatusSel) wire.Status {
+		return wire.Status{Broker: wire.BrokerInfo{ID: "b1"}, Warnings: []string{}}
+	}})
 }
 
 func get(t *testing.T, h http.Handler, path string, v any) int {
@@ -215,7 +217,7 @@ func TestSamplerRatesAndPercentiles(t *testing.T) {
 // The ring keeps the newest Keep points, oldest first.
 func TestSeriesKeepsTheNewest(t *testing.T) {
 	f := newFake()
-	c := New(Options{Broker: f, Status: func() wire.Status { return wire.Status{} }, Keep: 5})
+	c := New(Options{Broker: f, Status: func(wire.StatusSel) wire.Status { return wire.Status{} }, Keep: 5})
 	t0 := time.UnixMilli(0)
 	for i := 0; i <= 12; i++ {
 		f.counters.Sends = int64(i * 10)
@@ -430,7 +432,7 @@ func TestPages(t *testing.T) {
 
 // The sampler stops with its context.
 func TestRunStops(t *testing.T) {
-	c := New(Options{Broker: newFake(), Status: func() wire.Status { return wire.Status{} }, Interval: time.Millisecond})
+	c := New(Options{Broker: newFake(), Status: func(wire.StatusSel) wire.Status { return wire.Status{} }, Interval: time.Millisecond})
 	ctx, cancel := contextWithCancel()
 	done := make(chan struct{})
 	go func() { c.Run(ctx); close(done) }()

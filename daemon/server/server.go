@@ -58,7 +58,7 @@ type Options struct {
 	// sends no token is the principal its certificate names (cert_cn).
 	ClientCAs *x509.CertPool
 	// Status returns the status document for Status requests.
-	Status func() wire.Status
+	Status func(wire.StatusSel) wire.Status
 	// HelloTimeout bounds the time from accepting a connection to its Hello
 	// (default 10s).
 	HelloTimeout time.Duration

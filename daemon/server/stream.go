@@ -398,11 +398,12 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 		st.c.s.asides.record(st.c.clientID+" "+st.c.source, &m)
 		st.ok(id)
 	case wire.TypeStatus:
-		if err := wire.DecodeEmpty(payload); err != nil {
+		var sel wire.StatusSel
+		if err := wire.DecodeStatusSel(payload, &sel); err != nil {
 			bad(err)
 			return
 		}
-		doc, err := json.Marshal(st.c.s.status())
+		doc, err := json.Marshal(st.c.s.status(sel))
 		if err != nil {
 			st.sendError(id, &wire.Error{Code: wire.CodeInternal, Message: err.Error()})
 			return
@@ -414,11 +415,11 @@ func (st *stream) handle(h wire.Header, payload []byte) {
 
 // status is the configured status document, or the broker's with this
 // server's connections.
-func (s *Server) status() wire.Status {
+func (s *Server) status(sel wire.StatusSel) wire.Status {
 	if s.opts.Status != nil {
-		return s.opts.Status()
+		return s.opts.Status(sel)
 	}
-	doc := s.b.Status()
+	doc := s.b.StatusOf(sel)
 	doc.Connections = s.Connections()
 	doc.ClientsSetAside = s.ClientsSetAside()
 	return doc

@@ -1,6 +1,11 @@
 package wire
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"fmt"
+	"net/url"
+	"strconv"
+)
 
 // Metadata asks for topics and their queue counts; no topics means all.
 type Metadata struct {
@@ -99,6 +104,65 @@ func DecodeDeleteTopic(b []byte, m *DeleteTopic) error {
 	d := decoder{b: b}
 	m.Topic = d.name("topic", MaxTopicLen)
 	return d.end()
+}
+
+// StatusSel selects the topics a status document lists: the payload of
+// a Status request (empty: the defaults), and /status's query
+// (?topic=T&topics_from=NAME&topics_limit=N). With tens of thousands of
+// topics a document of them all would be megabytes, built on every call.
+type StatusSel struct {
+	Topic string // only this topic
+	From  string // the topics after this name (paging: a document's TopicsNext)
+	Limit uint32 // at most this many topics (0: DefaultStatusTopics; at most MaxStatusTopics)
+}
+
+// How many topics a status document lists at most, by default and when asked.
+const (
+	DefaultStatusTopics = 1000
+	MaxStatusTopics     = 10000
+)
+
+// Append encodes sel; the zero StatusSel encodes as nothing (what brokers
+// before StatusSel expect).
+func (m *StatusSel) Append(dst []byte) []byte {
+	if *m == (StatusSel{}) {
+		return dst
+	}
+	dst = appendShortString(dst, m.Topic)
+	dst = appendShortString(dst, m.From)
+	return binary.LittleEndian.AppendUint32(dst, m.Limit)
+}
+
+func DecodeStatusSel(b []byte, m *StatusSel) error {
+	*m = StatusSel{}
+	if len(b) == 0 {
+		return nil
+	}
+	d := decoder{b: b}
+	m.Topic = string(d.short("topic", MaxTopicLen))
+	m.From = string(d.short("from", MaxTopicLen))
+	m.Limit = d.u32("limit")
+	if err := d.end(); err != nil {
+		return err
+	}
+	if m.Limit > MaxStatusTopics {
+		return errorf("limit %d (0..%d)", m.Limit, MaxStatusTopics)
+	}
+	return nil
+}
+
+// ParseStatusQuery reads a StatusSel from /status's query:
+// topic=T, topics_from=NAME, topics_limit=N.
+func ParseStatusQuery(q url.Values) (StatusSel, error) {
+	sel := StatusSel{Topic: q.Get("topic"), From: q.Get("topics_from")}
+	if v := q.Get("topics_limit"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n > MaxStatusTopics {
+			return sel, fmt.Errorf("topics_limit: %q is not a number from 0 to %d", v, MaxStatusTopics)
+		}
+		sel.Limit = uint32(n)
+	}
+	return sel, nil
 }
 
 // AppendStatusResp encodes the broker's status document (JSON).

@@ -264,3 +264,29 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 	})
 }
+
+// A Status request's selection: round trip; an empty payload is the
+// defaults (what clients before it send); a cut one or a limit past
+// MaxStatusTopics is refused.
+func TestStatusSel(t *testing.T) {
+	in := StatusSel{Topic: "orders", From: "a", Limit: 50}
+	b := in.Append(nil)
+	var out StatusSel
+	if err := DecodeStatusSel(b, &out); err != nil || out != in {
+		t.Fatalf("round trip: %+v %v", out, err)
+	}
+	if len((&StatusSel{}).Append(nil)) != 0 {
+		t.Fatal("the zero selection is not encoded as nothing")
+	}
+	if err := DecodeStatusSel(nil, &out); err != nil || out != (StatusSel{}) {
+		t.Fatalf("empty payload: %+v %v", out, err)
+	}
+	for n := 1; n < len(b); n++ {
+		if err := DecodeStatusSel(b[:n], &out); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("prefix of %d bytes: %v", n, err)
+		}
+	}
+	if err := DecodeStatusSel((&StatusSel{Limit: MaxStatusTopics + 1}).Append(nil), &out); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("limit over the maximum: %v", err)
+	}
+}

@@ -6,13 +6,19 @@ package wire
 
 // Status is a broker's status document.
 type Status struct {
-	Broker      BrokerInfo    `json:"broker"`
-	Positions   Positions     `json:"positions"`
-	Lag         Lag           `json:"lag"`
-	SendQueue   SendQueue     `json:"send_queue"`
-	Disk        Disk          `json:"disk"`
-	Warnings    []string      `json:"warnings"`
+	Broker    BrokerInfo `json:"broker"`
+	Positions Positions  `json:"positions"`
+	Lag       Lag        `json:"lag"`
+	SendQueue SendQueue  `json:"send_queue"`
+	Disk      Disk       `json:"disk"`
+	Warnings  []string   `json:"warnings"`
+	// Topics are the topics StatusSel selected (by default the first
+	// DefaultStatusTopics by name); TopicsTotal and QueuesTotal count them
+	// all; TopicsNext, when set, is the From of the next page.
 	Topics      []TopicStatus `json:"topics"`
+	TopicsTotal int           `json:"topics_total"`
+	QueuesTotal int           `json:"queues_total"`
+	TopicsNext  string        `json:"topics_next,omitempty"`
 	Groups      []GroupStatus `json:"groups"`
 	Replication *Replication  `json:"replication,omitempty"`
 	Cluster     []RouteBroker `json:"cluster,omitempty"` // the other brokers this one knows of

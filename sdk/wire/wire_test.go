@@ -224,6 +224,8 @@ func decodeAny(t Type, b []byte) {
 		DecodeCreate(b, &Create{})
 	case TypeDeleteTopic:
 		DecodeDeleteTopic(b, &DeleteTopic{})
+	case TypeStatus:
+		DecodeStatusSel(b, &StatusSel{})
 	case TypeOffsets:
 		DecodeOffsets(b, &Offsets{})
 	case TypeOffsetsResp:
@@ -240,7 +242,7 @@ func decodeAny(t Type, b []byte) {
 		DecodeClientReport(b, &ClientReport{})
 	case TypeLookupResp:
 		DecodeLookupResp(b, &LookupResp{})
-	case TypeOK, TypeStatus:
+	case TypeOK:
 		DecodeEmpty(b)
 	case TypeGroupSync:
 		DecodeGroupSync(b, &GroupSync{})

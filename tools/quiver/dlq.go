@@ -63,7 +63,7 @@ asked (its broker group), the dead letters stored and how many of them dlq
 replay has sent back.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := fetchStatus(cmd, g)
+			st, err := fetchAllTopics(cmd, g)
 			if err != nil {
 				return err
 			}

@@ -140,6 +140,9 @@ func printStatus(cmd *cobra.Command, st *sdk.Status) error {
 	} else if err := printTopics(cmd, st.Topics); err != nil {
 		return err
 	}
+	if n := st.TopicsTotal - len(st.Topics); n > 0 {
+		fmt.Fprintf(w, "... and %d more topics (%d in all, %d queues): quiver topic status [T]\n", n, st.TopicsTotal, st.QueuesTotal)
+	}
 
 	fmt.Fprintln(w)
 	if len(st.Groups) == 0 {

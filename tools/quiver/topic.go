@@ -135,28 +135,27 @@ newest message was stored. With --json it prints the topic's status object
 (sdk/wire.TopicStatus), or a list of them when no topic is named.`,
 		Args: maxArgs(1, "at most one topic name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := fetchStatus(cmd, g)
-			if err != nil {
-				return err
-			}
-			topics := st.Topics
 			if len(args) == 1 {
-				topics = nil
-				for _, t := range st.Topics {
-					if t.Name == args[0] {
-						topics = append(topics, t)
-					}
+				st, err := fetchStatusOf(cmd, g, wire.StatusSel{Topic: args[0]})
+				if err != nil {
+					return err
 				}
-				if len(topics) == 0 {
+				if len(st.Topics) == 0 {
 					return fmt.Errorf("topic %s does not exist", args[0])
 				}
 				if asJSON {
-					return printJSON(cmd, topics[0])
+					return printJSON(cmd, st.Topics[0])
 				}
-			} else if asJSON {
-				return printJSON(cmd, topics)
+				return printTopics(cmd, st.Topics)
 			}
-			return printTopics(cmd, topics)
+			st, err := fetchAllTopics(cmd, g)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd, st.Topics)
+			}
+			return printTopics(cmd, st.Topics)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
@@ -182,11 +181,29 @@ func printTopics(cmd *cobra.Command, topics []wire.TopicStatus) error {
 }
 
 func fetchStatus(cmd *cobra.Command, g *globals) (*sdk.Status, error) {
+	return fetchStatusOf(cmd, g, wire.StatusSel{})
+}
+
+func fetchStatusOf(cmd *cobra.Command, g *globals, sel wire.StatusSel) (*sdk.Status, error) {
 	var st *sdk.Status
 	err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
-		st, err = a.Status(ctx)
+		st, err = a.StatusOf(ctx, sel)
 		return err
 	})
+	return st, err
+}
+
+// fetchAllTopics is the status document with every topic: the broker
+// lists them a page at a time (wire.StatusSel).
+func fetchAllTopics(cmd *cobra.Command, g *globals) (*sdk.Status, error) {
+	st, err := fetchStatusOf(cmd, g, wire.StatusSel{Limit: wire.MaxStatusTopics})
+	for err == nil && st.TopicsNext != "" {
+		var more *sdk.Status
+		more, err = fetchStatusOf(cmd, g, wire.StatusSel{From: st.TopicsNext, Limit: wire.MaxStatusTopics})
+		if err == nil {
+			st.Topics, st.TopicsNext = append(st.Topics, more.Topics...), more.TopicsNext
+		}
+	}
 	return st, err
 }
 

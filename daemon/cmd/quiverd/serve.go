@@ -206,8 +206,8 @@ func serve(c config.Config) error {
 		mux.Handle(wire.TypeCtlSession, notAVoter(voters))
 	}
 	b.StartController(svc)
-	status := func() wire.Status {
-		s := b.Status()
+	status := func(sel wire.StatusSel) wire.Status {
+		s := b.StatusOf(sel)
 		s.Broker.Listen, s.Broker.Admin = srv.Addr().String(), c.Admin
 		s.Connections = srv.Connections()
 		s.ClientsSetAside = srv.ClientsSetAside()

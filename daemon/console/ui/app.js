@@ -496,7 +496,11 @@
             }
           }
         }
-        body.replaceChildren(table(['Topic', '#Queues', '#Messages kept', '#Offsets (min – max)', '#Newest message', ''], rows));
+        const shown = table(['Topic', '#Queues', '#Messages kept', '#Offsets (min – max)', '#Newest message', ''], rows);
+        const total = state.status.topics_total || topics.length;
+        body.replaceChildren(total > topics.length
+          ? el('p', { class: 'muted', text: `The first ${fmtNum(topics.length)} of ${fmtNum(total)} topics (${fmtNum(state.status.queues_total)} queues) by name; quiver topic status T shows any.` })
+          : '', shown);
       },
     };
   };
