@@ -50,7 +50,7 @@ func TestManyTopicsSweep(t *testing.T) {
 		table = append(table, r.line)
 	}
 	t.Logf("many topics (4 queues each), 16 closed-loop producers, 1 KiB sync sends over every topic round robin, %v each window:\n"+
-		"| topics (queues) | sends/s, first window | sends/s, second window | topic creations/s | broker RSS | open files | restart (kill -9) |\n|---|---|---|---|---|---|---|\n%s\n\n%s",
+		"| topics (queues) | sends/s, first window | sends/s, second window | topic creations/s | RSS, topics made, none written | RSS after the sends | open files | restart (kill -9) |\n|---|---|---|---|---|---|---|---|\n%s\n\n%s",
 		dur, strings.Join(table, "\n"), sweepPlot(rows))
 }
 
@@ -109,6 +109,7 @@ func sweepOne(t *testing.T, topics int, dur time.Duration) sweepRow {
 		t.Fatal(err)
 	}
 	createRate := float64(topics) / time.Since(start).Seconds()
+	idle := b.RSS() // every topic made, none written: what idle topics cost
 
 	// Two windows: the first right after the topics were made (every
 	// queue's first message creates its file), the second on queues that
@@ -122,7 +123,8 @@ func sweepOne(t *testing.T, topics int, dur time.Duration) sweepRow {
 	b.Restart()
 	took := time.Since(restart)
 	return sweepRow{queues: 4 * topics, first: first, steady: steady,
-		line: fmt.Sprintf("| %d (%d) | %.0f | %.0f | %.0f | %.0f MiB | %d | %.2f s |", topics, 4*topics, first, steady, createRate, float64(rss)/(1<<20), files, took.Seconds())}
+		line: fmt.Sprintf("| %d (%d) | %.0f | %.0f | %.0f | %.0f MiB | %.0f MiB | %d | %.2f s |", topics, 4*topics, first, steady, createRate,
+			float64(idle)/(1<<20), float64(rss)/(1<<20), files, took.Seconds())}
 }
 
 // sweepSends runs 16 closed-loop producers over every topic for dur and
