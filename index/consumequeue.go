@@ -316,14 +316,13 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 // queueFile is one consume-queue file found at open.
 type queueFile struct {
 	first uint64
-	size  int64
 	path  string
 }
 
 // loadTopic finds an existing topic directory's queue files and makes its
-// queues. It opens none but the last file of each queue (its last entry
-// is the queue's newest message): the last file's size gives the queue's
-// end, and the cache opens files as they are read.
+// queues. It opens none but the last file of each queue (its size is the
+// queue's end, its last entry the newest message); the cache opens the
+// others as they are read.
 func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([]*cqueue, error) {
 	ents, err := fs.ReadDir(dir)
 	if err != nil {
@@ -336,11 +335,7 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		if !ok || first%per != 0 {
 			return nil, fmt.Errorf("%w: unexpected file %s (was EntriesPerFile changed?)", ErrCorrupt, filepath.Join(dir, name))
 		}
-		fi, err := e.Info()
-		if err != nil {
-			return nil, err
-		}
-		files[id] = append(files[id], queueFile{first: first, size: fi.Size(), path: filepath.Join(dir, name)})
+		files[id] = append(files[id], queueFile{first: first, path: filepath.Join(dir, name)})
 	}
 	qs := make([]*cqueue, 0, len(files))
 	for id, fl := range files {
@@ -349,9 +344,20 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		for _, f := range fl {
 			q.segs[f.first] = f.path
 		}
+		// The last file's size gives the queue's end (an fstat of the file
+		// the tail read opens anyway: no stat of every file).
 		last := fl[len(fl)-1]
+		cf, err := cache.get(last.path, os.O_RDWR)
+		if err != nil {
+			return nil, err
+		}
+		fi, err := cf.f.Stat()
+		cache.put(cf)
+		if err != nil {
+			return nil, err
+		}
 		q.min.Store(fl[0].first)
-		q.max.Store(last.first + uint64(last.size)/entrySize)
+		q.max.Store(last.first + uint64(fi.Size())/entrySize)
 		q.memFrom = q.max.Load()
 		if err := q.skipGap(); err != nil {
 			return nil, err

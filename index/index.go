@@ -153,20 +153,46 @@ func (idx *Index) loadQueues() error {
 	if err != nil {
 		return fmt.Errorf("index: %w", err)
 	}
-	for _, t := range topics {
-		var topic []byte
-		if _, err := fmt.Sscanf(t.Name(), "%x", &topic); err != nil || !t.IsDir() {
-			return fmt.Errorf("%w: unexpected %s", ErrCorrupt, filepath.Join(root, t.Name()))
-		}
-		qs, err := loadTopic(idx.opts.FS, idx.cache, filepath.Join(root, t.Name()), string(topic), uint64(idx.opts.EntriesPerFile))
-		if err != nil {
-			return fmt.Errorf("index: %w", err)
-		}
-		for _, q := range qs {
-			idx.addQueue(q)
-		}
+	// Topics load in parallel: a broker with 100,000 queues waits on a
+	// directory read and a file open and read for each, one at a time.
+	work := make(chan os.DirEntry)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for t := range work {
+				var topic []byte
+				var err error
+				if _, serr := fmt.Sscanf(t.Name(), "%x", &topic); serr != nil || !t.IsDir() {
+					err = fmt.Errorf("%w: unexpected %s", ErrCorrupt, filepath.Join(root, t.Name()))
+				}
+				var qs []*cqueue
+				if err == nil {
+					qs, err = loadTopic(idx.opts.FS, idx.cache, filepath.Join(root, t.Name()), string(topic), uint64(idx.opts.EntriesPerFile))
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("index: %w", err)
+					}
+					mu.Unlock()
+					continue
+				}
+				for _, q := range qs {
+					idx.addQueue(q)
+				}
+			}
+		}()
 	}
-	return nil
+	for _, t := range topics {
+		work <- t
+	}
+	close(work)
+	wg.Wait()
+	return first
 }
 
 func (idx *Index) addQueue(q *cqueue) {

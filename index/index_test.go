@@ -685,3 +685,36 @@ func TestDeletedTopic(t *testing.T) {
 		t.Fatal("answers differ after a rebuild from the log")
 	}
 }
+
+// BenchmarkOpenManyQueues: opening an index of 100,000 queues of one
+// entry each (what a broker's restart pays before its replay).
+func BenchmarkOpenManyQueues(b *testing.B) {
+	dir := b.TempDir()
+	f := newFakeLog()
+	o := Options{Dir: dir, Reader: f, Logger: quiet}
+	idx, err := Open(o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	batch := make([]qlog.RecordInfo, 0, 1000)
+	for i := 0; i < 100_000; i++ {
+		batch = append(batch, f.append(fmt.Sprintf("t%d", i/4), uint32(i%4), 1, ""))
+		if len(batch) == cap(batch) {
+			if err := idx.Dispatch(batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	if err := idx.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for n := 0; n < b.N; n++ {
+		idx, err := Open(o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		idx.Close()
+	}
+}
