@@ -30,6 +30,9 @@ type Options struct {
 	NoAutoCreate bool
 	// DefaultQueues is the queue count of auto-created topics (default 4).
 	DefaultQueues int
+	// MaxTopics is how many topics the broker holds at most (default and
+	// at most wire.MaxTopics): creations past it are refused.
+	MaxTopics int
 	// MaxFetchWait caps a fetch's long poll (default 30s).
 	MaxFetchWait time.Duration
 	// LagWarn is how long written data may stay invisible to consumers (or,
@@ -342,6 +345,13 @@ func (b *Broker) ensureTopic(name string, queues uint32, exact bool) (*topic, *w
 		b.createMu.Unlock()
 		return b.ensureTopic(name, queues, exact)
 	}
+	b.topics.RLock()
+	held := len(b.topics.m)
+	b.topics.RUnlock()
+	if max := b.maxTopics(); held+len(b.creating) >= max {
+		b.createMu.Unlock()
+		return nil, &wire.Error{Code: wire.CodeInvalid, Message: fmt.Sprintf("topic %s: the broker holds %d topics, the most it can (%d; quiver topic delete frees names)", name, held, max)}
+	}
 	if b.creating == nil {
 		b.creating = map[string]chan struct{}{}
 	}
@@ -393,6 +403,13 @@ func (b *Broker) DeleteTopic(name string) *wire.Error {
 	b.logger.Info("topic deleted", "topic", name)
 	b.topicCreated() // the routes change
 	return nil
+}
+
+func (b *Broker) maxTopics() int {
+	if n := b.opts.MaxTopics; n > 0 && n < wire.MaxTopics {
+		return n
+	}
+	return wire.MaxTopics
 }
 
 // Metadata lists the asked topics (all when none), with 0 queues for a

@@ -643,3 +643,34 @@ func TestSendsRacingADeletion(t *testing.T) {
 		}
 	}
 }
+
+// A broker holds at most MaxTopics topics (Route and Metadata answers
+// count them in a u16): creations past it are refused, naming the limit,
+// and a deletion frees a name.
+func TestTopicLimit(t *testing.T) {
+	o := testOpts(t.TempDir())
+	o.MaxTopics = 3
+	b := open(t, o)
+	defer b.Close()
+	for _, n := range []string{"a", "b", "c"} {
+		if werr := b.CreateTopic(n, 1); werr != nil {
+			t.Fatal(werr)
+		}
+	}
+	werr := b.CreateTopic("d", 1)
+	if werr == nil || werr.Code != wire.CodeInvalid || !strings.Contains(werr.Message, "the most it can (3") {
+		t.Fatalf("a fourth topic: %v", werr)
+	}
+	if _, werr := produce(b, wire.Produce{Topic: "e", Queue: wire.AnyQueue, Count: 1, Body: []byte("x")}); werr == nil || werr.Code != wire.CodeInvalid {
+		t.Fatalf("auto-creating a fourth: %v", werr)
+	}
+	if werr := b.CreateTopic("a", 1); werr != nil {
+		t.Fatalf("creating one that exists: %v", werr)
+	}
+	if werr := b.DeleteTopic("b"); werr != nil {
+		t.Fatal(werr)
+	}
+	if werr := b.CreateTopic("d", 1); werr != nil {
+		t.Fatalf("after a deletion: %v", werr)
+	}
+}

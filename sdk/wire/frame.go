@@ -55,6 +55,11 @@ const (
 	typeLimit             = 38
 )
 
+// MaxTopics is how many topics a broker holds at most: Route and Metadata
+// answers count them in a u16, and a broker creates no more (65,535 less
+// room for its own).
+const MaxTopics = 65000
+
 // ProtocolVersion is the version this package speaks. 2: ProduceAck and
 // ReplAck carry the leader epoch; Elect. 3: Produce carries a producer id
 // and sequence (idempotent sends); later Offsets, Reset and Lookup (new
