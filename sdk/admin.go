@@ -37,6 +37,7 @@ func (a *Admin) DeleteTopic(ctx context.Context, name string) error {
 	}
 	req := wire.DeleteTopic{Topic: name}
 	err = a.everyGroup(ctx, t.names, wire.TypeDeleteTopic, req.Append)
+	a.cl.router.unlearn(name)
 	a.cl.router.stale()
 	if err != nil {
 		return fmt.Errorf("quiver: deleting topic %s: %w", name, err)
@@ -88,21 +89,14 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		a.cl.router.stale()
 		return fmt.Errorf("quiver: creating topic %s: %w", name, err)
 	}
-	// Return once the routes show it on every group (the broker answering
-	// for the cluster hears from the others about every second), so that
-	// sends right after spread over all of them; the topic exists anyway.
-	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for {
-		if err := a.cl.router.refresh(wait); err == nil && len(a.cl.router.table().topics[name]) >= len(t.names) {
-			return nil
-		}
-		select {
-		case <-wait.Done():
-			return nil
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	// Every group has it: this client routes sends and consumers to all
+	// of them at once, with the queues the routes will show (so a key maps
+	// to the same queue before and after they do), without waiting for a
+	// refresh (the broker answering for the cluster hears from the others
+	// about every second).
+	a.cl.router.learn(name, t.names, uint32(queues))
+	a.cl.router.stale()
+	return nil
 }
 
 // retrying runs f until it succeeds, fails for good, or ctx ends: a
@@ -139,12 +133,18 @@ func (a *Admin) Topics(ctx context.Context, names ...string) ([]TopicInfo, error
 		for n := range t.topics {
 			names = append(names, n)
 		}
+		a.cl.router.learned.Range(func(k, _ any) bool {
+			if n := k.(string); len(t.topics[n]) == 0 && t.learnedTopic(n) != nil {
+				names = append(names, n)
+			}
+			return true
+		})
 		sort.Strings(names)
 	}
 	out := make([]TopicInfo, 0, len(names))
 	for _, n := range names {
 		ti := TopicInfo{Name: n}
-		for _, p := range t.topics[n] {
+		for _, p := range t.partsOf(n) {
 			ti.Queues += p.queues
 		}
 		out = append(out, ti)

@@ -265,7 +265,7 @@ func (c *Consumer) watch() {
 		if err == nil {
 			groups := map[string]bool{}
 			for _, topic := range c.topics {
-				for _, p := range t.topics[topic] {
+				for _, p := range t.partsOf(topic) {
 					groups[p.group] = true
 				}
 			}

@@ -49,7 +49,7 @@ func (a *Admin) perGroup(ctx context.Context, topic string, fn func(group string
 	if err := a.cl.router.refresh(ctx); err != nil {
 		return err
 	}
-	groups := a.cl.router.table().hosts[topic]
+	groups := a.cl.router.table().hostsOf(topic)
 	if len(groups) == 0 {
 		return &wire.Error{Code: wire.CodeUnknownTopic, Message: fmt.Sprintf("topic %s does not exist", topic)}
 	}

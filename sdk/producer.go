@@ -684,7 +684,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		}
 	}
 	op.group, op.probe, op.keyBound = "", false, false
-	parts := t.topics[op.req.Topic]
+	parts := t.partsOf(op.req.Topic)
 	op.known = len(parts) > 0
 	leader := func(g string) string {
 		if gr := t.groups[g]; gr != nil {
@@ -732,7 +732,7 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 	}
 	groups := t.names
 	if op.known {
-		groups = t.hosts[op.req.Topic]
+		groups = t.hostsOf(op.req.Topic)
 	} else if len(op.req.Key) > 0 && len(groups) > 0 && !op.fixed {
 		// A new topic: one group per key, so that its first messages stay
 		// together (the broker picks the key's queue).

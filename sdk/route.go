@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -26,6 +27,56 @@ type routeTable struct {
 	names   []string // group names, sorted
 	topics  map[string][]topicPart
 	hosts   map[string][]string // topic -> its groups' names, sorted
+	// learned are the topics this client created that the routes did not
+	// show yet (the router's, shared by its tables; see router.learn).
+	learned *sync.Map // topic -> *learnedTopic
+}
+
+// learnedTopic is a topic every group answered OK to creating: its
+// queues on each, as the routes will show them.
+type learnedTopic struct {
+	parts []topicPart
+	hosts []string
+	at    time.Time
+}
+
+// learnedFor is how long a created topic the routes do not show is
+// taken as created (the routes show it within about a second).
+const learnedFor = 30 * time.Second
+
+// partsOf returns the topic's queues by group: from the routes, or from
+// its creation by this client while the routes do not show it on every
+// group that created it yet.
+func (t *routeTable) partsOf(topic string) []topicPart {
+	if l := t.learnedTopic(topic); l != nil {
+		return l.parts
+	}
+	return t.topics[topic]
+}
+
+// hostsOf returns the groups hosting the topic, as partsOf does.
+func (t *routeTable) hostsOf(topic string) []string {
+	if l := t.learnedTopic(topic); l != nil {
+		return l.hosts
+	}
+	return t.hosts[topic]
+}
+
+// learnedTopic is the topic as this client created it, when the routes
+// show it on fewer groups (nil otherwise).
+func (t *routeTable) learnedTopic(topic string) *learnedTopic {
+	if t.learned == nil {
+		return nil
+	}
+	v, ok := t.learned.Load(topic)
+	if !ok {
+		return nil
+	}
+	l := v.(*learnedTopic)
+	if len(t.topics[topic]) >= len(l.parts) || time.Since(l.at) >= learnedFor {
+		return nil
+	}
+	return l
 }
 
 type brokerRoute struct {
@@ -190,7 +241,24 @@ type router struct {
 	boot    map[string]bool
 	// lastStart is when the last refresh that succeeded began (mu held).
 	lastStart time.Time
+	learned   sync.Map // see routeTable.learned
 }
+
+// learn records a topic every one of groups answered OK to creating with
+// queues each: the client routes to it and consumes it at once, without
+// waiting for a refresh (which lists every topic: with tens of thousands,
+// creating them waited on refresh after refresh).
+func (r *router) learn(topic string, groups []string, queues uint32) {
+	l := &learnedTopic{at: time.Now(), hosts: slices.Clone(groups)}
+	sort.Strings(l.hosts)
+	for _, g := range l.hosts {
+		l.parts = append(l.parts, topicPart{group: g, queues: queues})
+	}
+	r.learned.Store(topic, l)
+}
+
+// unlearn forgets a created topic (deleted since).
+func (r *router) unlearn(topic string) { r.learned.Delete(topic) }
 
 // updated returns a channel closed when the routes are next refreshed.
 func (r *router) updated() <-chan struct{} {
@@ -484,6 +552,15 @@ func (r *router) mergeLate(got []wire.RouteBroker) {
 
 // publish makes t the current routes and wakes whoever waits for a change.
 func (r *router) publish(t *routeTable) {
+	// Created topics the routes now show, or that they have not shown for
+	// too long, need no entry of their own.
+	r.learned.Range(func(k, v any) bool {
+		if len(t.topics[k.(string)]) >= len(v.(*learnedTopic).parts) || time.Since(v.(*learnedTopic).at) >= learnedFor {
+			r.learned.Delete(k)
+		}
+		return true
+	})
+	t.learned = &r.learned
 	r.curMu.Lock()
 	prev := r.cur
 	r.cur = t

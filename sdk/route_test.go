@@ -95,3 +95,54 @@ func TestKeyQueue(t *testing.T) {
 		t.Fatal("not FNV-1a")
 	}
 }
+
+// A topic this client created is routed at once, with the queues of every
+// group that created it, while the routes show it on fewer groups (the
+// broker answering for the cluster hears from the others a second later):
+// a key maps to the same queue before and after they do. Once they show
+// it everywhere, or after learnedFor, the routes alone decide.
+func TestCreatedTopicsBeforeTheRoutesShowThem(t *testing.T) {
+	now := time.Now()
+	got := []wire.RouteBroker{
+		rb("a0", "ga", "a0:1", "leader", 1, "a0:1", 0, wire.TopicInfo{Name: "orders", Queues: 3}),
+		rb("b0", "gb", "b0:1", "leader", 1, "b0:1", 0),
+	}
+	r := &router{changed: make(chan struct{}), cl: &Client{}}
+	r.learn("orders", []string{"gb", "ga"}, 3)
+	r.learn("fresh", []string{"ga", "gb"}, 2)
+	r.publish((*routeTable)(nil).merge(got, "a0:1", nil, now))
+	tab := r.table()
+	want := []topicPart{{"ga", 3}, {"gb", 3}}
+	if p := tab.partsOf("orders"); !reflect.DeepEqual(p, want) || !reflect.DeepEqual(tab.hostsOf("orders"), []string{"ga", "gb"}) {
+		t.Fatalf("orders, shown on one group of two: %+v %v", p, tab.hostsOf("orders"))
+	}
+	if p := tab.partsOf("fresh"); !reflect.DeepEqual(p, []topicPart{{"ga", 2}, {"gb", 2}}) {
+		t.Fatalf("fresh, not shown yet: %+v", p)
+	}
+	_, q1, _, _ := keyQueue(tab.partsOf("orders"), []byte("k"))
+
+	// The routes show orders on both groups: its entry goes.
+	got[1].Topics = []wire.TopicInfo{{Name: "orders", Queues: 3}}
+	r.publish(tab.merge(got, "a0:1", nil, now.Add(time.Second)))
+	tab = r.table()
+	if _, ok := r.learned.Load("orders"); ok {
+		t.Fatal("orders is still learned once the routes show it everywhere")
+	}
+	if p := tab.partsOf("orders"); !reflect.DeepEqual(p, want) {
+		t.Fatalf("orders from the routes: %+v", p)
+	}
+	if _, q2, _, _ := keyQueue(tab.partsOf("orders"), []byte("k")); q2 != q1 {
+		t.Fatalf("key k moved from queue %d to %d when the routes caught up", q1, q2)
+	}
+	// Deleted, or never shown within learnedFor: forgotten.
+	r.unlearn("fresh")
+	if p := tab.partsOf("fresh"); p != nil {
+		t.Fatalf("fresh after unlearn: %+v", p)
+	}
+	r.learn("old", []string{"ga"}, 1)
+	v, _ := r.learned.Load("old")
+	v.(*learnedTopic).at = now.Add(-learnedFor)
+	if p := tab.partsOf("old"); p != nil {
+		t.Fatalf("a creation older than learnedFor: %+v", p)
+	}
+}
