@@ -89,14 +89,35 @@ func (a *Admin) CreateTopic(ctx context.Context, name string, queues int) error 
 		a.cl.router.stale()
 		return fmt.Errorf("quiver: creating topic %s: %w", name, err)
 	}
-	// Every group has it: this client routes sends and consumers to all
+	// Every group has it. This client routes sends and consumers to all
 	// of them at once, with the queues the routes will show (so a key maps
-	// to the same queue before and after they do), without waiting for a
-	// refresh (the broker answering for the cluster hears from the others
-	// about every second).
+	// to the same queue before and after they do).
 	a.cl.router.learn(name, t.names, uint32(queues))
 	a.cl.router.stale()
-	return nil
+	if len(t.names) == 1 {
+		// One group: every client's routes come from it and map its keys
+		// the same with or without the topic listed; no need to wait for a
+		// refresh, which lists every topic (with tens of thousands,
+		// creations waited on refresh after refresh).
+		return nil
+	}
+	// Several: return once the routes show it on every group (the broker
+	// answering for the cluster hears from the others about every second),
+	// so that other clients, and quiver cluster, see it everywhere too: a
+	// client whose routes showed it on one group would map keys over that
+	// group's queues alone, and move them once its routes catch up.
+	wait, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		if err := a.cl.router.refresh(wait); err == nil && len(a.cl.router.table().topics[name]) >= len(t.names) {
+			return nil
+		}
+		select {
+		case <-wait.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // retrying runs f until it succeeds, fails for good, or ctx ends: a
