@@ -359,9 +359,6 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		q.min.Store(fl[0].first)
 		q.max.Store(last.first + uint64(fi.Size())/entrySize)
 		q.memFrom = q.max.Load()
-		if err := q.skipGap(); err != nil {
-			return nil, err
-		}
 		if max := q.max.Load(); max > fl[0].first {
 			if e, err := q.readEntry(max - 1); err == nil {
 				q.lastStore.Store(e.StoreTime)
@@ -379,7 +376,8 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 // file that were never written (all zeros): a queue that started past its
 // file's first offset (a topic created again after its deletion; a queue
 // whose files retention had all removed). Usually one read of a file the
-// open reads anyway.
+// open reads anyway. Only after truncateFrom: zeros a power cut left in
+// entries past the checkpoint are a torn tail, which it cuts, not a gap.
 func (q *cqueue) skipGap() error {
 	bp := entryBufs.Get().(*entryBuf)
 	defer entryBufs.Put(bp)

@@ -139,6 +139,12 @@ func Open(opts Options) (*Index, error) {
 			idx.closeFiles()
 			return nil, err
 		}
+		for _, q := range idx.allQueues() {
+			if err := q.skipGap(); err != nil {
+				idx.closeFiles()
+				return nil, fmt.Errorf("index: %w", err)
+			}
+		}
 		idx.pos = pos
 	}
 	return idx, nil

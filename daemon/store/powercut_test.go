@@ -64,8 +64,15 @@ func (c *cutTotals) add(d cutTotals) {
 	c.cut.Add(d.cut)
 }
 
-func cutMessage(i int) *qlog.Message {
-	m := &qlog.Message{Topic: fmt.Sprintf("t%d", i%5), QueueID: uint32(i % 3),
+// cutMessage is record i of a round: over 15 queues, or, wide, over 400
+// (more than the index writes out at every checkpoint: checkpoints then
+// wait for the queues to fill, store.checkpointDue).
+func cutMessage(i int, wide bool) *qlog.Message {
+	topics, queues := 5, 3
+	if wide {
+		topics, queues = 100, 4
+	}
+	m := &qlog.Message{Topic: fmt.Sprintf("t%d", i%topics), QueueID: uint32(i / topics % queues),
 		Body: bytes.Repeat([]byte{byte('a' + i%26)}, 1+(i*37)%700), ClientTime: int64(i)}
 	if i%2 == 0 {
 		m.Key = []byte(fmt.Sprintf("key-%d", i))
@@ -115,11 +122,17 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 		return faulty
 	}
 	async := seed%2 == 1
+	// Half the rounds over 400 queues, with at most 50-300 consume-queue
+	// entries in memory: Dispatch writes them out itself too.
+	wide := seed/4%2 == 1
+	if wide {
+		o.Index.MaxBufferedEntries = 50 + rng.IntN(250)
+	}
 	if async {
 		o.Log.Durability = qlog.Async
 		o.Log.AsyncInterval = time.Duration(5+rng.IntN(40)) * time.Millisecond
 	}
-	t.Logf("backend %s, async %v", backend, async)
+	t.Logf("backend %s, async %v, wide %v", backend, async, wide)
 	s, err := Open(o)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +150,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 		go func() {
 			defer wg.Done()
 			for i := w; ; i += writers {
-				res, err := s.Log.Append(cutMessage(i))
+				res, err := s.Log.Append(cutMessage(i, wide))
 				if err != nil {
 					if !errors.Is(err, qlog.ErrFailed) && !errors.Is(err, qlog.ErrClosed) {
 						t.Errorf("append %d: %v", i, err)
@@ -183,7 +196,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 		if res.Pos < start {
 			continue // deleted by retention
 		}
-		m := cutMessage(i)
+		m := cutMessage(i, wide)
 		e, err := s.Index.Lookup(m.Topic, m.QueueID, res.QueueOffset)
 		if err != nil {
 			t.Fatalf("acknowledged record %d (%s/%d offset %d) is not in the index: %v", i, m.Topic, m.QueueID, res.QueueOffset, err)
@@ -223,7 +236,7 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 	}
 	// What comes next is indexed where it belongs.
 	for i := 1 << 20; i < 1<<20+30; i++ {
-		m := cutMessage(i)
+		m := cutMessage(i, wide)
 		res, err := s.Log.Append(m)
 		if err != nil {
 			t.Fatalf("append after recovery: %v", err)
