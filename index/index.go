@@ -666,8 +666,24 @@ func (idx *Index) checkpoint(closing bool) error {
 	idx.pending, idx.spare = idx.spare[:0], nil
 	idx.mu.Unlock()
 
+	// A chunk of queues at a time, each chunk synced (where the file
+	// system syncs in one call) before the next: the files it made and
+	// their names go to the journal in small commits. The log's fdatasync
+	// commits the journal's running transaction too, and behind thousands
+	// of new files at once it waited past the send queue's limit (BUSY).
+	var err error
+	for rest := qs; len(rest) > 0 && err == nil; {
+		n := min(len(rest), writeOutChunk)
+		idx.wmu.Lock()
+		err = idx.writeOut(rest[:n])
+		idx.wmu.Unlock()
+		if rest = rest[n:]; err == nil && len(rest) > 0 {
+			if _, serr := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir); serr != nil {
+				return idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, serr))
+			}
+		}
+	}
 	idx.wmu.Lock()
-	err := idx.writeOut(qs)
 	files := make([]string, 0, len(idx.dirty))
 	dirs := make([]string, 0, len(idx.dirs))
 	if err == nil {
@@ -738,6 +754,9 @@ func (idx *Index) checkpoint(closing bool) error {
 // syncAllOver is how many files and directories a checkpoint syncs one by
 // one; over it, it syncs the file system instead (fsutil.SyncAll).
 const syncAllOver = 64
+
+// writeOutChunk is how many queues a checkpoint writes out between syncs.
+const writeOutChunk = 256
 
 // syncFailed stops checkpoints for good (see failed) and returns err.
 func (idx *Index) syncFailed(err error) error {

@@ -2,6 +2,7 @@ package itest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -50,7 +51,19 @@ func TestManyQueuesUnderAFileLimit(t *testing.T) {
 				for tp := w; tp < topics; tp += 8 {
 					for j := 0; j < queues; j++ {
 						key := fmt.Sprintf("m%d-%d-%d", tp, round, j)
-						if _, err := c.ProduceTo(ctx, wire.Produce{Topic: fmt.Sprintf("m%d", tp), Queue: int32(j), Key: []byte(key), Body: []byte("body of " + key)}); err != nil {
+						// BUSY (a send queue past its wait limit, on a loaded
+						// machine) is retryable: a client sends again, as the
+						// SDK does, a few times at most here.
+						var err error
+						for try := 0; try < 20; try++ {
+							_, err = c.ProduceTo(ctx, wire.Produce{Topic: fmt.Sprintf("m%d", tp), Queue: int32(j), Key: []byte(key), Body: []byte("body of " + key)})
+							var werr *wire.Error
+							if !errors.As(err, &werr) || werr.Code != wire.CodeBusy {
+								break
+							}
+							time.Sleep(50 * time.Millisecond)
+						}
+						if err != nil {
 							errs <- fmt.Errorf("send %s: %w", key, err)
 							return
 						}
