@@ -23,9 +23,11 @@ func soakFor(def time.Duration) time.Duration {
 
 // Incident 003 replayed: producers at the broker's limit for a sustained
 // period while a consumer group reads. Written data becomes visible to
-// consumers in the same commit that makes it durable, so the broker's
-// not-visible lag stays at the scale of one commit, the status never
-// warns, and every acknowledged message reaches the consumer.
+// consumers in the same commit that makes it durable, so what is durable
+// and not yet visible stays at the scale of one commit's dispatch, the
+// status never warns, and every acknowledged message reaches the
+// consumer. (How long written data waits for its fsync is the disk's: a
+// loaded CI machine once stalled one for 296 ms.)
 func TestVisibleLagUnderSustainedLoad(t *testing.T) {
 	dur := soakFor(4 * time.Second)
 	b := testbroker.Start(t)
@@ -59,7 +61,7 @@ func TestVisibleLagUnderSustainedLoad(t *testing.T) {
 	}()
 
 	// Sample the broker's positions while the load runs.
-	var maxNotVisible, samples int64
+	var maxNotVisible, maxBehind, samples int64
 	var warnings []string
 	sampleDone := make(chan struct{})
 	loadCtx, stopLoad := context.WithTimeout(ctx, dur)
@@ -70,6 +72,13 @@ func TestVisibleLagUnderSustainedLoad(t *testing.T) {
 			st := b.Status()
 			samples++
 			maxNotVisible = max(maxNotVisible, st.Lag.NotVisibleMs)
+			// Durable and not visible: the dispatcher's own lag (the
+			// commit made it durable at DurableAt and has not indexed it).
+			if p := st.Positions; p.Durable > p.Dispatched {
+				if at, err := time.Parse(time.RFC3339Nano, p.DurableAt); err == nil {
+					maxBehind = max(maxBehind, time.Since(at).Milliseconds())
+				}
+			}
 			warnings = append(warnings, st.Warnings...)
 			time.Sleep(20 * time.Millisecond) // sampling period, not synchronisation
 		}
@@ -100,15 +109,15 @@ func TestVisibleLagUnderSustainedLoad(t *testing.T) {
 	sort.Slice(e2e, func(i, j int) bool { return e2e[i] < e2e[j] })
 	p99 := e2e[len(e2e)*99/100]
 	e2eMu.Unlock()
-	t.Logf("%v of load: %d acknowledged, %d consumed; %d status samples, max not-visible %d ms; store-to-consume p50 %v p99 %v",
-		dur, acked.Load(), consumed.Load(), samples, maxNotVisible, e2e[len(e2e)/2], p99)
+	t.Logf("%v of load: %d acknowledged, %d consumed; %d status samples, max not-visible %d ms (durable and not visible %d ms); store-to-consume p50 %v p99 %v",
+		dur, acked.Load(), consumed.Load(), samples, maxNotVisible, maxBehind, e2e[len(e2e)/2], p99)
 	if len(warnings) > 0 {
 		t.Fatalf("status warned under load: %v", warnings[0])
 	}
 	// One commit takes a few hundred microseconds; allow for scheduling on
 	// a loaded 2-core machine, but not for a dispatcher that falls behind.
-	if maxNotVisible > 100 {
-		t.Fatalf("written data stayed invisible to consumers for %d ms", maxNotVisible)
+	if maxBehind > 100 {
+		t.Fatalf("durable data stayed invisible to consumers for %d ms", maxBehind)
 	}
 	if consumed.Load() != acked.Load() {
 		t.Fatalf("consumed %d, acknowledged %d", consumed.Load(), acked.Load())
