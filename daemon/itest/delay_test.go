@@ -82,11 +82,13 @@ func sendAt(t *testing.T, ctx context.Context, p *sdk.Producer, topic string, du
 }
 
 // later starts a broker with topic "later", a consumer watching it and a
-// producer (closed at the test's end).
+// producer (closed at the test's end). The client redials within 200 ms
+// (default: up to 10 s, growing while the broker is down): the tests time
+// the broker's delivery, not the client's reconnect backoff.
 func later(t *testing.T) (*testbroker.Broker, context.Context, *sdk.Producer, *arrivals) {
 	t.Helper()
 	b := testbroker.Start(t)
-	cl := b.Client()
+	cl := b.Client(sdk.WithReconnectBackoff(50*time.Millisecond, 200*time.Millisecond, 5*time.Second))
 	ctx := ctxT(t, 90*time.Second)
 	if err := cl.Admin().CreateTopic(ctx, "later", 2); err != nil {
 		t.Fatal(err)
