@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -84,6 +85,26 @@ type cqueue struct {
 	memFrom uint64
 	listed  bool // in Index.pending (guarded by Index.mu)
 	deleted bool // its topic was deleted: nothing more is written (set under Index.mu and wmu)
+
+	// What its files hold, for the queue table (table.go; guarded by
+	// Index.wmu): offsets below wEnd are written to them, the entry at
+	// wEnd-1 has store time wLast and log position wTail (-1: none); low
+	// is the first offset of its oldest file that may exist.
+	wEnd         uint64
+	wLast, wTail int64
+	low          uint64
+	tdirty       bool // in Index.tdirty: its state changed since the table's last edit
+}
+
+// tableState is the queue's state for the table. (Index.wmu held)
+func (q *cqueue) tableState() qstate {
+	s := qstate{low: q.low, min: q.min.Load(), max: q.wEnd, lastStore: q.wLast, tailPos: q.wTail}
+	if s.max < s.min {
+		// Retention dropped past what was written out.
+		s.max, s.tailPos = s.min, -1
+	}
+	s.low = min(s.low, s.min/q.per*q.per)
+	return s
 }
 
 // topicDir is where a topic's queue files are: one directory per topic
@@ -227,6 +248,8 @@ func (q *cqueue) writeOut(bufs *bufPool, dirty, dirs map[string]struct{}) (int, 
 		rest = rest[n:]
 		off += n / entrySize
 	}
+	last := getEntry(b[len(b)-entrySize:])
+	q.wEnd, q.wLast, q.wTail = from+uint64(len(b)/entrySize), last.StoreTime, last.Pos
 	q.mu.Lock()
 	left := copy(q.mem, q.mem[len(b):])
 	q.mem = q.mem[:left]
@@ -239,6 +262,17 @@ func (q *cqueue) writeOut(bufs *bufPool, dirty, dirs map[string]struct{}) (int, 
 	return len(b) / entrySize, nil
 }
 
+// oldestPos is the log position of the oldest entry in mem, or MinInt64
+// when mem is empty (written out already: only a sync is owed).
+func (q *cqueue) oldestPos() int64 {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if len(q.mem) == 0 {
+		return math.MinInt64
+	}
+	return getEntry(q.mem).Pos
+}
+
 // buffered is how many entries wait in mem.
 func (q *cqueue) buffered() int {
 	q.mu.RLock()
@@ -249,10 +283,10 @@ func (q *cqueue) buffered() int {
 // truncateFrom drops entries whose record lies at or after end (the tail of
 // the queue, since positions grow with offsets) and entries that were never
 // completely written (size 0). Its entries must all be written out.
-func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error {
+func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) (changed bool, err error) {
 	max := q.max.Load()
 	if q.tailPos >= 0 && q.tailPos < end {
-		return nil // its newest entry is whole and before end: nothing to cut
+		return false, nil // its newest entry is whole and before end: nothing to cut
 	}
 	q.tailPos = -1
 	for max > q.min.Load() {
@@ -264,7 +298,7 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 			e, err = Entry{}, nil
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		if e.Size > 0 && e.Pos < end {
 			break
@@ -272,7 +306,7 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 		max--
 	}
 	if max == q.max.Load() {
-		return nil
+		return false, nil
 	}
 	q.max.Store(max)
 	// Drop whole files past the end and cut the last one.
@@ -293,12 +327,12 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 	if cut != "" {
 		cf, err := q.cache.get(cut, os.O_RDWR)
 		if err != nil {
-			return fmt.Errorf("index: truncate: %w", err)
+			return false, fmt.Errorf("index: truncate: %w", err)
 		}
 		err = cf.f.Truncate(int64(max-last) * entrySize)
 		q.cache.put(cf)
 		if err != nil {
-			return fmt.Errorf("index: truncate %s: %w", cf.path, err)
+			return false, fmt.Errorf("index: truncate %s: %w", cf.path, err)
 		}
 		dirty[cf.path] = struct{}{}
 	}
@@ -310,7 +344,8 @@ func (q *cqueue) truncateFrom(end int64, dirty, dirs map[string]struct{}) error 
 			}
 		}
 	}
-	return nil
+	q.wEnd, q.wLast, q.wTail = max, q.lastStore.Load(), q.tailPos
+	return true, nil
 }
 
 // queueFile is one consume-queue file found at open.
@@ -356,6 +391,7 @@ func loadTopic(fs fsutil.FS, cache *fileCache, dir, topic string, per uint64) ([
 		if err != nil {
 			return nil, err
 		}
+		q.low = fl[0].first
 		q.min.Store(fl[0].first)
 		q.max.Store(last.first + uint64(fi.Size())/entrySize)
 		q.memFrom = q.max.Load()

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quivermq/quiver/internal/fsutil"
 	qlog "github.com/quivermq/quiver/log"
@@ -60,6 +62,10 @@ type Index struct {
 	wmu   sync.Mutex
 	dirty map[string]struct{} // consume-queue files written since the last checkpoint
 	dirs  map[string]struct{} // directories whose names changed since the last checkpoint
+	// The queue table (table.go) and the queues whose state changed since
+	// its last edit.
+	table  *queueTable
+	tdirty []*cqueue
 
 	bufs     bufPool      // mem buffers of queues that had none left
 	buffered atomic.Int64 // entries in the queues' mem
@@ -93,10 +99,20 @@ func Open(opts Options) (*Index, error) {
 	if err := fsutil.MkdirAll(opts.FS, opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("index: %w", err)
 	}
-	pos, ok := readIndexCheckpoint(opts.FS, filepath.Join(opts.Dir, checkpointName))
+	pos, version := readIndexCheckpoint(opts.FS, filepath.Join(opts.Dir, checkpointName))
+	var states map[string]map[uint32]qstate
+	if version == 3 {
+		t, st, err := loadTable(opts.FS, opts.Dir)
+		if err != nil {
+			idx.logger.Warn("the queue table cannot be read: the index is rebuilt from the log", "err", err)
+			version = 0
+		}
+		idx.table, states = t, st
+	}
+	ok := version > 0
 	if !ok {
 		// Nothing durable to trust: rebuild everything from the log.
-		for _, d := range []string{"cq", "keys"} {
+		for _, d := range []string{"cq", "keys", tableName} {
 			if err := opts.FS.RemoveAll(filepath.Join(opts.Dir, d)); err != nil {
 				return nil, fmt.Errorf("index: %w", err)
 			}
@@ -123,31 +139,91 @@ func Open(opts Options) (*Index, error) {
 	case snap == -2:
 		idx.resume = -1 // unreadable: rebuilt from the whole log
 	}
-	if err := idx.loadQueues(); err != nil {
+	fail := func(err error) (*Index, error) {
 		idx.closeFiles()
 		return nil, err
 	}
+	if version == 3 {
+		idx.tableQueues(states)
+	} else if err := idx.loadQueues(); err != nil {
+		return fail(err)
+	}
 	keys, err := openKeyIndex(opts.FS, filepath.Join(opts.Dir, "keys"), opts.KeySlots, opts.KeyEntries, opts.Reader)
 	if err != nil {
-		idx.closeFiles()
-		return nil, fmt.Errorf("index: %w", err)
+		return fail(fmt.Errorf("index: %w", err))
 	}
 	idx.keys = keys
 	if ok {
-		// Entries past the checkpoint may be torn; the log replays them.
+		// Entries past the checkpoint may be torn (key entries), or be in
+		// the table while the key index lost theirs: the log replays them.
+		// (With the table, a read only of queues whose newest entry is
+		// past it: tailPos.)
 		if err := idx.truncateFrom(pos); err != nil {
-			idx.closeFiles()
-			return nil, err
+			return fail(err)
 		}
+	}
+	if version == 2 {
+		// The layout before the queue table: a queue's start was not
+		// recorded.
 		for _, q := range idx.allQueues() {
 			if err := q.skipGap(); err != nil {
-				idx.closeFiles()
-				return nil, fmt.Errorf("index: %w", err)
+				return fail(fmt.Errorf("index: %w", err))
 			}
 		}
+	}
+	if ok {
 		idx.pos = pos
 	}
+	if version == 3 {
+		// Files below a queue's start that a crash left (retention removes
+		// them after the edit that moves the start).
+		idx.wmu.Lock()
+		err = idx.removeBelowMin(idx.allQueues())
+		if err == nil {
+			err = idx.persist()
+		}
+		idx.wmu.Unlock()
+	} else {
+		// A new table, of what the files hold.
+		for _, q := range idx.allQueues() {
+			q.wEnd, q.wLast, q.wTail = q.max.Load(), q.lastStore.Load(), q.tailPos
+		}
+		idx.table = &queueTable{fs: opts.FS, path: filepath.Join(opts.Dir, tableName), slack: tableSlack}
+		idx.wmu.Lock()
+		err = idx.rewriteTable()
+		idx.wmu.Unlock()
+	}
+	if err != nil {
+		return fail(err)
+	}
 	return idx, nil
+}
+
+// tableQueues makes the queues the table lists: no file is read (a queue's
+// files are the ones its bounds reach; they open when read).
+func (idx *Index) tableQueues(states map[string]map[uint32]qstate) {
+	per := uint64(idx.opts.EntriesPerFile)
+	for topic, m := range states {
+		dir := topicDir(idx.opts.Dir, topic)
+		for id, st := range m {
+			q := idx.newQueue(dir, topic, id)
+			q.min.Store(st.min)
+			q.max.Store(st.max)
+			q.memFrom = st.max
+			q.lastStore.Store(st.lastStore)
+			q.tailPos = st.tailPos
+			q.wEnd, q.wLast, q.wTail, q.low = st.max, st.lastStore, st.tailPos, st.low
+			for first := st.min / per * per; first < st.max; first += per {
+				q.segs[first] = q.fileName(first)
+			}
+			idx.addQueue(q)
+		}
+	}
+}
+
+func (idx *Index) newQueue(dir, topic string, id uint32) *cqueue {
+	return &cqueue{dir: dir, topic: topic, id: id, per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{},
+		fs: idx.opts.FS, cache: idx.cache, tailPos: -1, wTail: -1}
 }
 
 func (idx *Index) loadQueues() error {
@@ -257,9 +333,18 @@ func (idx *Index) truncateFrom(end int64) error {
 	}
 	qs := idx.allQueues()
 	for _, q := range qs {
-		if err := q.truncateFrom(end, idx.dirty, idx.dirs); err != nil {
+		changed, err := q.truncateFrom(end, idx.dirty, idx.dirs)
+		if err != nil {
 			return err
 		}
+		if changed {
+			idx.markTable(q)
+		}
+	}
+	// The table must not keep the cut entries: the log writes other
+	// records where they pointed.
+	if err := idx.persist(); err != nil {
+		return err
 	}
 	if err := idx.keys.truncateFrom(end); err != nil {
 		return err
@@ -317,10 +402,10 @@ func (idx *Index) Dispatch(recs []qlog.RecordInfo) (err error) {
 		q := idx.queueBytes(ri.Topic, ri.QueueID)
 		if q == nil {
 			topic := string(ri.Topic)
-			q = &cqueue{dir: topicDir(idx.opts.Dir, topic), topic: topic, id: ri.QueueID,
-				per: uint64(idx.opts.EntriesPerFile), segs: map[uint64]string{}, fs: idx.opts.FS, cache: idx.cache, tailPos: -1}
+			q = idx.newQueue(topicDir(idx.opts.Dir, topic), topic, ri.QueueID)
 			q.min.Store(ri.QueueOffset)
 			q.max.Store(ri.QueueOffset)
+			q.wEnd, q.low = ri.QueueOffset, ri.QueueOffset/q.per*q.per
 			idx.addQueue(q)
 		}
 		next := q.max.Load() + uint64(len(q.buf)/entrySize)
@@ -402,6 +487,14 @@ func (idx *Index) dropTopic(topic string) error {
 	}
 	idx.wmu.Lock()
 	defer idx.wmu.Unlock()
+	// The table forgets the topic before its files go (an open must not
+	// find queues whose files are gone).
+	if idx.table != nil {
+		p := binary.LittleEndian.AppendUint16([]byte{tableDropTopic}, uint16(len(topic)))
+		if err := idx.table.append(append(p, topic...)); err != nil {
+			return idx.tableFailed(err)
+		}
+	}
 	for _, q := range qs {
 		q.deleted = true
 		q.mu.Lock()
@@ -435,11 +528,143 @@ func (idx *Index) writeOut(qs []*cqueue) error {
 	for _, q := range qs {
 		n, err := q.writeOut(&idx.bufs, idx.dirty, idx.dirs)
 		idx.buffered.Add(-int64(n))
+		if n > 0 {
+			idx.markTable(q)
+		}
 		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// markTable notes that q's state for the table changed. (wmu held)
+func (idx *Index) markTable(q *cqueue) {
+	if !q.tdirty {
+		q.tdirty = true
+		idx.tdirty = append(idx.tdirty, q)
+	}
+}
+
+// persist makes what was written out durable and then records the new
+// states of the queues in the table: it syncs the files written and the
+// directories changed since the last time, appends the states (synced),
+// and removes the files retention left below a queue's new start. (wmu
+// held: no entry is written out between the sync and the edit that
+// relies on it)
+func (idx *Index) persist() error {
+	files := make([]string, 0, len(idx.dirty))
+	for f := range idx.dirty {
+		files = append(files, f)
+	}
+	dirs := make([]string, 0, len(idx.dirs))
+	for d := range idx.dirs {
+		dirs = append(dirs, d)
+	}
+	if len(files)+len(dirs) > syncAllOver {
+		// Many files (many queues written since the last one): one
+		// syncfs instead of an fsync of each.
+		ok, err := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir)
+		if err != nil {
+			return idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, err))
+		}
+		if ok {
+			files, dirs = files[:0], dirs[:0]
+		}
+	}
+	for _, f := range files {
+		if err := idx.cache.sync(f); err != nil {
+			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f, err))
+		}
+	}
+	// The names of new queue files and directories, and of removed ones.
+	for _, d := range dirs {
+		if err := idx.opts.FS.SyncDir(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return idx.syncFailed(fmt.Errorf("index: sync directory %s: %w", d, err))
+		}
+	}
+	clear(idx.dirty)
+	clear(idx.dirs)
+	if idx.table == nil || len(idx.tdirty) == 0 {
+		return nil // (an open before its table is made)
+	}
+	p := []byte{tableStates}
+	for _, q := range idx.tdirty {
+		if !q.deleted {
+			p = appendState(p, q.topic, q.id, q.tableState())
+		}
+	}
+	if len(p) > 1 {
+		if err := idx.table.append(p); err != nil {
+			return idx.tableFailed(err)
+		}
+	}
+	changed := idx.tdirty
+	for _, q := range changed {
+		q.tdirty = false
+	}
+	idx.tdirty = changed[:0:0]
+	if err := idx.removeBelowMin(changed); err != nil {
+		return err
+	}
+	if idx.table.rewriteDue() {
+		return idx.rewriteTable()
+	}
+	return nil
+}
+
+// removeBelowMin removes the files of qs that hold only entries below
+// their queue's start (after an edit recorded the start: an open must not
+// find the start in a file that is gone), and notes the new low. (wmu held)
+func (idx *Index) removeBelowMin(qs []*cqueue) error {
+	for _, q := range qs {
+		floor := q.min.Load() / q.per * q.per
+		if q.deleted || q.low >= floor {
+			continue
+		}
+		q.mu.Lock()
+		for first := q.low; first < floor; first += q.per {
+			path := q.fileName(first)
+			if p, ok := q.segs[first]; ok {
+				path = p
+				delete(q.segs, first)
+			}
+			idx.cache.forget(path)
+			delete(idx.dirty, path)
+			if err := idx.opts.FS.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				q.mu.Unlock()
+				return fmt.Errorf("index: remove %s: %w", path, err)
+			}
+			q.low = first + q.per
+		}
+		q.mu.Unlock()
+		idx.dirs[q.dir] = struct{}{}
+		idx.markTable(q) // its new low, in the next edit
+	}
+	return nil
+}
+
+// rewriteTable writes the table anew with every queue's state. (wmu held)
+func (idx *Index) rewriteTable() error {
+	p := []byte{tableStates}
+	for _, q := range idx.allQueues() {
+		if !q.deleted {
+			p = appendState(p, q.topic, q.id, q.tableState())
+		}
+	}
+	if err := idx.table.rewrite(p); err != nil {
+		return idx.tableFailed(err)
+	}
+	return nil
+}
+
+// tableFailed returns err, stopping checkpoints when it is a failed sync.
+func (idx *Index) tableFailed(err error) error {
+	var fe *fsyncError
+	if errors.As(err, &fe) {
+		return idx.syncFailed(err)
+	}
+	return err
 }
 
 // bufPool keeps the mem buffers of queues that wrote everything out, for
@@ -630,16 +855,12 @@ func (idx *Index) DropBefore(pos int64) {
 			q.memFrom = newMin
 			idx.buffered.Add(-int64(k / entrySize))
 		}
-		for first, path := range q.segs {
-			if first+q.per <= newMin {
-				idx.cache.forget(path)
-				idx.opts.FS.Remove(path)
-				delete(q.segs, first)
-				delete(idx.dirty, path)
-				idx.dirs[q.dir] = struct{}{}
-			}
-		}
 		q.mu.Unlock()
+		if newMin != min {
+			// Its files below the new start go once the table has it
+			// (the next checkpoint: removeBelowMin).
+			idx.markTable(q)
+		}
 	}
 	idx.keys.dropBefore(pos)
 }
@@ -666,38 +887,44 @@ func (idx *Index) checkpoint(closing bool) error {
 	idx.pending, idx.spare = idx.spare[:0], nil
 	idx.mu.Unlock()
 
+	// Oldest entry first: after each chunk, every record before the
+	// oldest entry still in memory is indexed, and a long checkpoint (the
+	// first one after thousands of queues were made writes that many new
+	// files) records that position once a second, so that a crash
+	// during it does not replay everything since the one before.
+	oldest := make(map[*cqueue]int64, len(qs))
+	for _, q := range qs {
+		oldest[q] = q.oldestPos()
+	}
+	sort.Slice(qs, func(i, j int) bool { return oldest[qs[i]] < oldest[qs[j]] })
+
 	// A chunk of queues at a time, each chunk synced (where the file
 	// system syncs in one call) before the next: the files it made and
 	// their names go to the journal in small commits. The log's fdatasync
 	// commits the journal's running transaction too, and behind thousands
 	// of new files at once it waited past the send queue's limit (BUSY).
 	var err error
-	for rest := qs; len(rest) > 0 && err == nil; {
-		n := min(len(rest), writeOutChunk)
+	last := time.Now()
+	for i := 0; i < len(qs) && err == nil; {
+		n := min(len(qs)-i, writeOutChunk)
 		idx.wmu.Lock()
-		err = idx.writeOut(rest[:n])
+		err = idx.writeOut(qs[i : i+n])
 		idx.wmu.Unlock()
-		if rest = rest[n:]; err == nil && len(rest) > 0 {
-			if _, serr := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir); serr != nil {
-				return idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, serr))
-			}
+		if i += n; err != nil || i == len(qs) {
+			break
+		}
+		if at := oldest[qs[i]]; at != math.MinInt64 && time.Since(last) >= idx.opts.PartialCheckpointEvery {
+			err = idx.commit(min(pos, at), false, false)
+			last = time.Now()
+		} else if _, serr := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir); serr != nil {
+			err = idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, serr))
 		}
 	}
-	idx.wmu.Lock()
-	files := make([]string, 0, len(idx.dirty))
-	dirs := make([]string, 0, len(idx.dirs))
 	if err == nil {
-		for f := range idx.dirty {
-			files = append(files, f)
-			delete(idx.dirty, f)
-		}
-		for d := range idx.dirs {
-			dirs = append(dirs, d)
-			delete(idx.dirs, d)
-		}
+		err = idx.commit(pos, true, closing)
 	}
-	idx.wmu.Unlock()
 	idx.mu.Lock()
+	defer idx.mu.Unlock()
 	if err != nil {
 		// A full disk: what is left stays in memory for the next one.
 		for _, q := range qs {
@@ -706,32 +933,21 @@ func (idx *Index) checkpoint(closing bool) error {
 				idx.pending = append(idx.pending, q)
 			}
 		}
-		idx.mu.Unlock()
 		return err
 	}
 	idx.spare = qs[:0]
-	idx.mu.Unlock()
-	if len(files)+len(dirs) > syncAllOver {
-		// Many files (many queues written since the last one): one
-		// syncfs instead of an fsync of each.
-		ok, err := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir)
-		if err != nil {
-			return idx.syncFailed(fmt.Errorf("index: sync the file system of %s: %w", idx.opts.Dir, err))
-		}
-		if ok {
-			files, dirs = files[:0], dirs[:0]
-		}
-	}
-	for _, f := range files {
-		if err := idx.cache.sync(f); err != nil {
-			return idx.syncFailed(fmt.Errorf("index: sync %s: %w", f, err))
-		}
-	}
-	// The names of new queue files and directories, and of removed ones.
-	for _, d := range dirs {
-		if err := idx.opts.FS.SyncDir(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return idx.syncFailed(fmt.Errorf("index: sync directory %s: %w", d, err))
-		}
+	return nil
+}
+
+// commit makes everything written out durable, records it in the queue
+// table and checkpoints pos (every record before it is indexed). The
+// producer table goes with the last commit of a checkpoint, when due.
+func (idx *Index) commit(pos int64, final, closing bool) error {
+	idx.wmu.Lock()
+	err := idx.persist()
+	idx.wmu.Unlock()
+	if err != nil {
+		return err
 	}
 	if err := idx.keys.sync(); err != nil {
 		var fe *fsyncError
@@ -739,6 +955,9 @@ func (idx *Index) checkpoint(closing bool) error {
 			return err // a write failed (a full disk): the next checkpoint tries again
 		}
 		return idx.syncFailed(err)
+	}
+	if !final {
+		return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
 	}
 	if b := idx.producers.snapshot(closing); b != nil {
 		if err := writeProducers(idx.opts.FS, idx.opts.Dir, b); err != nil {
@@ -787,26 +1006,31 @@ func (idx *Index) Close() error {
 
 func (idx *Index) closeFiles() {
 	idx.cache.closeAll()
+	idx.table.close()
 	if idx.keys != nil {
 		idx.keys.close()
 	}
 }
 
-// checkpoint file: "QIX2" | pos i64 | crc32c u32. (QIX1 was the layout with
-// a directory per queue: an index with one is rebuilt from the log.)
+// checkpoint file: "QIX3" | pos i64 | crc32c u32: the queue table (table.go)
+// holds the queues. QIX2 had no table (the files said where each queue
+// ends: an index with one is read that way once, and its table made);
+// QIX1 was the layout with a directory per queue (rebuilt from the log).
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-func readIndexCheckpoint(fs fsutil.FS, path string) (int64, bool) {
+// readIndexCheckpoint returns the checkpointed position and the layout's
+// version (0: no valid checkpoint).
+func readIndexCheckpoint(fs fsutil.FS, path string) (int64, int) {
 	b, err := fsutil.ReadFile(fs, path)
-	if err != nil || len(b) != 16 || string(b[:4]) != "QIX2" ||
+	if err != nil || len(b) != 16 || (string(b[:4]) != "QIX2" && string(b[:4]) != "QIX3") ||
 		crc32.Checksum(b[:12], crcTable) != binary.LittleEndian.Uint32(b[12:]) {
-		return 0, false
+		return 0, 0
 	}
-	return int64(binary.LittleEndian.Uint64(b[4:])), true
+	return int64(binary.LittleEndian.Uint64(b[4:])), int(b[3] - '0')
 }
 
 func writeIndexCheckpoint(fs fsutil.FS, dir string, pos int64) error {
-	b := append([]byte("QIX2"), make([]byte, 12)...)
+	b := append([]byte("QIX3"), make([]byte, 12)...)
 	binary.LittleEndian.PutUint64(b[4:], uint64(pos))
 	binary.LittleEndian.PutUint32(b[12:], crc32.Checksum(b[:12], crcTable))
 	err := fsutil.WriteAtomic(fs, filepath.Join(dir, checkpointName), b, 0o644)

@@ -41,6 +41,9 @@ type Options struct {
 	// between checkpoints (default 1<<20: 32 MiB); past it Dispatch
 	// writes them out itself.
 	MaxBufferedEntries int
+	// PartialCheckpointEvery is how often a long checkpoint (thousands of
+	// queues written out) records how far it got (default 1s).
+	PartialCheckpointEvery time.Duration
 	// DeletedTopic, when set, recognises a record that deletes a topic
 	// (the broker's control record) and returns the topic's name: Dispatch
 	// then drops the topic's queues and removes their files, in log order,
@@ -76,6 +79,9 @@ func (o *Options) EnsureDefaults() *Options {
 	}
 	if o.MaxBufferedEntries == 0 {
 		o.MaxBufferedEntries = 1 << 20
+	}
+	if o.PartialCheckpointEvery == 0 {
+		o.PartialCheckpointEvery = time.Second
 	}
 	if o.ProducerSnapshotEvery == 0 {
 		o.ProducerSnapshotEvery = 10 * time.Second

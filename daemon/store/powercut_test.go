@@ -123,10 +123,14 @@ func storePowerCut(t *testing.T, seed uint64) cutTotals {
 	}
 	async := seed%2 == 1
 	// Half the rounds over 400 queues, with at most 50-300 consume-queue
-	// entries in memory: Dispatch writes them out itself too.
+	// entries in memory: Dispatch writes them out itself too; their
+	// checkpoints write the queues out in chunks.
 	wide := seed/4%2 == 1
 	if wide {
 		o.Index.MaxBufferedEntries = 50 + rng.IntN(250)
+		// Checkpoints write 256 queues at a time: most record how far
+		// they got after each chunk.
+		o.Index.PartialCheckpointEvery = time.Duration(1 + rng.IntN(3_000_000))
 	}
 	if async {
 		o.Log.Durability = qlog.Async
