@@ -86,6 +86,7 @@ fuzz:
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeRecord -fuzztime $${FUZZTIME:-30s} ./log/
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeCheckpoint -fuzztime $${FUZZTIME:-30s} ./log/
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzDecodeProducers -fuzztime $${FUZZTIME:-30s} ./index/
+	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzQueueTable -fuzztime $${FUZZTIME:-30s} ./index/
 	$(GO) test $(LDFLAGS) -run '^$$' -fuzz FuzzOpenEnvelope -fuzztime $${FUZZTIME:-30s} ./daemon/broker/
 	for f in FuzzReadFrame FuzzDecodeProduce FuzzDecodeFetchResp FuzzDecodeHello FuzzDecodeAny FuzzDecodeBatch; do \
 		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./sdk/wire/ || exit 1; done

@@ -110,6 +110,16 @@ func TestTopicAndStatus(t *testing.T) {
 	if r := must(t, cli("topic", "list")); r.stdout != "TOPIC  QUEUES\nother  4\nst     3\n" {
 		t.Fatalf("topic list:\n%s", r.stdout)
 	}
+	// A page at a time.
+	if r := must(t, cli("topic", "list", "--limit", "1")); r.stdout != "TOPIC  QUEUES\nother  4\n... and 1 more topics (--from st for the next page, --limit 0 for all)\n" {
+		t.Fatalf("topic list --limit 1:\n%s", r.stdout)
+	}
+	if list := decodeJSON[[]topicJSON](t, cli("topic", "list", "--from", "st", "--json")); len(list) != 1 || list[0] != (topicJSON{"st", 3}) {
+		t.Fatalf("topic list --from st --json: %+v", list)
+	}
+	if r := cli("topic", "list", "--limit", "-1"); r.code != 2 || !strings.Contains(r.stderr, "--limit must be") {
+		t.Fatalf("topic list --limit -1: %v", r)
+	}
 
 	acks := parseAcks(t, must(t, runCLI(t, noEnv, "a\nb\n", with(b, "produce", "--topic", "st", "--acks", "--durability", "async")...)).stdout, 2)
 	ts := decodeJSON[wire.TopicStatus](t, cli("topic", "status", "st", "--json"))

@@ -93,11 +93,19 @@ needs --yes. Reserved topics (__*) cannot be deleted.`,
 
 func topicListCmd(g *globals) *cobra.Command {
 	var asJSON bool
+	var from string
+	var limit int
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the topics and their numbers of queues",
-		Args:  noArgs,
+		Long: `List the topics and their numbers of queues, by name: the first --limit
+(default 1000; 0 for all) from --from on. With more, it says how many and
+where the next page starts.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if limit < 0 {
+				return usagef("--limit must be 0 (all) or more")
+			}
 			var topics []sdk.TopicInfo
 			err := g.withAdmin(cmd, func(ctx context.Context, a *sdk.Admin) (err error) {
 				topics, err = a.Topics(ctx)
@@ -108,9 +116,15 @@ func topicListCmd(g *globals) *cobra.Command {
 			}
 			list := make([]topicJSON, 0, len(topics))
 			for _, t := range topics {
-				list = append(list, topicJSON{Name: t.Name, Queues: t.Queues})
+				if t.Name >= from {
+					list = append(list, topicJSON{Name: t.Name, Queues: t.Queues})
+				}
 			}
 			sort.Slice(list, func(i, j int) bool { return list[i].Name < list[j].Name })
+			var more []topicJSON
+			if limit > 0 && len(list) > limit {
+				list, more = list[:limit], list[limit:]
+			}
 			if asJSON {
 				return printJSON(cmd, list)
 			}
@@ -118,10 +132,18 @@ func topicListCmd(g *globals) *cobra.Command {
 			for _, t := range list {
 				tw.row(t.Name, t.Queues)
 			}
-			return tw.flush()
+			if err := tw.flush(); err != nil {
+				return err
+			}
+			if len(more) > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), "... and %d more topics (--from %s for the next page, --limit 0 for all)\n", len(more), more[0].Name)
+			}
+			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, `print [{"name": T, "queues": N}, ...] as JSON`)
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print [{"name": T, "queues": N}, ...] as JSON (the page)`)
+	cmd.Flags().StringVar(&from, "from", "", "list topics from this name on")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "list at most this many topics (0: all)")
 	return cmd
 }
 
