@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/quivermq/quiver/internal/fsutil"
 	"github.com/quivermq/quiver/sdk/wire"
 )
@@ -36,8 +34,8 @@ import (
 //	              u32 CRC-32C of the 12 bytes before it. Missing means 0. It is
 //	              replaced on every ack by write to temp, fsync, rename, dir fsync,
 //	              so it is always one whole version, never a torn one.
-//	outbox.lock   flock'd while an outbox is open; holds the holder's pid, for
-//	              the error a second opener gets.
+//	outbox.lock   locked while an outbox is open (flock; LockFileEx on Windows);
+//	              holds the holder's pid, for the error a second opener gets.
 //	outbox.rejected  entries a broker refused for a reason retrying cannot
 //	              fix (same record format, appended); kept for the operator.
 //
@@ -106,7 +104,7 @@ type outbox struct {
 	mu      sync.Mutex
 	dir     string
 	max     int64
-	lock    *os.File // holds the flock
+	lock    *os.File // holds the lock (lockFile)
 	dirf    *os.File // for fsyncs of renames
 	f       *os.File // outbox.dat
 	datPath string
@@ -201,21 +199,17 @@ func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
 	return o, nil
 }
 
-// lockOutbox takes the exclusive flock of dir's lock file. flock locks
-// belong to an open file description, so this also catches a second outbox
-// on the same dir in this process.
+// lockOutbox takes the exclusive lock of dir's lock file (lockFile: flock
+// on unix-likes, LockFileEx on Windows). Both locks belong to an open file
+// (description, or handle), so this also catches a second outbox on the
+// same dir in this process.
 func lockOutbox(dir string) (*os.File, error) {
 	path := filepath.Join(dir, outboxLockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("quiver: outbox: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	held, err := lockFile(f)
 	if err != nil {
 		holder := ""
 		if b, rerr := io.ReadAll(io.LimitReader(f, 32)); rerr == nil {
@@ -224,13 +218,13 @@ func lockOutbox(dir string) (*os.File, error) {
 			}
 		}
 		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if held {
 			return nil, fmt.Errorf("quiver: outbox %s is already open by another producer or process%s; "+
 				"each needs its own directory: %w", dir, holder, err)
 		}
 		return nil, fmt.Errorf("quiver: outbox %s: locking %s: %w", dir, path, err)
 	}
-	// Only for the message above: the lock itself is the flock.
+	// Only for the message above: the lock itself is lockFile's.
 	if f.Truncate(0) == nil {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
