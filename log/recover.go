@@ -6,8 +6,6 @@ import (
 	"io"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/quivermq/quiver/ioengine"
 )
 
@@ -408,8 +406,8 @@ func (l *Log) clearAfter(seg *segment, end int64) error {
 	}
 	from := (end + page - 1) / page * page
 	if n := seg.base + l.opts.SegmentSize - from; n > 0 {
-		err := unix.Fallocate(seg.file.Fd(), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, from-seg.base, n)
-		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		err := zeroRange(seg.file.Fd(), from-seg.base, n)
+		if errors.Is(err, errors.ErrUnsupported) {
 			err = l.writeZeros(seg, from, min(n, int64(l.opts.MaxBatchBytes)+4*page))
 		}
 		if err != nil {

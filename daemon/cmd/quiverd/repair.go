@@ -82,7 +82,7 @@ type progress struct {
 }
 
 func newProgress(label string) *progress {
-	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), unix.TCGETS)
+	_, err := unix.IoctlGetTermios(int(os.Stderr.Fd()), ioctlReadTermios)
 	return &progress{label: label, tty: err == nil}
 }
 
