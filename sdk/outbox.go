@@ -172,7 +172,7 @@ func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
 	if err := outboxSync(o.f); err != nil {
 		return nil, fmt.Errorf("quiver: outbox: syncing %s: %w", o.datPath, err)
 	}
-	if err := outboxSync(o.dirf); err != nil {
+	if err := o.syncDir(); err != nil {
 		return nil, fmt.Errorf("quiver: outbox: syncing %s: %w", dir, err)
 	}
 	st, err := o.f.Stat()
@@ -229,6 +229,16 @@ func lockOutbox(dir string) (*os.File, error) {
 		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
+}
+
+// syncDir makes the names in the outbox's directory durable: the renames
+// of compactions (outbox.acked's go through outboxFS). Windows has no fsync
+// of a directory (fsutil.CanSyncDir).
+func (o *outbox) syncDir() error {
+	if !fsutil.CanSyncDir {
+		return nil
+	}
+	return outboxSync(o.dirf)
 }
 
 func outboxCorrupt(path string, off int64, format string, args ...any) error {
@@ -484,7 +494,7 @@ func (o *outbox) compact() error {
 	o.size -= o.head
 	o.head = 0
 	old.Close()
-	if err := outboxSync(o.dirf); err != nil {
+	if err := o.syncDir(); err != nil {
 		return o.fail(fmt.Errorf("syncing %s: %w", o.dir, err))
 	}
 	if err := o.writeAcked(0); err != nil {
