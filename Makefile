@@ -6,7 +6,7 @@ LDFLAGS  := -ldflags=-checklinkname=0
 PKGS     := ./...
 BIN      := bin
 
-.PHONY: all build test browser console-shots bench-console bench-topics test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
+.PHONY: all build test crossbuild browser console-shots bench-console bench-topics test-race vet fmt-check run crash soak chaos fuzz bench-storage bench-e2e bench bench-compare bench-replication bench-controller bench-delay clean
 
 all: build
 
@@ -16,15 +16,23 @@ build:
 	$(GO) build $(LDFLAGS) -o $(BIN)/ ./tools/quiver
 	cd benchmarks && $(GO) build -o $(abspath $(BIN))/ ./cmd/quiver-bench
 
-# The test command that README.md and .ci/run use: vet, format check, and the
-# whole suite with the race detector, crash tests included; then the
-# benchmarks module (its own go.mod, so that the broker does not depend on
-# nats-server): unit tests and a short smoke run of quiver-bench against a
-# quiverd and both NATS configurations.
-test: vet fmt-check browser
+# The test command that README.md and .ci/run use: vet, format check, the
+# cross-platform builds (crossbuild), and the whole suite with the race
+# detector, crash tests included; then the benchmarks module (its own
+# go.mod, so that the broker does not depend on nats-server): unit tests and
+# a short smoke run of quiver-bench against a quiverd and both NATS
+# configurations.
+test: vet fmt-check crossbuild browser
 	$(GO) test $(LDFLAGS) -race -count=1 -timeout 12m $(PKGS)
 	$(GO) test $(LDFLAGS) -count=1 -run 'Alloc' $(PKGS)
 	cd benchmarks && $(GO) test -race -count=1 -timeout 5m ./...
+
+# Builds and vets the SDK and the CLI for linux, darwin, windows and freebsd
+# (amd64, arm64), quiverd for linux and darwin, and compiles the SDK's tests
+# for windows and darwin: see tools/crossbuild.sh. Seconds with a warm build
+# cache; about 8 minutes on two cores with a cold one.
+crossbuild:
+	GO=$(GO) tools/crossbuild.sh
 
 # The web console's tests drive a headless chromium: installed here where
 # that is possible (root with apt-get); elsewhere they skip, saying so (CI
