@@ -10,11 +10,13 @@ BIN      := bin
 
 all: build
 
+# -buildvcs=auto: --version prints the commit Go stamps from the checkout,
+# even where GOFLAGS turns stamping off.
 build:
 	@mkdir -p $(BIN)
-	$(GO) build $(LDFLAGS) -o $(BIN)/ ./daemon/cmd/quiverd
-	$(GO) build $(LDFLAGS) -o $(BIN)/ ./tools/quiver
-	cd benchmarks && $(GO) build -o $(abspath $(BIN))/ ./cmd/quiver-bench
+	$(GO) build -buildvcs=auto $(LDFLAGS) -o $(BIN)/ ./daemon/cmd/quiverd
+	$(GO) build -buildvcs=auto $(LDFLAGS) -o $(BIN)/ ./tools/quiver
+	cd benchmarks && $(GO) build -buildvcs=auto -o $(abspath $(BIN))/ ./cmd/quiver-bench
 
 # The test command that README.md and .ci/run use: vet, format check, the
 # cross-platform builds (crossbuild), and the whole suite with the race

@@ -44,6 +44,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/quivermq/quiver/internal/buildinfo"
 	"github.com/quivermq/quiver/sdk"
 )
 
@@ -108,6 +109,7 @@ A broker that checks who calls (tokens, acl) takes --token (or QUIVER_TOKEN),
 or a client certificate (--cert and --cert-key) where it has client_ca.
 
 Exit status: 0 on success, 1 when an operation fails, 2 for a wrong command line.`,
+		Version:       buildinfo.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          noArgs,

@@ -29,6 +29,7 @@ import (
 	"github.com/quivermq/quiver/benchmarks/internal/bench"
 	"github.com/quivermq/quiver/benchmarks/internal/natsjs"
 	"github.com/quivermq/quiver/benchmarks/internal/quiver"
+	"github.com/quivermq/quiver/internal/buildinfo"
 )
 
 func main() {
@@ -123,6 +124,7 @@ func newRoot() *cobra.Command {
 		Use:           "quiver-bench",
 		Short:         "Load generator for Quiver, and a comparison with NATS JetStream",
 		Long:          longHelp,
+		Version:       buildinfo.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

@@ -13,6 +13,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/quivermq/quiver/internal/buildinfo"
 )
 
 func main() {
@@ -30,6 +32,7 @@ func rootCmd() *cobra.Command {
 listens for QUIC on 127.0.0.1:7420 and serves /healthz, /metrics and /status on
 http://127.0.0.1:7421. Every setting can come from a TOML file (--config), a
 QUIVER_* environment variable or a flag, later ones overriding earlier ones.`,
+		Version:       buildinfo.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
