@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/quivermq/quiver/internal/buildinfo"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -39,6 +40,9 @@ func (p backoffPolicy) delay(failures int, hard bool) time.Duration {
 	}
 	return time.Duration(rand.Int64N(int64(d) + 1)) // full jitter: uniform in [0, d]
 }
+
+// clientBuild names this SDK's build in every Hello.
+var clientBuild = buildinfo.Client()
 
 // brokerConn is the client's connection to one broker: at most one live
 // session, redialled on demand with backoff after failures.
@@ -230,7 +234,7 @@ func (bc *brokerConn) dial(caller context.Context) (*session, error) {
 	s.streams[streamControl] = ctrl
 	c := newCall()
 	defer c.release()
-	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: cl.cfg.clientID, Credentials: cl.cfg.credentials}
+	hello := wire.Hello{Version: wire.ProtocolVersion, ClientID: cl.cfg.clientID, Credentials: cl.cfg.credentials, Build: clientBuild}
 	b, start, _ := ctrl.begin(c, wire.TypeHello, 0)
 	ctrl.end(c, hello.Append(b), start)
 	if err := c.wait(ctx); err != nil {

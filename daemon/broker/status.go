@@ -11,12 +11,13 @@ import (
 	"github.com/quivermq/quiver/daemon/console"
 	"github.com/quivermq/quiver/daemon/controller"
 	"github.com/quivermq/quiver/index"
+	"github.com/quivermq/quiver/internal/buildinfo"
 	qlog "github.com/quivermq/quiver/log"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// Version is the broker's version, as status reports it.
-var Version = "0.3.0-dev"
+// build is the broker's build, as status reports it.
+var build = buildinfo.Get()
 
 func rfc3339(ns int64) string {
 	if ns == 0 {
@@ -40,7 +41,7 @@ func (b *Broker) StatusOf(sel wire.StatusSel) wire.Status {
 	p := b.log.Positions()
 	ls := b.log.Stats()
 	s := wire.Status{
-		Broker: wire.BrokerInfo{ID: b.opts.ID, Version: Version, Started: b.start.UTC().Format(time.RFC3339),
+		Broker: wire.BrokerInfo{ID: b.opts.ID, Version: build.Version, Build: build.String(), Started: b.start.UTC().Format(time.RFC3339),
 			UptimeSec: int64(now.Sub(b.start).Seconds()), Engine: b.log.EngineName(), Durability: b.log.Durability().String()},
 		Positions: wire.Positions{Start: p.Start, Written: p.Written, Durable: p.Durable, Dispatched: p.Dispatched,
 			DurableAt: rfc3339(p.DurableAt), DispatchedAt: rfc3339(p.DispatchedAt)},

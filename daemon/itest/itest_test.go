@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -517,5 +518,31 @@ func TestAsyncAndOnewaySends(t *testing.T) {
 	}
 	if oneway != 100 {
 		t.Fatalf("%d of 100 oneway messages arrived", oneway)
+	}
+}
+
+// The broker learns which SDK build talks to it: the status lists the
+// build of each open session, and the log names a build the first time it
+// connects. The broker says its own build too.
+func TestClientBuildInStatus(t *testing.T) {
+	b := testbroker.Start(t)
+	cl := b.Client()
+	if err := cl.Admin().CreateTopic(ctxT(t, 30*time.Second), "builds", 1); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("; %s; %s/%s)", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	st := b.Status()
+	found := false
+	for _, c := range st.Connections.Clients {
+		found = found || strings.HasPrefix(c.Build, "quiver-go/") && strings.HasSuffix(c.Build, want) && c.Sessions >= 1
+	}
+	if !found {
+		t.Fatalf("no session of this SDK's build (quiver-go/... %s) in %+v", want, st.Connections.Clients)
+	}
+	if !strings.Contains(b.Log(), "a client build connected for the first time") {
+		t.Fatal("the broker did not log the client's build")
+	}
+	if !strings.Contains(st.Broker.Build, runtime.Version()) || st.Broker.Version == "" {
+		t.Fatalf("broker build %q, version %q", st.Broker.Build, st.Broker.Version)
 	}
 }

@@ -23,6 +23,7 @@ type conn struct {
 	qc        *quic.Conn
 	source    string // remote IP (reconnects come from new ports)
 	clientID  string
+	build     string // the client's build (Hello), set before established
 	session   uint64
 	principal string // with an ACL: whom the Hello's token named
 
@@ -104,9 +105,13 @@ func (c *conn) hello() (*stream, string) {
 		return nil, c.refuse(st, h.RequestID, closeProtocol, &wire.Error{Code: wire.CodeInvalid, Message: err.Error()})
 	}
 	c.clientID = m.ClientID
-	if m.Version != wire.ProtocolVersion {
+	if m.Version < wire.MinProtocolVersion || m.Version > wire.ProtocolVersion {
 		return nil, c.refuse(st, h.RequestID, closeRefused, &wire.Error{Code: wire.CodeUnsupportedVersion,
-			Message: fmt.Sprintf("protocol version %d; this broker speaks %d", m.Version, wire.ProtocolVersion)})
+			Message: fmt.Sprintf("protocol version %d; this broker speaks %d to %d", m.Version, wire.MinProtocolVersion, wire.ProtocolVersion)})
+	}
+	c.build = m.Build
+	if c.build == "" {
+		c.build = fmt.Sprintf("unknown (protocol %d)", m.Version)
 	}
 	if holder := c.s.opts.ACL; holder != nil {
 		a := holder.Load()
@@ -127,6 +132,7 @@ func (c *conn) hello() (*stream, string) {
 		return nil, c.refuse(st, h.RequestID, closeNormal, &wire.Error{Code: wire.CodeStopping, Message: "broker stopping"})
 	}
 	c.session = c.s.seq.Add(1)
+	c.s.builds.seen(c.build, c.clientID, c.source)
 	c.established.Store(true)
 	ok := wire.HelloOK{Version: wire.ProtocolVersion, BrokerID: c.s.b.ID(), Session: c.session}
 	b, start := st.w.Begin(wire.Header{Type: wire.TypeHelloOK, RequestID: h.RequestID})

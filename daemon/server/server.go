@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,6 +129,7 @@ type Server struct {
 	sessions  atomic.Int64
 	seq       atomic.Uint64
 	hs        handshakes
+	builds    builds
 	forbidden forbidden
 	asides    asides
 	served    chan struct{}
@@ -185,6 +187,7 @@ func Listen(o Options) (*Server, error) {
 	s := &Server{opts: o, logger: o.Logger.With("component", "server"), udp: udp, b: o.Broker, served: make(chan struct{})}
 	s.conns.m = map[*conn]struct{}{}
 	s.hs.init(s.logger)
+	s.builds.logger = s.logger
 	s.asides.now = time.Now
 	if tlsConf.VerifyConnection != nil {
 		tlsConf = s.countRefusedCerts(tlsConf)
@@ -317,14 +320,28 @@ func (s *Server) Close() error {
 func (s *Server) Connections() *wire.Connections {
 	s.conns.Lock()
 	open, gso := len(s.conns.m), 0
+	byBuild := map[string]int{}
 	for c := range s.conns.m {
 		if c.qc.ConnectionState().GSO {
 			gso++
 		}
+		if c.established.Load() {
+			byBuild[c.build]++
+		}
 	}
 	s.conns.Unlock()
+	clients := make([]wire.ClientBuild, 0, len(byBuild))
+	for b, n := range byBuild {
+		clients = append(clients, wire.ClientBuild{Build: b, Sessions: n})
+	}
+	sort.Slice(clients, func(i, j int) bool {
+		if clients[i].Sessions != clients[j].Sessions {
+			return clients[i].Sessions > clients[j].Sessions
+		}
+		return clients[i].Build < clients[j].Build
+	})
 	doc := &wire.Connections{Open: open, GSO: gso, Sessions: int(s.sessions.Load()), AcceptedTotal: s.hs.accepted.Load(),
-		FailedHandshakes: s.hs.report()}
+		FailedHandshakes: s.hs.report(), Clients: clients}
 	if s.opts.ACL != nil {
 		doc.Forbidden = s.forbidden.report()
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -161,7 +162,8 @@ func TestSessionRefusals(t *testing.T) {
 		code   wire.Code
 		reason string
 	}{
-		{"old version", func(c *rawConn) { c.send(t, wire.TypeHello, 1, hello(99, "v99", "token")) }, wire.CodeUnsupportedVersion, "UNSUPPORTED_VERSION"},
+		{"new version", func(c *rawConn) { c.send(t, wire.TypeHello, 1, hello(99, "v99", "token")) }, wire.CodeUnsupportedVersion, "UNSUPPORTED_VERSION"},
+		{"old version", func(c *rawConn) { c.send(t, wire.TypeHello, 1, hello(2, "v2", "token")) }, wire.CodeUnsupportedVersion, "UNSUPPORTED_VERSION"},
 		{"bad credentials", func(c *rawConn) { c.send(t, wire.TypeHello, 1, hello(wire.ProtocolVersion, "badcred", "nope")) }, wire.CodeUnauthorized, "UNAUTHORIZED"},
 		{"produce before hello", func(c *rawConn) {
 			c.send(t, wire.TypeProduce, 1, (&wire.Produce{Topic: "t", Body: []byte("x")}).Append(nil))
@@ -193,9 +195,28 @@ func TestSessionRefusals(t *testing.T) {
 		}
 		byID[h.ClientID] = h.Count
 	}
-	if byID["v99"] != 1 || byID["badcred"] != 1 || byID[""] != 2 {
+	if byID["v99"] != 1 || byID["v2"] != 1 || byID["badcred"] != 1 || byID[""] != 2 {
 		t.Fatalf("failures per client id: %v", byID)
 	}
+}
+
+// The status counts open sessions by the client's build (Hello); a client
+// of protocol 3, which sent none, is served and counted as such.
+func TestClientBuildsInStatus(t *testing.T) {
+	f := start(t)
+	for _, h := range []wire.Hello{
+		{Version: wire.ProtocolVersion, ClientID: "a1", Build: "quiver-go/v9 (abc; go1.26.8; linux/amd64)"},
+		{Version: wire.ProtocolVersion, ClientID: "a2", Build: "quiver-go/v9 (abc; go1.26.8; linux/amd64)"},
+		{Version: 3, ClientID: "old"},
+	} {
+		c := f.dial(t)
+		c.send(t, wire.TypeHello, 1, h.Append(nil))
+		if rh, _ := c.recv(t); rh.Type != wire.TypeHelloOK {
+			t.Fatalf("hello %+v answered with %+v", h, rh)
+		}
+	}
+	want := []wire.ClientBuild{{Build: "quiver-go/v9 (abc; go1.26.8; linux/amd64)", Sessions: 2}, {Build: "unknown (protocol 3)", Sessions: 1}}
+	waitFor(t, "the sessions by build", func() bool { return reflect.DeepEqual(f.s.Connections().Clients, want) })
 }
 
 // An established session refuses a second Hello and a frame that is not a

@@ -60,6 +60,37 @@ func Get() Info {
 	return i
 }
 
+// ModulePath is Quiver's module.
+const ModulePath = "github.com/quivermq/quiver"
+
+// Client is how the SDK names its build in a session's Hello (at most 255
+// bytes): "quiver-go/<version> (<commit>; <go version>; <os/arch>)". In
+// an application, whose binary is another module's, the version is the
+// one of Quiver's module it requires (and the commit unknown).
+func Client() string {
+	bi, _ := debug.ReadBuildInfo()
+	return clientOf(Get(), bi)
+}
+
+func clientOf(i Info, bi *debug.BuildInfo) string {
+	if bi != nil && bi.Main.Path != ModulePath {
+		i.Version, i.Commit = Unknown, Unknown
+		for _, d := range bi.Deps {
+			if d.Path == ModulePath {
+				i.Version = d.Version
+				if d.Replace != nil {
+					i.Version += " => " + d.Replace.Path
+				}
+			}
+		}
+	}
+	s := fmt.Sprintf("quiver-go/%s (%s; %s; %s)", i.Version, i.Commit, i.GoVersion, i.Platform)
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	return s
+}
+
 // fromBuildInfo fills i from what Go stamped.
 func fromBuildInfo(bi *debug.BuildInfo, i Info) Info {
 	if bi.Main.Version != "" {

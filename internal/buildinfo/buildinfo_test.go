@@ -44,3 +44,30 @@ func TestLinkerValuesWin(t *testing.T) {
 		t.Fatalf("String() = %q", s)
 	}
 }
+
+// The SDK's build in a Hello: Quiver's own binaries name their commit; an
+// application names the version of Quiver's module it requires.
+func TestClient(t *testing.T) {
+	i := Info{Version: "v0.0.0-x", Commit: "abc", Date: "d", GoVersion: "go1.26.8", Platform: "linux/amd64"}
+	for _, c := range []struct {
+		name string
+		bi   *debug.BuildInfo
+		want string
+	}{
+		{"quiver's own binary", &debug.BuildInfo{Main: debug.Module{Path: ModulePath}}, "quiver-go/v0.0.0-x (abc; go1.26.8; linux/amd64)"},
+		{"no build information", nil, "quiver-go/v0.0.0-x (abc; go1.26.8; linux/amd64)"},
+		{"an application", &debug.BuildInfo{Main: debug.Module{Path: "example.com/app"},
+			Deps: []*debug.Module{{Path: "golang.org/x/sys", Version: "v0.1.0"}, {Path: ModulePath, Version: "v1.2.3"}}},
+			"quiver-go/v1.2.3 (unknown; go1.26.8; linux/amd64)"},
+		{"an application with a replace", &debug.BuildInfo{Main: debug.Module{Path: "example.com/app"},
+			Deps: []*debug.Module{{Path: ModulePath, Version: "v1.2.3", Replace: &debug.Module{Path: "../quiver"}}}},
+			"quiver-go/v1.2.3 => ../quiver (unknown; go1.26.8; linux/amd64)"},
+	} {
+		if got := clientOf(i, c.bi); got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
+	}
+	if got := Client(); !strings.HasPrefix(got, "quiver-go/") || len(got) > 255 {
+		t.Errorf("Client() = %q", got)
+	}
+}

@@ -64,7 +64,13 @@ const MaxTopics = 65000
 // ReplAck carry the leader epoch; Elect. 3: Produce carries a producer id
 // and sequence (idempotent sends); later Offsets, Reset and Lookup (new
 // requests: a broker without them answers INVALID, nothing else changed).
-const ProtocolVersion = 3
+// 4: Hello carries the client's build (a broker logs which builds talk to
+// it and lists them in its status).
+const ProtocolVersion = 4
+
+// MinProtocolVersion is the oldest version a broker of this package
+// accepts: version 3 differs only in Hello.
+const MinProtocolVersion = 3
 
 // ALPN is the application protocol Quiver negotiates over QUIC's TLS.
 const ALPN = "quiver/1"

@@ -10,12 +10,22 @@ type Hello struct {
 	Version     uint16
 	ClientID    string
 	Credentials []byte
+	// Build is the client's build, from version 4 on: "quiver-go/<version>
+	// (<commit>; <go version>; <os/arch>)" for this SDK.
+	Build string
 }
+
+// MaxBuildLen bounds Hello.Build.
+const MaxBuildLen = 255
 
 func (m *Hello) Append(dst []byte) []byte {
 	dst = binary.LittleEndian.AppendUint16(dst, m.Version)
 	dst = appendShortString(dst, m.ClientID)
-	return appendLong(dst, m.Credentials)
+	dst = appendLong(dst, m.Credentials)
+	if m.Version >= 4 {
+		dst = appendShortString(dst, m.Build)
+	}
+	return dst
 }
 
 // DecodeHello decodes a Hello payload; the fields alias b.
@@ -24,6 +34,15 @@ func DecodeHello(b []byte, m *Hello) error {
 	m.Version = d.u16("version")
 	m.ClientID = string(d.short("client id", MaxClientIDLen))
 	m.Credentials = d.long("credentials", MaxCredentialsLen)
+	m.Build = ""
+	switch {
+	case m.Version > ProtocolVersion:
+		// A newer client's: what follows is not ours to judge (the
+		// broker answers UNSUPPORTED_VERSION).
+		return d.err
+	case m.Version >= 4:
+		m.Build = string(d.short("build", MaxBuildLen))
+	}
 	return d.end()
 }
 

@@ -49,8 +49,11 @@ type Disk struct {
 }
 
 type BrokerInfo struct {
-	ID         string `json:"id"`
-	Version    string `json:"version"`
+	ID      string `json:"id"`
+	Version string `json:"version"`
+	// Build is the broker's build: version, commit, build date, Go
+	// version and platform, as quiverd --version prints it.
+	Build      string `json:"build"`
 	Started    string `json:"started"`
 	UptimeSec  int64  `json:"uptime_sec"`
 	Engine     string `json:"engine"`
@@ -135,6 +138,9 @@ type Connections struct {
 	Sessions         int             `json:"sessions"`
 	AcceptedTotal    int64           `json:"accepted_total"`
 	FailedHandshakes []HandshakeFail `json:"failed_handshakes"`
+	// Clients counts the sessions open now by the client's build (Hello),
+	// most first.
+	Clients []ClientBuild `json:"clients"`
 	// Forbidden counts requests refused FORBIDDEN, per principal and right
 	// (only with an ACL).
 	Forbidden []Forbidden `json:"forbidden,omitempty"`
@@ -147,6 +153,12 @@ type Forbidden struct {
 	Count      int64  `json:"count"`
 	Last       string `json:"last"`
 	LastReason string `json:"last_reason"`
+}
+
+// ClientBuild is how many sessions clients of one build have open.
+type ClientBuild struct {
+	Build    string `json:"build"`
+	Sessions int    `json:"sessions"`
 }
 
 type HandshakeFail struct {

@@ -51,10 +51,23 @@ func TestRetryableTable(t *testing.T) {
 }
 
 func TestRoundTrips(t *testing.T) {
-	h := Hello{Version: ProtocolVersion, ClientID: "app-1", Credentials: []byte("token")}
+	h := Hello{Version: ProtocolVersion, ClientID: "app-1", Credentials: []byte("token"), Build: "quiver-go/v1.2.3 (abc; go1.26.8; linux/amd64)"}
 	var h2 Hello
 	if err := DecodeHello(h.Append(nil), &h2); err != nil || !reflect.DeepEqual(h, h2) {
 		t.Fatalf("hello: %+v %v", h2, err)
+	}
+	// Version 3 had no build; a newer version's fields past the
+	// credentials are left to the version check (UNSUPPORTED_VERSION).
+	h3 := Hello{Version: 3, ClientID: "old", Credentials: []byte("token")}
+	if err := DecodeHello(h3.Append(nil), &h2); err != nil || !reflect.DeepEqual(h3, h2) {
+		t.Fatalf("hello v3: %+v %v", h2, err)
+	}
+	if err := DecodeHello(append(h3.Append(nil), 1, 2, 3), &h2); err == nil {
+		t.Fatal("a version 3 hello with trailing bytes decoded")
+	}
+	h5 := (&Hello{Version: ProtocolVersion + 1, ClientID: "new"}).Append(nil)
+	if err := DecodeHello(append(h5, 9, 9, 9, 9, 9), &h2); err != nil || h2.Version != ProtocolVersion+1 || h2.ClientID != "new" {
+		t.Fatalf("hello of a newer version: %+v %v", h2, err)
 	}
 	ok := HelloOK{Version: 1, BrokerID: "b1", Session: 42}
 	var ok2 HelloOK
