@@ -892,11 +892,11 @@ func (idx *Index) checkpoint(closing bool) error {
 	// first one after thousands of queues were made writes that many new
 	// files) records that position once a second, so that a crash
 	// during it does not replay everything since the one before.
-	oldest := make(map[*cqueue]int64, len(qs))
-	for _, q := range qs {
-		oldest[q] = q.oldestPos()
+	oldest := make([]int64, len(qs))
+	for i, q := range qs {
+		oldest[i] = q.oldestPos()
 	}
-	sort.Slice(qs, func(i, j int) bool { return oldest[qs[i]] < oldest[qs[j]] })
+	sort.Sort(byOldest{qs, oldest})
 
 	// A chunk of queues at a time, each chunk synced (where the file
 	// system syncs in one call) before the next: the files it made and
@@ -913,7 +913,7 @@ func (idx *Index) checkpoint(closing bool) error {
 		if i += n; err != nil || i == len(qs) {
 			break
 		}
-		if at := oldest[qs[i]]; at != math.MinInt64 && time.Since(last) >= idx.opts.PartialCheckpointEvery {
+		if at := oldest[i]; at != math.MinInt64 && time.Since(last) >= idx.opts.PartialCheckpointEvery {
 			err = idx.commit(min(pos, at), false, false)
 			last = time.Now()
 		} else if _, serr := fsutil.SyncAll(idx.opts.FS, idx.opts.Dir); serr != nil {
@@ -937,6 +937,19 @@ func (idx *Index) checkpoint(closing bool) error {
 	}
 	idx.spare = qs[:0]
 	return nil
+}
+
+// byOldest sorts queues by the log position of their oldest entry in memory.
+type byOldest struct {
+	qs  []*cqueue
+	pos []int64
+}
+
+func (b byOldest) Len() int           { return len(b.qs) }
+func (b byOldest) Less(i, j int) bool { return b.pos[i] < b.pos[j] }
+func (b byOldest) Swap(i, j int) {
+	b.qs[i], b.qs[j] = b.qs[j], b.qs[i]
+	b.pos[i], b.pos[j] = b.pos[j], b.pos[i]
 }
 
 // commit makes everything written out durable, records it in the queue

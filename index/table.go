@@ -234,13 +234,3 @@ func (t *queueTable) close() {
 		t.f = nil
 	}
 }
-
-// readAllTable is for tests: the states a table file holds.
-func readAllTable(fs fsutil.FS, dir string) (map[string]map[uint32]qstate, error) {
-	t, states, err := loadTable(fs, dir)
-	if err != nil {
-		return nil, err
-	}
-	t.close()
-	return states, nil
-}
