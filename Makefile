@@ -32,7 +32,8 @@ test: vet fmt-check crossbuild browser
 # Builds and vets the SDK and the CLI for linux, darwin, windows and freebsd
 # (amd64, arm64), quiverd for linux and darwin, and compiles the SDK's tests
 # for windows and darwin: see tools/crossbuild.sh. Seconds with a warm build
-# cache; about 8 minutes on two cores with a cold one.
+# cache; 324 s on two cores with an empty one (a clean clone's .ci/run with a
+# fresh GOCACHE, 2026-12-02), 5.4 of its 15 minutes.
 crossbuild:
 	GO=$(GO) tools/crossbuild.sh
 
