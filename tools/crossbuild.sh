@@ -8,7 +8,9 @@
 #     them (tests included);
 #   - the SDK's unit tests (go test -c of ./sdk/ and ./sdk/wire) for
 #     windows/amd64 and darwin/arm64: they must compile where they cannot
-#     run here.
+#     run here; and quiver-bench (the benchmarks module) there, which the
+#     release ships for macOS and Windows too (the snapshot release builds
+#     the other arches).
 # One line per platform; the first error stops it, with the tool's output.
 # Nothing is written: builds go to /dev/null, and the build cache makes a
 # second run take seconds.
@@ -51,6 +53,7 @@ for platform in $SDK_CLI; do
   if has "$TESTS" "$platform"; then
     step "test -c sdk" "$GO" test -c -o /dev/null ./sdk/
     step "test -c sdk/wire" "$GO" test -c -o /dev/null ./sdk/wire
+    step "build quiver-bench" bash -c "cd benchmarks && \"\$0\" build -o /dev/null ./cmd/quiver-bench" "$GO"
   fi
   printf 'crossbuild: %-14s ok (%s) %ds\n' "$platform" "$(IFS=,; echo "${done_steps[*]}")" $((SECONDS - t0))
 done

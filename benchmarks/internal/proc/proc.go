@@ -16,8 +16,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Process is a running child.
@@ -39,8 +37,7 @@ func TempDir(parent, pattern string) (dir, note string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) == nil && st.Type == unix.TMPFS_MAGIC {
+	if onTmpfs(dir) {
 		note = fmt.Sprintf("data directory %s is on tmpfs: fsync costs nothing there; use --data-dir on a real disk", dir)
 	}
 	return dir, note, nil
@@ -60,8 +57,7 @@ func Start(name, bin string, args []string, dir string, ready *regexp.Regexp, ti
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = logf
 	cmd.Env = append(os.Environ(), "QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING=true")
-	// Its own process group, and SIGTERM should quiver-bench die first.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = childAttr() // its own process group (proc_*.go)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		logf.Close()
@@ -126,19 +122,25 @@ func (p *Process) Tail(n int) string {
 // kills it), and removes its data directory. The error is the exit's,
 // when it was not clean.
 func (p *Process) Stop(grace time.Duration) error {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
 	var err error
-	select {
-	case <-p.done:
-		if p.err != nil {
-			err = fmt.Errorf("%s: %v; its log:\n%s", p.Name, p.err, p.Tail(10))
-		}
-	case <-timer.C:
+	sig := p.cmd.Process.Signal(syscall.SIGTERM)
+	if sig != nil && !errors.Is(sig, os.ErrProcessDone) {
+		// No SIGTERM on this platform (Windows): killed.
 		p.cmd.Process.Kill()
 		<-p.done
-		err = fmt.Errorf("%s did not stop within %s of SIGTERM; killed", p.Name, grace)
+	} else {
+		timer := time.NewTimer(grace)
+		defer timer.Stop()
+		select {
+		case <-p.done:
+			if p.err != nil {
+				err = fmt.Errorf("%s: %v; its log:\n%s", p.Name, p.err, p.Tail(10))
+			}
+		case <-timer.C:
+			p.cmd.Process.Kill()
+			<-p.done
+			err = fmt.Errorf("%s did not stop within %s of SIGTERM; killed", p.Name, grace)
+		}
 	}
 	if rmErr := os.RemoveAll(p.Dir); rmErr != nil && err == nil {
 		err = rmErr
