@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -478,14 +479,19 @@ func (o *outbox) compact() error {
 			err = outboxSync(nf)
 		}
 		if err == nil {
-			err = os.Rename(tmp, o.datPath)
+			nf, err = o.replaceData(nf, tmp)
 		}
 		if err != nil {
-			nf.Close()
+			if nf != nil {
+				nf.Close()
+			}
 			os.Remove(tmp)
 		}
 	}
 	if err != nil {
+		if o.failed != nil {
+			return o.failed
+		}
 		o.compactAt = o.head + outboxCompactMin
 		return fmt.Errorf("compacting %s: %w", o.datPath, err)
 	}
@@ -493,7 +499,9 @@ func (o *outbox) compact() error {
 	o.f = nf
 	o.size -= o.head
 	o.head = 0
-	old.Close()
+	if old != nil {
+		old.Close()
+	}
 	if err := o.syncDir(); err != nil {
 		return o.fail(fmt.Errorf("syncing %s: %w", o.dir, err))
 	}
@@ -502,6 +510,40 @@ func (o *outbox) compact() error {
 	}
 	o.compactAt = 0
 	return nil
+}
+
+// outboxCloseToRename says that a file can be renamed, or renamed over, only
+// while nobody has it open: Windows, where Go opens files without
+// FILE_SHARE_DELETE. A variable so that Linux's tests run that path too.
+var outboxCloseToRename = runtime.GOOS == "windows"
+
+// outboxRename is os.Rename, but for tests that make it fail.
+var outboxRename = os.Rename
+
+// replaceData renames the synced tmp (open as nf) over the data file and
+// returns the handle to use for it. On error the data file is the old one
+// and o.f still reads it (nf is closed or returned for the caller to
+// close), unless the outbox failed (o.failed: the old file could not be
+// reopened).
+func (o *outbox) replaceData(nf *os.File, tmp string) (*os.File, error) {
+	if !outboxCloseToRename {
+		return nf, outboxRename(tmp, o.datPath)
+	}
+	nf.Close()
+	o.f.Close()
+	o.f = nil
+	err := outboxRename(tmp, o.datPath)
+	// Whichever file is now at datPath, the new one or (after a failed
+	// rename) the old one, is the one to keep using.
+	f, oerr := os.OpenFile(o.datPath, os.O_RDWR, 0)
+	if oerr != nil {
+		return nil, o.fail(fmt.Errorf("reopening %s after compacting: %w", o.datPath, oerr))
+	}
+	if err != nil {
+		o.f = f
+		return nil, err
+	}
+	return f, nil
 }
 
 // fail makes the outbox refuse further use: memory and disk may disagree.

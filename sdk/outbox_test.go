@@ -669,52 +669,125 @@ func TestOutboxReclaim(t *testing.T) {
 		checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), []*wire.Produce{testProduce(7, 20)})
 	})
 
-	t.Run("compacted", func(t *testing.T) {
-		dir := t.TempDir()
-		path := filepath.Join(dir, outboxDataFile)
-		o := mustOpenOutbox(t, dir, 0)
-		var want []*wire.Produce
-		for i := range 40 {
-			want = append(want, testProduce(i, 64<<10))
-			mustAdd(t, o, want[i])
+	t.Run("compacted", testOutboxCompacted)
+}
+
+// testOutboxCompacted: 21 of 40 records acked (over 1 MiB and half the
+// file) compact the data file to the 19 pending, which peek, ack, add and
+// reopen then use.
+func testOutboxCompacted(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, outboxDataFile)
+	o := mustOpenOutbox(t, dir, 0)
+	var want []*wire.Produce
+	for i := range 40 {
+		want = append(want, testProduce(i, 64<<10))
+		mustAdd(t, o, want[i])
+	}
+	total := recordsSize(want...)
+	// 21 acked records are over 1 MiB and over half of the 40.
+	for i := range 21 {
+		if got := fileSize(t, path); got != total {
+			t.Fatalf("%d acked: %d bytes, want %d (not compacted yet)", i, got, total)
 		}
-		total := recordsSize(want...)
-		// 21 acked records are over 1 MiB and over half of the 40.
-		for i := range 21 {
-			if got := fileSize(t, path); got != total {
-				t.Fatalf("%d acked: %d bytes, want %d (not compacted yet)", i, got, total)
-			}
-			id, p, _, _ := o.peek()
-			checkProduce(t, "peek", p, want[i])
-			if err := o.ack(id); err != nil {
-				t.Fatal(err)
-			}
-		}
-		tail := recordsSize(want[21:]...)
-		if n, b := o.pending(); n != 19 || b != tail || fileSize(t, path) != tail {
-			t.Fatalf("21 acked: pending %d, %d bytes; file %d bytes; want 19, %d, %d", n, b, fileSize(t, path), tail, tail)
-		}
-		if got := readFile(t, filepath.Join(dir, outboxAckedFile)); !bytes.Equal(got, testAckedFile(0)) {
-			t.Fatalf("compacted: outbox.acked %x, want offset 0", got)
-		}
-		if ents, _ := os.ReadDir(dir); len(ents) != 3 {
-			t.Fatalf("files left in %s: %v", dir, ents)
-		}
-		// The compacted file is the outbox: peek, add and reopen use it.
 		id, p, _, _ := o.peek()
-		checkProduce(t, "after compaction", p, want[21])
+		checkProduce(t, "peek", p, want[i])
 		if err := o.ack(id); err != nil {
 			t.Fatal(err)
 		}
-		extra := testProduce(1000, 5)
-		mustAdd(t, o, extra)
-		o.close()
-		o = mustOpenOutbox(t, dir, 0)
-		checkEntries(t, drainOutbox(t, o), append(want[22:], extra))
-		if got := fileSize(t, path); got != 0 {
-			t.Fatalf("drained: %d bytes", got)
+	}
+	tail := recordsSize(want[21:]...)
+	if n, b := o.pending(); n != 19 || b != tail || fileSize(t, path) != tail {
+		t.Fatalf("21 acked: pending %d, %d bytes; file %d bytes; want 19, %d, %d", n, b, fileSize(t, path), tail, tail)
+	}
+	if got := readFile(t, filepath.Join(dir, outboxAckedFile)); !bytes.Equal(got, testAckedFile(0)) {
+		t.Fatalf("compacted: outbox.acked %x, want offset 0", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
+		t.Fatalf("files left in %s: %v", dir, ents)
+	}
+	// The compacted file is the outbox: peek, add and reopen use it.
+	id, p, _, _ := o.peek()
+	checkProduce(t, "after compaction", p, want[21])
+	if err := o.ack(id); err != nil {
+		t.Fatal(err)
+	}
+	extra := testProduce(1000, 5)
+	mustAdd(t, o, extra)
+	o.close()
+	o = mustOpenOutbox(t, dir, 0)
+	checkEntries(t, drainOutbox(t, o), append(want[22:], extra))
+	if got := fileSize(t, path); got != 0 {
+		t.Fatalf("drained: %d bytes", got)
+	}
+}
+
+// Windows renames neither an open file nor over one: there the compaction
+// closes both files, renames and reopens. The compaction test on that path,
+// and on both paths a rename that fails: the old file stays in use.
+func TestOutboxCompactsWhereOpenFilesCannotBeRenamed(t *testing.T) {
+	defer func(v bool) { outboxCloseToRename = v }(outboxCloseToRename)
+	outboxCloseToRename = true
+	t.Run("compacted", testOutboxCompacted)
+	t.Run("rename fails", testOutboxRenameFails)
+	outboxCloseToRename = false
+	t.Run("rename fails, files open", testOutboxRenameFails)
+}
+
+func testOutboxRenameFails(t *testing.T) {
+	dir := t.TempDir()
+	o := mustOpenOutbox(t, dir, 0)
+	var want []*wire.Produce
+	for i := range 40 {
+		want = append(want, testProduce(i, 64<<10))
+		mustAdd(t, o, want[i])
+	}
+	t.Cleanup(func() { outboxRename = os.Rename })
+	outboxRename = func(string, string) error { return errors.New("injected rename failure") }
+	for i := range 21 {
+		id, p, _, _ := o.peek()
+		checkProduce(t, "peek", p, want[i])
+		err := o.ack(id)
+		if i < 20 && err != nil {
+			t.Fatalf("ack %d: %v", i, err)
 		}
-	})
+		if i == 20 && (err == nil || !errors.Is(err, errNotReclaimed)) {
+			t.Fatalf("ack %d with the rename failing: %v, want the compaction's error", i, err)
+		}
+	}
+	// Nothing changed but the acks: the old file, still whole, is read
+	// and appended to, and the temp file is gone.
+	if got, want := fileSize(t, filepath.Join(dir, outboxDataFile)), recordsSize(want...); got != want {
+		t.Fatalf("after the failed compaction: %d bytes, want %d", got, want)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
+		t.Fatalf("files left in %s: %v", dir, ents)
+	}
+	id, p, _, err := o.peek()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkProduce(t, "after the failed compaction", p, want[21])
+	extra := testProduce(1000, 5)
+	mustAdd(t, o, extra)
+	// The rename works again: the next compaction, a MiB of acks after
+	// the failed one (16 records: 37 acked in all), goes through.
+	outboxRename = os.Rename
+	if err := o.ack(id); err != nil {
+		t.Fatal(err)
+	}
+	for i := 22; i < 37; i++ {
+		id, _, _, _ := o.peek()
+		if err := o.ack(id); err != nil {
+			t.Fatalf("ack %d: %v", i, err)
+		}
+	}
+	rest := append(want[37:], extra)
+	if got, want := fileSize(t, filepath.Join(dir, outboxDataFile)), recordsSize(rest...); got != want {
+		t.Fatalf("after the second compaction: %d bytes, want %d", got, want)
+	}
+	o.close()
+	checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), rest)
 }
 
 // What a crash left unreclaimed is reclaimed by the next open.
