@@ -39,9 +39,10 @@ crossbuild:
 
 # Release archives with goreleaser (.goreleaser.yaml). release-config (in
 # make test) loads the file with goreleaser's own strict loader and checks
-# the archives against what each platform is promised (tools/release, a
-# module of its own: it builds goreleaser's config package only, about
-# 35 s with an empty build cache). release-check runs the whole
+# the archives against what each platform is promised, and replays the
+# README's go install of quiver and quiverd from a module proxy on disk
+# serving HEAD (tools/release, a module of its own: it builds goreleaser's
+# config package only). release-check runs the whole
 # `goreleaser check`, release-snapshot builds every archive into dist/
 # (nothing is published): both need the goreleaser binary, built once into
 # bin/tools from the module proxy (the version tools/release/go.mod pins;

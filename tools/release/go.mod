@@ -2,7 +2,10 @@ module github.com/quivermq/quiver/tools/release
 
 go 1.26.1
 
-require github.com/goreleaser/goreleaser/v2 v2.15.1
+require (
+	github.com/goreleaser/goreleaser/v2 v2.15.1
+	golang.org/x/mod v0.43.0
+)
 
 require (
 	charm.land/lipgloss/v2 v2.0.2 // indirect
