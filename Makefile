@@ -131,6 +131,7 @@ fuzz:
 	for f in FuzzDecodeMsg FuzzDecodeCommand; do \
 		$(GO) test $(LDFLAGS) -run '^$$' -fuzz "^$$f\$$" -fuzztime $${FUZZTIME:-30s} ./daemon/controller/ || exit 1; done
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./daemon/acl/
+	$(GO) test -run '^$$' -fuzz FuzzRecover -fuzztime $${FUZZTIME:-30s} ./sdk/internal/outbox/
 
 # 1 KiB sync appends at 1, 16 and 64 appenders, io_uring and portable side by
 # side. -count runs every configuration COUNT times, interleaved, and

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quivermq/quiver/sdk/internal/outbox"
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
@@ -51,6 +52,17 @@ type OutboxStats struct {
 	LastErr string
 }
 
+var (
+	// ErrOutboxFull is returned when an entry does not fit in the outbox's
+	// byte limit (WithOutboxLimit). Nothing was written: the send is lost
+	// unless the caller keeps it.
+	ErrOutboxFull = outbox.ErrFull
+	// ErrOutboxCorrupt is returned when the outbox's files hold damage that
+	// a crash cannot explain. The error names the file and offset; the
+	// files are left as they are, for inspection or repair.
+	ErrOutboxCorrupt = outbox.ErrCorrupt
+)
+
 // errBehindKey marks a send that goes to the outbox without an attempt:
 // an earlier message of its key is there.
 var errBehindKey = errors.New("quiver: an earlier message of this key is in the outbox")
@@ -61,7 +73,7 @@ var resendBackoff = backoffPolicy{hardBase: 100 * time.Millisecond, hardMax: 5 *
 
 // outboxState is a producer's outbox and its resender.
 type outboxState struct {
-	ob   *outbox
+	ob   *outbox.Outbox
 	wake chan struct{} // an entry was added
 	stop chan struct{} // closed by Close
 	done chan struct{} // closed when the resender returned
@@ -78,20 +90,20 @@ type outboxState struct {
 func outboxKey(topic string, key []byte) string { return topic + "\x00" + string(key) }
 
 func openOutboxState(dir string, limit int64) (*outboxState, error) {
-	ob, err := openOutbox(dir, limit)
+	ob, err := outbox.Open(dir, limit)
 	if err != nil {
 		return nil, err
 	}
 	o := &outboxState{ob: ob, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 		keys: make(map[string]int)}
 	o.ctx, o.quit = context.WithCancel(context.Background())
-	err = ob.scan(func(p *wire.Produce) {
+	err = ob.Scan(func(p *wire.Produce) {
 		if len(p.Key) > 0 {
 			o.keys[outboxKey(p.Topic, p.Key)]++
 		}
 	})
 	if err != nil {
-		ob.close()
+		ob.Close()
 		return nil, err
 	}
 	return o, nil
@@ -108,7 +120,10 @@ func (o *outboxState) keyPending(topic string, key []byte) bool {
 
 // add keeps req durably and wakes the resender.
 func (o *outboxState) add(req *wire.Produce) error {
-	if err := o.ob.add(req); err != nil {
+	if err := o.ob.Add(req); err != nil {
+		if errors.Is(err, outbox.ErrClosed) {
+			return fmt.Errorf("%w: %w", ErrClosed, err)
+		}
 		return err
 	}
 	if len(req.Key) > 0 {
@@ -195,7 +210,7 @@ func (p *Producer) resender() {
 				return
 			}
 		}
-		id, req, ok, err := o.ob.peek()
+		id, req, ok, err := o.ob.Peek()
 		if errors.Is(err, ErrClosed) {
 			return
 		}
@@ -203,7 +218,7 @@ func (p *Producer) resender() {
 			// Damage found on read: nothing later can be delivered in
 			// order. Say so, and keep trying (an operator may fix it).
 			failures++
-			p.cl.logger.Error("outbox: cannot read the next entry", "dir", o.ob.dir, "err", err)
+			p.cl.logger.Error("outbox: cannot read the next entry", "dir", o.ob.Dir(), "err", err)
 			o.setErr(err)
 			continue
 		}
@@ -228,12 +243,12 @@ func (p *Producer) resender() {
 		switch {
 		case serr == nil:
 			failures = 0
-			if err := o.ob.ack(id); errors.Is(err, errNotReclaimed) {
-				p.cl.logger.Warn("outbox: delivered and marked an entry, but could not free space", "dir", o.ob.dir, "err", err)
+			if err := o.ob.Ack(id); errors.Is(err, outbox.ErrNotReclaimed) {
+				p.cl.logger.Warn("outbox: delivered and marked an entry, but could not free space", "dir", o.ob.Dir(), "err", err)
 			} else if err != nil {
 				// Delivered but maybe not acked on disk: a restart may
 				// send it again (at least once, as for any send).
-				p.cl.logger.Error("outbox: delivered an entry but could not mark it", "dir", o.ob.dir, "err", err)
+				p.cl.logger.Error("outbox: delivered an entry but could not mark it", "dir", o.ob.Dir(), "err", err)
 				if errors.Is(err, ErrClosed) {
 					return
 				}
@@ -250,11 +265,11 @@ func (p *Producer) resender() {
 		default:
 			failures = 0
 			p.cl.logger.Error("outbox: a broker refused an entry for good; moved to outbox.rejected",
-				"dir", o.ob.dir, "topic", req.Topic, "err", serr)
-			if err := o.ob.reject(id, req); errors.Is(err, errNotReclaimed) {
-				p.cl.logger.Warn("outbox: moved a refused entry aside, but could not free space", "dir", o.ob.dir, "err", err)
+				"dir", o.ob.Dir(), "topic", req.Topic, "err", serr)
+			if err := o.ob.Reject(id, req); errors.Is(err, outbox.ErrNotReclaimed) {
+				p.cl.logger.Warn("outbox: moved a refused entry aside, but could not free space", "dir", o.ob.Dir(), "err", err)
 			} else if err != nil {
-				p.cl.logger.Error("outbox: could not move a refused entry aside", "dir", o.ob.dir, "err", err)
+				p.cl.logger.Error("outbox: could not move a refused entry aside", "dir", o.ob.Dir(), "err", err)
 				failures++
 				continue
 			}
@@ -271,10 +286,10 @@ func (p *Producer) Outbox() OutboxStats {
 	if o == nil {
 		return OutboxStats{}
 	}
-	n, b := o.ob.pending()
+	n, b := o.ob.Pending()
 	o.mu.Lock()
 	last := o.lastErr
 	o.mu.Unlock()
-	return OutboxStats{Dir: o.ob.dir, Pending: n, Bytes: b, Added: o.added.Load(), Resent: o.resent.Load(),
+	return OutboxStats{Dir: o.ob.Dir(), Pending: n, Bytes: b, Added: o.added.Load(), Resent: o.resent.Load(),
 		Rejected: o.rejected.Load(), LastErr: last}
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quivermq/quiver/sdk/internal/outbox"
 )
 
 // nowhereClient is a client whose only broker does not exist: every send
@@ -83,14 +85,14 @@ func TestOutboxKeepsWhatRetriesCouldNot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ob, err := openOutbox(dir, 0)
+	ob, err := outbox.Open(dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ob.close()
+	defer ob.Close()
 	var bodies []string
 	for {
-		id, req, ok, err := ob.peek()
+		id, req, ok, err := ob.Peek()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +103,7 @@ func TestOutboxKeepsWhatRetriesCouldNot(t *testing.T) {
 			t.Fatalf("entry %d lost its send time or count: %+v", id, req)
 		}
 		bodies = append(bodies, string(req.Key)+":"+string(req.Body))
-		if err := ob.ack(id); err != nil {
+		if err := ob.Ack(id); err != nil {
 			t.Fatal(err)
 		}
 	}

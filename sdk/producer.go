@@ -178,7 +178,7 @@ func (cl *Client) NewProducer(opts ...ProducerOpt) (*Producer, error) {
 	}
 	if err := cl.track(p); err != nil {
 		if p.out != nil {
-			p.out.ob.close()
+			p.out.ob.Close()
 		}
 		return nil, err
 	}
@@ -820,7 +820,7 @@ func (p *Producer) Close() error {
 	var err error
 	if p.out != nil {
 		<-p.out.done
-		err = p.out.ob.close()
+		err = p.out.ob.Close()
 	}
 	p.cl.untrack(p)
 	return err

@@ -1,6 +1,6 @@
 //go:build !(unix && !aix) && !windows
 
-package sdk
+package outbox
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package sdk
+package outbox
 
 import (
 	"bufio"
@@ -19,89 +19,54 @@ import (
 	"github.com/quivermq/quiver/sdk/wire"
 )
 
-// The outbox keeps sends that exhausted their retries on local disk, so
-// that they can be resent once the cluster recovers (WithOutbox). It is a
-// durable FIFO: an entry survives a crash once add returned, and stays
-// until it is acked.
-//
-// On disk it is a directory of three files:
-//
-//	outbox.dat    records, appended one per entry:
-//	                u32 length | u32 CRC-32C (Castagnoli) of payload | payload
-//	              little endian; the payload is the entry's wire.Produce in its
-//	              stored layout (AppendStored: protocol 2's, no producer id
-//	              or sequence), 1..wire.MaxFrameSize bytes.
-//	outbox.acked  "QOB1" | u64 offset in outbox.dat of the first unacked record |
-//	              u32 CRC-32C of the 12 bytes before it. Missing means 0. It is
-//	              replaced on every ack by write to temp, fsync, rename, dir fsync,
-//	              so it is always one whole version, never a torn one.
-//	outbox.lock   locked while an outbox is open (flock; LockFileEx on Windows);
-//	              holds the holder's pid, for the error a second opener gets.
-//	outbox.rejected  entries a broker refused for a reason retrying cannot
-//	              fix (same record format, appended); kept for the operator.
-//
-// Space is reclaimed on ack: when nothing is pending, outbox.dat is truncated
-// to empty; when the acked prefix is over half the file and over 1 MiB, the
-// pending tail is copied to a new file that replaces outbox.dat by rename.
-// Both leave outbox.dat shorter than the acked offset until outbox.acked is
-// reset to 0, so openOutbox reads an acked offset past the end of the data
-// file as "the file was reclaimed after that offset was written" and starts
-// at 0. That is why the offset is always written durably before the file is
-// compacted, and why a compaction only happens when the tail is smaller than
-// the prefix it drops.
-//
-// Recovery: each add writes one record and fsyncs before the next starts
-// (one mutex), so a crash leaves at most one torn record, at the end, no
-// longer than the largest record. Such a tail (partial header, length past
-// the end, bad checksum of the last record, zeros) is cut off and counted in
-// recoveredBytes. Anything that a crash cannot produce (a complete record
-// with a bad checksum followed by more bytes, a damaged record followed by
-// valid ones, more damaged bytes than one record can hold) is
-// ErrOutboxCorrupt: the outbox refuses to open rather than drop entries.
-
 const (
-	outboxDataFile  = "outbox.dat"
-	outboxAckedFile = "outbox.acked"
-	outboxLockFile  = "outbox.lock"
-	// outboxRejectedFile holds entries a broker refused for good (same
+	dataFile     = "outbox.dat"
+	ackedFile    = "outbox.acked"
+	lockFileName = "outbox.lock"
+	// rejectedFile holds entries a broker refused for good (same
 	// record format), appended and never read back by the SDK.
-	outboxRejectedFile = "outbox.rejected"
-	outboxTmpSuffix    = ".tmp"
+	rejectedFile = "outbox.rejected"
+	tmpSuffix    = ".tmp"
 
-	outboxHeaderLen  = 8                 // u32 length, u32 crc
-	outboxMaxPayload = wire.MaxFrameSize // a longer record is corrupt: no send can be that big
-	outboxDefaultMax = 1 << 30
-	// outboxCompactMin keeps small outboxes from being rewritten on every
+	headerLen  = 8                 // u32 length, u32 crc
+	maxPayload = wire.MaxFrameSize // a longer record is corrupt: no send can be that big
+	defaultMax = 1 << 30
+	// compactMin keeps small outboxes from being rewritten on every
 	// ack: a compaction copies the whole pending tail.
-	outboxCompactMin = 1 << 20
+	compactMin = 1 << 20
 
-	outboxAckedMagic = "QOB1"
-	outboxAckedLen   = 16
+	ackedMagic = "QOB1"
+	ackedLen   = 16
 )
 
-var outboxCRC = crc32.MakeTable(crc32.Castagnoli)
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
-// outboxSync is every fsync the outbox does. FuzzOutboxRecover replaces it:
+// syncFile is every fsync the outbox does. FuzzRecover replaces it:
 // what it tests is recovery's parsing, and fsyncs would slow it a hundredfold.
-var outboxSync = (*os.File).Sync
+var syncFile = (*os.File).Sync
 
-// outboxFS is the file system of the outbox's checkpoints, with outboxSync.
-var outboxFS = fsutil.WithSync(fsutil.OS, func(f fsutil.File) error { return outboxSync(f.(*os.File)) })
+// fsys is the file system of the outbox's checkpoints, with syncFile.
+var fsys = fsutil.WithSync(fsutil.OS, func(f fsutil.File) error { return syncFile(f.(*os.File)) })
 
 var (
-	// ErrOutboxFull is returned when an entry does not fit in the outbox's
+	// ErrFull is returned when an entry does not fit in the outbox's
 	// byte limit. Nothing was written: the send is lost unless the caller
 	// keeps it.
-	ErrOutboxFull = errors.New("quiver: outbox full")
-	// ErrOutboxCorrupt is returned when the outbox's files hold damage that
+	ErrFull = errors.New("quiver: outbox full")
+	// ErrCorrupt is returned when the outbox's files hold damage that
 	// a crash cannot explain. The error names the file and offset; the
 	// files are left as they are, for inspection or repair.
-	ErrOutboxCorrupt = errors.New("quiver: outbox corrupt")
+	ErrCorrupt = errors.New("quiver: outbox corrupt")
+	// ErrClosed is returned by every call after Close.
+	ErrClosed = errors.New("quiver: outbox closed")
+	// ErrNotReclaimed: Ack (or Reject) did its work, and only freeing the
+	// acked entries' space failed; the next ack tries again.
+	ErrNotReclaimed = errors.New("reclaiming space failed")
 )
 
-// outbox is a durable FIFO of produce requests on local disk. All methods
+// Outbox is a durable FIFO of produce requests on local disk. All methods
 // are safe for concurrent use.
-type outbox struct {
+type Outbox struct {
 	mu      sync.Mutex
 	dir     string
 	max     int64
@@ -121,31 +86,31 @@ type outbox struct {
 	// compactAt delays the next compaction after one failed (a full disk
 	// would otherwise have every ack copy the whole tail).
 	compactAt int64
-	recovered int64  // bytes of torn tail cut off by openOutbox
+	recovered int64  // bytes of torn tail cut off by Open
 	buf       []byte // add's encoding buffer
 	failed    error  // sticky: memory and disk may disagree, reopen to recover
 	closed    bool
 }
 
-// openOutbox opens (creating it if needed, mode 0o700) the outbox in dir,
+// Open opens (creating it if needed, mode 0o700) the outbox in dir,
 // bounded to maxBytes of pending records (header included; <= 0 means
 // 1 GiB). It recovers what the last process left: entries fully written and
-// synced are kept, a torn tail is cut off (see recoveredBytes). Pending
+// synced are kept, a torn tail is cut off (see RecoveredBytes). Pending
 // entries are never dropped: damage that a crash cannot explain is
-// ErrOutboxCorrupt. An outbox already open on dir, in this process or
+// ErrCorrupt. An outbox already open on dir, in this process or
 // another, makes it fail.
-func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
+func Open(dir string, maxBytes int64) (_ *Outbox, err error) {
 	if maxBytes <= 0 {
-		maxBytes = outboxDefaultMax
+		maxBytes = defaultMax
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("quiver: outbox: %w", err)
 	}
-	lock, err := lockOutbox(dir)
+	lock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	o := &outbox{dir: dir, max: maxBytes, lock: lock, headID: 1, datPath: filepath.Join(dir, outboxDataFile)}
+	o := &Outbox{dir: dir, max: maxBytes, lock: lock, headID: 1, datPath: filepath.Join(dir, dataFile)}
 	defer func() {
 		if err != nil {
 			o.closeFiles()
@@ -155,7 +120,7 @@ func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
 		return nil, fmt.Errorf("quiver: outbox: %w", err)
 	}
 	// A temp file is an unfinished replacement: the original is intact.
-	for _, name := range []string{outboxDataFile + outboxTmpSuffix, outboxAckedFile + outboxTmpSuffix} {
+	for _, name := range []string{dataFile + tmpSuffix, ackedFile + tmpSuffix} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("quiver: outbox: %w", err)
 		}
@@ -170,7 +135,7 @@ func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
 	}
 	// What we read below may be in the page cache only (the last process
 	// died, the machine did not): make it durable before trusting it.
-	if err := outboxSync(o.f); err != nil {
+	if err := syncFile(o.f); err != nil {
 		return nil, fmt.Errorf("quiver: outbox: syncing %s: %w", o.datPath, err)
 	}
 	if err := o.syncDir(); err != nil {
@@ -200,12 +165,12 @@ func openOutbox(dir string, maxBytes int64) (_ *outbox, err error) {
 	return o, nil
 }
 
-// lockOutbox takes the exclusive lock of dir's lock file (lockFile: flock
+// lockDir takes the exclusive lock of dir's lock file (lockFile: flock
 // on unix-likes, LockFileEx on Windows). Both locks belong to an open file
 // (description, or handle), so this also catches a second outbox on the
 // same dir in this process.
-func lockOutbox(dir string) (*os.File, error) {
-	path := filepath.Join(dir, outboxLockFile)
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, lockFileName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("quiver: outbox: %w", err)
@@ -233,22 +198,22 @@ func lockOutbox(dir string) (*os.File, error) {
 }
 
 // syncDir makes the names in the outbox's directory durable: the renames
-// of compactions (outbox.acked's go through outboxFS). Windows has no fsync
+// of compactions (outbox.acked's go through fsys). Windows has no fsync
 // of a directory (fsutil.CanSyncDir).
-func (o *outbox) syncDir() error {
+func (o *Outbox) syncDir() error {
 	if !fsutil.CanSyncDir {
 		return nil
 	}
-	return outboxSync(o.dirf)
+	return syncFile(o.dirf)
 }
 
-func outboxCorrupt(path string, off int64, format string, args ...any) error {
-	return fmt.Errorf("%w: %s at offset %d: %s", ErrOutboxCorrupt, path, off, fmt.Sprintf(format, args...))
+func corrupt(path string, off int64, format string, args ...any) error {
+	return fmt.Errorf("%w: %s at offset %d: %s", ErrCorrupt, path, off, fmt.Sprintf(format, args...))
 }
 
 // readAcked returns the offset in outbox.acked, 0 if there is none.
-func (o *outbox) readAcked() (int64, error) {
-	path := filepath.Join(o.dir, outboxAckedFile)
+func (o *Outbox) readAcked() (int64, error) {
+	path := filepath.Join(o.dir, ackedFile)
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
@@ -257,36 +222,36 @@ func (o *outbox) readAcked() (int64, error) {
 		return 0, fmt.Errorf("quiver: outbox: %w", err)
 	}
 	defer f.Close()
-	var b [outboxAckedLen + 1]byte
+	var b [ackedLen + 1]byte
 	n, err := io.ReadFull(f, b[:])
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return 0, fmt.Errorf("quiver: outbox: reading %s: %w", path, err)
 	}
 	switch {
-	case n != outboxAckedLen:
-		return 0, outboxCorrupt(path, 0, "%d bytes, want %d", n, outboxAckedLen)
-	case string(b[:4]) != outboxAckedMagic:
-		return 0, outboxCorrupt(path, 0, "bad magic %q", b[:4])
-	case crc32.Checksum(b[:12], outboxCRC) != binary.LittleEndian.Uint32(b[12:]):
-		return 0, outboxCorrupt(path, 12, "checksum mismatch")
+	case n != ackedLen:
+		return 0, corrupt(path, 0, "%d bytes, want %d", n, ackedLen)
+	case string(b[:4]) != ackedMagic:
+		return 0, corrupt(path, 0, "bad magic %q", b[:4])
+	case crc32.Checksum(b[:12], crcTable) != binary.LittleEndian.Uint32(b[12:]):
+		return 0, corrupt(path, 12, "checksum mismatch")
 	}
 	off := binary.LittleEndian.Uint64(b[4:])
 	if off > 1<<62 {
-		return 0, outboxCorrupt(path, 4, "offset %d", off)
+		return 0, corrupt(path, 4, "offset %d", off)
 	}
 	return int64(off), nil
 }
 
 // writeAcked durably replaces outbox.acked with off. On failure the file
 // holds the old or the new offset.
-func (o *outbox) writeAcked(off int64) error {
+func (o *Outbox) writeAcked(off int64) error {
 	o.ackedOnDisk = -1
-	path := filepath.Join(o.dir, outboxAckedFile)
-	b := make([]byte, 0, outboxAckedLen)
-	b = append(b, outboxAckedMagic...)
+	path := filepath.Join(o.dir, ackedFile)
+	b := make([]byte, 0, ackedLen)
+	b = append(b, ackedMagic...)
 	b = binary.LittleEndian.AppendUint64(b, uint64(off))
-	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, outboxCRC))
-	err := fsutil.WriteAtomic(outboxFS, path, b, 0o600)
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+	err := fsutil.WriteAtomic(fsys, path, b, 0o600)
 	if err != nil {
 		return fmt.Errorf("quiver: outbox: writing %s: %w", path, err)
 	}
@@ -296,26 +261,26 @@ func (o *outbox) writeAcked(off int64) error {
 
 // recover scans the records from offset from to size, sets the pending
 // state, and cuts a torn tail. It reads one record at a time.
-func (o *outbox) recover(from, size int64) error {
+func (o *Outbox) recover(from, size int64) error {
 	r := bufio.NewReaderSize(io.NewSectionReader(o.f, from, size-from), 64<<10)
 	var (
-		hdr     [outboxHeaderLen]byte
+		hdr     [headerLen]byte
 		payload []byte
 		scratch wire.Produce
 	)
 	off := from
 	for off < size {
-		if size-off < outboxHeaderLen {
+		if size-off < headerLen {
 			return o.tornTail(from, off, size, "partial record header")
 		}
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
-		if n == 0 || n > outboxMaxPayload {
+		if n == 0 || n > maxPayload {
 			return o.tornTail(from, off, size, fmt.Sprintf("bad record length %d", n))
 		}
-		end := off + outboxHeaderLen + int64(n)
+		end := off + headerLen + int64(n)
 		if end > size {
 			return o.tornTail(from, off, size, fmt.Sprintf("record of %d bytes ends %d bytes past the end of the file", n, end-size))
 		}
@@ -326,17 +291,17 @@ func (o *outbox) recover(from, size int64) error {
 		if _, err := io.ReadFull(r, payload); err != nil {
 			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
 		}
-		if crc32.Checksum(payload, outboxCRC) != binary.LittleEndian.Uint32(hdr[4:]) {
+		if crc32.Checksum(payload, crcTable) != binary.LittleEndian.Uint32(hdr[4:]) {
 			if end < size {
 				// A torn write is the last record: a whole one with more
 				// after it was synced and damaged since.
-				return outboxCorrupt(o.datPath, off, "record of %d bytes fails its checksum, and %d bytes follow it", n, size-end)
+				return corrupt(o.datPath, off, "record of %d bytes fails its checksum, and %d bytes follow it", n, size-end)
 			}
 			return o.tornTail(from, off, size, "checksum mismatch")
 		}
 		if err := wire.DecodeStoredProduce(payload, &scratch); err != nil {
 			// The checksum holds, so it was written like this: not torn.
-			return outboxCorrupt(o.datPath, off, "record is not a produce request: %v", err)
+			return corrupt(o.datPath, off, "record is not a produce request: %v", err)
 		}
 		o.n++
 		off = end
@@ -347,25 +312,25 @@ func (o *outbox) recover(from, size int64) error {
 
 // tornTail handles a damaged record at off, the first one after from: a
 // torn last write is cut off; anything a crash cannot leave is an error.
-func (o *outbox) tornTail(from, off, size int64, why string) error {
+func (o *Outbox) tornTail(from, off, size int64, why string) error {
 	rem := size - off
-	if rem > outboxHeaderLen+outboxMaxPayload {
-		return outboxCorrupt(o.datPath, off, "%s, with %d bytes after it: more than one record, not a torn write", why, rem)
+	if rem > headerLen+maxPayload {
+		return corrupt(o.datPath, off, "%s, with %d bytes after it: more than one record, not a torn write", why, rem)
 	}
 	tail := make([]byte, rem)
 	if _, err := o.f.ReadAt(tail, off); err != nil {
 		return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
 	}
-	switch at, undecided := outboxRecordsAfter(tail); {
+	switch at, undecided := recordsAfter(tail); {
 	case at > 0:
-		return outboxCorrupt(o.datPath, off, "%s, but valid records follow from offset %d", why, off+int64(at))
+		return corrupt(o.datPath, off, "%s, but valid records follow from offset %d", why, off+int64(at))
 	case undecided:
-		return outboxCorrupt(o.datPath, off, "%s, and the %d bytes after it could not be told apart from records", why, rem)
+		return corrupt(o.datPath, off, "%s, and the %d bytes after it could not be told apart from records", why, rem)
 	}
 	if err := o.f.Truncate(off); err != nil {
 		return fmt.Errorf("quiver: outbox: cutting %s at offset %d: %w", o.datPath, off, err)
 	}
-	if err := outboxSync(o.f); err != nil {
+	if err := syncFile(o.f); err != nil {
 		return fmt.Errorf("quiver: outbox: syncing %s: %w", o.datPath, err)
 	}
 	o.recovered = rem
@@ -373,15 +338,15 @@ func (o *outbox) tornTail(from, off, size int64, why string) error {
 	return nil
 }
 
-// outboxRecordsAfter looks in b, the bytes from a damaged record to the end
+// recordsAfter looks in b, the bytes from a damaged record to the end
 // of the file, for an offset > 0 from which well-formed records with valid
 // checksums run exactly to the end: proof that the damage is not a torn
 // last write (whose bytes are one record's prefix). It returns that offset,
 // or 0, or undecided when a pathological b would cost too much to check.
 // Time is linear in len(b) apart from checksums, which are bounded.
-func outboxRecordsAfter(b []byte) (at int, undecided bool) {
+func recordsAfter(b []byte) (at int, undecided bool) {
 	n := len(b)
-	if n < 2*outboxHeaderLen+1 {
+	if n < 2*headerLen+1 {
 		return 0, false
 	}
 	// reach: a chain of well-formed records runs from here exactly to the end.
@@ -389,12 +354,12 @@ func outboxRecordsAfter(b []byte) (at int, undecided bool) {
 	get := func(s []uint64, i int) bool { return s[i/64]&(1<<(i%64)) != 0 }
 	set := func(s []uint64, i int) { s[i/64] |= 1 << (i % 64) }
 	set(reach, n)
-	for y := n - outboxHeaderLen - 1; y >= 1; y-- {
+	for y := n - headerLen - 1; y >= 1; y-- {
 		l := binary.LittleEndian.Uint32(b[y:])
-		if l == 0 || l > outboxMaxPayload {
+		if l == 0 || l > maxPayload {
 			continue
 		}
-		if end := y + outboxHeaderLen + int(l); end <= n && get(reach, end) {
+		if end := y + headerLen + int(l); end <= n && get(reach, end) {
 			set(reach, y)
 		}
 	}
@@ -402,7 +367,7 @@ func outboxRecordsAfter(b []byte) (at int, undecided bool) {
 	// through at most once before it is marked dead or we return.
 	dead := make([]uint64, n/64+1)
 	budget := 4*n + 1<<20 // checksummed bytes; distinct records may overlap
-	next := func(z int) int { return z + outboxHeaderLen + int(binary.LittleEndian.Uint32(b[z:])) }
+	next := func(z int) int { return z + headerLen + int(binary.LittleEndian.Uint32(b[z:])) }
 	for y := 1; y < n; y++ {
 		if !get(reach, y) || get(dead, y) {
 			continue
@@ -413,7 +378,7 @@ func outboxRecordsAfter(b []byte) (at int, undecided bool) {
 			if budget -= end - z; budget < 0 {
 				return 0, true
 			}
-			if crc32.Checksum(b[z+outboxHeaderLen:end], outboxCRC) != binary.LittleEndian.Uint32(b[z+4:]) {
+			if crc32.Checksum(b[z+headerLen:end], crcTable) != binary.LittleEndian.Uint32(b[z+4:]) {
 				break
 			}
 			z = end
@@ -431,11 +396,11 @@ func outboxRecordsAfter(b []byte) (at int, undecided bool) {
 
 // reclaim gives back the space of acked records (see the format comment).
 // outbox.acked must durably say o.head.
-func (o *outbox) reclaim() error {
+func (o *Outbox) reclaim() error {
 	switch {
 	case o.n == 0 && o.size > 0:
 		return o.empty()
-	case o.head > outboxCompactMin && o.head*2 > o.size && o.head >= o.compactAt:
+	case o.head > compactMin && o.head*2 > o.size && o.head >= o.compactAt:
 		return o.compact()
 	}
 	return nil
@@ -444,11 +409,11 @@ func (o *outbox) reclaim() error {
 // empty truncates the data file when nothing is pending. A crash before
 // outbox.acked is reset leaves it past the end of the empty file, which
 // reads as 0; until it is reset nothing may be appended, hence fail.
-func (o *outbox) empty() error {
+func (o *Outbox) empty() error {
 	if err := o.f.Truncate(0); err != nil {
 		return o.fail(fmt.Errorf("truncating %s: %w", o.datPath, err))
 	}
-	if err := outboxSync(o.f); err != nil {
+	if err := syncFile(o.f); err != nil {
 		return o.fail(fmt.Errorf("syncing %s: %w", o.datPath, err))
 	}
 	o.head, o.size = 0, 0
@@ -462,11 +427,11 @@ func (o *outbox) empty() error {
 
 // compact copies the pending tail to a new data file that replaces the old
 // one. A failure before the rename changes nothing (the next try waits for
-// another outboxCompactMin of acks); one after it leaves outbox.acked past
+// another compactMin of acks); one after it leaves outbox.acked past
 // the end of the new file (read as 0 on reopen) and the outbox unusable
 // until reopened.
-func (o *outbox) compact() error {
-	tmp := o.datPath + outboxTmpSuffix
+func (o *Outbox) compact() error {
+	tmp := o.datPath + tmpSuffix
 	nf, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err == nil {
 		tail := o.size - o.head
@@ -476,7 +441,7 @@ func (o *outbox) compact() error {
 			err = fmt.Errorf("copied %d of %d bytes", copied, tail)
 		}
 		if err == nil {
-			err = outboxSync(nf)
+			err = syncFile(nf)
 		}
 		if err == nil {
 			nf, err = o.replaceData(nf, tmp)
@@ -492,7 +457,7 @@ func (o *outbox) compact() error {
 		if o.failed != nil {
 			return o.failed
 		}
-		o.compactAt = o.head + outboxCompactMin
+		o.compactAt = o.head + compactMin
 		return fmt.Errorf("compacting %s: %w", o.datPath, err)
 	}
 	old := o.f
@@ -512,27 +477,27 @@ func (o *outbox) compact() error {
 	return nil
 }
 
-// outboxCloseToRename says that a file can be renamed, or renamed over, only
+// closeToRename says that a file can be renamed, or renamed over, only
 // while nobody has it open: Windows, where Go opens files without
 // FILE_SHARE_DELETE. A variable so that Linux's tests run that path too.
-var outboxCloseToRename = runtime.GOOS == "windows"
+var closeToRename = runtime.GOOS == "windows"
 
-// outboxRename is os.Rename, but for tests that make it fail.
-var outboxRename = os.Rename
+// rename is os.Rename, but for tests that make it fail.
+var rename = os.Rename
 
 // replaceData renames the synced tmp (open as nf) over the data file and
 // returns the handle to use for it. On error the data file is the old one
 // and o.f still reads it (nf is closed or returned for the caller to
 // close), unless the outbox failed (o.failed: the old file could not be
 // reopened).
-func (o *outbox) replaceData(nf *os.File, tmp string) (*os.File, error) {
-	if !outboxCloseToRename {
-		return nf, outboxRename(tmp, o.datPath)
+func (o *Outbox) replaceData(nf *os.File, tmp string) (*os.File, error) {
+	if !closeToRename {
+		return nf, rename(tmp, o.datPath)
 	}
 	nf.Close()
 	o.f.Close()
 	o.f = nil
-	err := outboxRename(tmp, o.datPath)
+	err := rename(tmp, o.datPath)
 	// Whichever file is now at datPath, the new one or (after a failed
 	// rename) the old one, is the one to keep using.
 	f, oerr := os.OpenFile(o.datPath, os.O_RDWR, 0)
@@ -548,31 +513,31 @@ func (o *outbox) replaceData(nf *os.File, tmp string) (*os.File, error) {
 
 // fail makes the outbox refuse further use: memory and disk may disagree.
 // Reopening recovers from what is on disk.
-func (o *outbox) fail(err error) error {
+func (o *Outbox) fail(err error) error {
 	o.failed = fmt.Errorf("quiver: outbox %s is unusable until reopened: %w", o.dir, err)
 	return o.failed
 }
 
-func (o *outbox) usable() error {
+func (o *Outbox) usable() error {
 	if o.closed {
-		return fmt.Errorf("%w: outbox %s", ErrClosed, o.dir)
+		return fmt.Errorf("%w: %s", ErrClosed, o.dir)
 	}
 	return o.failed
 }
 
-// add appends p's encoding and fsyncs before returning: the entry survives
-// a crash once add returned nil. It fails with ErrOutboxFull, writing
+// Add appends p's encoding and fsyncs before returning: the entry survives
+// a crash once Add returned nil. It fails with ErrFull, writing
 // nothing, when the pending records and this one would exceed the limit.
-func (o *outbox) add(p *wire.Produce) error {
+func (o *Outbox) Add(p *wire.Produce) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if err := o.usable(); err != nil {
 		return err
 	}
-	rec := appendOutboxRecord(o.buf[:0], p)
-	payload := rec[outboxHeaderLen:]
-	if len(payload) > outboxMaxPayload {
-		return fmt.Errorf("quiver: outbox %s: entry of %d bytes is over the %d-byte limit", o.dir, len(payload), outboxMaxPayload)
+	rec := appendRecord(o.buf[:0], p)
+	payload := rec[headerLen:]
+	if len(payload) > maxPayload {
+		return fmt.Errorf("quiver: outbox %s: entry of %d bytes is over the %d-byte limit", o.dir, len(payload), maxPayload)
 	}
 	// An entry that does not decode would make the file unreadable on the
 	// next open (a field too long for its length prefix encodes wrongly).
@@ -588,12 +553,12 @@ func (o *outbox) add(p *wire.Produce) error {
 	need := int64(len(rec))
 	if pending := o.size - o.head; pending+need > o.max {
 		return fmt.Errorf("%w: %s holds %d bytes pending; this %d-byte entry would pass the limit of %d bytes",
-			ErrOutboxFull, o.dir, pending, need, o.max)
+			ErrFull, o.dir, pending, need, o.max)
 	}
 	if _, err := o.f.WriteAt(rec, o.size); err != nil {
 		return o.undoAppend(err)
 	}
-	if err := outboxSync(o.f); err != nil {
+	if err := syncFile(o.f); err != nil {
 		return o.undoAppend(err)
 	}
 	o.size += need
@@ -606,24 +571,24 @@ func (o *outbox) add(p *wire.Produce) error {
 	return nil
 }
 
-// appendOutboxRecord appends p as one record (length, CRC-32C, payload).
-func appendOutboxRecord(dst []byte, p *wire.Produce) []byte {
+// appendRecord appends p as one record (length, CRC-32C, payload).
+func appendRecord(dst []byte, p *wire.Produce) []byte {
 	start := len(dst)
-	dst = p.AppendStored(append(dst, make([]byte, outboxHeaderLen)...))
-	payload := dst[start+outboxHeaderLen:]
+	dst = p.AppendStored(append(dst, make([]byte, headerLen)...))
+	payload := dst[start+headerLen:]
 	binary.LittleEndian.PutUint32(dst[start:], uint32(len(payload)))
-	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, outboxCRC))
+	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(payload, crcTable))
 	return dst
 }
 
 // undoAppend removes what a failed add may have written, so that no later
 // record follows a torn one (which reopening would call corrupt).
-func (o *outbox) undoAppend(err error) error {
+func (o *Outbox) undoAppend(err error) error {
 	err = fmt.Errorf("quiver: outbox: writing %s at offset %d: %w", o.datPath, o.size, err)
 	if terr := o.f.Truncate(o.size); terr != nil {
 		return o.fail(errors.Join(err, terr))
 	}
-	if serr := outboxSync(o.f); serr != nil {
+	if serr := syncFile(o.f); serr != nil {
 		return o.fail(errors.Join(err, serr))
 	}
 	return err
@@ -631,21 +596,21 @@ func (o *outbox) undoAppend(err error) error {
 
 // readHead reads the header of the record at o.head and returns its
 // payload length.
-func (o *outbox) readHead() (uint32, error) {
-	var hdr [outboxHeaderLen]byte
+func (o *Outbox) readHead() (uint32, error) {
+	var hdr [headerLen]byte
 	if _, err := o.f.ReadAt(hdr[:], o.head); err != nil {
 		return 0, fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, o.head, err)
 	}
 	n := binary.LittleEndian.Uint32(hdr[:])
-	if n == 0 || n > outboxMaxPayload || o.head+outboxHeaderLen+int64(n) > o.size {
-		return 0, outboxCorrupt(o.datPath, o.head, "bad record length %d", n)
+	if n == 0 || n > maxPayload || o.head+headerLen+int64(n) > o.size {
+		return 0, corrupt(o.datPath, o.head, "bad record length %d", n)
 	}
 	return n, nil
 }
 
-// peek returns the oldest pending entry and its id, or ok=false when none
+// Peek returns the oldest pending entry and its id, or ok=false when none
 // is pending. p is decoded from a buffer of its own: the caller may keep it.
-func (o *outbox) peek() (id uint64, p *wire.Produce, ok bool, err error) {
+func (o *Outbox) Peek() (id uint64, p *wire.Produce, ok bool, err error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if err := o.usable(); err != nil {
@@ -658,61 +623,61 @@ func (o *outbox) peek() (id uint64, p *wire.Produce, ok bool, err error) {
 	if err != nil {
 		return 0, nil, false, err
 	}
-	rec := make([]byte, outboxHeaderLen+int(n))
+	rec := make([]byte, headerLen+int(n))
 	if _, err := o.f.ReadAt(rec, o.head); err != nil {
 		return 0, nil, false, fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, o.head, err)
 	}
-	// Checked again: the disk may have damaged it since openOutbox did.
-	if crc32.Checksum(rec[outboxHeaderLen:], outboxCRC) != binary.LittleEndian.Uint32(rec[4:]) {
-		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d fails its checksum", o.headID)
+	// Checked again: the disk may have damaged it since Open did.
+	if crc32.Checksum(rec[headerLen:], crcTable) != binary.LittleEndian.Uint32(rec[4:]) {
+		return 0, nil, false, corrupt(o.datPath, o.head, "entry %d fails its checksum", o.headID)
 	}
 	p = new(wire.Produce)
-	if err := wire.DecodeStoredProduce(rec[outboxHeaderLen:], p); err != nil {
-		return 0, nil, false, outboxCorrupt(o.datPath, o.head, "entry %d: %v", o.headID, err)
+	if err := wire.DecodeStoredProduce(rec[headerLen:], p); err != nil {
+		return 0, nil, false, corrupt(o.datPath, o.head, "entry %d: %v", o.headID, err)
 	}
 	return o.headID, p, true, nil
 }
 
-// scan calls fn with every pending entry, oldest first (the producer
+// Scan calls fn with every pending entry, oldest first (the producer
 // rebuilds its per-key counts from it when it opens an outbox).
-func (o *outbox) scan(fn func(p *wire.Produce)) error {
+func (o *Outbox) Scan(fn func(p *wire.Produce)) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if err := o.usable(); err != nil {
 		return err
 	}
 	r := bufio.NewReaderSize(io.NewSectionReader(o.f, o.head, o.size-o.head), 1<<16)
-	var hdr [outboxHeaderLen]byte
+	var hdr [headerLen]byte
 	for off := o.head; off < o.size; {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
 			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
 		}
 		n := binary.LittleEndian.Uint32(hdr[:])
-		if n == 0 || n > outboxMaxPayload || off+outboxHeaderLen+int64(n) > o.size {
-			return outboxCorrupt(o.datPath, off, "bad record length %d", n)
+		if n == 0 || n > maxPayload || off+headerLen+int64(n) > o.size {
+			return corrupt(o.datPath, off, "bad record length %d", n)
 		}
 		payload := make([]byte, n)
 		if _, err := io.ReadFull(r, payload); err != nil {
 			return fmt.Errorf("quiver: outbox: reading %s at offset %d: %w", o.datPath, off, err)
 		}
-		if crc32.Checksum(payload, outboxCRC) != binary.LittleEndian.Uint32(hdr[4:]) {
-			return outboxCorrupt(o.datPath, off, "record fails its checksum")
+		if crc32.Checksum(payload, crcTable) != binary.LittleEndian.Uint32(hdr[4:]) {
+			return corrupt(o.datPath, off, "record fails its checksum")
 		}
 		p := new(wire.Produce)
 		if err := wire.DecodeStoredProduce(payload, p); err != nil {
-			return outboxCorrupt(o.datPath, off, "%v", err)
+			return corrupt(o.datPath, off, "%v", err)
 		}
 		fn(p)
-		off += outboxHeaderLen + int64(n)
+		off += headerLen + int64(n)
 	}
 	return nil
 }
 
-// ack marks entry id, which must be the oldest pending one, as delivered:
+// Ack marks entry id, which must be the oldest pending one, as delivered:
 // once ack returned nil, a reopened outbox no longer returns it. It then
 // reclaims space. An error that says the entry is acked means only the
 // reclaiming failed.
-func (o *outbox) ack(id uint64) error {
+func (o *Outbox) Ack(id uint64) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if err := o.usable(); err != nil {
@@ -728,7 +693,7 @@ func (o *outbox) ack(id uint64) error {
 	if err != nil {
 		return err
 	}
-	next := o.head + outboxHeaderLen + int64(n)
+	next := o.head + headerLen + int64(n)
 	if next == o.size {
 		// The last pending entry: emptying the file is the ack itself.
 		o.n, o.headID = 0, id+1
@@ -739,28 +704,24 @@ func (o *outbox) ack(id uint64) error {
 	}
 	o.head, o.n, o.headID = next, o.n-1, id+1
 	if err := o.reclaim(); err != nil {
-		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but %w: %w", o.dir, id, errNotReclaimed, err)
+		return fmt.Errorf("quiver: outbox %s: entry %d is acked, but %w: %w", o.dir, id, ErrNotReclaimed, err)
 	}
 	return nil
 }
 
-// errNotReclaimed: ack (or reject) did its work, and only freeing the
-// acked entries' space failed; the next ack tries again.
-var errNotReclaimed = errors.New("reclaiming space failed")
-
-// reject moves entry id, the oldest pending one, to outbox.rejected (same
+// Reject moves entry id, the oldest pending one, to outbox.rejected (same
 // record format, appended and synced) and then acks it: for an entry that
 // no broker will ever take, kept for the operator instead of dropped.
-func (o *outbox) reject(id uint64, p *wire.Produce) error {
-	rec := appendOutboxRecord(nil, p)
-	path := filepath.Join(o.dir, outboxRejectedFile)
+func (o *Outbox) Reject(id uint64, p *wire.Produce) error {
+	rec := appendRecord(nil, p)
+	path := filepath.Join(o.dir, rejectedFile)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("quiver: outbox: %w", err)
 	}
 	_, err = f.Write(rec)
 	if err == nil {
-		err = outboxSync(f)
+		err = syncFile(f)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -768,26 +729,29 @@ func (o *outbox) reject(id uint64, p *wire.Produce) error {
 	if err != nil {
 		return fmt.Errorf("quiver: outbox: writing %s: %w", path, err)
 	}
-	return o.ack(id)
+	return o.Ack(id)
 }
 
-// pending returns the number of entries not yet acked and their bytes on
+// Pending returns the number of entries not yet acked and their bytes on
 // disk (records with their 8-byte headers, what the limit counts).
-func (o *outbox) pending() (n int, bytes int64) {
+func (o *Outbox) Pending() (n int, bytes int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.n, o.size - o.head
 }
 
-// recoveredBytes returns the bytes of torn tail that openOutbox cut off.
-func (o *outbox) recoveredBytes() int64 {
+// Dir is the outbox's directory.
+func (o *Outbox) Dir() string { return o.dir }
+
+// RecoveredBytes returns the bytes of torn tail that Open cut off.
+func (o *Outbox) RecoveredBytes() int64 {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.recovered
 }
 
-// close releases the lock and the files. It is safe to call twice.
-func (o *outbox) close() error {
+// Close releases the lock and the files. It is safe to call twice.
+func (o *Outbox) Close() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
@@ -799,7 +763,7 @@ func (o *outbox) close() error {
 
 // closeFiles closes the data file and the directory before the lock file,
 // so that the next opener finds nothing of this one open.
-func (o *outbox) closeFiles() error {
+func (o *Outbox) closeFiles() error {
 	var errs []error
 	for _, f := range []*os.File{o.f, o.dirf, o.lock} {
 		if f != nil {

@@ -1,6 +1,6 @@
 //go:build unix && !aix
 
-package sdk
+package outbox
 
 import (
 	"errors"

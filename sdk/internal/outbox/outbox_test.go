@@ -1,4 +1,4 @@
-package sdk
+package outbox
 
 import (
 	"bytes"
@@ -15,7 +15,10 @@ import (
 	"testing"
 
 	"github.com/quivermq/quiver/sdk/wire"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testProduce returns a produce request whose every field depends on i, so
 // that a mix-up between entries or fields shows.
@@ -87,31 +90,31 @@ func checkProduce(t *testing.T, what string, got, want *wire.Produce) {
 	}
 }
 
-func mustOpenOutbox(t *testing.T, dir string, maxBytes int64) *outbox {
+func mustOpen(t *testing.T, dir string, maxBytes int64) *Outbox {
 	t.Helper()
-	o, err := openOutbox(dir, maxBytes)
+	o, err := Open(dir, maxBytes)
 	if err != nil {
-		t.Fatalf("openOutbox: %v", err)
+		t.Fatalf("Open: %v", err)
 	}
-	t.Cleanup(func() { o.close() })
+	t.Cleanup(func() { o.Close() })
 	return o
 }
 
-func mustAdd(t *testing.T, o *outbox, p *wire.Produce) {
+func mustAdd(t *testing.T, o *Outbox, p *wire.Produce) {
 	t.Helper()
-	if err := o.add(p); err != nil {
+	if err := o.Add(p); err != nil {
 		t.Fatalf("add %s: %v", p.Topic, err)
 	}
 }
 
-// drainOutbox peeks and acks until the outbox is empty, checking that ids
+// drain peeks and acks until the outbox is empty, checking that ids
 // increase by one, and returns the entries in order.
-func drainOutbox(t *testing.T, o *outbox) []*wire.Produce {
+func drain(t *testing.T, o *Outbox) []*wire.Produce {
 	t.Helper()
 	var got []*wire.Produce
 	var last uint64
 	for {
-		id, p, ok, err := o.peek()
+		id, p, ok, err := o.Peek()
 		if err != nil {
 			t.Fatalf("peek after %d entries: %v", len(got), err)
 		}
@@ -122,12 +125,12 @@ func drainOutbox(t *testing.T, o *outbox) []*wire.Produce {
 			t.Fatalf("id %d after %d", id, last)
 		}
 		last = id
-		if err := o.ack(id); err != nil {
+		if err := o.Ack(id); err != nil {
 			t.Fatalf("ack %d: %v", id, err)
 		}
 		got = append(got, p)
 	}
-	if n, b := o.pending(); n != 0 || b != 0 {
+	if n, b := o.Pending(); n != 0 || b != 0 {
 		t.Fatalf("drained, but pending() = %d, %d", n, b)
 	}
 	return got
@@ -173,7 +176,7 @@ func readFile(t *testing.T, path string) []byte {
 func snapshotOutbox(t *testing.T, dir string) string {
 	t.Helper()
 	snap := t.TempDir()
-	for _, name := range []string{outboxDataFile, outboxAckedFile} {
+	for _, name := range []string{dataFile, ackedFile} {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -186,16 +189,16 @@ func snapshotOutbox(t *testing.T, dir string) string {
 	return snap
 }
 
-func TestOutboxFIFORoundTrip(t *testing.T) {
+func TestFIFORoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "a", "outbox")
-	o := mustOpenOutbox(t, dir, 0)
+	o := mustOpen(t, dir, 0)
 	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Fatalf("dir: %v, %v; want mode 0700", st.Mode(), err)
 	}
 	if o.max != 1<<30 {
 		t.Fatalf("default limit %d, want 1 GiB", o.max)
 	}
-	if _, _, ok, err := o.peek(); ok || err != nil {
+	if _, _, ok, err := o.Peek(); ok || err != nil {
 		t.Fatalf("peek of an empty outbox: ok=%v err=%v", ok, err)
 	}
 	var want []*wire.Produce
@@ -206,22 +209,22 @@ func TestOutboxFIFORoundTrip(t *testing.T) {
 		want = append(want, p)
 		bytesWant += int64(len(testRecord(p)))
 	}
-	if n, b := o.pending(); n != 50 || b != bytesWant {
+	if n, b := o.Pending(); n != 50 || b != bytesWant {
 		t.Fatalf("pending() = %d, %d; want 50, %d", n, b, bytesWant)
 	}
-	if got := readFile(t, filepath.Join(dir, outboxDataFile)); int64(len(got)) != bytesWant ||
+	if got := readFile(t, filepath.Join(dir, dataFile)); int64(len(got)) != bytesWant ||
 		!bytes.Equal(got[:len(testRecord(want[0]))], testRecord(want[0])) {
 		t.Fatalf("data file does not hold the documented records (%d bytes, want %d)", len(got), bytesWant)
 	}
 
 	// peek does not consume, and what it returns belongs to the caller.
-	id1, p1, ok, err := o.peek()
+	id1, p1, ok, err := o.Peek()
 	if !ok || err != nil {
 		t.Fatalf("peek: ok=%v err=%v", ok, err)
 	}
 	p1.Body[0] ^= 0xff
 	p1.Key[0] ^= 0xff
-	id2, p2, _, _ := o.peek()
+	id2, p2, _, _ := o.Peek()
 	if id1 != id2 {
 		t.Fatalf("peek twice: ids %d, %d", id1, id2)
 	}
@@ -230,7 +233,7 @@ func TestOutboxFIFORoundTrip(t *testing.T) {
 	var kept []*wire.Produce
 	var last uint64
 	for i := range want {
-		id, p, ok, err := o.peek()
+		id, p, ok, err := o.Peek()
 		if !ok || err != nil {
 			t.Fatalf("peek %d: ok=%v err=%v", i, ok, err)
 		}
@@ -239,16 +242,16 @@ func TestOutboxFIFORoundTrip(t *testing.T) {
 		}
 		last = id
 		checkProduce(t, fmt.Sprintf("entry %d", i), p, want[i])
-		if err := o.ack(id + 1); err == nil {
+		if err := o.Ack(id + 1); err == nil {
 			t.Fatalf("ack of %d while %d is the oldest succeeded", id+1, id)
 		}
-		if err := o.ack(id); err != nil {
+		if err := o.Ack(id); err != nil {
 			t.Fatal(err)
 		}
-		if err := o.ack(id); err == nil {
+		if err := o.Ack(id); err == nil {
 			t.Fatalf("second ack of %d succeeded", id)
 		}
-		if n, _ := o.pending(); n != len(want)-i-1 {
+		if n, _ := o.Pending(); n != len(want)-i-1 {
 			t.Fatalf("after %d acks pending %d", i+1, n)
 		}
 		kept = append(kept, p)
@@ -257,62 +260,62 @@ func TestOutboxFIFORoundTrip(t *testing.T) {
 	}
 	// Entries kept by the caller are untouched by later adds, peeks and acks.
 	checkEntries(t, kept, want[:50])
-	checkEntries(t, drainOutbox(t, o), want[50:])
-	if err := o.ack(last + 100); err == nil {
+	checkEntries(t, drain(t, o), want[50:])
+	if err := o.Ack(last + 100); err == nil {
 		t.Fatal("ack on an empty outbox succeeded")
 	}
 }
 
-func TestOutboxReopen(t *testing.T) {
+func TestReopen(t *testing.T) {
 	dir := t.TempDir()
-	o := mustOpenOutbox(t, dir, 0)
+	o := mustOpen(t, dir, 0)
 	var want []*wire.Produce
 	for i := range 10 {
 		want = append(want, testProduce(i, 100))
 		mustAdd(t, o, want[i])
 	}
 	for range 4 {
-		id, _, _, _ := o.peek()
-		if err := o.ack(id); err != nil {
+		id, _, _, _ := o.Peek()
+		if err := o.Ack(id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := o.close(); err != nil {
+	if err := o.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := o.close(); err != nil {
+	if err := o.Close(); err != nil {
 		t.Fatalf("second close: %v", err)
 	}
-	if err := o.add(want[0]); !errors.Is(err, ErrClosed) {
+	if err := o.Add(want[0]); !errors.Is(err, ErrClosed) {
 		t.Fatalf("add after close: %v, want ErrClosed", err)
 	}
-	if _, _, _, err := o.peek(); !errors.Is(err, ErrClosed) {
+	if _, _, _, err := o.Peek(); !errors.Is(err, ErrClosed) {
 		t.Fatalf("peek after close: %v, want ErrClosed", err)
 	}
-	if err := o.ack(5); !errors.Is(err, ErrClosed) {
+	if err := o.Ack(5); !errors.Is(err, ErrClosed) {
 		t.Fatalf("ack after close: %v, want ErrClosed", err)
 	}
 
-	o = mustOpenOutbox(t, dir, 0)
-	if n, _ := o.pending(); n != 6 {
+	o = mustOpen(t, dir, 0)
+	if n, _ := o.Pending(); n != 6 {
 		t.Fatalf("reopened with %d pending, want 6", n)
 	}
-	if r := o.recoveredBytes(); r != 0 {
+	if r := o.RecoveredBytes(); r != 0 {
 		t.Fatalf("clean reopen cut %d bytes", r)
 	}
 	// Half acked, then reopened again: acks before a reopen stick.
 	for range 3 {
-		id, _, _, _ := o.peek()
-		if err := o.ack(id); err != nil {
+		id, _, _, _ := o.Peek()
+		if err := o.Ack(id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	o.close()
-	o = mustOpenOutbox(t, dir, 0)
-	checkEntries(t, drainOutbox(t, o), want[7:])
-	o.close()
-	o = mustOpenOutbox(t, dir, 0)
-	if n, b := o.pending(); n != 0 || b != 0 {
+	o.Close()
+	o = mustOpen(t, dir, 0)
+	checkEntries(t, drain(t, o), want[7:])
+	o.Close()
+	o = mustOpen(t, dir, 0)
+	if n, b := o.Pending(); n != 0 || b != 0 {
 		t.Fatalf("all acked, reopened with %d pending (%d bytes)", n, b)
 	}
 }
@@ -320,50 +323,50 @@ func TestOutboxReopen(t *testing.T) {
 // Every byte offset inside the last record, as a crash mid-write leaves
 // it: the entries before it survive, the torn tail is cut, and the outbox
 // goes on working.
-func TestOutboxTornTail(t *testing.T) {
+func TestTornTail(t *testing.T) {
 	src := t.TempDir()
-	o := mustOpenOutbox(t, src, 0)
+	o := mustOpen(t, src, 0)
 	var want []*wire.Produce
 	for i := range 5 {
 		want = append(want, testProduce(i, 40+i))
 		mustAdd(t, o, want[i])
 	}
 	for range 2 { // recovery starts after the acked prefix
-		id, _, _, _ := o.peek()
-		o.ack(id)
+		id, _, _, _ := o.Peek()
+		o.Ack(id)
 	}
-	o.close()
-	dat := readFile(t, filepath.Join(src, outboxDataFile))
-	acked := readFile(t, filepath.Join(src, outboxAckedFile))
+	o.Close()
+	dat := readFile(t, filepath.Join(src, dataFile))
+	acked := readFile(t, filepath.Join(src, ackedFile))
 	start := len(dat) - len(testRecord(want[4]))
 	next := testProduce(99, 5)
 
 	check := func(t *testing.T, torn []byte, cut int64) {
 		t.Helper()
 		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, outboxDataFile), torn)
-		writeFile(t, filepath.Join(dir, outboxAckedFile), acked)
-		o, err := openOutbox(dir, 0)
+		writeFile(t, filepath.Join(dir, dataFile), torn)
+		writeFile(t, filepath.Join(dir, ackedFile), acked)
+		o, err := Open(dir, 0)
 		if err != nil {
 			t.Fatalf("open: %v", err)
 		}
-		defer o.close()
-		if r := o.recoveredBytes(); r != cut {
+		defer o.Close()
+		if r := o.RecoveredBytes(); r != cut {
 			t.Fatalf("recovered %d bytes, want %d", r, cut)
 		}
-		if n, _ := o.pending(); n != 2 {
+		if n, _ := o.Pending(); n != 2 {
 			t.Fatalf("%d pending, want 2", n)
 		}
-		if got := fileSize(t, filepath.Join(dir, outboxDataFile)); got != int64(start) {
+		if got := fileSize(t, filepath.Join(dir, dataFile)); got != int64(start) {
 			t.Fatalf("data file %d bytes after recovery, want %d", got, start)
 		}
 		mustAdd(t, o, next)
-		o.close()
-		o = mustOpenOutbox(t, dir, 0)
-		if r := o.recoveredBytes(); r != 0 {
+		o.Close()
+		o = mustOpen(t, dir, 0)
+		if r := o.RecoveredBytes(); r != 0 {
 			t.Fatalf("second reopen cut %d bytes", r)
 		}
-		checkEntries(t, drainOutbox(t, o), []*wire.Produce{want[2], want[3], next})
+		checkEntries(t, drain(t, o), []*wire.Produce{want[2], want[3], next})
 	}
 	for cut := start; cut < len(dat); cut++ {
 		t.Run(fmt.Sprintf("truncated at %d", cut), func(t *testing.T) { check(t, dat[:cut], int64(cut-start)) })
@@ -387,9 +390,9 @@ func TestOutboxTornTail(t *testing.T) {
 
 // Snapshots of the files after every step, compactions and emptyings
 // included, open to exactly the entries pending at that step.
-func TestOutboxCrashSnapshots(t *testing.T) {
+func TestCrashSnapshots(t *testing.T) {
 	dir := t.TempDir()
-	o := mustOpenOutbox(t, dir, 0)
+	o := mustOpen(t, dir, 0)
 	var model []*wire.Produce
 	type snap struct {
 		dir  string
@@ -399,12 +402,12 @@ func TestOutboxCrashSnapshots(t *testing.T) {
 	take := func() { snaps = append(snaps, snap{snapshotOutbox(t, dir), append([]*wire.Produce(nil), model...)}) }
 	ackN := func(k int) {
 		for range k {
-			id, p, ok, err := o.peek()
+			id, p, ok, err := o.Peek()
 			if !ok || err != nil {
 				t.Fatalf("peek: %v %v", ok, err)
 			}
 			checkProduce(t, "peek", p, model[0])
-			if err := o.ack(id); err != nil {
+			if err := o.Ack(id); err != nil {
 				t.Fatal(err)
 			}
 			model = model[1:]
@@ -424,28 +427,28 @@ func TestOutboxCrashSnapshots(t *testing.T) {
 	ackN(3) // emptied: truncated
 	add(30, 70<<10)
 	ackN(16) // compacted: over 1 MiB and half the file acked
-	if got, want := fileSize(t, filepath.Join(dir, outboxDataFile)), recordsSize(model...); got != want {
+	if got, want := fileSize(t, filepath.Join(dir, dataFile)), recordsSize(model...); got != want {
 		t.Fatalf("after 16 of 30 acked: %d bytes, want %d (compacted)", got, want)
 	}
 	ackN(2)
 	add(2, 10)
 	ackN(14) // emptied again
 	add(1, 10)
-	o.close()
+	o.Close()
 	for i, s := range snaps {
-		o, err := openOutbox(s.dir, 0)
+		o, err := Open(s.dir, 0)
 		if err != nil {
 			t.Fatalf("snapshot %d: %v", i, err)
 		}
-		checkEntries(t, drainOutbox(t, o), s.want)
-		o.close()
+		checkEntries(t, drain(t, o), s.want)
+		o.Close()
 	}
 }
 
 // The states a crash inside a reclaim leaves, which no snapshot between
 // steps shows: the data file already replaced (or emptied), outbox.acked
 // not yet reset.
-func TestOutboxCrashInReclaim(t *testing.T) {
+func TestCrashInReclaim(t *testing.T) {
 	var want []*wire.Produce
 	var tail []byte
 	for i := range 3 {
@@ -465,15 +468,15 @@ func TestOutboxCrashInReclaim(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			writeFile(t, filepath.Join(dir, outboxDataFile), c.dat)
-			writeFile(t, filepath.Join(dir, outboxAckedFile), testAckedFile(c.acked))
+			writeFile(t, filepath.Join(dir, dataFile), c.dat)
+			writeFile(t, filepath.Join(dir, ackedFile), testAckedFile(c.acked))
 			// An unfinished compaction's temp file is ignored.
-			writeFile(t, filepath.Join(dir, outboxDataFile+outboxTmpSuffix), []byte("half a copy"))
-			o := mustOpenOutbox(t, dir, 0)
-			if n, _ := o.pending(); n != len(c.want) {
+			writeFile(t, filepath.Join(dir, dataFile+tmpSuffix), []byte("half a copy"))
+			o := mustOpen(t, dir, 0)
+			if n, _ := o.Pending(); n != len(c.want) {
 				t.Fatalf("%d pending, want %d", n, len(c.want))
 			}
-			if _, err := os.Stat(filepath.Join(dir, outboxDataFile+outboxTmpSuffix)); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(dir, dataFile+tmpSuffix)); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("temp file left: %v", err)
 			}
 			// Grow the file past the stale offset: a reopen must not apply it.
@@ -483,9 +486,9 @@ func TestOutboxCrashInReclaim(t *testing.T) {
 				mustAdd(t, o, p)
 				more = append(more, p)
 			}
-			o.close()
-			o = mustOpenOutbox(t, dir, 0)
-			checkEntries(t, drainOutbox(t, o), more)
+			o.Close()
+			o = mustOpen(t, dir, 0)
+			checkEntries(t, drain(t, o), more)
 		})
 	}
 }
@@ -493,9 +496,9 @@ func TestOutboxCrashInReclaim(t *testing.T) {
 // A damaged byte anywhere in a record that has records after it is an
 // error naming the file and the record's offset, and the file is left as
 // it was. Damage in the acked prefix does not matter.
-func TestOutboxCorruptMiddle(t *testing.T) {
+func TestCorruptMiddle(t *testing.T) {
 	src := t.TempDir()
-	o := mustOpenOutbox(t, src, 0)
+	o := mustOpen(t, src, 0)
 	var want []*wire.Produce
 	var starts []int
 	off := 0
@@ -505,27 +508,27 @@ func TestOutboxCorruptMiddle(t *testing.T) {
 		starts = append(starts, off)
 		off += len(testRecord(want[i]))
 	}
-	id, _, _, _ := o.peek()
-	o.ack(id)
-	o.close()
-	dat := readFile(t, filepath.Join(src, outboxDataFile))
-	acked := readFile(t, filepath.Join(src, outboxAckedFile))
+	id, _, _, _ := o.Peek()
+	o.Ack(id)
+	o.Close()
+	dat := readFile(t, filepath.Join(src, dataFile))
+	acked := readFile(t, filepath.Join(src, ackedFile))
 
 	for i := starts[2]; i < starts[3]; i++ {
 		bad := bytes.Clone(dat)
 		bad[i] ^= 0xff
 		dir := t.TempDir()
-		path := filepath.Join(dir, outboxDataFile)
+		path := filepath.Join(dir, dataFile)
 		writeFile(t, path, bad)
-		writeFile(t, filepath.Join(dir, outboxAckedFile), acked)
-		o, err := openOutbox(dir, 0)
+		writeFile(t, filepath.Join(dir, ackedFile), acked)
+		o, err := Open(dir, 0)
 		if err == nil {
-			o.close()
+			o.Close()
 			t.Fatalf("byte %d of the middle record damaged: opened", i-starts[2])
 		}
-		if !errors.Is(err, ErrOutboxCorrupt) || !strings.Contains(err.Error(), path) ||
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) ||
 			!strings.Contains(err.Error(), fmt.Sprintf("offset %d:", starts[2])) {
-			t.Fatalf("byte %d damaged: %v; want ErrOutboxCorrupt naming %s and offset %d", i-starts[2], err, path, starts[2])
+			t.Fatalf("byte %d damaged: %v; want ErrCorrupt naming %s and offset %d", i-starts[2], err, path, starts[2])
 		}
 		if !bytes.Equal(readFile(t, path), bad) {
 			t.Fatalf("byte %d damaged: the failed open changed the data file", i-starts[2])
@@ -536,19 +539,19 @@ func TestOutboxCorruptMiddle(t *testing.T) {
 		bad := bytes.Clone(dat)
 		bad[starts[0]+10] ^= 0xff
 		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, outboxDataFile), bad)
-		writeFile(t, filepath.Join(dir, outboxAckedFile), acked)
-		checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), want[1:])
+		writeFile(t, filepath.Join(dir, dataFile), bad)
+		writeFile(t, filepath.Join(dir, ackedFile), acked)
+		checkEntries(t, drain(t, mustOpen(t, dir, 0)), want[1:])
 	})
 	t.Run("acked file", func(t *testing.T) {
 		bad := bytes.Clone(acked)
 		bad[5] ^= 1
 		dir := t.TempDir()
-		path := filepath.Join(dir, outboxAckedFile)
-		writeFile(t, filepath.Join(dir, outboxDataFile), dat)
+		path := filepath.Join(dir, ackedFile)
+		writeFile(t, filepath.Join(dir, dataFile), dat)
 		writeFile(t, path, bad)
-		if _, err := openOutbox(dir, 0); !errors.Is(err, ErrOutboxCorrupt) || !strings.Contains(err.Error(), path) {
-			t.Fatalf("damaged %s: %v, want ErrOutboxCorrupt naming it", path, err)
+		if _, err := Open(dir, 0); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path) {
+			t.Fatalf("damaged %s: %v, want ErrCorrupt naming it", path, err)
 		}
 	})
 	t.Run("bad checksum, then bytes that are no record", func(t *testing.T) {
@@ -557,53 +560,53 @@ func TestOutboxCorruptMiddle(t *testing.T) {
 		bad[starts[2]+12] ^= 0xff
 		bad = append(bad, "not a record"...)
 		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, outboxDataFile), bad)
-		if _, err := openOutbox(dir, 0); !errors.Is(err, ErrOutboxCorrupt) ||
+		writeFile(t, filepath.Join(dir, dataFile), bad)
+		if _, err := Open(dir, 0); !errors.Is(err, ErrCorrupt) ||
 			!strings.Contains(err.Error(), fmt.Sprintf("offset %d:", starts[2])) {
-			t.Fatalf("open: %v, want ErrOutboxCorrupt at offset %d", err, starts[2])
+			t.Fatalf("open: %v, want ErrCorrupt at offset %d", err, starts[2])
 		}
 	})
 	t.Run("more damage than one record", func(t *testing.T) {
 		dir := t.TempDir()
-		f, err := os.Create(filepath.Join(dir, outboxDataFile))
+		f, err := os.Create(filepath.Join(dir, dataFile))
 		if err != nil {
 			t.Fatal(err)
 		}
 		// A zero header followed by more than a record's worth of bytes
 		// (sparse: no disk space used).
-		err = f.Truncate(outboxHeaderLen + outboxMaxPayload + 1)
+		err = f.Truncate(headerLen + maxPayload + 1)
 		f.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := openOutbox(dir, 0); !errors.Is(err, ErrOutboxCorrupt) {
-			t.Fatalf("open: %v, want ErrOutboxCorrupt", err)
+		if _, err := Open(dir, 0); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("open: %v, want ErrCorrupt", err)
 		}
 	})
 }
 
-func TestOutboxFull(t *testing.T) {
+func TestFull(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, outboxDataFile)
+	path := filepath.Join(dir, dataFile)
 	entry := func(i int) *wire.Produce { // all of one size, for i < 10
 		p := testProduce(i, 100)
 		p.Tags, p.Headers = []byte("tags"), []byte("headers")
 		return p
 	}
 	rec := recordsSize(entry(0))
-	o := mustOpenOutbox(t, dir, 3*rec)
+	o := mustOpen(t, dir, 3*rec)
 	for i := range 3 {
 		mustAdd(t, o, entry(i))
 	}
-	err := o.add(entry(3))
-	if !errors.Is(err, ErrOutboxFull) || !strings.Contains(err.Error(), dir) ||
+	err := o.Add(entry(3))
+	if !errors.Is(err, ErrFull) || !strings.Contains(err.Error(), dir) ||
 		!strings.Contains(err.Error(), strconv.FormatInt(3*rec, 10)) {
-		t.Fatalf("add past the limit: %v; want ErrOutboxFull naming %s and the limit %d", err, dir, 3*rec)
+		t.Fatalf("add past the limit: %v; want ErrFull naming %s and the limit %d", err, dir, 3*rec)
 	}
-	if n, b := o.pending(); n != 3 || b != 3*rec || fileSize(t, path) != 3*rec {
+	if n, b := o.Pending(); n != 3 || b != 3*rec || fileSize(t, path) != 3*rec {
 		t.Fatalf("after a refused add: pending %d, %d; file %d bytes", n, b, fileSize(t, path))
 	}
-	if err := o.add(testProduce(4, 0)); !errors.Is(err, ErrOutboxFull) {
+	if err := o.Add(testProduce(4, 0)); !errors.Is(err, ErrFull) {
 		t.Fatalf("a smaller entry still over the limit: %v", err)
 	}
 
@@ -614,7 +617,7 @@ func TestOutboxFull(t *testing.T) {
 		{Topic: "t", Key: make([]byte, wire.MaxKeyLen+1)},
 		{Topic: "t", Key: make([]byte, 1<<16+3)}, // wraps its u16 length prefix
 	} {
-		if err := o.add(p); err == nil || errors.Is(err, ErrOutboxFull) {
+		if err := o.Add(p); err == nil || errors.Is(err, ErrFull) {
 			t.Fatalf("invalid entry (topic %q, key %d bytes): %v", p.Topic, len(p.Key), err)
 		}
 	}
@@ -622,26 +625,26 @@ func TestOutboxFull(t *testing.T) {
 		t.Fatal("a refused entry was written")
 	}
 
-	id, _, _, _ := o.peek()
-	if err := o.ack(id); err != nil {
+	id, _, _, _ := o.Peek()
+	if err := o.Ack(id); err != nil {
 		t.Fatal(err)
 	}
 	mustAdd(t, o, entry(3))
-	if err := o.add(entry(4)); !errors.Is(err, ErrOutboxFull) {
+	if err := o.Add(entry(4)); !errors.Is(err, ErrFull) {
 		t.Fatalf("full again: %v", err)
 	}
 
-	small := mustOpenOutbox(t, t.TempDir(), 10)
-	if err := small.add(testProduce(0, 0)); !errors.Is(err, ErrOutboxFull) {
+	small := mustOpen(t, t.TempDir(), 10)
+	if err := small.Add(testProduce(0, 0)); !errors.Is(err, ErrFull) {
 		t.Fatalf("entry larger than the whole limit: %v", err)
 	}
 }
 
-func TestOutboxReclaim(t *testing.T) {
+func TestReclaim(t *testing.T) {
 	t.Run("truncated when empty", func(t *testing.T) {
 		dir := t.TempDir()
-		path := filepath.Join(dir, outboxDataFile)
-		o := mustOpenOutbox(t, dir, 0)
+		path := filepath.Join(dir, dataFile)
+		o := mustOpen(t, dir, 0)
 		total := recordsSize(testProduce(0, 20), testProduce(1, 20), testProduce(2, 20))
 		for i := range 3 {
 			mustAdd(t, o, testProduce(i, 20))
@@ -650,35 +653,35 @@ func TestOutboxReclaim(t *testing.T) {
 			if got := fileSize(t, path); got != total {
 				t.Fatalf("before ack %d: %d bytes, want %d", i+1, got, total)
 			}
-			id, _, _, _ := o.peek()
-			if err := o.ack(id); err != nil {
+			id, _, _, _ := o.Peek()
+			if err := o.Ack(id); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if got := fileSize(t, path); got != 0 {
 			t.Fatalf("all acked: data file %d bytes, want 0", got)
 		}
-		if got := readFile(t, filepath.Join(dir, outboxAckedFile)); !bytes.Equal(got, testAckedFile(0)) {
+		if got := readFile(t, filepath.Join(dir, ackedFile)); !bytes.Equal(got, testAckedFile(0)) {
 			t.Fatalf("all acked: outbox.acked %x, want offset 0", got)
 		}
 		mustAdd(t, o, testProduce(7, 20))
 		if got, want := fileSize(t, path), recordsSize(testProduce(7, 20)); got != want {
 			t.Fatalf("one added after emptying: %d bytes, want %d", got, want)
 		}
-		o.close()
-		checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), []*wire.Produce{testProduce(7, 20)})
+		o.Close()
+		checkEntries(t, drain(t, mustOpen(t, dir, 0)), []*wire.Produce{testProduce(7, 20)})
 	})
 
-	t.Run("compacted", testOutboxCompacted)
+	t.Run("compacted", testCompacted)
 }
 
-// testOutboxCompacted: 21 of 40 records acked (over 1 MiB and half the
+// testCompacted: 21 of 40 records acked (over 1 MiB and half the
 // file) compact the data file to the 19 pending, which peek, ack, add and
 // reopen then use.
-func testOutboxCompacted(t *testing.T) {
+func testCompacted(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, outboxDataFile)
-	o := mustOpenOutbox(t, dir, 0)
+	path := filepath.Join(dir, dataFile)
+	o := mustOpen(t, dir, 0)
 	var want []*wire.Produce
 	for i := range 40 {
 		want = append(want, testProduce(i, 64<<10))
@@ -690,33 +693,33 @@ func testOutboxCompacted(t *testing.T) {
 		if got := fileSize(t, path); got != total {
 			t.Fatalf("%d acked: %d bytes, want %d (not compacted yet)", i, got, total)
 		}
-		id, p, _, _ := o.peek()
+		id, p, _, _ := o.Peek()
 		checkProduce(t, "peek", p, want[i])
-		if err := o.ack(id); err != nil {
+		if err := o.Ack(id); err != nil {
 			t.Fatal(err)
 		}
 	}
 	tail := recordsSize(want[21:]...)
-	if n, b := o.pending(); n != 19 || b != tail || fileSize(t, path) != tail {
+	if n, b := o.Pending(); n != 19 || b != tail || fileSize(t, path) != tail {
 		t.Fatalf("21 acked: pending %d, %d bytes; file %d bytes; want 19, %d, %d", n, b, fileSize(t, path), tail, tail)
 	}
-	if got := readFile(t, filepath.Join(dir, outboxAckedFile)); !bytes.Equal(got, testAckedFile(0)) {
+	if got := readFile(t, filepath.Join(dir, ackedFile)); !bytes.Equal(got, testAckedFile(0)) {
 		t.Fatalf("compacted: outbox.acked %x, want offset 0", got)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
 		t.Fatalf("files left in %s: %v", dir, ents)
 	}
 	// The compacted file is the outbox: peek, add and reopen use it.
-	id, p, _, _ := o.peek()
+	id, p, _, _ := o.Peek()
 	checkProduce(t, "after compaction", p, want[21])
-	if err := o.ack(id); err != nil {
+	if err := o.Ack(id); err != nil {
 		t.Fatal(err)
 	}
 	extra := testProduce(1000, 5)
 	mustAdd(t, o, extra)
-	o.close()
-	o = mustOpenOutbox(t, dir, 0)
-	checkEntries(t, drainOutbox(t, o), append(want[22:], extra))
+	o.Close()
+	o = mustOpen(t, dir, 0)
+	checkEntries(t, drain(t, o), append(want[22:], extra))
 	if got := fileSize(t, path); got != 0 {
 		t.Fatalf("drained: %d bytes", got)
 	}
@@ -725,45 +728,45 @@ func testOutboxCompacted(t *testing.T) {
 // Windows renames neither an open file nor over one: there the compaction
 // closes both files, renames and reopens. The compaction test on that path,
 // and on both paths a rename that fails: the old file stays in use.
-func TestOutboxCompactsWhereOpenFilesCannotBeRenamed(t *testing.T) {
-	defer func(v bool) { outboxCloseToRename = v }(outboxCloseToRename)
-	outboxCloseToRename = true
-	t.Run("compacted", testOutboxCompacted)
-	t.Run("rename fails", testOutboxRenameFails)
-	outboxCloseToRename = false
-	t.Run("rename fails, files open", testOutboxRenameFails)
+func TestCompactsWhereOpenFilesCannotBeRenamed(t *testing.T) {
+	defer func(v bool) { closeToRename = v }(closeToRename)
+	closeToRename = true
+	t.Run("compacted", testCompacted)
+	t.Run("rename fails", testRenameFails)
+	closeToRename = false
+	t.Run("rename fails, files open", testRenameFails)
 }
 
-func testOutboxRenameFails(t *testing.T) {
+func testRenameFails(t *testing.T) {
 	dir := t.TempDir()
-	o := mustOpenOutbox(t, dir, 0)
+	o := mustOpen(t, dir, 0)
 	var want []*wire.Produce
 	for i := range 40 {
 		want = append(want, testProduce(i, 64<<10))
 		mustAdd(t, o, want[i])
 	}
-	t.Cleanup(func() { outboxRename = os.Rename })
-	outboxRename = func(string, string) error { return errors.New("injected rename failure") }
+	t.Cleanup(func() { rename = os.Rename })
+	rename = func(string, string) error { return errors.New("injected rename failure") }
 	for i := range 21 {
-		id, p, _, _ := o.peek()
+		id, p, _, _ := o.Peek()
 		checkProduce(t, "peek", p, want[i])
-		err := o.ack(id)
+		err := o.Ack(id)
 		if i < 20 && err != nil {
 			t.Fatalf("ack %d: %v", i, err)
 		}
-		if i == 20 && (err == nil || !errors.Is(err, errNotReclaimed)) {
+		if i == 20 && (err == nil || !errors.Is(err, ErrNotReclaimed)) {
 			t.Fatalf("ack %d with the rename failing: %v, want the compaction's error", i, err)
 		}
 	}
 	// Nothing changed but the acks: the old file, still whole, is read
 	// and appended to, and the temp file is gone.
-	if got, want := fileSize(t, filepath.Join(dir, outboxDataFile)), recordsSize(want...); got != want {
+	if got, want := fileSize(t, filepath.Join(dir, dataFile)), recordsSize(want...); got != want {
 		t.Fatalf("after the failed compaction: %d bytes, want %d", got, want)
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
 		t.Fatalf("files left in %s: %v", dir, ents)
 	}
-	id, p, _, err := o.peek()
+	id, p, _, err := o.Peek()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -772,26 +775,26 @@ func testOutboxRenameFails(t *testing.T) {
 	mustAdd(t, o, extra)
 	// The rename works again: the next compaction, a MiB of acks after
 	// the failed one (16 records: 37 acked in all), goes through.
-	outboxRename = os.Rename
-	if err := o.ack(id); err != nil {
+	rename = os.Rename
+	if err := o.Ack(id); err != nil {
 		t.Fatal(err)
 	}
 	for i := 22; i < 37; i++ {
-		id, _, _, _ := o.peek()
-		if err := o.ack(id); err != nil {
+		id, _, _, _ := o.Peek()
+		if err := o.Ack(id); err != nil {
 			t.Fatalf("ack %d: %v", i, err)
 		}
 	}
 	rest := append(want[37:], extra)
-	if got, want := fileSize(t, filepath.Join(dir, outboxDataFile)), recordsSize(rest...); got != want {
+	if got, want := fileSize(t, filepath.Join(dir, dataFile)), recordsSize(rest...); got != want {
 		t.Fatalf("after the second compaction: %d bytes, want %d", got, want)
 	}
-	o.close()
-	checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), rest)
+	o.Close()
+	checkEntries(t, drain(t, mustOpen(t, dir, 0)), rest)
 }
 
 // What a crash left unreclaimed is reclaimed by the next open.
-func TestOutboxReclaimOnOpen(t *testing.T) {
+func TestReclaimOnOpen(t *testing.T) {
 	var want []*wire.Produce
 	var dat []byte
 	for i := range 30 {
@@ -809,40 +812,40 @@ func TestOutboxReclaimOnOpen(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			path := filepath.Join(dir, outboxDataFile)
+			path := filepath.Join(dir, dataFile)
 			writeFile(t, path, dat)
-			writeFile(t, filepath.Join(dir, outboxAckedFile), testAckedFile(recordsSize(want[:c.acked]...)))
-			o := mustOpenOutbox(t, dir, 0)
+			writeFile(t, filepath.Join(dir, ackedFile), testAckedFile(recordsSize(want[:c.acked]...)))
+			o := mustOpen(t, dir, 0)
 			if got := fileSize(t, path); got != c.size {
 				t.Fatalf("data file %d bytes after open, want %d", got, c.size)
 			}
-			o.close()
-			checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), want[c.acked:])
+			o.Close()
+			checkEntries(t, drain(t, mustOpen(t, dir, 0)), want[c.acked:])
 		})
 	}
 	t.Run("all acked, small", func(t *testing.T) {
 		// Under the compaction minimum: emptied, not compacted.
 		dir := t.TempDir()
-		path := filepath.Join(dir, outboxDataFile)
+		path := filepath.Join(dir, dataFile)
 		small := append(testRecord(testProduce(0, 5)), testRecord(testProduce(1, 5))...)
 		writeFile(t, path, small)
-		writeFile(t, filepath.Join(dir, outboxAckedFile), testAckedFile(int64(len(small))))
-		o := mustOpenOutbox(t, dir, 0)
+		writeFile(t, filepath.Join(dir, ackedFile), testAckedFile(int64(len(small))))
+		o := mustOpen(t, dir, 0)
 		if got := fileSize(t, path); got != 0 {
 			t.Fatalf("data file %d bytes after open, want 0", got)
 		}
 		mustAdd(t, o, testProduce(2, 5))
-		o.close()
-		checkEntries(t, drainOutbox(t, mustOpenOutbox(t, dir, 0)), []*wire.Produce{testProduce(2, 5)})
+		o.Close()
+		checkEntries(t, drain(t, mustOpen(t, dir, 0)), []*wire.Produce{testProduce(2, 5)})
 	})
 }
 
-func TestOutboxLocked(t *testing.T) {
+func TestLocked(t *testing.T) {
 	dir := t.TempDir()
-	o := mustOpenOutbox(t, dir, 0)
-	o2, err := openOutbox(dir, 0)
+	o := mustOpen(t, dir, 0)
+	o2, err := Open(dir, 0)
 	if err == nil {
-		o2.close()
+		o2.Close()
 		t.Fatal("second open of the same dir succeeded")
 	}
 	if !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "already open") ||
@@ -851,18 +854,18 @@ func TestOutboxLocked(t *testing.T) {
 	}
 	// The refused open left the first one intact.
 	mustAdd(t, o, testProduce(1, 1))
-	mustOpenOutbox(t, t.TempDir(), 0) // another dir is fine
-	if err := o.close(); err != nil {
+	mustOpen(t, t.TempDir(), 0) // another dir is fine
+	if err := o.Close(); err != nil {
 		t.Fatal(err)
 	}
-	o = mustOpenOutbox(t, dir, 0)
-	checkEntries(t, drainOutbox(t, o), []*wire.Produce{testProduce(1, 1)})
+	o = mustOpen(t, dir, 0)
+	checkEntries(t, drain(t, o), []*wire.Produce{testProduce(1, 1)})
 }
 
 // Producers add while a consumer drains: each producer's entries come out
 // once each, in its order.
-func TestOutboxConcurrent(t *testing.T) {
-	o := mustOpenOutbox(t, t.TempDir(), 0)
+func TestConcurrent(t *testing.T) {
+	o := mustOpen(t, t.TempDir(), 0)
 	const producers, each = 4, 50
 	var wg sync.WaitGroup
 	done := make(chan struct{})
@@ -872,25 +875,25 @@ func TestOutboxConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if err := o.add(testProduce(g*1000+i, 10)); err != nil {
+				if err := o.Add(testProduce(g*1000+i, 10)); err != nil {
 					errs <- err
 					return
 				}
-				o.pending()
+				o.Pending()
 			}
 		}()
 	}
 	go func() { wg.Wait(); close(done) }()
 	next := make([]int, producers)
 	for got := 0; got < producers*each; {
-		id, p, ok, err := o.peek()
+		id, p, ok, err := o.Peek()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !ok {
 			select {
 			case <-done:
-				if n, _ := o.pending(); n == 0 {
+				if n, _ := o.Pending(); n == 0 {
 					close(errs)
 					t.Fatalf("producers done, %d of %d entries seen: %v", got, producers*each, <-errs)
 				}
@@ -909,18 +912,18 @@ func TestOutboxConcurrent(t *testing.T) {
 		}
 		checkProduce(t, p.Topic, p, testProduce(g*1000+i, 10))
 		next[g]++
-		if err := o.ack(id); err != nil {
+		if err := o.Ack(id); err != nil {
 			t.Fatal(err)
 		}
 		got++
 	}
 	<-done
-	if n, b := o.pending(); n != 0 || b != 0 {
+	if n, b := o.Pending(); n != 0 || b != 0 {
 		t.Fatalf("pending %d, %d at the end", n, b)
 	}
 }
 
-func FuzzOutboxRecover(f *testing.F) {
+func FuzzRecover(f *testing.F) {
 	var dat []byte
 	for i := range 4 {
 		dat = append(dat, testRecord(testProduce(i, 3*i))...)
@@ -933,27 +936,27 @@ func FuzzOutboxRecover(f *testing.F) {
 	f.Add([]byte{}, []byte("QOB1"), true)
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5}, []byte(nil), false)
 	// Parsing is under test, not durability (the other tests sync).
-	outboxSync = func(*os.File) error { return nil }
-	f.Cleanup(func() { outboxSync = (*os.File).Sync })
+	syncFile = func(*os.File) error { return nil }
+	f.Cleanup(func() { syncFile = (*os.File).Sync })
 	f.Fuzz(func(t *testing.T, dat, acked []byte, withAcked bool) {
 		dir := t.TempDir()
-		writeFile(t, filepath.Join(dir, outboxDataFile), dat)
+		writeFile(t, filepath.Join(dir, dataFile), dat)
 		if withAcked {
-			writeFile(t, filepath.Join(dir, outboxAckedFile), acked)
+			writeFile(t, filepath.Join(dir, ackedFile), acked)
 		}
-		o, err := openOutbox(dir, 1<<20)
+		o, err := Open(dir, 1<<20)
 		if err != nil {
 			return
 		}
-		defer o.close()
-		n, size := o.pending()
-		if size > int64(len(dat)) || o.recoveredBytes() > int64(len(dat)) {
-			t.Fatalf("pending %d bytes, recovered %d, of a %d-byte file", size, o.recoveredBytes(), len(dat))
+		defer o.Close()
+		n, size := o.Pending()
+		if size > int64(len(dat)) || o.RecoveredBytes() > int64(len(dat)) {
+			t.Fatalf("pending %d bytes, recovered %d, of a %d-byte file", size, o.RecoveredBytes(), len(dat))
 		}
 		var seen int
 		var sum int64
 		for {
-			id, p, ok, err := o.peek()
+			id, p, ok, err := o.Peek()
 			if err != nil {
 				t.Fatalf("peek after a successful open: %v", err)
 			}
@@ -965,7 +968,7 @@ func FuzzOutboxRecover(f *testing.F) {
 			if !bytes.Contains(dat, rec) {
 				t.Fatalf("entry %d is not a record of the file", id)
 			}
-			if err := o.ack(id); err != nil {
+			if err := o.Ack(id); err != nil {
 				t.Fatalf("ack %d: %v", id, err)
 			}
 			seen++
@@ -979,12 +982,12 @@ func FuzzOutboxRecover(f *testing.F) {
 		}
 		p := testProduce(1, 10)
 		mustAdd(t, o, p)
-		o.close()
-		o, err = openOutbox(dir, 1<<20)
+		o.Close()
+		o, err = Open(dir, 1<<20)
 		if err != nil {
 			t.Fatalf("reopen: %v", err)
 		}
-		checkEntries(t, drainOutbox(t, o), []*wire.Produce{p})
-		o.close()
+		checkEntries(t, drain(t, o), []*wire.Produce{p})
+		o.Close()
 	})
 }

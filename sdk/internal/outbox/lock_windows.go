@@ -1,4 +1,4 @@
-package sdk
+package outbox
 
 import (
 	"errors"
