@@ -233,6 +233,46 @@ func (f *faultTracker) choose(addrs []string, n uint32) (i int, probe bool) {
 	return i, probe
 }
 
+// fallback picks where a send goes when none of the brokers it has not
+// failed on yet is usable (choose found none in addrs[:fresh]; addrs[fresh:]
+// are those it failed on): better one set aside than none. The classes, in
+// order: not failed on by this send; failed on but usable again; failed on
+// and still set aside; and last a broker that is silent while sends wait
+// on it (stalled: killed, stopped or cut off), which would only spend the
+// send's deadline. Round-robin by n within the first class that has any,
+// so that the traffic still spreads. -1 when addrs is empty.
+func (f *faultTracker) fallback(addrs []string, fresh int, n uint32) int {
+	if len(addrs) == 0 {
+		return -1
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.now()
+	class := func(j int) int {
+		h := f.m[addrs[j]]
+		switch {
+		case h != nil && f.stalledLocked(h, now):
+			return 3
+		case j < fresh:
+			return 0
+		case f.usableLocked(h, now):
+			return 1
+		}
+		return 2
+	}
+	var buf [16]int
+	best, in := 4, buf[:0]
+	for j := range addrs {
+		switch c := class(j); {
+		case c < best:
+			best, in = c, append(in[:0], j)
+		case c == best:
+			in = append(in, j)
+		}
+	}
+	return in[n%uint32(len(in))]
+}
+
 // release gives a probe back without an outcome (the send went nowhere).
 func (f *faultTracker) release(addr string, probe bool) {
 	if !probe {

@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"errors"
+	"maps"
 	"testing"
 	"time"
 
@@ -267,5 +268,70 @@ func TestFaultChooseSpreadsEvenly(t *testing.T) {
 	}
 	if j, _ := f.choose(nil, 1); j != -1 {
 		t.Fatalf("choose among none: %d", j)
+	}
+}
+
+// When no broker a send has not failed on is usable, fallback still picks
+// one, in classes: not failed on (though set aside); failed on but usable
+// again; failed on and set aside; silent while sends wait on it (stalled)
+// last. The replay of a failure seen under load: two live groups answered
+// BUSY, and the send spent the rest of its deadline on the killed third.
+func TestFaultFallback(t *testing.T) {
+	type state int
+	const (
+		usable  state = iota
+		aside         // failed 10 ms ago: aside for 1 s
+		stalled       // a send has waited 200 ms with no answer
+	)
+	cases := []struct {
+		name   string
+		states []state // of a, b, c
+		fresh  int     // a send has not failed on addrs[:fresh]
+		want   []int   // the indexes picked over 6 consecutive n, in any order
+	}{
+		{"fresh ones aside: spread over them", []state{aside, aside, usable}, 2, []int{0, 1}},
+		{"a fresh one stalled: the tried ones first", []state{stalled, aside, aside}, 1, []int{1, 2}},
+		{"tried: the usable one first", []state{aside, usable, aside}, 0, []int{1}},
+		{"tried: set aside before stalled", []state{stalled, aside, stalled}, 0, []int{1}},
+		{"fresh set aside before tried usable", []state{aside, usable, usable}, 1, []int{0}},
+		{"all stalled: spread anyway", []state{stalled, stalled, stalled}, 3, []int{0, 1, 2}},
+	}
+	addrs := []string{"a", "b", "c"}
+	for _, c := range cases {
+		f, clk := trackerAt(AvoidAdaptive)
+		for i, s := range c.states {
+			f.sent(addrs[i], time.Millisecond, nil, false)
+			switch s {
+			case aside:
+				f.sent(addrs[i], time.Millisecond, errNet, false)
+			case stalled:
+				f.begin(addrs[i])
+			}
+		}
+		clk.add(200 * time.Millisecond)
+		got := map[int]bool{}
+		for n := range uint32(6) {
+			got[f.fallback(addrs, c.fresh, n)] = true
+		}
+		want := map[int]bool{}
+		for _, i := range c.want {
+			want[i] = true
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("%s: picked %v, want %v", c.name, got, want)
+		}
+	}
+	f, _ := trackerAt(AvoidAdaptive)
+	if i := f.fallback(nil, 0, 3); i != -1 {
+		t.Fatalf("fallback among none: %d", i)
+	}
+	// Avoidance off: every broker alike, round-robin over all.
+	off, _ := trackerAt(AvoidOff)
+	got := map[int]bool{}
+	for n := range uint32(3) {
+		got[off.fallback(addrs, 0, n)] = true
+	}
+	if len(got) != 3 {
+		t.Fatalf("avoidance off: picked %v, want all three", got)
 	}
 }

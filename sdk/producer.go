@@ -744,37 +744,35 @@ func (op *sendOp) target(t *routeTable) (*brokerConn, error) {
 		return nil, &NetError{Broker: "routes", Err: errors.New("no broker group with a leader is known")}
 	}
 	start := op.p.rr.Add(1)
-	// The groups this send may go to: a known leader, and not failed on by
-	// this send yet. Round-robin over those not set aside, so that a group
-	// set aside hands its share evenly to the others.
-	var gbuf, lbuf, abuf [16]string
-	cands, leaders, again := gbuf[:0], lbuf[:0], abuf[:0]
-	for _, g := range groups {
-		switch l := leader(g); {
-		case l == "":
-		case slices.Contains(op.tried, g):
-			again = append(again, g)
-		default:
-			cands, leaders = append(cands, g), append(leaders, l)
+	// The groups this send may go to, those with a known leader: first
+	// those it has not failed on yet (fresh), then the others. Round-robin
+	// over the fresh ones not set aside, so that a group set aside hands
+	// its share evenly to the others; if there are none, the faults'
+	// fallback (better one set aside than none, and never a silent one
+	// while another answers).
+	var gbuf, lbuf [16]string
+	cands, leaders := gbuf[:0], lbuf[:0]
+	add := func(tried bool) {
+		for _, g := range groups {
+			if l := leader(g); l != "" && slices.Contains(op.tried, g) == tried {
+				cands, leaders = append(cands, g), append(leaders, l)
+			}
 		}
 	}
+	add(false)
+	fresh := len(cands)
 	if i, probe := cl.faults.choose(leaders, start); i >= 0 {
 		pick(cands[i])
 		op.probe = probe
 		return cl.conn(leaders[i]), nil
 	}
-	var g string
-	switch {
-	case len(cands) > 0:
-		g = cands[start%uint32(len(cands))] // every one set aside: better than nothing
-	case len(again) > 0:
-		g = again[start%uint32(len(again))] // every group failed this send: try again
-	}
-	if g == "" {
+	add(true)
+	i := cl.faults.fallback(leaders, fresh, start)
+	if i < 0 {
 		return nil, &NetError{Broker: "topic " + op.req.Topic, Err: errors.New("no group hosting it has a known leader")}
 	}
-	pick(g)
-	return cl.conn(leader(g)), nil
+	pick(cands[i])
+	return cl.conn(leaders[i]), nil
 }
 
 // complete hands the outcome to the waiter or the callback goroutine.
