@@ -56,6 +56,10 @@ type Index struct {
 	spare   []*cqueue // the previous pending slice, reused
 	pos     int64     // end of the last dispatched record
 	resume  int64     // checkpointed position at open, -1 if none
+	// onDisk is the position the checkpoint file holds (-1: none), and
+	// snapOnDisk the producer snapshot's (-1: none): Truncated rewrites
+	// either when it is past the new end.
+	onDisk, snapOnDisk int64
 
 	// wmu serialises the writing out of buffered entries (cqueue.writeOut)
 	// and the changes to queue files; taken after mu when both are.
@@ -95,6 +99,7 @@ func Open(opts Options) (*Index, error) {
 	}
 	idx := &Index{opts: opts, logger: opts.Logger.With("component", "index"),
 		dirty: map[string]struct{}{}, dirs: map[string]struct{}{}, queues: map[string]map[uint32]*cqueue{}, resume: -1,
+		onDisk: -1, snapOnDisk: -1,
 		cache: newFileCache(opts.FS, opts.MaxOpenFiles)}
 	if err := fsutil.MkdirAll(opts.FS, opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("index: %w", err)
@@ -121,7 +126,7 @@ func Open(opts Options) (*Index, error) {
 			return nil, fmt.Errorf("index: %w", err)
 		}
 	} else {
-		idx.resume = pos
+		idx.resume, idx.onDisk = pos, pos
 	}
 	// The producer table replays from its own snapshot's position when
 	// that is older than the checkpoint (the other indexes skip what they
@@ -129,6 +134,7 @@ func Open(opts Options) (*Index, error) {
 	// snapshot (checkpoint), so none means no send before the checkpoint.
 	var snap int64
 	idx.producers, snap = loadProducers(opts.FS, opts.Dir, idx.logger)
+	idx.snapOnDisk = snap
 	idx.producers.every = opts.ProducerSnapshotEvery
 	switch {
 	case snap >= 0:
@@ -318,8 +324,37 @@ func (idx *Index) queueBytes(topic []byte, id uint32) *cqueue {
 func (idx *Index) ResumeFrom() int64 { return idx.resume }
 
 // Truncated implements log.Resumer: the log now ends at end.
+//
+// When end is before what the checkpoint or the producer snapshot on disk
+// says (a follower's log cut back to its new leader's, which then writes
+// other records there), both are rewritten at once, the snapshot first (a
+// checkpoint always has one at or before it): a start before the next
+// checkpoint would replay from a position that now lies inside a record,
+// and refuse to start (make chaos's kill -9 rounds found it: a broker
+// killed within 10 s of such a cut could not start again).
 func (idx *Index) Truncated(end int64) error {
-	return idx.truncateFrom(end)
+	if err := idx.truncateFrom(end); err != nil {
+		return err
+	}
+	if idx.snapOnDisk > end {
+		b, pos := idx.producers.snapshotNow()
+		if err := writeProducers(idx.opts.FS, idx.opts.Dir, b); err != nil {
+			return err
+		}
+		idx.snapOnDisk = pos
+	}
+	if idx.onDisk > end {
+		// truncateFrom made the queues and the table durable; the key
+		// index's cut too before the checkpoint says end.
+		if err := idx.keys.sync(); err != nil {
+			return err
+		}
+		if err := writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, end); err != nil {
+			return err
+		}
+		idx.onDisk = end
+	}
+	return nil
 }
 
 func (idx *Index) truncateFrom(end int64) error {
@@ -969,18 +1004,22 @@ func (idx *Index) commit(pos int64, final, closing bool) error {
 		}
 		return idx.syncFailed(err)
 	}
-	if !final {
-		return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
-	}
-	if b := idx.producers.snapshot(closing); b != nil {
-		if err := writeProducers(idx.opts.FS, idx.opts.Dir, b); err != nil {
-			idx.producers.mu.Lock()
-			idx.producers.changed = true // the next checkpoint tries again
-			idx.producers.mu.Unlock()
-			return err
+	if final {
+		if b, snapPos := idx.producers.snapshot(closing); b != nil {
+			if err := writeProducers(idx.opts.FS, idx.opts.Dir, b); err != nil {
+				idx.producers.mu.Lock()
+				idx.producers.changed = true // the next checkpoint tries again
+				idx.producers.mu.Unlock()
+				return err
+			}
+			idx.snapOnDisk = snapPos
 		}
 	}
-	return writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos)
+	if err := writeIndexCheckpoint(idx.opts.FS, idx.opts.Dir, pos); err != nil {
+		return err
+	}
+	idx.onDisk = pos
+	return nil
 }
 
 // syncAllOver is how many files and directories a checkpoint syncs one by

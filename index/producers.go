@@ -237,15 +237,26 @@ const (
 
 // snapshot encodes the table if it changed since the last one and force
 // is set or t.every has passed, or if none was written or loaded; nil if
-// not due.
-func (t *producerTable) snapshot(force bool) []byte {
+// not due. pos is the log position it reflects.
+func (t *producerTable) snapshot(force bool) (b []byte, pos int64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
-	if !t.lastSnap.IsZero() && (!t.changed || !force && now.Sub(t.lastSnap) < t.every) {
-		return nil
+	if !t.lastSnap.IsZero() && (!t.changed || !force && t.now().Sub(t.lastSnap) < t.every) {
+		return nil, 0
 	}
-	t.changed, t.lastSnap = false, now
+	return t.encodeLocked(), t.pos
+}
+
+// snapshotNow encodes the table whether or not a snapshot is due, and
+// returns the position it reflects.
+func (t *producerTable) snapshotNow() (b []byte, pos int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.encodeLocked(), t.pos
+}
+
+func (t *producerTable) encodeLocked() []byte {
+	t.changed, t.lastSnap = false, t.now()
 	le := binary.LittleEndian
 	n := 4 + 8 + 4 + 4 + 4 + len(t.pids)*12 + t.total*storedSendSize
 	for _, name := range t.topics {

@@ -243,16 +243,18 @@ func FuzzDecodeProducers(f *testing.F) {
 			StoreTime: int64(i), ProducerID: uint64(1 + i%2), Seq: uint64(i * 10)}
 		tab.take(&ri)
 	}
-	f.Add(tab.snapshot(true))
-	f.Add(newProducerTable().snapshot(true))
+	b, _ := tab.snapshotNow()
+	f.Add(b)
+	b, _ = newProducerTable().snapshotNow()
+	f.Add(b)
 	f.Add([]byte(producersMagic))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, pos, err := decodeProducers(b)
 		if err != nil {
 			return
 		}
-		got.changed = true
-		again, pos2, err := decodeProducers(got.snapshot(true))
+		b2, _ := got.snapshotNow()
+		again, pos2, err := decodeProducers(b2)
 		if err != nil || pos2 != pos || !reflect.DeepEqual(again.pids, got.pids) || !reflect.DeepEqual(again.topics, got.topics) || again.total != got.total {
 			t.Fatalf("re-encoding differs: %v", err)
 		}
