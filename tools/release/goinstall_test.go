@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/module"
 	"golang.org/x/mod/zip"
@@ -16,21 +17,32 @@ import (
 // The README's `go install github.com/quivermq/quiver/tools/quiver@latest`
 // (no flags) and `go install -ldflags=-checklinkname=0 .../quiverd@latest`,
 // replayed against a module proxy on disk that serves this checkout's HEAD
-// as a release (the version below): the module as go install gets it
+// (as its pseudo-version): the module as go install gets it
 // (what git tracks; nested modules left out), no replace directives, a
 // go.sum that covers it, and a --version that says the release.
 func TestGoInstallFromAModuleProxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds quiver and quiverd (-short)")
 	}
-	const modPath, version = "github.com/quivermq/quiver", "v0.99.0"
+	const modPath = "github.com/quivermq/quiver"
 	repo, err := filepath.Abs(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("git", "-C", repo, "rev-parse", "HEAD").CombinedOutput(); err != nil {
-		t.Skipf("not a git checkout: %v: %s", err, out)
+	// A module version is immutable to the go command (its caches hold a
+	// version's file list by name): HEAD's pseudo-version, not a fixed
+	// one, or a second commit would be built from the first one's list.
+	out, err := exec.Command("git", "-C", repo, "log", "-1", "--format=%H %ct").Output()
+	if err != nil {
+		t.Skipf("not a git checkout: %v", err)
 	}
+	var head string
+	var unix int64
+	if _, err := fmt.Sscan(string(out), &head, &unix); err != nil {
+		t.Fatalf("git log: %q: %v", out, err)
+	}
+	when := time.Unix(unix, 0).UTC()
+	version := module.PseudoVersion("v0", "", when, head[:12])
 	tmp := t.TempDir()
 	proxy := filepath.Join(tmp, "proxy")
 	dir := filepath.Join(proxy, modPath, "@v")
@@ -52,13 +64,15 @@ func TestGoInstallFromAModuleProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	info := fmt.Sprintf(`{"Version":%q,"Time":%q}`, version, when.Format(time.RFC3339))
 	files := map[string]string{
-		version + ".mod":  string(gomod),
-		version + ".info": fmt.Sprintf(`{"Version":%q,"Time":"2026-12-03T00:00:00Z"}`, version),
-		"list":            version + "\n",
+		filepath.Join(dir, version+".mod"):  string(gomod),
+		filepath.Join(dir, version+".info"): info,
+		filepath.Join(dir, "list"):          "",   // no release tags: @latest asks for the newest commit
+		filepath.Join(dir, "..", "@latest"): info, // (the proxy protocol's $module/@latest)
 	}
 	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -73,10 +87,10 @@ func TestGoInstallFromAModuleProxy(t *testing.T) {
 	// The dependencies come from the module cache's downloads, which is a
 	// proxy's layout (make test's builds have fetched them all), and else
 	// from the usual proxy; they are extracted into a module cache of this
-	// test's own, emptied first, where no earlier run's v0.99.0 can stand in
-	// for this one. Its path stays the same from run to run, so the build
-	// cache (whose keys hold the source's directory) still serves a second
-	// run: 21 s a run in a fresh directory each time, against seconds.
+	// test's own, emptied first. Its path stays the same from run to run,
+	// so the build cache (whose keys hold the source's directory) still
+	// serves a second run: 21 s a run in a fresh directory each time,
+	// against seconds.
 	modcache := filepath.Join(os.TempDir(), "quiver-goinstall-test-modcache")
 	if err := os.RemoveAll(modcache); err != nil {
 		t.Fatalf("emptying %s: %v", modcache, err)
@@ -101,7 +115,7 @@ func TestGoInstallFromAModuleProxy(t *testing.T) {
 			"GOBIN="+gobin,
 			"GOPROXY="+goproxy,
 			"GOMODCACHE="+modcache,
-			"GONOSUMDB="+modPath, // the checksum database has never seen v0.99.0
+			"GONOSUMDB="+modPath, // the checksum database has never seen this version
 			// As a user's: no -mod, no -buildvcs; -modcacherw lets the test
 			// remove its module cache.
 			"GOFLAGS=-modcacherw",
@@ -117,7 +131,7 @@ func TestGoInstallFromAModuleProxy(t *testing.T) {
 		got := strings.TrimSpace(string(out))
 		t.Logf("%s", got)
 		if !regexp.MustCompile(`^` + c.name + ` version ` + regexp.QuoteMeta(version) + `, commit `).MatchString(got) {
-			t.Errorf("%s --version: %q, want the release version %s", c.name, got, version)
+			t.Errorf("%s --version: %q, want the module version %s", c.name, got, version)
 		}
 	}
 }
