@@ -241,7 +241,10 @@ type router struct {
 	boot    map[string]bool
 	// lastStart is when the last refresh that succeeded began (mu held).
 	lastStart time.Time
-	learned   sync.Map // see routeTable.learned
+	// leaders is each group's newest leader whose epoch the routes named
+	// (mu held): leadersMoved compares new routes with it.
+	leaders map[string]knownLeader
+	learned sync.Map // see routeTable.learned
 }
 
 // learn records a topic every one of groups answered OK to creating with
@@ -562,12 +565,53 @@ func (r *router) publish(t *routeTable) {
 	})
 	t.learned = &r.learned
 	r.curMu.Lock()
-	prev := r.cur
 	r.cur = t
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.curMu.Unlock()
-	r.cl.leadersMoved(prev, t)
+	if r.leaders == nil {
+		r.leaders = map[string]knownLeader{}
+	}
+	r.cl.leadersMoved(movedLeaders(r.leaders, t))
+}
+
+// knownLeader is a group's leader in an epoch.
+type knownLeader struct {
+	addr  string
+	epoch uint64
+}
+
+// leaderMove: group's leader old was replaced by new in epoch.
+type leaderMove struct {
+	group, old, new string
+	epoch           uint64
+}
+
+// movedLeaders returns the groups whose leader t names in a newer epoch
+// than known does, led by another broker, and records t's leaders in
+// known. A leader t names without its epoch (0: inferred from what a
+// follower follows, before any broker of the group said it leads) is not
+// recorded: a move seen first that way is acted on once the epoch comes,
+// against the leader before it. (Compared with the previous routes, that
+// step hid the move: epoch 0 is not newer, and the next routes named the
+// same leader, so sends waiting on the dead leader waited out their
+// attempt.)
+func movedLeaders(known map[string]knownLeader, t *routeTable) []leaderMove {
+	var moves []leaderMove
+	for name, ng := range t.groups {
+		if ng.leader == "" || ng.epoch == 0 {
+			continue
+		}
+		k, ok := known[name]
+		if ok && ng.epoch < k.epoch {
+			continue // an older view
+		}
+		known[name] = knownLeader{ng.leader, ng.epoch}
+		if ok && k.addr != ng.leader && ng.epoch > k.epoch {
+			moves = append(moves, leaderMove{group: name, old: k.addr, new: ng.leader, epoch: ng.epoch})
+		}
+	}
+	return moves
 }
 
 // errLeaderMoved fails the requests still waiting on a group's old
@@ -577,31 +621,23 @@ func (r *router) publish(t *routeTable) {
 // then stored twice: delivery is at least once.)
 var errLeaderMoved = errors.New("the group has a new leader")
 
-// leadersMoved fails the sends in flight to the leaders that t replaced
-// (a newer epoch led by another broker).
-func (cl *Client) leadersMoved(prev, t *routeTable) {
-	if prev == nil {
+// leadersMoved fails the sends in flight to the leaders that moves
+// replaced (a newer epoch led by another broker).
+func (cl *Client) leadersMoved(moves []leaderMove) {
+	if len(moves) == 0 {
 		return
 	}
-	moved := false
 	defer func() {
-		if moved {
-			cl.moved.Lock()
-			if cl.moved.ch != nil {
-				close(cl.moved.ch)
-				cl.moved.ch = nil
-			}
-			cl.moved.Unlock()
+		cl.moved.Lock()
+		if cl.moved.ch != nil {
+			close(cl.moved.ch)
+			cl.moved.ch = nil
 		}
+		cl.moved.Unlock()
 	}()
-	for name, ng := range t.groups {
-		og := prev.groups[name]
-		if og == nil || og.leader == "" || ng.leader == og.leader || ng.epoch <= og.epoch {
-			continue
-		}
-		moved = true
+	for _, m := range moves {
 		cl.connMu.RLock()
-		bc := cl.conns[og.leader]
+		bc := cl.conns[m.old]
 		cl.connMu.RUnlock()
 		if bc == nil {
 			continue
@@ -612,7 +648,7 @@ func (cl *Client) leadersMoved(prev, t *routeTable) {
 			// leader.
 			for _, role := range []int{streamProduce, streamFetch, streamControl} {
 				if st := s.streams[role]; st != nil {
-					st.failPending(&NetError{Broker: og.leader, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, ng.leader, name, ng.epoch)})
+					st.failPending(&NetError{Broker: m.old, Err: fmt.Errorf("%w: %s leads group %s in epoch %d", errLeaderMoved, m.new, m.group, m.epoch)})
 				}
 			}
 		}

@@ -146,3 +146,42 @@ func TestCreatedTopicsBeforeTheRoutesShowThem(t *testing.T) {
 		t.Fatalf("a creation older than learnedFor: %+v", p)
 	}
 }
+
+// movedLeaders over a sequence of routes: a move is a newer epoch led by
+// another broker, also when the routes first name the new leader without
+// its epoch (inferred from a follower: epoch 0), which used to hide it.
+func TestMovedLeaders(t *testing.T) {
+	type step struct {
+		leader string
+		epoch  uint64
+		want   string // "old>new", or "" for no move
+	}
+	cases := []struct {
+		name  string
+		steps []step
+	}{
+		{"a failover", []step{{"x", 2, ""}, {"y", 3, "x>y"}}},
+		{"the new leader named first without its epoch", []step{{"x", 2, ""}, {"y", 0, ""}, {"y", 3, "x>y"}}},
+		{"no leader for a while", []step{{"x", 2, ""}, {"", 0, ""}, {"y", 3, "x>y"}}},
+		{"the same leader in a new epoch", []step{{"x", 2, ""}, {"x", 3, ""}}},
+		{"an older view", []step{{"x", 3, ""}, {"y", 2, ""}, {"x", 3, ""}}},
+		{"the same epoch named with another leader", []step{{"x", 3, ""}, {"y", 3, ""}}},
+		{"two moves", []step{{"x", 1, ""}, {"y", 2, "x>y"}, {"z", 0, ""}, {"x", 4, "y>x"}}},
+	}
+	for _, c := range cases {
+		known := map[string]knownLeader{}
+		for i, s := range c.steps {
+			tab := &routeTable{groups: map[string]*groupRoute{"g": {name: "g", leader: s.leader, epoch: s.epoch}}}
+			got := ""
+			for _, m := range movedLeaders(known, tab) {
+				got += m.old + ">" + m.new
+				if m.group != "g" || m.epoch != s.epoch {
+					t.Errorf("%s, step %d: move %+v", c.name, i, m)
+				}
+			}
+			if got != s.want {
+				t.Errorf("%s, step %d (%s@%d): moves %q, want %q", c.name, i, s.leader, s.epoch, got, s.want)
+			}
+		}
+	}
+}
