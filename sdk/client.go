@@ -214,7 +214,8 @@ func NewClient(opts ...Opt) (*Client, error) {
 	c := &Client{cfg: cfg, logger: cfg.logger.With("component", "quiver-client"), ctx: ctx, cancel: cancel,
 		users: map[closer]struct{}{}, conns: map[string]*brokerConn{}, faults: newFaultTracker(cfg.avoidance)}
 	c.pid = newProducerID()
-	c.router = router{cl: c, kick: make(chan struct{}, 1), changed: make(chan struct{}), boot: map[string]bool{}}
+	c.router = router{cl: c, kick: make(chan struct{}, 1), changed: make(chan struct{}), boot: map[string]bool{},
+		leaders: map[string]knownLeader{}}
 	for _, a := range cfg.brokers {
 		if !c.router.boot[a] {
 			c.router.boot[a] = true

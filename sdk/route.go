@@ -569,9 +569,6 @@ func (r *router) publish(t *routeTable) {
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.curMu.Unlock()
-	if r.leaders == nil {
-		r.leaders = map[string]knownLeader{}
-	}
 	r.cl.leadersMoved(movedLeaders(r.leaders, t))
 }
 

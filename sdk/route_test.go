@@ -107,7 +107,7 @@ func TestCreatedTopicsBeforeTheRoutesShowThem(t *testing.T) {
 		rb("a0", "ga", "a0:1", "leader", 1, "a0:1", 0, wire.TopicInfo{Name: "orders", Queues: 3}),
 		rb("b0", "gb", "b0:1", "leader", 1, "b0:1", 0),
 	}
-	r := &router{changed: make(chan struct{}), cl: &Client{}}
+	r := &router{changed: make(chan struct{}), cl: &Client{}, leaders: map[string]knownLeader{}}
 	r.learn("orders", []string{"gb", "ga"}, 3)
 	r.learn("fresh", []string{"ga", "gb"}, 2)
 	r.publish((*routeTable)(nil).merge(got, "a0:1", nil, now))
